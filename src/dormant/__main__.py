@@ -1,0 +1,3 @@
+from dormant.cli import entry
+
+entry()

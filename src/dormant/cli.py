@@ -1,0 +1,255 @@
+"""The ``dormant`` command line: a thin typer layer over the Python API."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from dormant.cli_progress import ProgressBars
+from dormant.errors import DormantError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Test whether machine unlearning really removes what it claims to.")
+console = Console()
+
+Dataset = Annotated[str, typer.Option("--dataset", help="digits, mnist, fashion-mnist, cifar10, "
+                                      "cifar100, svhn, imagefolder:PATH or npz:PATH")]
+DataRoot = Annotated[Path | None, typer.Option(help="folder holding torchvision datasets")]
+Download = Annotated[bool, typer.Option(help="let torchvision download the dataset")]
+TrainSize = Annotated[int | None, typer.Option(help="seeded stratified subset of the train set")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="model name (default: per dataset)")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda")]
+Forget = Annotated[str | None, typer.Option(
+    "--forget", help="random:N, class:C, class:C:atypical:F, class:C:typical:F, canary:N, "
+    "ids:PATH (default: per dataset)")]
+
+
+def _ints(text: str | None, what: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise DormantError(
+            f"--{what} takes comma-separated integers, e.g. 0,5; got {text!r}"
+        ) from None
+
+
+def _spec(study: Path | None = None, **flags):
+    from dormant.experiments import RelearnSpec
+
+    base: dict = {}
+    if study is not None:
+        if not study.is_file():
+            raise DormantError(f"study file {study} does not exist")
+        try:
+            base = yaml.safe_load(study.read_text()) or {}
+        except yaml.YAMLError as e:
+            first = str(e).splitlines()[0]
+            raise DormantError(f"study file {study} is not valid YAML: {first}") from None
+        if not isinstance(base, dict):
+            raise DormantError(f"study file {study} must be a mapping of keys to values")
+    base.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return RelearnSpec(**base)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "study"
+        raise DormantError(f"{study or 'options'}: key {key!r}: {err['msg']}") from None
+
+
+def _results_table(rows: list[dict], title: str) -> Table:
+    from dormant.report import summary_frame
+
+    t = Table(title=title)
+    for col in ("method", "k", "retain", "test", "forget", "forget attacked (max)", "last",
+                "recovery", "L2 to orig."):
+        t.add_column(col, justify="left" if col == "method" else "right")
+    for r in summary_frame(rows).itertuples():
+        t.add_row(r.method, str(r.k), f"{r.retain_acc:.1f}", f"{r.test_acc:.1f}",
+                  f"{r.forget_acc:.1f}", f"{r.forget_acc_attacked:.1f}",
+                  f"{r.forget_acc_attacked_last:.1f}", f"{r.recovery:+.1f}",
+                  f"{r.l2_to_original:.3f}")
+    return t
+
+
+def _run_study(spec, out: Path, title: str) -> list[dict]:
+    from dormant.experiments import run_relearn
+    from dormant.report import write_relearn_report
+    from dormant.report.tables import relearning_verdict
+
+    t0 = time.perf_counter()
+    with ProgressBars(console) as bars:
+        rows = run_relearn(spec, out, progress=bars,
+                           on_row=lambda r: bars.bars.console.print(
+                               f"  {r['method']:<16} seed {r['seed']} k={r['k']:<3} "
+                               f"forget {r['forget_acc']:5.1f} -> {r['forget_acc_attacked']:5.1f}"
+                               f"  (recovery {r['recovery']:+.1f})"))
+    paths = write_relearn_report(rows, out, title)
+    console.print(_results_table(rows, f"{title}: {rows[0]['dataset']}, {rows[0]['model']}, "
+                                       f"forget {rows[0]['forget']}"))
+    v = relearning_verdict(rows)
+    if v["oracle_recovery"] is not None:
+        names = ", ".join(f"{m} ({r:+.1f})" for m, r in v["dormant"]) or "none"
+        console.print(f"oracle recovery at k=0: {v['oracle_recovery']:+.1f} points; "
+                      f"recovering >= 20 points more than the oracle: {names}")
+    console.print(f"wrote {', '.join(str(p) for p in [out / 'results.jsonl', *paths.values()])} "
+                  f"in {time.perf_counter() - t0:.1f} s")
+    return rows
+
+
+@app.command()
+def demo(
+    out: Annotated[Path | None, typer.Option(help="output folder (default runs/demo-<time>)")]
+    = None,
+    seed: int = 0,
+    device: Device = "auto",
+) -> None:
+    """The main job on the embedded digits data: train, unlearn, attack, report."""
+    out = out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    spec = _spec(dataset="digits", seeds=[seed], device=device, k=[0, 5])
+    _run_study(spec, out, "dormant demo: relearning after unlearning")
+
+
+@app.command("relearn")
+def relearn_cmd(
+    study: Annotated[Path | None, typer.Argument(help="YAML study file; flags override it")] = None,
+    dataset: Annotated[str | None, typer.Option(help="dataset (see dormant demo --help)")] = None,
+    data_root: DataRoot = None,
+    download: Annotated[bool | None, typer.Option(help="let torchvision download")] = None,
+    train_size: TrainSize = None,
+    model: ModelOpt = None,
+    forget: Forget = None,
+    cscores: Annotated[Path | None, typer.Option(help="C-score .npz for atypical sets")] = None,
+    methods: Annotated[str | None, typer.Option(help="comma-separated method names")] = None,
+    k: Annotated[str | None, typer.Option(help="leaked examples, e.g. 0,5")] = None,
+    seeds: Annotated[str | None, typer.Option(help="e.g. 0,1,2")] = None,
+    train_steps: Annotated[int | None, typer.Option()] = None,
+    unlearn_steps: Annotated[int | None, typer.Option()] = None,
+    attack_steps: Annotated[int | None, typer.Option()] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder")] = None,
+) -> None:
+    """The relearning study on any dataset: unlearn, attack, report (resumable)."""
+    for name, v in (("train-steps", train_steps), ("unlearn-steps", unlearn_steps),
+                    ("attack-steps", attack_steps), ("train-size", train_size)):
+        if v is not None and v <= 0:
+            raise DormantError(f"--{name} must be a positive integer, got {v}")
+    if data_root is not None and not data_root.exists():
+        raise DormantError(f"--data-root {data_root} does not exist")
+    spec = _spec(
+        study, dataset=dataset, data_root=str(data_root) if data_root else None,
+        download=download, train_size=train_size, model=model, forget=forget,
+        cscores=str(cscores) if cscores else None,
+        methods=methods.split(",") if methods else None, k=_ints(k, "k"),
+        seeds=_ints(seeds, "seeds"), train_steps=train_steps, unlearn_steps=unlearn_steps,
+        attack_steps=attack_steps, device=device,
+    )
+    out = out or Path("runs") / f"relearn-{time.strftime('%Y%m%d-%H%M%S')}"
+    _run_study(spec, out, "Relearning study")
+
+
+@app.command()
+def train(
+    dataset: Dataset = "digits",
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/train"),
+    model: ModelOpt = None,
+    data_root: DataRoot = None,
+    download: Download = False,
+    train_size: TrainSize = None,
+    steps: Annotated[int | None, typer.Option(help="training steps (default: per dataset)")] = None,
+    forget: Annotated[str | None, typer.Option(help="canary:N plants N mislabelled images")] = None,
+    seed: int = 0,
+    device: Device = "auto",
+) -> None:
+    """Train a model with the dataset's memorising recipe and save it (safetensors)."""
+    from dormant.experiments.single import train_model
+
+    if steps is not None and steps <= 0:
+        raise DormantError(f"--steps must be a positive integer, got {steps}")
+    spec = _spec(dataset=dataset, data_root=str(data_root) if data_root else None,
+                 download=download, train_size=train_size, model=model, forget=forget,
+                 train_steps=steps, device=device)
+    with ProgressBars(console) as bars:
+        path, m = train_model(spec, out, seed=seed, progress=bars)
+    console.print(f"saved {path}: fits {m['train_fit_acc']:.1f}% of train, "
+                  f"test {m['test_acc']:.1f}%, {m['seconds']:.1f} s")
+
+
+@app.command("unlearn")
+def unlearn_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="a .safetensors checkpoint")],
+    method: Annotated[str, typer.Option(help="see dormant methods")],
+    dataset: Dataset = "digits",
+    forget: Forget = None,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/unlearn"),
+    model: ModelOpt = None,
+    data_root: DataRoot = None,
+    train_size: TrainSize = None,
+    cscores: Annotated[Path | None, typer.Option(help="C-score .npz for atypical sets")] = None,
+    steps: Annotated[int | None, typer.Option(help="unlearning steps")] = None,
+    lr: Annotated[float | None, typer.Option(help="unlearning learning rate")] = None,
+    seed: int = 0,
+    device: Device = "auto",
+) -> None:
+    """Apply an unlearning method to a saved checkpoint."""
+    from dormant.experiments.single import unlearn_checkpoint
+    from dormant.unlearn import get_method
+
+    get_method(method)
+    if steps is not None and steps <= 0:
+        raise DormantError(f"--steps must be a positive integer, got {steps}")
+    overrides = {k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None}
+    spec = _spec(dataset=dataset, data_root=str(data_root) if data_root else None,
+                 train_size=train_size, model=model, forget=forget,
+                 cscores=str(cscores) if cscores else None, device=device)
+    with ProgressBars(console) as bars:
+        path, m = unlearn_checkpoint(spec, checkpoint, method, out, seed=seed,
+                                     overrides=overrides, progress=bars)
+    console.print(f"saved {path}: held-out forget {m['forget_acc_before']:.1f} -> "
+                  f"{m['forget_acc']:.1f}%, retain {m['retain_acc']:.1f}%, "
+                  f"test {m['test_acc']:.1f}%")
+
+
+@app.command()
+def methods() -> None:
+    """List the unlearning methods with their defaults and sources."""
+    from dormant.unlearn import available_methods, get_method
+
+    t = Table(title="unlearning methods")
+    for col in ("name", "defaults", "what and source"):
+        t.add_column(col)
+    for name in available_methods():
+        info = get_method(name)
+        defaults = ", ".join(f"{k}={v}" for k, v in info.defaults().items()) or "-"
+        t.add_row(name, defaults, info.summary)
+    console.print(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: bad input becomes one line on stderr and exit code 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="dormant")  # usage errors exit 2 inside typer
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 0
+    except DormantError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Rich progress bars driven by the engine's ``progress(task, done, total)`` callback."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class ProgressBars:
+    """One bar per task label; a finished bar is removed so long studies stay readable."""
+
+    def __init__(self, console: Console) -> None:
+        self.bars = Progress(
+            TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=console, transient=True,
+        )
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> ProgressBars:
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bars.stop()
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if label not in self.tasks:
+            self.tasks[label] = self.bars.add_task(label, total=total)
+        self.bars.update(self.tasks[label], completed=done, total=total)
+        if done >= total:
+            self.bars.remove_task(self.tasks.pop(label))

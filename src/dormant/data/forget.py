@@ -1,0 +1,177 @@
+"""Forget-set specs: parse ``random:N``, ``class:C``, ``class:C:atypical:F``, ``canary:N``...
+
+Selecting ``atypical``/``typical`` sets needs a per-sample typicality score (a C-score file or
+the original model's learning speed) and the original model's fit, so that the chosen set is
+memorised rather than never learned.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dormant.errors import DormantError
+
+SPEC_HELP = (
+    "random:N, class:C, class:C:atypical:F, class:C:typical:F, canary:N or ids:PATH "
+    "(e.g. class:1:atypical:0.3)"
+)
+_PATTERNS = {
+    "random": re.compile(r"random:(?P<count>\d+)"),
+    "canary": re.compile(r"canary:(?P<count>\d+)"),
+    "class": re.compile(r"class:(?P<cls>\d+)"),
+    "atypical": re.compile(r"class:(?P<cls>\d+):atypical:(?P<frac>[0-9.]+)"),
+    "typical": re.compile(r"class:(?P<cls>\d+):typical:(?P<frac>[0-9.]+)"),
+    "ids": re.compile(r"ids:(?P<path>.+)"),
+}
+
+
+@dataclass(frozen=True)
+class ForgetSpec:
+    kind: str
+    text: str
+    count: int | None = None
+    cls: int | None = None
+    frac: float | None = None
+    path: Path | None = None
+
+    @property
+    def needs_scores(self) -> bool:
+        return self.kind in ("atypical", "typical")
+
+
+def parse_forget(text: str) -> ForgetSpec:
+    for kind, pattern in _PATTERNS.items():
+        m = pattern.fullmatch(text.strip())
+        if not m:
+            continue
+        g = m.groupdict()
+        try:
+            frac = float(g["frac"]) if "frac" in g else None
+        except ValueError:
+            frac = -1.0
+        if frac is not None and not 0.0 < frac <= 1.0:
+            raise DormantError(f"forget spec {text!r}: the fraction must be in (0, 1]")
+        count = int(g["count"]) if "count" in g else None
+        if count is not None and count < 2:
+            raise DormantError(f"forget spec {text!r}: need at least 2 examples to forget")
+        return ForgetSpec(
+            kind=kind,
+            text=text.strip(),
+            count=count,
+            cls=int(g["cls"]) if "cls" in g else None,
+            frac=frac,
+            path=Path(g["path"]) if "path" in g else None,
+        )
+    raise DormantError(f"forget spec {text!r} does not parse; use {SPEC_HELP}")
+
+
+def read_ids(path: Path, n_train: int) -> torch.Tensor:
+    """Training indices from a text file (whitespace or comma separated) or a ``.npy`` file."""
+    if not path.exists():
+        raise DormantError(f"ids file {path} does not exist; give a text or .npy file of indices")
+    if path.suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError:
+            raise DormantError(f"ids file {path}: not a plain .npy integer array") from None
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise DormantError(f"ids file {path}: ids must be integers, got dtype {arr.dtype}")
+        ids = [int(v) for v in arr.ravel()]
+    else:
+        tokens = re.split(r"[\s,]+", path.read_text().strip())
+        bad = [t for t in tokens if t and not re.fullmatch(r"-?\d+", t)]
+        if bad:
+            raise DormantError(f"ids file {path}: {bad[0]!r} is not an integer training index")
+        ids = [int(t) for t in tokens if t]
+    if not ids:
+        raise DormantError(f"ids file {path} is empty; list at least one training index")
+    out = [i for i in ids if not 0 <= i < n_train]
+    if out:
+        raise DormantError(
+            f"ids file {path}: id {out[0]} is out of range; training ids run 0..{n_train - 1}"
+        )
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DormantError(f"ids file {path}: id {dup} appears more than once; list each once")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def canary_labels(
+    spec: ForgetSpec, y: torch.Tensor, num_classes: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """For ``canary:N``: relabel N seeded random images with a wrong random class before
+    training, so only memorisation can fit them. Other specs return ``y`` unchanged."""
+    if spec.kind != "canary":
+        return y, None
+    if spec.count > len(y):
+        raise DormantError(f"forget spec {spec.text!r}: only {len(y)} training images")
+    g = torch.Generator().manual_seed(seed + 7919)
+    ids = torch.randperm(len(y), generator=g)[: spec.count]
+    shift = torch.randint(1, num_classes, (spec.count,), generator=g)
+    y = y.clone()
+    y[ids] = (y[ids] + shift) % num_classes
+    return y, torch.sort(ids).values
+
+
+def select_forget(
+    spec: ForgetSpec,
+    y: torch.Tensor,
+    num_classes: int,
+    seed: int,
+    *,
+    canaries: torch.Tensor | None = None,
+    scores: torch.Tensor | None = None,
+    fitted: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The forget ids (sorted). ``scores``: higher = more typical; ``fitted``: bool per id."""
+    n = len(y)
+    if spec.kind == "ids":
+        return torch.sort(read_ids(spec.path, n)).values
+    if spec.kind == "canary":
+        return canaries
+    if spec.kind == "random":
+        if spec.count >= n:
+            raise DormantError(f"forget spec {spec.text!r}: only {n} training images")
+        g = torch.Generator().manual_seed(seed + 104729)
+        return torch.sort(torch.randperm(n, generator=g)[: spec.count]).values
+    if not 0 <= spec.cls < num_classes:
+        raise DormantError(
+            f"forget spec {spec.text!r}: class {spec.cls} does not exist; use 0..{num_classes - 1}"
+        )
+    members = torch.nonzero(y == spec.cls).flatten()
+    if spec.kind == "class":
+        return members
+    want = max(2, int(round(spec.frac * len(members))))
+    pool = members[fitted[members]] if fitted is not None else members
+    # stable sort: ties keep index order, so the pick is deterministic
+    order = torch.argsort(scores[pool], descending=spec.kind == "typical", stable=True)
+    picked = pool[order[:want]]
+    if len(picked) < 2:
+        raise DormantError(
+            f"forget spec {spec.text!r}: the original model fits only {len(pool)} images of "
+            f"class {spec.cls}; train longer or pick another class"
+        )
+    return torch.sort(picked).values
+
+
+def load_cscores(path: Path, n_train: int) -> torch.Tensor:
+    """C-scores (higher = more typical) from an ``.npz`` with one array, aligned with the
+    training set as loaded (before ``--train-size`` subsetting is applied)."""
+    if not path.exists():
+        raise DormantError(f"--cscores file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            key = "scores" if "scores" in z.files else z.files[0]
+            arr = np.asarray(z[key], dtype=np.float64).ravel()
+    except (ValueError, OSError, IndexError):
+        raise DormantError(f"--cscores file {path} is not a numeric .npz array") from None
+    if len(arr) != n_train:
+        raise DormantError(
+            f"--cscores file {path} holds {len(arr)} scores but the training set has {n_train}"
+        )
+    return torch.from_numpy(arr)

@@ -1,0 +1,11 @@
+"""Training and evaluation on in-memory device tensors."""
+
+from dormant.engine.device import autocast, prepare_model, resolve_device, to_float
+from dormant.engine.evaluate import Eval, evaluate, predict
+from dormant.engine.loop import BatchStream, FitResult, Hook, Progress, fit, forward, train_loop
+from dormant.engine.recipe import Recipe
+
+__all__ = [
+    "BatchStream", "Eval", "FitResult", "Hook", "Progress", "Recipe", "autocast", "evaluate",
+    "fit", "forward", "predict", "prepare_model", "resolve_device", "to_float", "train_loop",
+]

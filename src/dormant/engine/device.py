@@ -1,0 +1,41 @@
+"""Device selection and the uint8 -> float conversion every forward pass goes through."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dormant.errors import DormantError
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DormantError("--device cuda was asked for but no CUDA GPU is visible; use cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise DormantError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images to [0, 1] floats; inputs are not normalised, as in the seed paper."""
+    x = x.float().div_(255.0)
+    if x.is_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op context elsewhere so CPU numbers stay exact."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")

@@ -1,0 +1,75 @@
+"""Step-based training recipes: optimiser, schedule, batch size, augmentation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from dormant.errors import DormantError
+
+_OPTIMIZERS = {
+    "adam": lambda params, r: torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay),
+    "adamw": lambda params, r: torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay),
+    "sgd": lambda params, r: torch.optim.SGD(
+        params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay
+    ),
+}
+AUGMENTATIONS = ("flip-crop", "crop", "none")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to train: every loop in dormant (training, unlearning, attacks) runs one of these.
+
+    ``final_lr`` is the end of the cosine schedule; ``None`` means 0.1 x lr, the seed
+    paper's pretraining schedule (Adam 1e-4, wd 1e-4, cosine to 0.1 lr, batch 128).
+    """
+
+    steps: int
+    lr: float = 1e-4
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    batch_size: int = 128
+    schedule: str = "cosine"
+    final_lr: float | None = None
+    augment: str = "flip-crop"
+    pad: int = 4
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps <= 0:
+            raise DormantError(f"step count must be a positive integer, got {self.steps!r}")
+        if self.batch_size <= 0:
+            raise DormantError(f"batch size must be positive, got {self.batch_size}")
+        if self.lr <= 0:
+            raise DormantError(f"learning rate must be positive, got {self.lr}")
+        if self.optimizer not in _OPTIMIZERS:
+            raise DormantError(
+                f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(_OPTIMIZERS)}"
+            )
+        if self.schedule not in ("cosine", "constant"):
+            raise DormantError(f"unknown schedule {self.schedule!r}; use cosine or constant")
+        if self.augment not in AUGMENTATIONS:
+            raise DormantError(
+                f"unknown augmentation {self.augment!r}; use one of {', '.join(AUGMENTATIONS)}"
+            )
+
+    def with_(self, **changes) -> Recipe:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def build(self, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        opt = _OPTIMIZERS[self.optimizer](params, self)
+        end = (0.1 * self.lr if self.final_lr is None else self.final_lr) / self.lr
+        total = self.steps
+
+        def factor(step: int) -> float:
+            if self.schedule == "constant":
+                return 1.0
+            return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)

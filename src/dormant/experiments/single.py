@@ -1,0 +1,141 @@
+"""One-shot runs behind ``dormant train`` and ``dormant unlearn``: a model on disk in, a model
+on disk out, with the sidecar saying exactly what was done."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from dormant.data.forget import canary_labels, load_cscores, parse_forget, select_forget
+from dormant.data.sources import default_cache_dir
+from dormant.data.split import make_split
+from dormant.engine import Progress, Recipe, evaluate, fit, predict, resolve_device
+from dormant.errors import DormantError
+from dormant.experiments.profiles import profile_for
+from dormant.experiments.relearn import load_study_data
+from dormant.experiments.spec import RelearnSpec
+from dormant.models import ModelSpec, create_model
+from dormant.store import load_model, save_checkpoint
+from dormant.store.files import atomic_write_text
+from dormant.unlearn import UnlearnContext, UnlearnData, make_hparams, unlearn
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def train_model(spec: RelearnSpec, out: Path, *, seed: int = 0,
+                progress: Progress | None = None) -> tuple[Path, dict]:
+    """Train a model with the dataset's memorising recipe; ``spec.forget`` matters only for
+    ``canary:N``, whose relabelled images must be in the training labels."""
+    cache_dir = default_cache_dir()
+    ds = load_study_data(spec, cache_dir)
+    device = resolve_device(spec.device)
+    c, h, _ = ds.image_shape
+    profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
+    recipe = profile.train.with_(steps=spec.train_steps) if spec.train_steps else profile.train
+    mspec = ModelSpec(spec.model or profile.model, c, ds.num_classes, h)
+    fspec = parse_forget(spec.forget) if spec.forget else None
+    y_cpu, _ = canary_labels(fspec, ds.y_train, ds.num_classes, seed) if fspec else (ds.y_train,
+                                                                                      None)
+    x, y = ds.x_train.to(device), y_cpu.to(device)
+    model = create_model(mspec, seed=seed)
+    res = fit(model, x, y, torch.arange(len(y), device=device), recipe,
+              generator=torch.Generator().manual_seed(seed), track=True, progress=progress,
+              label="train")
+    metrics = {
+        "train_fit_acc": evaluate(model, x, y).acc,
+        "test_acc": evaluate(model, ds.x_test.to(device), ds.y_test.to(device)).acc,
+        "seconds": round(res.seconds, 3),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "model.safetensors"
+    meta = {"kind": "trained", "dataset": spec.dataset, "train_size": spec.train_size,
+            "data_fingerprint": ds.fingerprint, "recipe": recipe.to_dict(), "seed": seed,
+            "label_noise": fspec.text if fspec and fspec.kind == "canary" else None,
+            "metrics": metrics}
+    save_checkpoint(path, model, mspec, meta)
+    safetensors.torch.save_file({"learning_speed": res.learning_speed.contiguous()},
+                                str(path.with_suffix(".extra.safetensors")))
+    return path, metrics
+
+
+def unlearn_checkpoint(spec: RelearnSpec, checkpoint: Path, method: str, out: Path, *,
+                       seed: int = 0, overrides: dict | None = None,
+                       progress: Progress | None = None) -> tuple[Path, dict]:
+    """Apply ``method`` to a saved model for the forget set ``spec.forget``."""
+    hp = make_hparams(method, overrides)
+    ds = load_study_data(spec, default_cache_dir())
+    device = resolve_device(spec.device)
+    c, h, _ = ds.image_shape
+    profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
+    side: dict = {}
+    side_path = Path(checkpoint).with_suffix(".json")
+    if side_path.is_file():
+        side = json.loads(side_path.read_text())
+    name = spec.model or side.get("model", {}).get("name") or profile.model
+    model, side = load_model(Path(checkpoint), ModelSpec(name, c, ds.num_classes, h), device)
+    if side.get("data_fingerprint") not in (None, ds.fingerprint):
+        raise DormantError(
+            f"{checkpoint} was trained on other data than --dataset {spec.dataset} gives "
+            "(fingerprints differ); pass the same --dataset and --train-size as for training"
+        )
+    fspec = parse_forget(spec.forget or profile.forget)
+    if fspec.kind == "canary" and side.get("label_noise") != fspec.text:
+        raise DormantError(
+            f"forget spec {fspec.text} needs a model trained with those canaries; "
+            f"run dormant train --forget {fspec.text} first"
+        )
+    y_cpu, canaries = canary_labels(fspec, ds.y_train, ds.num_classes, side.get("seed", seed))
+    x, y = ds.x_train.to(device), y_cpu.to(device)
+    scores = None
+    if fspec.needs_scores:
+        extra = Path(checkpoint).with_suffix(".extra.safetensors")
+        if spec.cscores:
+            scores = load_cscores(Path(spec.cscores), len(ds.y_train))
+        elif extra.is_file():
+            scores = safetensors.torch.load_file(str(extra))["learning_speed"]
+        else:
+            raise DormantError(
+                f"forget spec {fspec.text} ranks by typicality: pass --cscores FILE.npz "
+                "(this checkpoint has no learning-speed record beside it)"
+            )
+    fitted = (predict(model, x).argmax(1) == y).cpu()
+    forget = select_forget(fspec, y_cpu, ds.num_classes, seed, canaries=canaries,
+                           scores=scores, fitted=fitted)
+    split = make_split(forget, len(y_cpu), seed)
+    recipe = Recipe(**side["recipe"]) if "recipe" in side else profile.train
+    mspec = ModelSpec(name, c, ds.num_classes, h)
+    data = UnlearnData(x, y, split.forget.to(device), split.retain.to(device),
+                       split.leakable.to(device), ds.num_classes)
+    ctx = UnlearnContext(recipe, lambda: create_model(mspec, seed=side.get("seed", seed)),
+                         seed, progress)
+    result = unlearn(method, model, data, ctx, **dataclasses.asdict(hp))
+    x_test, y_test = ds.x_test.to(device), ds.y_test.to(device)
+    metrics = {
+        "retain_acc": evaluate(result, x, y, data.retain).acc,
+        "forget_acc": evaluate(result, x, y, split.heldout.to(device)).acc,
+        "forget_acc_before": evaluate(model, x, y, split.heldout.to(device)).acc,
+        "test_acc": evaluate(result, x_test, y_test).acc,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "unlearned.safetensors"
+    save_checkpoint(path, result, mspec, {
+        "kind": "unlearned", "method": method, "hparams": dataclasses.asdict(hp),
+        "source_checkpoint": str(checkpoint), "source_sha256": sha256_file(Path(checkpoint)),
+        "dataset": spec.dataset, "train_size": spec.train_size,
+        "data_fingerprint": ds.fingerprint, "forget": fspec.text, "split": split.hash,
+        "recipe": recipe.to_dict(), "seed": side.get("seed", seed), "metrics": metrics,
+    })
+    atomic_write_text(out / "forget_ids.txt", "\n".join(map(str, forget.tolist())) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    return path, metrics

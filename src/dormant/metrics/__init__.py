@@ -1,0 +1,29 @@
+"""Metrics: accuracies, ToW, recovery, weight distance. Accuracies are percentages 0..100."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def tow(retain_acc: float, forget_acc: float, test_acc: float) -> float:
+    """Tug-of-war = retain x (1 - forget) x test, on fractions; returned as a percentage."""
+    return retain_acc / 100 * (1 - forget_acc / 100) * test_acc / 100 * 100
+
+
+def recovery(forget_acc_unlearned: float, forget_acc_attacked_best: float) -> float:
+    """Points of held-out forget accuracy the attack brings back (its best point)."""
+    return forget_acc_attacked_best - forget_acc_unlearned
+
+
+def l2_distance(a: nn.Module, b: nn.Module) -> float:
+    """L2 norm of the difference of trainable parameters (no BatchNorm running stats)."""
+    total = torch.zeros((), dtype=torch.float64)
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        if na != nb:
+            raise ValueError(f"parameter mismatch: {na} vs {nb}")
+        total += (pa.detach().double().cpu() - pb.detach().double().cpu()).pow(2).sum()
+    return float(total.sqrt())
+
+
+__all__ = ["l2_distance", "recovery", "tow"]

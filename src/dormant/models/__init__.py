@@ -1,0 +1,11 @@
+"""Model registry. Importing this package registers every built-in architecture."""
+
+from dormant.models import cnn_small, resnet_cifar, torchvision_models  # noqa: F401
+from dormant.models.registry import (
+    ModelSpec,
+    available_models,
+    create_model,
+    register_model,
+)
+
+__all__ = ["ModelSpec", "available_models", "create_model", "register_model"]

@@ -1,0 +1,144 @@
+"""What every unlearning method receives, the shared hyper-parameters, and the registry.
+
+A method is ``fn(model, data, hp, ctx) -> nn.Module``: it trains ``model`` in place (the
+caller passes a copy) through the engine and returns it. It never reads files or prints.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dormant.engine import Hook, Progress, Recipe, evaluate
+from dormant.errors import DormantError
+
+
+@dataclass(frozen=True)
+class UnlearnData:
+    """Device tensors a method may use. The held-out forget split is deliberately not named:
+    methods train on all of ``forget`` but may *evaluate* only ``monitor`` (the leakable part),
+    so no stopping rule can peek at the split every forget accuracy is measured on."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    forget: torch.Tensor
+    retain: torch.Tensor
+    monitor: torch.Tensor
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class UnlearnContext:
+    recipe: Recipe
+    """The original model's training recipe: the oracle reuses it, others its augmentation."""
+    init: Callable[[], nn.Module]
+    """A fresh model with the original model's initialisation."""
+    seed: int = 0
+    progress: Progress | None = None
+
+
+@dataclass(frozen=True)
+class StepHparams:
+    """Budget shared by step-based methods. Defaults follow the seed paper's unlearning
+    (Siddiqui et al. 2025): a fresh Adam, lr 1e-5, wd 0, no schedule, batch 128, 39,100 steps
+    (100 x the CIFAR-10 train loader)."""
+
+    steps: int = 39_100
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    optimizer: str = "adam"
+
+    def recipe(self, base: Recipe) -> Recipe:
+        return Recipe(
+            steps=self.steps,
+            lr=self.lr,
+            optimizer=self.optimizer,
+            weight_decay=self.weight_decay,
+            batch_size=self.batch_size,
+            schedule="constant",
+            augment=base.augment,
+            pad=base.pad,
+        )
+
+
+@dataclass(frozen=True)
+class StoppableHparams(StepHparams):
+    """``stop_acc``: stop once accuracy on the monitor ids (never the held-out split) falls to
+    this percentage or below, e.g. the oracle's. ``None`` runs the whole budget."""
+
+    stop_acc: float | None = None
+
+
+def stop_when_forgotten(data: UnlearnData, hp: StoppableHparams) -> Hook | None:
+    if hp.stop_acc is None or len(data.monitor) == 0:
+        return None
+    return lambda _step, model: evaluate(model, data.x, data.y, data.monitor).acc <= hp.stop_acc
+
+
+Method = Callable[[nn.Module, UnlearnData, object, UnlearnContext], nn.Module]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    fn: Method
+    hparams: type
+    summary: str
+
+    def defaults(self) -> dict:
+        return dataclasses.asdict(self.hparams())
+
+
+_METHODS: dict[str, MethodInfo] = {}
+
+
+def register_method(name: str, hparams: type) -> Callable[[Method], Method]:
+    def deco(fn: Method) -> Method:
+        doc = (hparams.__doc__ or "").strip().split("\n\n")[0]
+        _METHODS[name] = MethodInfo(name, fn, hparams, " ".join(doc.split()))
+        return fn
+
+    return deco
+
+
+def available_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> MethodInfo:
+    if name not in _METHODS:
+        raise DormantError(
+            f"unknown method {name!r}; choose one of: {', '.join(available_methods())}"
+        )
+    return _METHODS[name]
+
+
+def make_hparams(name: str, overrides: dict | None = None):
+    """The method's hyper-parameters with ``overrides``; unknown keys are named in the error."""
+    info = get_method(name)
+    fields = {f.name for f in dataclasses.fields(info.hparams)}
+    unknown = sorted(set(overrides or {}) - fields)
+    if unknown:
+        raise DormantError(
+            f"method {name!r} has no hyper-parameter {unknown[0]!r}; it has: "
+            f"{', '.join(sorted(fields))}"
+        )
+    hp = info.hparams(**(overrides or {}))
+    if isinstance(hp, StepHparams) and hp.steps <= 0:
+        raise DormantError(f"method {name!r}: steps must be positive, got {hp.steps}")
+    return hp
+
+
+def unlearn(
+    name: str, model: nn.Module, data: UnlearnData, ctx: UnlearnContext, **overrides
+) -> nn.Module:
+    """Apply method ``name`` to a copy of ``model``; the input model is left untouched."""
+    info = get_method(name)
+    hp = make_hparams(name, overrides)
+    return info.fn(copy.deepcopy(model), data, hp, ctx)

@@ -1,0 +1,31 @@
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dormant.engine import BatchStream, forward, train_loop
+from dormant.unlearn.base import StoppableHparams, register_method, stop_when_forgotten
+
+
+@dataclass(frozen=True)
+class GradientAscentHparams(StoppableHparams):
+    """Gradient ascent: descend on -CE over the forget set only (Thudi et al. 2022; SalUn `GA`).
+
+    The loss is unbounded below, so a fixed budget or ``stop_acc`` is essential. Optimiser as
+    in the seed paper's unlearning: Adam, lr 1e-5.
+    """
+
+
+@register_method("gradient_ascent", GradientAscentHparams)
+def gradient_ascent(model, data, hp, ctx):
+    recipe = hp.recipe(ctx.recipe)
+    g = torch.Generator().manual_seed(ctx.seed)
+    forget = BatchStream(data.forget, recipe.batch_size, g)
+
+    def loss(_step):
+        b = forget()
+        return -F.cross_entropy(forward(model, data.x, b, recipe, g), data.y[b])
+
+    train_loop(model, recipe, loss, hook=stop_when_forgotten(data, hp),
+               progress=ctx.progress, label="gradient_ascent")
+    return model

@@ -1,0 +1,24 @@
+from dataclasses import dataclass
+
+import torch
+
+from dormant.engine import fit
+from dormant.unlearn.base import register_method
+
+
+@dataclass(frozen=True)
+class RetrainHparams:
+    """Retrain from scratch on the retain set: the exact-unlearning oracle.
+
+    Same initialisation, same recipe and same number of steps as the original model
+    (Siddiqui et al. 2025, seed code `vision_unlearner.py`; no gradient ever comes from D_f).
+    """
+
+
+@register_method("retrain", RetrainHparams)
+def retrain(model, data, hp, ctx):
+    fresh = ctx.init()
+    g = torch.Generator().manual_seed(ctx.seed)
+    fit(fresh, data.x, data.y, data.retain, ctx.recipe, generator=g,
+        progress=ctx.progress, label="retrain")
+    return fresh
