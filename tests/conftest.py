@@ -20,3 +20,26 @@ def shared_datasets() -> Path:
     if os.environ.get("CI"):
         pytest.fail(f"{reason}; CI must provide them")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    from dormant.data import load_dataset
+
+    return load_dataset("digits", cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def digits_setup(digits, tmp_path_factory):
+    """The digits demo's original MLP, its atypical class-1 forget split and device tensors:
+    trained once per session with the demo's own profile (about a second)."""
+    from dormant.experiments.profiles import profile_for
+    from dormant.experiments.relearn import prepare
+    from dormant.experiments.spec import RelearnSpec
+    from dormant.store import ModelCache
+
+    spec = RelearnSpec(dataset="digits", device="cpu")
+    cache = ModelCache(tmp_path_factory.mktemp("models"))
+    prep = prepare(spec, digits, 0, cache, None)
+    assert prep.profile == profile_for("digits", len(digits.y_train), digits.image_shape)
+    return prep
