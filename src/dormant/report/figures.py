@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-STYLE = {"original": dict(color="black", ls="--"), "retrain": dict(color="tab:green", lw=2.5)}
+STYLE = {"original": dict(color="grey", ls="--"), "retrain": dict(color="black", lw=2.5)}
 
 
 def recovery_figure(rows: list[dict], path: Path) -> Path:
