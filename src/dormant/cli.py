@@ -43,6 +43,22 @@ def _ints(text: str | None, what: str) -> list[int] | None:
         ) from None
 
 
+def _check_data_root(data_root: Path | None) -> None:
+    if data_root is not None and not data_root.exists():
+        raise DormantError(f"--data-root {data_root} does not exist")
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DormantError(f"--out {out} is a file; give a folder to write into")
+
+
+def _check_positive(**values: int | None) -> None:
+    for name, v in values.items():
+        if v is not None and v <= 0:
+            raise DormantError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+
+
 def _spec(study: Path | None = None, **flags):
     from dormant.experiments import RelearnSpec
 
@@ -115,6 +131,7 @@ def demo(
 ) -> None:
     """The main job on the embedded digits data: train, unlearn, attack, report."""
     out = out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    _check_out(out)
     spec = _spec(dataset="digits", seeds=[seed], device=device, k=[0, 5])
     _run_study(spec, out, "dormant demo: relearning after unlearning")
 
@@ -139,21 +156,20 @@ def relearn_cmd(
     out: Annotated[Path | None, typer.Option(help="output folder")] = None,
 ) -> None:
     """The relearning study on any dataset: unlearn, attack, report (resumable)."""
-    for name, v in (("train-steps", train_steps), ("unlearn-steps", unlearn_steps),
-                    ("attack-steps", attack_steps), ("train-size", train_size)):
-        if v is not None and v <= 0:
-            raise DormantError(f"--{name} must be a positive integer, got {v}")
-    if data_root is not None and not data_root.exists():
-        raise DormantError(f"--data-root {data_root} does not exist")
+    _check_positive(train_steps=train_steps, unlearn_steps=unlearn_steps,
+                    attack_steps=attack_steps, train_size=train_size)
+    _check_data_root(data_root)
     spec = _spec(
         study, dataset=dataset, data_root=str(data_root) if data_root else None,
         download=download, train_size=train_size, model=model, forget=forget,
         cscores=str(cscores) if cscores else None,
-        methods=methods.split(",") if methods else None, k=_ints(k, "k"),
+        methods=[m.strip() for m in methods.split(",")] if methods is not None else None,
+        k=_ints(k, "k"),
         seeds=_ints(seeds, "seeds"), train_steps=train_steps, unlearn_steps=unlearn_steps,
         attack_steps=attack_steps, device=device,
     )
     out = out or Path("runs") / f"relearn-{time.strftime('%Y%m%d-%H%M%S')}"
+    _check_out(out)
     _run_study(spec, out, "Relearning study")
 
 
@@ -173,8 +189,9 @@ def train(
     """Train a model with the dataset's memorising recipe and save it (safetensors)."""
     from dormant.experiments.single import train_model
 
-    if steps is not None and steps <= 0:
-        raise DormantError(f"--steps must be a positive integer, got {steps}")
+    _check_positive(steps=steps, train_size=train_size)
+    _check_data_root(data_root)
+    _check_out(out)
     spec = _spec(dataset=dataset, data_root=str(data_root) if data_root else None,
                  download=download, train_size=train_size, model=model, forget=forget,
                  train_steps=steps, device=device)
@@ -205,8 +222,9 @@ def unlearn_cmd(
     from dormant.unlearn import get_method
 
     get_method(method)
-    if steps is not None and steps <= 0:
-        raise DormantError(f"--steps must be a positive integer, got {steps}")
+    _check_positive(steps=steps, train_size=train_size)
+    _check_data_root(data_root)
+    _check_out(out)
     overrides = {k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None}
     spec = _spec(dataset=dataset, data_root=str(data_root) if data_root else None,
                  train_size=train_size, model=model, forget=forget,

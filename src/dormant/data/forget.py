@@ -101,6 +101,21 @@ def read_ids(path: Path, n_train: int) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def planned_size(spec: ForgetSpec, y: torch.Tensor, num_classes: int) -> int:
+    """The forget set's size (an upper bound for typicality specs, which keep only fitted
+    images), known before any model is trained, so bad input fails before the work."""
+    if spec.kind == "ids":
+        return len(read_ids(spec.path, len(y)))
+    if spec.kind in ("random", "canary"):
+        return spec.count
+    if not 0 <= spec.cls < num_classes:
+        raise DormantError(
+            f"forget spec {spec.text!r}: class {spec.cls} does not exist; use 0..{num_classes - 1}"
+        )
+    members = int((y == spec.cls).sum())
+    return members if spec.kind == "class" else max(2, int(round(spec.frac * members)))
+
+
 def canary_labels(
     spec: ForgetSpec, y: torch.Tensor, num_classes: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -44,6 +44,11 @@ class Split:
         return h.hexdigest()[:16]
 
 
+def leakable_count(n_forget: int) -> int:
+    """The first 20% of the permuted forget set (at least one example stays held out)."""
+    return min(n_forget - 1, int(round(LEAK_FRACTION * n_forget)))
+
+
 def make_split(forget: torch.Tensor, n_train: int, seed: int) -> Split:
     """Permute ``forget`` with ``seed``; ids not in it form the retain set."""
     if len(forget) < 2:
@@ -52,5 +57,4 @@ def make_split(forget: torch.Tensor, n_train: int, seed: int) -> Split:
     permuted = forget[torch.randperm(len(forget), generator=g)]
     mask = torch.ones(n_train, dtype=torch.bool)
     mask[forget] = False
-    n_leak = min(len(forget) - 1, int(round(LEAK_FRACTION * len(forget))))
-    return Split(permuted, torch.nonzero(mask).flatten(), n_leak)
+    return Split(permuted, torch.nonzero(mask).flatten(), leakable_count(len(forget)))

@@ -17,10 +17,17 @@ from torch import nn
 
 from dormant.attacks import RelearnConfig, RelearnData, relearn
 from dormant.data import Dataset, load_dataset, stratified_subset
-from dormant.data.forget import canary_labels, load_cscores, parse_forget, select_forget
+from dormant.data.forget import (
+    canary_labels,
+    load_cscores,
+    parse_forget,
+    planned_size,
+    select_forget,
+)
 from dormant.data.sources import default_cache_dir
-from dormant.data.split import Split, make_split
+from dormant.data.split import Split, leakable_count, make_split
 from dormant.engine import Progress, Recipe, evaluate, fit, predict, resolve_device
+from dormant.errors import DormantError
 from dormant.experiments.profiles import Profile, profile_for
 from dormant.experiments.spec import RelearnSpec
 from dormant.metrics import l2_distance, recovery, tow
@@ -154,6 +161,29 @@ def cell_id(spec: RelearnSpec, method: str, seed: int, k: int, hp: dict) -> str:
                      method=method, seed=seed, k=k, hp=hp)
 
 
+def check_spec(spec: RelearnSpec, ds: Dataset) -> None:
+    """Everything about the study that can be wrong, refused before any training starts."""
+    for name in spec.methods:
+        if name not in REFERENCE_MODELS:
+            make_hparams(name, spec.hparams.get(name, {}))
+    for name in spec.hparams:
+        if name not in spec.methods:
+            raise DormantError(f"hparams given for {name!r}, which is not in methods; "
+                               "add it to methods or remove its hparams")
+    profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
+    fspec = parse_forget(spec.forget or profile.forget)
+    n_leak = leakable_count(planned_size(fspec, ds.y_train, ds.num_classes))
+    if max(spec.k) > n_leak:
+        raise DormantError(
+            f"k={max(spec.k)} leaked examples asked for, but at most {n_leak} of the forget "
+            f"set {fspec.text} are leakable; pick k <= {n_leak} or a larger forget set"
+        )
+    if spec.cscores and fspec.needs_scores:
+        load_cscores(Path(spec.cscores), len(ds.y_train))
+    create_model(ModelSpec(spec.model or profile.model, ds.image_shape[0], ds.num_classes,
+                           ds.image_shape[1]))
+
+
 def run_relearn(
     spec: RelearnSpec,
     out: Path,
@@ -163,15 +193,13 @@ def run_relearn(
     on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Run every missing cell of the study; returns all rows of ``out/results.jsonl``."""
-    for m in spec.methods:
-        if m not in REFERENCE_MODELS:
-            get_method(m)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache = ModelCache(cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     done = {r.get("cell") for r in read_rows(results)}
     ds = load_study_data(spec, cache_dir)
+    check_spec(spec, ds)
     methods = list(REFERENCE_MODELS) + [m for m in spec.methods if m not in REFERENCE_MODELS]
     for seed in spec.seeds:
         prep = prepare(spec, ds, seed, cache, progress)
@@ -231,12 +259,12 @@ def _attack_row(spec, prep: Prepared, method, model, before, k, hp) -> dict:
     t0 = time.perf_counter()
     attacked, curve = relearn(model, data, cfg, prep.recipe, seed=prep.seed)
     attack_s = time.perf_counter() - t0
-    after = _measure(prep, attacked)
+    retain_after = evaluate(attacked, prep.x, prep.y, data.retain).acc
     return {
         "dataset": spec.dataset, "model": prep.spec.name,
         "forget": spec.forget or prep.profile.forget, "method": method, "seed": prep.seed,
         "k": k, **{key: round(v, 4) for key, v in before.items()},
-        "retain_acc_attacked": round(after["retain_acc"], 4),
+        "retain_acc_attacked": round(retain_after, 4),
         "test_acc_attacked": round(curve.test_acc[-1], 4),
         "forget_acc_attacked": round(curve.best, 4),
         "forget_acc_attacked_last": round(curve.last, 4),

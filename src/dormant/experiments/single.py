@@ -45,6 +45,11 @@ def train_model(spec: RelearnSpec, out: Path, *, seed: int = 0,
     recipe = profile.train.with_(steps=spec.train_steps) if spec.train_steps else profile.train
     mspec = ModelSpec(spec.model or profile.model, c, ds.num_classes, h)
     fspec = parse_forget(spec.forget) if spec.forget else None
+    if fspec is not None and fspec.kind != "canary":
+        raise DormantError(
+            f"dormant train --forget takes only canary:N (images relabelled before training); "
+            f"{fspec.text} is chosen at unlearning time: pass it to dormant unlearn"
+        )
     y_cpu, _ = canary_labels(fspec, ds.y_train, ds.num_classes, seed) if fspec else (ds.y_train,
                                                                                       None)
     x, y = ds.x_train.to(device), y_cpu.to(device)

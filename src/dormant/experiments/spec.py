@@ -42,6 +42,13 @@ class RelearnSpec(BaseModel):
             raise ValueError("k must be a non-empty list of integers >= 0")
         return v
 
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_non_negative(cls, v: list[int]) -> list[int]:
+        if any(s < 0 for s in v):
+            raise ValueError("seeds must be integers >= 0")
+        return v
+
     @field_validator("seeds", "methods")
     @classmethod
     def _non_empty(cls, v: list) -> list:

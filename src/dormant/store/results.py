@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from dormant.errors import DormantError
 from dormant.store.files import atomic_write_bytes
 
 
@@ -27,4 +28,15 @@ def read_rows(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise DormantError(
+                f"{path} line {number} is not a JSON row; fix or delete that line "
+                "(the other rows are kept and a rerun redoes only missing cells)"
+            ) from None
+    return rows

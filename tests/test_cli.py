@@ -1,0 +1,283 @@
+"""The real ``dormant`` CLI, run as a subprocess: demo, resume, reproducibility, train ->
+unlearn, methods, MNIST from the offline copy, and YAML study files.
+
+Every run uses ``--device cpu`` and a ``DORMANT_CACHE`` under pytest's temp folder; one cache
+is shared by the session so the digits original and oracle are trained once.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dormant.data import load_dataset
+
+METRIC_KEYS = (
+    "dataset", "model", "forget", "method", "seed", "k", "retain_acc", "test_acc", "forget_acc",
+    "retain_acc_attacked", "test_acc_attacked", "forget_acc_attacked",
+    "forget_acc_attacked_last", "recovery", "train_fit_acc", "l2_to_original", "seconds",
+)
+ACC_KEYS = ("retain_acc", "test_acc", "forget_acc", "retain_acc_attacked", "test_acc_attacked",
+            "forget_acc_attacked", "forget_acc_attacked_last", "train_fit_acc")
+TIMING_KEYS = {"seconds", "unlearn_seconds", "attack_seconds"}
+DEMO_METHODS = ("original", "retrain", "finetune", "gradient_ascent", "neggrad_plus")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One DORMANT_CACHE for the whole session (same path as in test_cli_errors.py)."""
+    path = tmp_path_factory.getbasetemp() / "dormant-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _cmd(*args: object) -> list[str]:
+    return [sys.executable, "-m", "dormant", *(str(a) for a in args)]
+
+
+def _env(cache: Path) -> dict[str, str]:
+    return {**os.environ, "DORMANT_CACHE": str(cache)}
+
+
+def dormant(*args: object, cache: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real CLI; fail with its output unless it exits 0."""
+    res = subprocess.run(_cmd(*args), capture_output=True, text=True, env=_env(cache),
+                         timeout=timeout)
+    assert res.returncode == 0, f"exit {res.returncode}\n{res.stdout}\n{res.stderr}"
+    assert "Traceback" not in res.stderr
+    return res
+
+
+def rows(out: Path) -> list[dict]:
+    lines = (out / "results.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+# --- 1. the demo -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def demo_out(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    dormant("demo", "--out", out, "--device", "cpu", cache=cache_dir)
+    return out
+
+
+def test_demo_rows(demo_out: Path) -> None:
+    got = rows(demo_out)
+    assert sorted((r["method"], r["k"]) for r in got) == sorted(
+        (m, k) for m in DEMO_METHODS for k in (0, 5)
+    )
+    for r in got:
+        missing = [key for key in METRIC_KEYS if key not in r]
+        assert not missing, f"{r['method']} k={r['k']} lacks {missing}"
+        assert (r["dataset"], r["model"], r["seed"]) == ("digits", "mlp", 0)
+        for key in ACC_KEYS:
+            assert 0.0 <= r[key] <= 100.0, (key, r[key])
+        assert r["recovery"] == pytest.approx(r["forget_acc_attacked"] - r["forget_acc"],
+                                              abs=1e-3)
+        assert r["forget_acc_attacked"] >= r["forget_acc_attacked_last"] - 1e-9  # best >= last
+        assert r["train_fit_acc"] >= 99.0
+        assert r["l2_to_original"] >= 0.0 and r["seconds"] >= 0.0
+    by = {(r["method"], r["k"]): r for r in got}
+    assert by["original", 0]["l2_to_original"] == 0.0
+    assert by["retrain", 0]["l2_to_original"] > 0.0
+    # one original, one split: every row agrees on what was trained and forgotten
+    assert len({(r["train_fit_acc"], r["split"], r["forget"]) for r in got}) == 1
+
+
+def test_demo_shows_dormant_knowledge(demo_out: Path) -> None:
+    """The issue's acceptance criterion, measured: the oracle barely relearns the held-out
+    forget set at k=0, while at least two approximate methods recover >= 20 points more."""
+    k0 = {r["method"]: r["recovery"] for r in rows(demo_out) if r["k"] == 0}
+    assert k0["retrain"] <= 10.0, k0
+    dormant_methods = [m for m, rec in k0.items()
+                       if m not in ("original", "retrain") and rec >= k0["retrain"] + 20.0]
+    assert len(dormant_methods) >= 2, k0
+
+
+def test_demo_report_files(demo_out: Path) -> None:
+    with open(demo_out / "results.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows(demo_out)) == 10
+    assert {r["method"] for r in table} == set(DEMO_METHODS)
+    report = (demo_out / "report.md").read_text()
+    assert "| method | k |" in report and "|---|" in report
+    for m in DEMO_METHODS:
+        assert f"| {m} | 0 |" in report and f"| {m} | 5 |" in report
+    png = (demo_out / "recovery.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(png) > 10_000
+
+
+# --- 2. resume ---------------------------------------------------------------------------------
+
+
+def test_relearn_resumes(tmp_path: Path, cache_dir: Path) -> None:
+    out = tmp_path / "study"
+    args = ("relearn", "--dataset", "digits", "--methods", "gradient_ascent", "--k", "0",
+            "--out", out, "--device", "cpu")
+    t0 = time.perf_counter()
+    first = dormant(*args, cache=cache_dir)
+    first_s = time.perf_counter() - t0
+    got = rows(out)
+    assert [r["method"] for r in got] == ["original", "retrain", "gradient_ascent"]
+    assert len({r["cell"] for r in got}) == 3
+    assert first.stdout.count("seed 0 k=0") == 3  # one progress line per computed cell
+    blob = (out / "results.jsonl").read_bytes()
+
+    t0 = time.perf_counter()
+    second = dormant(*args, cache=cache_dir)
+    second_s = time.perf_counter() - t0
+    assert (out / "results.jsonl").read_bytes() == blob  # no row appended or rewritten
+    assert "seed 0 k=0" not in second.stdout  # no cell computed again
+    assert second_s < first_s, (first_s, second_s)
+
+    lines = blob.decode().splitlines(keepends=True)
+    (out / "results.jsonl").write_text("".join(lines[:-1]))
+    third = dormant(*args, cache=cache_dir)
+    again = rows(out)
+    assert len(again) == 3 and third.stdout.count("seed 0 k=0") == 1
+    assert again[:2] == got[:2]
+    assert again[-1]["cell"] == got[-1]["cell"]
+    assert again[-1]["method"] == "gradient_ascent"
+
+
+# --- 3. reproducibility ------------------------------------------------------------------------
+
+
+def test_same_seed_same_metrics(tmp_path: Path) -> None:
+    """Two runs with separate caches (nothing reused) agree on every metric."""
+    procs = []
+    for name in ("a", "b"):
+        cache = tmp_path / f"cache-{name}"
+        args = ("relearn", "--dataset", "digits", "--methods", "gradient_ascent", "--k", "0",
+                "--train-steps", "200", "--unlearn-steps", "20", "--attack-steps", "40",
+                "--out", tmp_path / f"out-{name}", "--device", "cpu")
+        procs.append(subprocess.Popen(_cmd(*args), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=_env(cache)))
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, f"{out}\n{err}"
+    a, b = rows(tmp_path / "out-a"), rows(tmp_path / "out-b")
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b, strict=True):
+        assert set(ra) == set(rb)
+        for key in sorted(set(ra) - TIMING_KEYS):
+            assert ra[key] == rb[key], (ra["method"], key, ra[key], rb[key])
+    assert len(list((tmp_path / "cache-a" / "models").glob("*.safetensors"))) >= 3
+
+
+# --- 4. train, then unlearn the checkpoint -----------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_train_then_unlearn(tmp_path: Path, cache_dir: Path) -> None:
+    trained, unlearned = tmp_path / "train", tmp_path / "unlearn"
+    dormant("train", "--dataset", "digits", "--out", trained, "--device", "cpu", cache=cache_dir)
+    ckpt = trained / "model.safetensors"
+    dormant("unlearn", ckpt, "--method", "gradient_ascent", "--dataset", "digits",
+            "--forget", "class:1:atypical:0.3", "--steps", "30", "--lr", "1e-4",
+            "--out", unlearned, "--device", "cpu", cache=cache_dir)
+
+    digits = load_dataset("digits", cache_dir=cache_dir)
+    sides = {}
+    for path in (ckpt, unlearned / "unlearned.safetensors"):
+        assert path.read_bytes()[8:9] == b"{"  # safetensors: 8-byte length, then JSON header
+        side = json.loads(path.with_suffix(".json").read_text())
+        for key in ("model", "data_fingerprint", "versions", "git_revision"):
+            assert key in side, f"{path.name} sidecar lacks {key}"
+        assert side["model"] == {"name": "mlp", "in_channels": 1, "num_classes": 10,
+                                 "image_size": 8}
+        assert side["data_fingerprint"] == digits.fingerprint
+        assert {"dormant", "torch", "python"} <= set(side["versions"])
+        assert side["git_revision"]
+        sides[path.name] = side
+    assert sides["model.safetensors"]["metrics"]["train_fit_acc"] >= 99.0
+    un = sides["unlearned.safetensors"]
+    assert un["method"] == "gradient_ascent" and un["forget"] == "class:1:atypical:0.3"
+    assert un["hparams"]["steps"] == 30 and un["hparams"]["lr"] == pytest.approx(1e-4)
+    assert un["source_sha256"] == _sha256(ckpt)
+
+    metrics = json.loads((unlearned / "metrics.json").read_text())
+    assert metrics["forget_acc"] < metrics["forget_acc_before"], metrics
+    ids = [int(t) for t in (unlearned / "forget_ids.txt").read_text().split()]
+    assert ids == sorted(set(ids))
+    n_ones = int((digits.y_train == 1).sum())
+    assert len(ids) == round(0.3 * n_ones)
+    assert all(int(digits.y_train[i]) == 1 for i in ids)
+
+
+# --- 5. methods --------------------------------------------------------------------------------
+
+
+def test_methods_lists_defaults(cache_dir: Path) -> None:
+    out = dormant("methods", cache=cache_dir).stdout
+    for name in ("retrain", "finetune", "gradient_ascent", "neggrad_plus"):
+        assert name in out
+    assert out.count("steps=39100") == 3  # every step-based method shows the paper's budget
+
+
+# --- 6. MNIST from the offline copy ------------------------------------------------------------
+
+
+def test_relearn_mnist_offline(tmp_path: Path, cache_dir: Path, shared_datasets: Path) -> None:
+    out = tmp_path / "mnist"
+    dormant("relearn", "--dataset", "mnist", "--data-root", shared_datasets,
+            "--train-size", "2000", "--methods", "gradient_ascent", "--k", "0",
+            "--train-steps", "150", "--unlearn-steps", "10", "--attack-steps", "20",
+            "--out", out, "--device", "cpu", cache=cache_dir, timeout=600)
+    got = rows(out)
+    assert [r["method"] for r in got] == ["original", "retrain", "gradient_ascent"]
+    for r in got:
+        assert (r["dataset"], r["model"], r["k"]) == ("mnist", "cnn-small", 0)
+        for key in ACC_KEYS:
+            assert 0.0 <= r[key] <= 100.0
+        # --train-size 2000: class 0 has ~200 images, its atypical 10% ~20 (not ~590)
+        assert 10 <= r["forget_size"] <= 30
+        assert r["attack"]["steps"] == 20
+    assert got[2]["hparams"]["steps"] == 10
+    assert got[0]["test_acc"] > 50.0  # 150 steps on 2000 digits already learn MNIST
+    # the models were built for 28x28 single-channel images
+    specs = [json.loads(p.read_text())["model"] for p in (cache_dir / "models").glob("*.json")]
+    assert {"name": "cnn-small", "in_channels": 1, "num_classes": 10, "image_size": 28} in specs
+
+
+# --- 7. YAML study files -----------------------------------------------------------------------
+
+
+def test_study_yaml_and_flag_override(tmp_path: Path, cache_dir: Path) -> None:
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        "dataset: digits\n"
+        "methods: [gradient_ascent]\n"
+        "k: [0, 5]\n"
+        "seeds: [0]\n"
+        "unlearn_steps: 15\n"
+        "attack_steps: 10\n"
+    )
+    out = tmp_path / "study"
+    dormant("relearn", study, "--k", "0", "--out", out, "--device", "cpu", cache=cache_dir)
+    got = rows(out)
+    assert [(r["method"], r["k"]) for r in got] == [
+        ("original", 0), ("retrain", 0), ("gradient_ascent", 0)]
+    assert all(r["attack"]["steps"] == 10 and r["seed"] == 0 for r in got)
+    assert got[2]["hparams"]["steps"] == 15
+
+    # without the flag the file's k: [0, 5] holds; the k=0 cells are already done
+    dormant("relearn", study, "--out", out, "--device", "cpu", cache=cache_dir)
+    got = rows(out)
+    assert sorted((r["method"], r["k"]) for r in got) == sorted(
+        (m, k) for m in ("original", "retrain", "gradient_ascent") for k in (0, 5))
+    assert len({r["cell"] for r in got}) == 6

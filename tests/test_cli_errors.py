@@ -1,0 +1,373 @@
+"""Bad input to the CLI: exit code 2, exactly one ``error: ...`` line on stderr naming the
+problem, no traceback, and nothing already written is lost.
+
+Most cases run in-process through ``dormant.cli.main`` for speed; a few go through the real
+entry points (``python -m dormant`` and the ``dormant`` console script) to prove they behave
+the same.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from dormant.cli import main
+from dormant.models import ModelSpec, create_model
+from dormant.store import save_checkpoint
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One DORMANT_CACHE for the whole session (same path as in test_cli.py), so the digits
+    original and oracle are trained once."""
+    path = tmp_path_factory.getbasetemp() / "dormant-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _env(cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DORMANT_CACHE", str(cache_dir))
+    monkeypatch.chdir(tmp_path)  # anything written to a default runs/ folder lands here
+
+
+def _check(rc: int, out: str, err: str, *needles: str) -> str:
+    assert rc == 2, f"exit code {rc}\nstdout:\n{out}\nstderr:\n{err}"
+    assert "Traceback" not in out + err
+    lines = err.splitlines()
+    assert len(lines) == 1, f"want one stderr line, got {len(lines)}:\n{err}"
+    line = lines[0]
+    assert line.startswith("error: ") and len(line) > len("error: ") + 10, line
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+    return line
+
+
+def _fails(capsys: pytest.CaptureFixture[str], args: list[str], *needles: str) -> str:
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return _check(rc, cap.out, cap.err, *needles)
+
+
+def _subprocess(args: list, cache_dir: Path, cwd: Path, exe: list[str] | None = None):
+    env = {**os.environ, "DORMANT_CACHE": str(cache_dir)}
+    cmd = (exe or [sys.executable, "-m", "dormant"]) + [str(a) for a in args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def digits_ckpt(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """A briefly trained digits checkpoint made by ``dormant train`` (in-process)."""
+    out = tmp_path_factory.mktemp("ckpt")
+    old = os.environ.get("DORMANT_CACHE")
+    os.environ["DORMANT_CACHE"] = str(cache_dir)
+    try:
+        rc = main(["train", "--dataset", "digits", "--steps", "10", "--out", str(out),
+                   "--device", "cpu"])
+    finally:
+        if old is None:
+            del os.environ["DORMANT_CACHE"]
+        else:
+            os.environ["DORMANT_CACHE"] = old
+    assert rc == 0
+    return out / "model.safetensors"
+
+
+def _unlearn(ckpt: Path, out: Path, *extra: str) -> list[str]:
+    return ["unlearn", str(ckpt), "--method", "gradient_ascent", "--dataset", "digits",
+            "--steps", "2", "--out", str(out), "--device", "cpu", *extra]
+
+
+def _relearn(out: Path, *extra: str) -> list[str]:
+    """A tiny digits study: short budgets so the cases that get as far as training stay fast
+    whether or not another test already filled the model cache."""
+    return ["relearn", "--dataset", "digits", "--methods", "gradient_ascent", "--k", "0",
+            "--train-steps", "60", "--unlearn-steps", "5", "--attack-steps", "5",
+            "--out", str(out), "--device", "cpu", *extra]
+
+
+# --- unknown names -----------------------------------------------------------------------------
+
+
+def test_unknown_dataset(capsys, tmp_path: Path) -> None:
+    _fails(capsys, _relearn(tmp_path / "o", "--dataset", "nope"), "unknown dataset", "'nope'")
+
+
+def test_unknown_dataset_real_entry_points(cache_dir: Path, tmp_path: Path) -> None:
+    args = _relearn(tmp_path / "o", "--dataset", "nope")
+    res = _subprocess(args, cache_dir, tmp_path)
+    _check(res.returncode, res.stdout, res.stderr, "unknown dataset", "'nope'")
+    script = Path(sys.executable).with_name("dormant")
+    assert script.is_file(), f"console script {script} is not installed"
+    res = _subprocess(args, cache_dir, tmp_path, exe=[str(script)])
+    _check(res.returncode, res.stdout, res.stderr, "unknown dataset", "'nope'")
+
+
+def test_unknown_model(capsys, tmp_path: Path) -> None:
+    _fails(capsys, _relearn(tmp_path / "o", "--model", "nope"), "unknown model", "'nope'")
+
+
+def test_unknown_method_relearn(capsys, tmp_path: Path) -> None:
+    _fails(capsys, _relearn(tmp_path / "o", "--methods", "nope"), "unknown method", "'nope'")
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+
+
+def test_unknown_method_unlearn(capsys, tmp_path: Path, digits_ckpt: Path) -> None:
+    args = _unlearn(digits_ckpt, tmp_path / "u")
+    args[args.index("gradient_ascent")] = "nope"
+    _fails(capsys, args, "unknown method", "'nope'")
+    assert not (tmp_path / "u").exists()
+
+
+# --- forget specs ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [("class:x", "does not parse"), ("random:", "does not parse"),
+     ("class:1:atypical:2", "fraction")],
+)
+def test_bad_forget_spec(capsys, tmp_path: Path, spec: str, needle: str) -> None:
+    _fails(capsys, _relearn(tmp_path / "o", "--forget", spec), repr(spec), needle)
+
+
+@pytest.mark.parametrize(
+    ("content", "needles"),
+    [
+        ("1\n2\n99999\n", ("out of range", "99999")),
+        ("3\n4\n3\n", ("more than once", "id 3")),
+        ("3\n4\nfive\n", ("not an integer", "'five'")),
+        ("\n  \n", ("empty",)),
+    ],
+    ids=["out-of-range", "duplicated", "not-integers", "empty"],
+)
+def test_bad_ids_file_unlearn(capsys, tmp_path: Path, digits_ckpt: Path, content: str,
+                              needles: tuple[str, ...]) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text(content)
+    _fails(capsys, _unlearn(digits_ckpt, tmp_path / "u", "--forget", f"ids:{ids}"),
+           "ids file", *needles)
+    assert not (tmp_path / "u" / "unlearned.safetensors").exists()
+
+
+def test_bad_ids_file_relearn(capsys, tmp_path: Path) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("0, 1, 5000\n")
+    _fails(capsys, _relearn(tmp_path / "o", "--forget", f"ids:{ids}"),
+           "ids file", "out of range", "5000")
+
+
+# --- missing paths -----------------------------------------------------------------------------
+
+
+def test_missing_checkpoint(capsys, tmp_path: Path) -> None:
+    _fails(capsys, _unlearn(Path("/no/such.safetensors"), tmp_path / "u"),
+           "/no/such.safetensors", "does not exist")
+
+
+@pytest.mark.parametrize("command", ["relearn", "train", "unlearn"])
+def test_missing_data_root(capsys, tmp_path: Path, digits_ckpt: Path, command: str) -> None:
+    if command == "relearn":
+        args = _relearn(tmp_path / "o")
+    elif command == "train":
+        args = ["train", "--dataset", "digits", "--steps", "1", "--out", str(tmp_path / "o"),
+                "--device", "cpu"]
+    else:
+        args = _unlearn(digits_ckpt, tmp_path / "o")
+    _fails(capsys, [*args, "--data-root", "/no/such"], "/no/such", "does not exist")
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_study_file(capsys, tmp_path: Path) -> None:
+    _fails(capsys, ["relearn", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")],
+           "nope.yaml", "does not exist")
+
+
+def test_missing_ids_file(capsys, tmp_path: Path, digits_ckpt: Path) -> None:
+    _fails(capsys, _unlearn(digits_ckpt, tmp_path / "u", "--forget", "ids:/no/such.txt"),
+           "/no/such.txt", "does not exist")
+
+
+# --- checkpoints that do not fit, or are not checkpoints ---------------------------------------
+
+
+def test_checkpoint_of_another_architecture(capsys, tmp_path: Path) -> None:
+    spec = ModelSpec("cnn-small", 1, 10, 8)
+    with_sidecar = save_checkpoint(tmp_path / "cnn.safetensors", create_model(spec, seed=0), spec)
+    _fails(capsys, _unlearn(with_sidecar, tmp_path / "u", "--model", "mlp"),
+           "cnn-small", "mlp")
+    bare = tmp_path / "bare" / "cnn.safetensors"
+    bare.parent.mkdir()
+    safetensors.torch.save_file(create_model(spec, seed=0).state_dict(), str(bare))
+    _fails(capsys, _unlearn(bare, tmp_path / "u", "--model", "mlp"), "does not fit", "'mlp'")
+    assert not (tmp_path / "u").exists()
+
+
+def test_checkpoint_with_another_class_count(capsys, tmp_path: Path) -> None:
+    path = tmp_path / "mlp3.safetensors"
+    state = create_model(ModelSpec("mlp", 1, 3, 8), seed=0).state_dict()
+    safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    assert not path.with_suffix(".json").exists()
+    _fails(capsys, _unlearn(path, tmp_path / "u", "--model", "mlp"), str(path), "10 classes")
+
+
+class _Evil:
+    """Unpickling this runs ``open(marker, 'w')``: the marker's existence proves code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize(
+    ("name", "how"),
+    [("evil.pkl", "pickle"), ("evil.safetensors", "pickle"),
+     ("evil0.safetensors", "pickle-protocol-0"), ("evil.pt", "torch.save")],
+)
+def test_pickle_checkpoint_is_never_unpickled(capsys, tmp_path: Path, name: str,
+                                              how: str) -> None:
+    marker = tmp_path / "MARKER"
+    path = tmp_path / name
+    payload = {"weight": _Evil(marker)}
+    if how == "torch.save":
+        torch.save(payload, path)
+        assert path.read_bytes()[:4] == b"PK\x03\x04"
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(payload, f, protocol=0 if how.endswith("0") else pickle.HIGHEST_PROTOCOL)
+    assert not marker.exists()
+    _fails(capsys, _unlearn(path, tmp_path / "u", "--model", "mlp"), str(path))
+    assert not marker.exists(), "the checkpoint was unpickled: its payload ran"
+    assert not (tmp_path / "u").exists()
+
+
+def test_pickle_checkpoint_real_entry_point(cache_dir: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "evil.pt"
+    torch.save({"weight": _Evil(marker)}, path)
+    res = _subprocess(_unlearn(path, tmp_path / "u", "--model", "mlp"), cache_dir, tmp_path)
+    _check(res.returncode, res.stdout, res.stderr, str(path))
+    assert not marker.exists()
+
+
+# --- budgets and k -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["relearn", "--train-steps", "0"], "--train-steps"),
+        (["relearn", "--attack-steps", "-5"], "--attack-steps"),
+        (["relearn", "--unlearn-steps", "0"], "--unlearn-steps"),
+        (["train", "--steps", "0"], "--steps"),
+        (["unlearn", "CKPT", "--method", "gradient_ascent", "--steps", "0"], "--steps"),
+    ],
+    ids=["train-steps", "attack-steps", "unlearn-steps", "train", "unlearn"],
+)
+def test_non_positive_steps(capsys, tmp_path: Path, digits_ckpt: Path, args: list[str],
+                            needle: str) -> None:
+    args = [str(digits_ckpt) if a == "CKPT" else a for a in args]
+    line = _fails(capsys, [*args, "--out", str(tmp_path / "o"), "--device", "cpu"], needle,
+                  "positive")
+    assert line.rsplit(" ", 1)[-1] in ("0", "-5")
+    assert not (tmp_path / "o").exists()
+
+
+def test_k_not_integers(capsys, tmp_path: Path) -> None:
+    _fails(capsys, _relearn(tmp_path / "o", "--k", "a,b"), "--k", "'a,b'")
+
+
+def test_k_larger_than_leakable_pool(capsys, tmp_path: Path) -> None:
+    _fails(capsys, _relearn(tmp_path / "o", "--k", "1000"), "k=1000", "leakable")
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", ["relearn", "train", "unlearn"])
+def test_non_positive_train_size(capsys, tmp_path: Path, digits_ckpt: Path,
+                                 command: str) -> None:
+    args = {"relearn": _relearn(tmp_path / "o"),
+            "train": ["train", "--out", str(tmp_path / "o"), "--device", "cpu"],
+            "unlearn": _unlearn(digits_ckpt, tmp_path / "o")}[command]
+    _fails(capsys, [*args, "--train-size", "0"], "--train-size", "positive")
+    assert not (tmp_path / "o").exists()
+
+
+def test_empty_methods_list(capsys, tmp_path: Path) -> None:
+    """``--methods ""`` names no method; it must not silently run the default ones."""
+    _fails(capsys, _relearn(tmp_path / "o", "--methods", ""), "unknown method", "''")
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", ["demo", "relearn", "train", "unlearn"])
+def test_out_is_a_file(capsys, tmp_path: Path, digits_ckpt: Path, command: str) -> None:
+    out = tmp_path / "taken"
+    out.write_text("keep me\n")
+    args = {"demo": ["demo", "--out", str(out), "--device", "cpu"],
+            "relearn": _relearn(out),
+            "train": ["train", "--out", str(out), "--steps", "1", "--device", "cpu"],
+            "unlearn": _unlearn(digits_ckpt, out)}[command]
+    _fails(capsys, args, str(out), "is a file")
+    assert out.read_text() == "keep me\n"
+
+
+# --- study files -------------------------------------------------------------------------------
+
+
+def test_study_unknown_key(capsys, tmp_path: Path) -> None:
+    study = tmp_path / "study.yaml"
+    study.write_text("dataset: digits\nmethods: [gradient_ascent]\nattack_stepz: 10\n")
+    _fails(capsys, ["relearn", str(study), "--out", str(tmp_path / "o")],
+           "study.yaml", "attack_stepz")
+
+
+@pytest.mark.parametrize("text", ["- digits\n- mnist\n", "just a string\n", "42\n"])
+def test_study_not_a_mapping(capsys, tmp_path: Path, text: str) -> None:
+    study = tmp_path / "study.yaml"
+    study.write_text(text)
+    _fails(capsys, ["relearn", str(study), "--out", str(tmp_path / "o")], "study.yaml",
+           "mapping")
+
+
+def test_study_invalid_yaml(capsys, tmp_path: Path) -> None:
+    study = tmp_path / "study.yaml"
+    study.write_text("methods: [gradient_ascent\nk: 0\n")
+    _fails(capsys, ["relearn", str(study), "--out", str(tmp_path / "o")], "study.yaml", "YAML")
+
+
+# --- nothing already written is lost -----------------------------------------------------------
+
+
+def test_failing_run_keeps_earlier_results(capsys, tmp_path: Path) -> None:
+    out = tmp_path / "study"
+    assert main(_relearn(out)) == 0
+    results = out / "results.jsonl"
+    before = results.read_bytes()
+    assert len(before.splitlines()) == 3  # original, retrain, gradient_ascent at k=0
+    listing = sorted(p.name for p in out.iterdir())
+    _fails(capsys, _relearn(out, "--k", "0,1000"), "k=1000")
+    _fails(capsys, _relearn(out, "--k", "a,b"), "--k")
+    _fails(capsys, _relearn(out, "--methods", "gradient_ascent,nope"), "'nope'")
+    assert results.read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == listing
+
+
+def test_damaged_results_file(capsys, tmp_path: Path) -> None:
+    """A results.jsonl with a line that is not JSON (a hand edit, a foreign tool) is bad
+    input like any other: one line naming the file, exit 2, and the file left as it is."""
+    out = tmp_path / "study"
+    out.mkdir()
+    results = out / "results.jsonl"
+    results.write_text('{"method": "original", "k": 0}\n{"method": "retr\n')
+    before = results.read_bytes()
+    _fails(capsys, _relearn(out), "results.jsonl")
+    assert results.read_bytes() == before
