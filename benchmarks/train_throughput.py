@@ -50,7 +50,7 @@ class Case:
 
 CASES = {
     # recipes as in dormant.experiments.profiles: MNIST crop pad 2, CIFAR flip-crop pad 4
-    "cnn-small-mnist": Case("cnn-small", "mnist", "crop", 2, 1e-3, steps=40, rounds=3, warmup=5),
+    "cnn-small-mnist": Case("cnn-small", "mnist", "crop", 2, 1e-3, steps=150, rounds=3, warmup=5),
     "resnet18-cifar10": Case(
         "resnet18", f"imagefolder:{SHARED / 'cifar10-jpeg.tar.gz'}", "flip-crop", 4, 1e-4,
         steps=6, rounds=2, warmup=1,
@@ -110,7 +110,8 @@ def reference_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, case: Cas
         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(0),
     )
-    model = prepare_model(model, device)
+    # the usual way: model.to(device); on CUDA it gets the engine's layout and bf16 for fairness
+    model = prepare_model(model, device) if device.type == "cuda" else model.to(device)
     opt, sched = Recipe(steps=total, lr=case.lr).build(model.parameters())
 
     def endless() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -170,6 +171,8 @@ def run_case(name: str, case: Case, device: torch.device, quick: bool, workers: 
         "threads": torch.get_num_threads(),
         "engine_rounds_ips": [round(v, 1) for v in eng],
         "reference_rounds_ips": [round(v, 1) for v in ref],
+        # each round's two sides ran back to back, so these ratios share their noise
+        "round_ratios": [round(e / r, 3) for e, r in zip(eng, ref, strict=True)],
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "reference": (
             f"torchvision-style Dataset of uint8 arrays -> PIL -> RandomCrop(pad {case.pad}, "

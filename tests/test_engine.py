@@ -106,3 +106,12 @@ def test_evaluate_restores_train_mode_and_handles_empty(digits):
     e = evaluate(model, digits.x_test, digits.y_test)
     assert model.training and e.n == 360 and 0 <= e.acc <= 100
     assert evaluate(model, digits.x_test, digits.y_test, torch.tensor([], dtype=torch.long)).n == 0
+
+
+@pytest.mark.parametrize("mode,pad", [("none", 0), ("crop", 2), ("flip-crop", 4)])
+def test_memory_layout_does_not_depend_on_augmentation(mode, pad):
+    from dormant.engine import to_float
+
+    x = to_float(torch.randint(0, 255, (4, 3, 8, 8), dtype=torch.uint8))
+    out = augment(x, mode, pad, torch.Generator().manual_seed(0))
+    assert out.is_contiguous(memory_format=torch.channels_last)

@@ -24,4 +24,4 @@ def augment(x: torch.Tensor, mode: str, pad: int, generator: torch.Generator) ->
         cols = (shifts[1][:, None] + torch.arange(w, device=x.device))[:, None, :]
         idx = torch.arange(b, device=x.device)[:, None, None]
         x = xp.permute(0, 2, 3, 1)[idx, rows, cols].permute(0, 3, 1, 2)
-    return x
+    return x.contiguous(memory_format=torch.channels_last)

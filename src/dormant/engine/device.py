@@ -23,17 +23,13 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 images to [0, 1] floats; inputs are not normalised, as in the seed paper."""
-    x = x.float().div_(255.0)
-    if x.is_cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    # channels_last everywhere: measured 1.2-1.35x faster conv training on CPU too, and the
+    # layout must not depend on whether a batch happened to go through the crop's gather
+    return x.float().div_(255.0).contiguous(memory_format=torch.channels_last)
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return model.to(device=device, memory_format=torch.channels_last)
 
 
 def autocast(device: torch.device):

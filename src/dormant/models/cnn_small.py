@@ -15,14 +15,16 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 def cnn_small(spec: ModelSpec) -> nn.Module:
     # two conv stages then a small head; the pooled grid adapts so 8x8 digits and 32x32 both fit
     grid = 4 if spec.image_size >= 16 else max(1, spec.image_size // 4)
+    # 16/32 channels: enough to memorise MNIST-sized sets, and cheap enough on a CPU that
+    # studies stay interactive (32/64 cost 2.2x the step time)
     return nn.Sequential(
-        _block(spec.in_channels, 32),
+        _block(spec.in_channels, 16),
         nn.MaxPool2d(2),
-        _block(32, 64),
+        _block(16, 32),
         nn.MaxPool2d(2),
         nn.AdaptiveAvgPool2d(grid),
         nn.Flatten(),
-        nn.Linear(64 * grid * grid, 128),
+        nn.Linear(32 * grid * grid, 128),
         nn.ReLU(inplace=True),
         nn.Linear(128, spec.num_classes),
     )
