@@ -124,3 +124,18 @@ def test_results_rows_append_atomically(tmp_path):
     assert rows[0]["nan"] is None  # strict JSON: NaN becomes null
     assert len(path.read_text().splitlines()) == 3
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_safetensors_header_length_starting_with_pickle_opcode_loads(tmp_path):
+    """A safetensors header length whose low byte is 0x80 (pickle's PROTO opcode) is fine."""
+    state = create_model(SPEC, seed=0).state_dict()
+    path = tmp_path / "m.safetensors"
+    for pad in range(300):
+        blob = safetensors.torch.save(state, metadata={"pad": "x" * pad})
+        if blob[0] == 0x80:
+            break
+    assert blob[0] == 0x80
+    path.write_bytes(blob)
+    loaded, _ = load_model(path, SPEC)
+    assert all(torch.equal(a, b) for a, b in zip(state.values(), loaded.state_dict().values(),
+                                                 strict=True))

@@ -61,8 +61,17 @@ def save_checkpoint(
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
     with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:1] == b"\x80" or (head[:4] != b"PK\x03\x04" and path.suffix in (".pkl", ".pickle")):
+        head = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header itself
+    header_len = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+    if head[8:9] == b"{" and 0 < header_len < path.stat().st_size:
+        try:
+            return safetensors.torch.load_file(path)
+        except Exception:  # noqa: BLE001 - safetensors raises several types for bad headers
+            raise DormantError(
+                f"{path} is a damaged safetensors checkpoint; write it again"
+            ) from None
+    if head[:1] == b"\x80" or path.suffix in (".pkl", ".pickle"):
         raise DormantError(
             f"{path} is a pickle file; dormant never unpickles user files. Save the weights "
             "with safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"
@@ -85,12 +94,7 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         if not tensors:
             raise DormantError(f"{path}: expected a state dict of tensors; convert to safetensors")
         return state
-    try:
-        return safetensors.torch.load_file(path)
-    except Exception:  # noqa: BLE001 - safetensors raises several types for bad headers
-        raise DormantError(
-            f"{path} is not a safetensors checkpoint; give a .safetensors file"
-        ) from None
+    raise DormantError(f"{path} is not a safetensors checkpoint; give a .safetensors file")
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
