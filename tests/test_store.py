@@ -113,6 +113,11 @@ def test_study_reuses_cached_original_and_oracle(digits, tmp_path, monkeypatch):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
                                                      b.state_dict().values(), strict=True))
     assert torch.equal(first.split.forget, second.split.forget)
+    sides = [json.loads(p.read_text()) for p in (tmp_path / "models").glob("*.json")]
+    oracle = next(s for s in sides if s["kind"] == "retrain")
+    assert oracle["split"] == first.split.hash
+    assert oracle["data_fingerprint"] == digits.fingerprint
+    assert {"versions", "git_revision", "recipe", "seed"} <= set(oracle)
 
 
 def test_results_rows_append_atomically(tmp_path):

@@ -82,12 +82,15 @@ def load_study_data(spec: RelearnSpec, cache_dir: Path) -> Dataset:
     return stratified_subset(ds, spec.train_size, seed=0) if spec.train_size else ds
 
 
-def _cached_fit(cache, key, spec, device, train: Callable[[], tuple[nn.Module, dict]]):
+def _cached_fit(cache, key, spec, device, train: Callable[[], tuple[nn.Module, dict]],
+                meta: dict):
+    """Load ``key`` or train and store it; ``meta`` (data fingerprint, split hash, recipe,
+    seed, method) goes into the checkpoint's sidecar."""
     hit = cache.load(key, spec, device)
     if hit is not None:
         return hit[0], hit[2]
     model, extras = train()
-    cache.save(key, model, spec, {"kind": "cached-model"}, extras)
+    cache.save(key, model, spec, meta, extras)
     return model, extras
 
 
@@ -113,7 +116,9 @@ def prepare(
                   track=True, progress=progress, label="original")
         return model, {"learning_speed": res.learning_speed}
 
-    original, extras = _cached_fit(cache, okey, mspec, device, train_original)
+    original, extras = _cached_fit(cache, okey, mspec, device, train_original,
+                                   {"kind": "original", "data_fingerprint": ds.fingerprint,
+                                    **base})
     fitted = (predict(original, x).argmax(1) == y).cpu()
     scores = None
     if fspec.needs_scores:
@@ -130,6 +135,7 @@ def prepare(
     prep.oracle, _ = _cached_fit(
         cache, rkey, mspec, device,
         lambda: (unlearn("retrain", original, prep.unlearn_data(), prep.context(progress)), {}),
+        {"kind": "retrain", "data_fingerprint": ds.fingerprint, "split": split.hash, **base},
     )
     return prep
 
@@ -239,6 +245,9 @@ def unlearned_model(prep: Prepared, method: str, hp: dict, cache: ModelCache,
         cache, key, prep.spec, prep.x.device,
         lambda: (unlearn(method, prep.original, prep.unlearn_data(), prep.context(progress),
                          **hp), {}),
+        {"kind": "unlearned", "method": method, "hparams": hp, "original": prep.original_key,
+         "data_fingerprint": prep.dataset.fingerprint, "split": prep.split.hash,
+         "seed": prep.seed},
     )
     return model
 
