@@ -144,3 +144,13 @@ def test_safetensors_header_length_starting_with_pickle_opcode_loads(tmp_path):
     loaded, _ = load_model(path, SPEC)
     assert all(torch.equal(a, b) for a, b in zip(state.values(), loaded.state_dict().values(),
                                                  strict=True))
+
+
+def test_broken_sidecar_is_one_line(tmp_path):
+    path = save_checkpoint(tmp_path / "m.safetensors", create_model(SPEC), SPEC)
+    (tmp_path / "m.json").write_text("{not json")
+    with pytest.raises(DormantError, match="sidecar .* is not valid JSON; fix or delete it"):
+        load_model(path, SPEC)
+    (tmp_path / "m.json").write_text("[1, 2]")
+    with pytest.raises(DormantError, match="must hold a JSON object"):
+        load_model(path, SPEC)

@@ -21,7 +21,8 @@ from dormant.experiments.relearn import load_study_data
 from dormant.experiments.spec import RelearnSpec
 from dormant.models import ModelSpec, create_model
 from dormant.store import load_model, save_checkpoint
-from dormant.store.files import atomic_write_text
+from dormant.store.checkpoint import read_sidecar
+from dormant.store.files import atomic_write_bytes, atomic_write_text
 from dormant.unlearn import UnlearnContext, UnlearnData, make_hparams, unlearn
 
 
@@ -69,8 +70,8 @@ def train_model(spec: RelearnSpec, out: Path, *, seed: int = 0,
             "label_noise": fspec.text if fspec and fspec.kind == "canary" else None,
             "metrics": metrics}
     save_checkpoint(path, model, mspec, meta)
-    safetensors.torch.save_file({"learning_speed": res.learning_speed.contiguous()},
-                                str(path.with_suffix(".extra.safetensors")))
+    atomic_write_bytes(path.with_suffix(".extra.safetensors"),
+                       safetensors.torch.save({"learning_speed": res.learning_speed.contiguous()}))
     return path, metrics
 
 
@@ -83,10 +84,7 @@ def unlearn_checkpoint(spec: RelearnSpec, checkpoint: Path, method: str, out: Pa
     device = resolve_device(spec.device)
     c, h, _ = ds.image_shape
     profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
-    side: dict = {}
-    side_path = Path(checkpoint).with_suffix(".json")
-    if side_path.is_file():
-        side = json.loads(side_path.read_text())
+    side = read_sidecar(Path(checkpoint))
     name = spec.model or side.get("model", {}).get("name") or profile.model
     model, side = load_model(Path(checkpoint), ModelSpec(name, c, ds.num_classes, h), device)
     if side.get("data_fingerprint") not in (None, ds.fingerprint):

@@ -97,20 +97,26 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     raise DormantError(f"{path} is not a safetensors checkpoint; give a .safetensors file")
 
 
+def read_sidecar(path: Path) -> dict:
+    """The JSON sidecar beside a checkpoint; an empty dict when there is none."""
+    side = sidecar_path(Path(path))
+    if not side.is_file() or side == Path(path):
+        return {}
+    try:
+        meta = json.loads(side.read_text())
+    except json.JSONDecodeError:
+        raise DormantError(f"sidecar {side} is not valid JSON; fix or delete it") from None
+    if not isinstance(meta, dict):
+        raise DormantError(f"sidecar {side} must hold a JSON object; fix or delete it")
+    return meta
+
+
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """State dict and sidecar (empty dict when there is none)."""
     path = Path(path)
     if not path.is_file():
         raise DormantError(f"checkpoint {path} does not exist; check the path")
-    state = _read_state(path)
-    side = sidecar_path(path)
-    meta = {}
-    if side.is_file() and side != path:
-        try:
-            meta = json.loads(side.read_text())
-        except json.JSONDecodeError:
-            raise DormantError(f"sidecar {side} is not valid JSON; fix or delete it") from None
-    return state, meta
+    return _read_state(path), read_sidecar(path)
 
 
 def load_model(
