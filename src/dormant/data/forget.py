@@ -108,12 +108,20 @@ def planned_size(spec: ForgetSpec, y: torch.Tensor, num_classes: int) -> int:
         return len(read_ids(spec.path, len(y)))
     if spec.kind in ("random", "canary"):
         return spec.count
+    members = len(_class_members(spec, y, num_classes))
+    return members if spec.kind == "class" else _fraction_size(spec, members)
+
+
+def _class_members(spec: ForgetSpec, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     if not 0 <= spec.cls < num_classes:
         raise DormantError(
             f"forget spec {spec.text!r}: class {spec.cls} does not exist; use 0..{num_classes - 1}"
         )
-    members = int((y == spec.cls).sum())
-    return members if spec.kind == "class" else max(2, int(round(spec.frac * members)))
+    return torch.nonzero(y == spec.cls).flatten()
+
+
+def _fraction_size(spec: ForgetSpec, members: int) -> int:
+    return max(2, int(round(spec.frac * members)))
 
 
 def canary_labels(
@@ -154,14 +162,10 @@ def select_forget(
             raise DormantError(f"forget spec {spec.text!r}: only {n} training images")
         g = torch.Generator().manual_seed(seed + 104729)
         return torch.sort(torch.randperm(n, generator=g)[: spec.count]).values
-    if not 0 <= spec.cls < num_classes:
-        raise DormantError(
-            f"forget spec {spec.text!r}: class {spec.cls} does not exist; use 0..{num_classes - 1}"
-        )
-    members = torch.nonzero(y == spec.cls).flatten()
+    members = _class_members(spec, y, num_classes)
     if spec.kind == "class":
         return members
-    want = max(2, int(round(spec.frac * len(members))))
+    want = _fraction_size(spec, len(members))
     pool = members[fitted[members]] if fitted is not None else members
     # stable sort: ties keep index order, so the pick is deterministic
     order = torch.argsort(scores[pool], descending=spec.kind == "typical", stable=True)
