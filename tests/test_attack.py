@@ -12,10 +12,11 @@ from dormant.models import ModelSpec, create_model
 from dormant.unlearn import unlearn
 
 
-def _data(prep, k):
+def _data(prep, k, kind="retain"):
     s = prep.split
-    return RelearnData(prep.x, prep.y, s.retain, s.leaked(k), s.heldout, prep.x_test,
-                       prep.y_test)
+    classes = torch.unique(prep.y[s.forget])
+    return RelearnData.build(kind, prep.x, prep.y, prep.x_test, prep.y_test, s.retain,
+                             s.leaked(k), s.heldout, classes)
 
 
 def test_attack_trains_on_retain_plus_k_leaked_and_never_on_heldout(digits_setup, monkeypatch):
@@ -65,3 +66,39 @@ def test_tow_recovery_and_l2():
         for p in b.parameters():
             p.add_(0.5)
     assert abs(l2_distance(a, b) - 0.5 * n**0.5) < 1e-6
+
+
+def test_relearn_sets_hold_what_the_seed_code_puts_in_them(digits_setup):
+    prep, s = digits_setup, digits_setup.split
+    n = len(prep.x)
+    cls = int(prep.y[s.forget[0]])
+    retain = _data(prep, 5, "retain")
+    assert retain.plain is None
+    assert sorted(retain.pool.tolist()) == sorted(s.retain.tolist() + s.leaked(5).tolist())
+    only = _data(prep, 5, "forget-only")
+    assert only.pool.tolist() == s.leaked(5).tolist()
+    test = _data(prep, 5, "test")
+    assert sorted(test.pool.tolist()) == sorted(s.leaked(5).tolist() +
+                                                list(range(n, n + len(prep.y_test))))
+    assert test.plain[n:].all() and not test.plain[:n].any()  # test images never augmented
+    assert torch.equal(test.x[n:], prep.x_test) and torch.equal(test.x[:n], prep.x)
+    mixed = _data(prep, 0, "test+retain-class")
+    from_test = mixed.pool[mixed.pool >= n]
+    from_train = mixed.pool[mixed.pool < n]
+    assert (mixed.y[from_test] != cls).all()  # test images of the other classes only
+    assert len(from_test) == int((prep.y_test != cls).sum())
+    assert (prep.y[from_train] == cls).all()  # plus the retain images of the forget class
+    assert len(from_train) == int((prep.y[s.retain] == cls).sum())
+    assert not torch.isin(from_train, s.forget).any()
+
+
+def test_test_relearn_set_trains_on_test_images_unaugmented(digits_setup):
+    """The attack on the test set moves the model; its held-out curve is still recorded."""
+    prep = digits_setup
+    cfg = RelearnConfig(k=0, steps=20, lr=1e-3, eval_every=5, test_every=10)
+    attacked, curve = relearn(prep.original, _data(prep, 0, "test"), cfg, prep.recipe)
+    assert curve.steps == [5, 10, 15, 20]
+    assert l2_distance(attacked, prep.original) > 0.05
+    # it fitted the images it trained on: test accuracy rises towards 100
+    assert evaluate(attacked, prep.x_test, prep.y_test).acc > \
+        evaluate(prep.original, prep.x_test, prep.y_test).acc

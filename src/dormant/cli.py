@@ -43,6 +43,26 @@ def _ints(text: str | None, what: str) -> list[int] | None:
         ) from None
 
 
+def _floats(text: str | None, what: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise DormantError(
+            f"--{what} takes comma-separated numbers, e.g. 1e-5,1e-4; got {text!r}"
+        ) from None
+
+
+def _row_line(r: dict) -> str:
+    head = (f"  {r['method']:<18} seed {r['seed']} k={r['k']:<3} {r['relearn_set']:<8} "
+            f"lr {r['attack_lr']:.0e}")
+    if r.get("status") == "failed":
+        return f"{head}  FAILED: {r['reason']}"
+    return (f"{head}  forget {r['forget_acc']:5.1f} -> {r['forget_acc_attacked']:5.1f}"
+            f"  (recovery {r['recovery']:+.1f})")
+
+
 def _check_data_root(data_root: Path | None) -> None:
     if data_root is not None and not data_root.exists():
         raise DormantError(f"--data-root {data_root} does not exist")
@@ -105,10 +125,7 @@ def _run_study(spec, out: Path, title: str) -> list[dict]:
     t0 = time.perf_counter()
     with ProgressBars(console) as bars:
         rows = run_relearn(spec, out, progress=bars,
-                           on_row=lambda r: bars.bars.console.print(
-                               f"  {r['method']:<16} seed {r['seed']} k={r['k']:<3} "
-                               f"forget {r['forget_acc']:5.1f} -> {r['forget_acc_attacked']:5.1f}"
-                               f"  (recovery {r['recovery']:+.1f})"))
+                           on_row=lambda r: bars.bars.console.print(_row_line(r)))
     paths = write_relearn_report(rows, out, title)
     console.print(_results_table(rows, f"{title}: {rows[0]['dataset']}, {rows[0]['model']}, "
                                        f"forget {rows[0]['forget']}"))
@@ -143,30 +160,38 @@ def relearn_cmd(
     data_root: DataRoot = None,
     download: Annotated[bool | None, typer.Option(help="let torchvision download")] = None,
     train_size: TrainSize = None,
+    test_size: Annotated[int | None, typer.Option(help="seeded stratified test subset")] = None,
     model: ModelOpt = None,
     forget: Forget = None,
     cscores: Annotated[Path | None, typer.Option(help="C-score .npz for atypical sets")] = None,
     methods: Annotated[str | None, typer.Option(help="comma-separated method names")] = None,
     k: Annotated[str | None, typer.Option(help="leaked examples, e.g. 0,5")] = None,
     seeds: Annotated[str | None, typer.Option(help="e.g. 0,1,2")] = None,
+    relearn_sets: Annotated[str | None, typer.Option(
+        help="comma-separated: retain, forget-only, test, test+retain-class")] = None,
     train_steps: Annotated[int | None, typer.Option()] = None,
     unlearn_steps: Annotated[int | None, typer.Option()] = None,
-    attack_steps: Annotated[int | None, typer.Option()] = None,
+    attack_steps: Annotated[str | None, typer.Option(help="attack budgets, e.g. 100,400")]
+    = None,
+    attack_lr: Annotated[str | None, typer.Option(help="attack learning rates, e.g. 1e-5,1e-4")]
+    = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
     out: Annotated[Path | None, typer.Option(help="output folder")] = None,
 ) -> None:
     """The relearning study on any dataset: unlearn, attack, report (resumable)."""
     _check_positive(train_steps=train_steps, unlearn_steps=unlearn_steps,
-                    attack_steps=attack_steps, train_size=train_size)
+                    train_size=train_size, test_size=test_size)
     _check_data_root(data_root)
     spec = _spec(
         study, dataset=dataset, data_root=str(data_root) if data_root else None,
-        download=download, train_size=train_size, model=model, forget=forget,
-        cscores=str(cscores) if cscores else None,
+        download=download, train_size=train_size, test_size=test_size, model=model,
+        forget=forget, cscores=str(cscores) if cscores else None,
         methods=[m.strip() for m in methods.split(",")] if methods is not None else None,
-        k=_ints(k, "k"),
-        seeds=_ints(seeds, "seeds"), train_steps=train_steps, unlearn_steps=unlearn_steps,
-        attack_steps=attack_steps, device=device,
+        k=_ints(k, "k"), seeds=_ints(seeds, "seeds"),
+        relearn_sets=[s.strip() for s in relearn_sets.split(",")] if relearn_sets else None,
+        train_steps=train_steps, unlearn_steps=unlearn_steps,
+        attack_steps=_ints(attack_steps, "attack-steps"),
+        attack_lr=_floats(attack_lr, "attack-lr"), device=device,
     )
     out = out or Path("runs") / f"relearn-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_out(out)

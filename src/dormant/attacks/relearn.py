@@ -7,9 +7,20 @@ import copy
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from dormant.engine import Progress, Recipe, evaluate, fit
+from dormant.engine import (
+    BatchStream,
+    Progress,
+    Recipe,
+    evaluate,
+    fit,
+    prepare_model,
+    to_float,
+    train_loop,
+)
+from dormant.engine.augment import augment
 from dormant.errors import DormantError
 
 
@@ -46,13 +57,60 @@ class RelearnConfig:
 
 @dataclass(frozen=True)
 class RelearnData:
+    """What the attacker trains on and where recovery is measured.
+
+    ``x``/``y`` hold the training images, and after them any test images the relearn set
+    borrows (``pool`` indexes both parts); ``plain`` marks rows never augmented, as the seed
+    code leaves test-derived images un-augmented. ``heldout`` indexes the training part."""
+
     x: torch.Tensor
     y: torch.Tensor
-    retain: torch.Tensor
-    leaked: torch.Tensor  # the first k of the leakable forget examples
+    pool: torch.Tensor
     heldout: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    plain: torch.Tensor | None = None
+
+    @classmethod
+    def build(
+        cls,
+        kind: str,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_test: torch.Tensor,
+        y_test: torch.Tensor,
+        retain: torch.Tensor,
+        leaked: torch.Tensor,
+        heldout: torch.Tensor,
+        forget_classes: torch.Tensor,
+    ) -> RelearnData:
+        """The seed code's relearn sets, each with the ``leaked`` forget examples added:
+        ``retain`` (the default), ``forget-only``, ``test`` (the test set), and
+        ``test+retain-class`` (test images of the other classes plus the retain images of
+        the forget set's classes)."""
+        dev = x.device
+        retain, leaked = retain.to(dev), leaked.to(dev)
+        if kind == "retain":
+            return cls(x, y, torch.cat([retain, leaked]), heldout, x_test, y_test)
+        if kind == "forget-only":
+            if len(leaked) == 0:
+                raise DormantError("relearn set forget-only needs k >= 1 leaked examples")
+            return cls(x, y, leaked, heldout, x_test, y_test)
+        if kind not in ("test", "test+retain-class"):
+            raise DormantError(f"unknown relearn set {kind!r}")
+        n = len(x)
+        test_ids = torch.arange(n, n + len(x_test), device=dev)
+        parts = [leaked]
+        if kind == "test":
+            parts.append(test_ids)
+        else:
+            in_class = torch.isin(y_test, forget_classes.to(y_test.device))
+            parts += [test_ids[~in_class.to(dev)],
+                      retain[torch.isin(y[retain], forget_classes.to(dev))]]
+        plain = torch.zeros(n + len(x_test), dtype=torch.bool, device=dev)
+        plain[n:] = True
+        return cls(torch.cat([x, x_test]), torch.cat([y, y_test.to(dev)]), torch.cat(parts),
+                   heldout, x_test, y_test, plain)
 
 
 @dataclass
@@ -98,8 +156,22 @@ def relearn(
         if step % cfg.eval_every == 0 or step == cfg.steps:
             record(step, m)
 
-    pool = torch.cat([data.retain, data.leaked.to(data.retain.device)])
+    recipe = cfg.recipe(base)
     g = torch.Generator().manual_seed(seed + 1)
-    fit(attacked, data.x, data.y, pool, cfg.recipe(base), generator=g, hook=hook,
-        progress=progress, label=f"relearn k={len(data.leaked)}")
+    if data.plain is None:
+        fit(attacked, data.x, data.y, data.pool, recipe, generator=g, hook=hook,
+            progress=progress, label=f"relearn k={cfg.k}")
+        return attacked, curve
+    prepare_model(attacked, data.x.device)
+    stream = BatchStream(data.pool, recipe.batch_size, g)
+
+    def loss_fn(_step: int) -> torch.Tensor:
+        b = stream()
+        clean = to_float(data.x[b])
+        seen = augment(clean, recipe.augment, recipe.pad, g)
+        seen = torch.where(data.plain[b][:, None, None, None], clean, seen)
+        return F.cross_entropy(attacked(seen), data.y[b])
+
+    train_loop(attacked, recipe, loss_fn, hook=hook, progress=progress,
+               label=f"relearn k={cfg.k}")
     return attacked, curve

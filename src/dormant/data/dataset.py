@@ -73,29 +73,44 @@ class Dataset:
         return int(c), int(h), int(w)
 
 
-def stratified_subset(ds: Dataset, n: int, seed: int) -> Dataset:
-    """A seeded subset of ``n`` training images with the class proportions kept; test unchanged."""
-    total = len(ds.y_train)
-    if n <= 0:
-        raise DormantError(f"--train-size must be positive, got {n}")
+def stratified_ids(y: torch.Tensor, n: int, num_classes: int, seed: int) -> torch.Tensor:
+    """Sorted ids of a seeded subset of ``n`` labels ``y`` with the class proportions kept."""
+    total = len(y)
     if n >= total:
-        return ds
+        return torch.arange(total)
     g = torch.Generator().manual_seed(seed)
     picked = []
-    counts = torch.bincount(ds.y_train, minlength=ds.num_classes)
+    counts = torch.bincount(y, minlength=num_classes)
     quota = torch.floor(counts.double() * n / total).long()
     # hand the rounding remainder to the largest classes so the total is exactly n
     rest = n - int(quota.sum())
     quota[torch.argsort(counts, descending=True)[:rest]] += 1
-    for c in range(ds.num_classes):
-        ids = torch.nonzero(ds.y_train == c).flatten()
+    for c in range(num_classes):
+        ids = torch.nonzero(y == c).flatten()
         picked.append(ids[torch.randperm(len(ids), generator=g)[: int(quota[c])]])
-    keep = torch.sort(torch.cat(picked)).values
+    return torch.sort(torch.cat(picked)).values
+
+
+def stratified_subset(ds: Dataset, n: int | None, seed: int, n_test: int | None = None
+                      ) -> Dataset:
+    """Seeded subsets of ``n`` training and ``n_test`` test images, class proportions kept;
+    ``None`` keeps that part whole."""
+    for flag, v in (("--train-size", n), ("--test-size", n_test)):
+        if v is not None and v <= 0:
+            raise DormantError(f"{flag} must be positive, got {v}")
+    keep = None if n is None or n >= len(ds.y_train) else stratified_ids(
+        ds.y_train, n, ds.num_classes, seed)
+    keep_test = None if n_test is None or n_test >= len(ds.y_test) else stratified_ids(
+        ds.y_test, n_test, ds.num_classes, seed)
+    if keep is None and keep_test is None:
+        return ds
+    name = ds.name + (f"[{n}]" if keep is not None else "") + (
+        f"[test {n_test}]" if keep_test is not None else "")
     return Dataset(
-        name=f"{ds.name}[{n}]",
-        x_train=ds.x_train[keep],
-        y_train=ds.y_train[keep],
-        x_test=ds.x_test,
-        y_test=ds.y_test,
+        name=name,
+        x_train=ds.x_train if keep is None else ds.x_train[keep],
+        y_train=ds.y_train if keep is None else ds.y_train[keep],
+        x_test=ds.x_test if keep_test is None else ds.x_test[keep_test],
+        y_test=ds.y_test if keep_test is None else ds.y_test[keep_test],
         classes=ds.classes,
     )

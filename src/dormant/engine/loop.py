@@ -18,6 +18,12 @@ Progress = Callable[[str, int, int], None]
 """``progress(task, done, total)``: how loops report; the CLI turns it into rich bars."""
 Hook = Callable[[int, nn.Module], bool | None]
 """``hook(steps_done, model)``: called every ``hook_every`` steps; returning True stops."""
+FINITE_CHECK_EVERY = 25  # a finiteness check syncs the GPU; every step would stall it
+
+
+class Diverged(RuntimeError):
+    """The loss stopped being finite (gradient ascent can do this). Studies record the cell
+    as failed with this message and go on."""
 
 
 class BatchStream:
@@ -66,10 +72,12 @@ def train_loop(
         opt.zero_grad(set_to_none=True)
         with autocast(device):
             loss = loss_fn(step)
+        done = step + 1
+        if (done % FINITE_CHECK_EVERY == 0 or done == recipe.steps) and not torch.isfinite(loss):
+            raise Diverged(f"{label}: the loss became {loss.item()} at step {done}")
         loss.backward()
         opt.step()
         sched.step()
-        done = step + 1
         if progress is not None and (done % report_every == 0 or done == recipe.steps):
             progress(label, done, recipe.steps)
         if hook is not None and done % hook_every == 0 and hook(done, model):

@@ -1,193 +1,112 @@
-"""The relearning study: original and oracle (cached), each method, then the relearning
-attack on every model, one results row per (method, seed, k) cell.
+"""The relearning study: for every seed and forget set, the original and oracle (cached),
+each method pipeline, then the relearning attack on every model; one results row per cell
+(pipeline x seed x forget set x k x relearn set x attack setting).
 
 Rows already in ``results.jsonl`` are skipped, so a rerun after a crash finishes only the
-missing cells.
+missing cells and duplicates none. A cell whose training diverges is written as a failed row
+with its reason, and the study goes on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from dormant.attacks import RelearnConfig, RelearnData, relearn
-from dormant.data import Dataset, load_dataset, stratified_subset
-from dormant.data.forget import (
-    canary_labels,
-    load_cscores,
-    parse_forget,
-    planned_size,
-    select_forget,
-)
+from dormant.data import Dataset
+from dormant.data.forget import load_cscores, parse_forget, planned_size
 from dormant.data.sources import default_cache_dir
-from dormant.data.split import Split, leakable_count, make_split
-from dormant.engine import Progress, Recipe, evaluate, fit, predict, resolve_device
+from dormant.data.split import leakable_count
+from dormant.engine import Diverged, Progress, evaluate
 from dormant.errors import DormantError
+from dormant.experiments.analysis import Probe, analyse, make_probe, mia
+from dormant.experiments.pipeline import Pipeline, resolve
+from dormant.experiments.prepare import (
+    Prepared,
+    cached_fit,
+    forget_sets,
+    load_study_data,
+    prepare,
+)
 from dormant.experiments.profiles import Profile, profile_for
 from dormant.experiments.spec import RelearnSpec
-from dormant.metrics import l2_distance, recovery, tow
+from dormant.metrics import aurc, l2_distance, recovery, tow
 from dormant.models import ModelSpec, create_model
 from dormant.store import ModelCache, append_row, cache_key, read_rows
-from dormant.unlearn import (
-    StoppableHparams,
-    UnlearnContext,
-    UnlearnData,
-    get_method,
-    make_hparams,
-    unlearn,
-)
+from dormant.unlearn import StoppableHparams, get_method, make_hparams, unlearn
 
-REFERENCE_MODELS = ("original", "retrain")
+GRID_KEYS = {"methods", "hparams", "k", "seeds", "forget", "relearn_sets", "attack_lr",
+             "attack_steps", "device"}
 
 
-@dataclass
-class Prepared:
-    """Everything one seed of a study shares: data on the device, split, original, oracle."""
-
-    dataset: Dataset
-    profile: Profile
-    spec: ModelSpec
-    recipe: Recipe
-    seed: int
-    x: torch.Tensor
-    y: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    split: Split
-    original: nn.Module
-    oracle: nn.Module
-    train_fit_acc: float
-    original_key: str
-
-    def unlearn_data(self) -> UnlearnData:
-        dev = self.x.device
-        return UnlearnData(
-            self.x, self.y, self.split.forget.to(dev), self.split.retain.to(dev),
-            self.split.leakable.to(dev), self.dataset.num_classes,
-        )
-
-    def context(self, progress: Progress | None) -> UnlearnContext:
-        return UnlearnContext(self.recipe, lambda: create_model(self.spec, seed=self.seed),
-                              self.seed, progress)
-
-
-def load_study_data(spec: RelearnSpec, cache_dir: Path) -> Dataset:
-    ds = load_dataset(spec.dataset, root=spec.data_root, download=spec.download,
-                      cache_dir=cache_dir)
-    return stratified_subset(ds, spec.train_size, seed=0) if spec.train_size else ds
-
-
-def _cached_fit(cache, key, spec, device, train: Callable[[], tuple[nn.Module, dict]],
-                meta: dict):
-    """Load ``key`` or train and store it; ``meta`` (data fingerprint, split hash, recipe,
-    seed, method) goes into the checkpoint's sidecar."""
-    hit = cache.load(key, spec, device)
-    if hit is not None:
-        return hit[0], hit[2]
-    model, extras = train()
-    cache.save(key, model, spec, meta, extras)
-    return model, extras
-
-
-def prepare(
-    spec: RelearnSpec, ds: Dataset, seed: int, cache: ModelCache, progress: Progress | None
-) -> Prepared:
-    device = resolve_device(spec.device)
-    c, h, _ = ds.image_shape
-    profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
-    recipe = profile.train.with_(steps=spec.train_steps) if spec.train_steps else profile.train
-    mspec = ModelSpec(spec.model or profile.model, c, ds.num_classes, h)
-    fspec = parse_forget(spec.forget or profile.forget)
-    y_cpu, canaries = canary_labels(fspec, ds.y_train, ds.num_classes, seed)
-    x, y = ds.x_train.to(device), y_cpu.to(device)
-    base = dict(data=ds.fingerprint, labels=cache_key(y=y_cpu.tolist()), model=mspec.to_dict(),
-                recipe=recipe.to_dict(), seed=seed, device=device.type)
-    okey = cache_key(kind="original", **base)
-
-    def train_original():
-        model = create_model(mspec, seed=seed)
-        g = torch.Generator().manual_seed(seed)
-        res = fit(model, x, y, torch.arange(len(y), device=device), recipe, generator=g,
-                  track=True, progress=progress, label="original")
-        return model, {"learning_speed": res.learning_speed}
-
-    original, extras = _cached_fit(cache, okey, mspec, device, train_original,
-                                   {"kind": "original", "data_fingerprint": ds.fingerprint,
-                                    **base})
-    fitted = (predict(original, x).argmax(1) == y).cpu()
-    scores = None
-    if fspec.needs_scores:
-        n_source = len(ds.y_train)
-        scores = (load_cscores(Path(spec.cscores), n_source) if spec.cscores
-                  else extras["learning_speed"])
-    forget = select_forget(fspec, y_cpu, ds.num_classes, seed, canaries=canaries,
-                           scores=scores, fitted=fitted)
-    split = make_split(forget, len(y_cpu), seed)
-    rkey = cache_key(kind="retrain", original=okey, split=split.hash)
-    prep = Prepared(ds, profile, mspec, recipe, seed, x, y, ds.x_test.to(device),
-                    ds.y_test.to(device), split, original, original,
-                    float(fitted.float().mean() * 100), okey)
-    prep.oracle, _ = _cached_fit(
-        cache, rkey, mspec, device,
-        lambda: (unlearn("retrain", original, prep.unlearn_data(), prep.context(progress)), {}),
-        {"kind": "retrain", "data_fingerprint": ds.fingerprint, "split": split.hash, **base},
-    )
-    return prep
-
-
-def method_hparams(spec: RelearnSpec, prep: Prepared, method: str) -> dict:
+def method_hparams(spec: RelearnSpec, prep: Prepared, method: str, user: dict) -> dict:
     """Profile budgets, the oracle-matched stop target, then the user's own overrides."""
     info = get_method(method)
     hp: dict = {}
-    if issubclass(info.hparams, StoppableHparams) or "steps" in info.defaults():
+    if "steps" in info.defaults():
         hp["steps"] = spec.unlearn_steps or prep.profile.unlearn_steps
         hp["lr"] = spec.unlearn_lr or prep.profile.unlearn_lr
     if issubclass(info.hparams, StoppableHparams) and spec.stop_at_oracle:
         hp["stop_acc"] = evaluate(prep.oracle, prep.x, prep.y, prep.split.leakable).acc
-    hp.update(spec.hparams.get(method, {}))
+    hp.update(user)
     make_hparams(method, hp)  # validate before any work
     return hp
 
 
-def attack_config(spec: RelearnSpec, profile: Profile, k: int) -> RelearnConfig:
-    return RelearnConfig(
-        k=k, steps=spec.attack_steps or profile.attack_steps,
-        lr=spec.attack_lr or profile.attack_lr, final_lr=(spec.attack_lr or profile.attack_lr) / 10,
-        eval_every=spec.eval_every or profile.eval_every, test_every=profile.test_every,
-    )
+def attack_settings(spec: RelearnSpec, profile: Profile) -> list[tuple[float, int]]:
+    """The attack sweep: every learning rate with every step budget."""
+    return [(lr, steps) for lr in (spec.attack_lr or [profile.attack_lr])
+            for steps in (spec.attack_steps or [profile.attack_steps])]
 
 
-def cell_id(spec: RelearnSpec, method: str, seed: int, k: int, hp: dict) -> str:
-    return cache_key(spec=spec.model_dump(exclude={"methods", "k", "seeds", "device"}),
-                     method=method, seed=seed, k=k, hp=hp)
+def attack_config(spec: RelearnSpec, profile: Profile, k: int, lr: float, steps: int
+                  ) -> RelearnConfig:
+    return RelearnConfig(k=k, steps=steps, lr=lr, final_lr=lr / 10,
+                         eval_every=spec.eval_every or profile.eval_every,
+                         test_every=profile.test_every)
 
 
-def check_spec(spec: RelearnSpec, ds: Dataset) -> None:
+def check_spec(spec: RelearnSpec, ds: Dataset) -> list[Pipeline]:
     """Everything about the study that can be wrong, refused before any training starts."""
-    for name in spec.methods:
-        if name not in REFERENCE_MODELS:
-            make_hparams(name, spec.hparams.get(name, {}))
-    for name in spec.hparams:
-        if name not in spec.methods:
-            raise DormantError(f"hparams given for {name!r}, which is not in methods; "
-                               "add it to methods or remove its hparams")
+    pipelines = resolve(spec)
     profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
-    fspec = parse_forget(spec.forget or profile.forget)
-    n_leak = leakable_count(planned_size(fspec, ds.y_train, ds.num_classes))
-    if max(spec.k) > n_leak:
-        raise DormantError(
-            f"k={max(spec.k)} leaked examples asked for, but at most {n_leak} of the forget "
-            f"set {fspec.text} are leakable; pick k <= {n_leak} or a larger forget set"
-        )
-    if spec.cscores and fspec.needs_scores:
-        load_cscores(Path(spec.cscores), len(ds.y_train))
+    for text in forget_sets(spec, profile):
+        fspec = parse_forget(text)
+        n_leak = leakable_count(planned_size(fspec, ds.y_train, ds.num_classes))
+        if max(spec.k) > n_leak:
+            raise DormantError(
+                f"k={max(spec.k)} leaked examples asked for, but at most {n_leak} of the "
+                f"forget set {fspec.text} are leakable; pick k <= {n_leak} or a larger forget set"
+            )
+        if spec.cscores and fspec.needs_scores:
+            load_cscores(Path(spec.cscores), len(ds.y_train))
+    if spec.relearn_sets == ["forget-only"] and spec.k == [0]:
+        raise DormantError("relearn set forget-only needs some k >= 1; with k = 0 the grid "
+                           "has no cells")
     create_model(ModelSpec(spec.model or profile.model, ds.image_shape[0], ds.num_classes,
                            ds.image_shape[1]))
+    return pipelines
+
+
+def _cells(spec: RelearnSpec, prep: Prepared, pipe: Pipeline, stage_hps: list[dict]
+           ) -> list[dict]:
+    base = cache_key(spec=spec.model_dump(exclude=GRID_KEYS), method=pipe.name,
+                     stages=[[s.method, hp] for s, hp in zip(pipe.stages, stage_hps, strict=True)],
+                     seed=prep.seed, forget=prep.forget_text)
+    cells = []
+    for lr, steps in attack_settings(spec, prep.profile):
+        for rs in spec.relearn_sets:
+            for k in spec.k:
+                if rs == "forget-only" and k == 0:
+                    continue  # nothing to train on; the seed code omits it too
+                cells.append({"k": k, "relearn_set": rs, "attack_lr": lr, "attack_steps": steps,
+                              "cell": cache_key(base=base, k=k, rs=rs, lr=lr, steps=steps)})
+    return cells
 
 
 def run_relearn(
@@ -205,50 +124,90 @@ def run_relearn(
     results = out / "results.jsonl"
     done = {r.get("cell") for r in read_rows(results)}
     ds = load_study_data(spec, cache_dir)
-    check_spec(spec, ds)
-    methods = list(REFERENCE_MODELS) + [m for m in spec.methods if m not in REFERENCE_MODELS]
+    pipelines = check_spec(spec, ds)
+    profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
+
+    def emit(row: dict) -> None:
+        append_row(results, row)
+        done.add(row["cell"])
+        if on_row:
+            on_row(row)
+
     for seed in spec.seeds:
-        prep = prepare(spec, ds, seed, cache, progress)
-        for k in spec.k:
-            prep.split.leaked(k)  # refuse an impossible k before any unlearning
-        for method in methods:
-            hp = {} if method in REFERENCE_MODELS else method_hparams(spec, prep, method)
-            cells = {k: cell_id(spec, method, seed, k, hp) for k in spec.k}
-            if all(c in done for c in cells.values()):
-                continue
-            t0 = time.perf_counter()
-            model = unlearned_model(prep, method, hp, cache, progress)
-            unlearn_s = time.perf_counter() - t0
-            before = _measure(prep, model)
-            for k, cid in cells.items():
-                if cid in done:
-                    continue
-                row = _attack_row(spec, prep, method, model, before, k, hp)
-                row.update(cell=cid, unlearn_seconds=round(unlearn_s, 3))
-                row["seconds"] = round(unlearn_s + row["attack_seconds"], 3)
-                append_row(results, row)
-                done.add(cid)
-                if on_row:
-                    on_row(row)
+        for forget_text in forget_sets(spec, profile):
+            prep = prepare(spec, ds, seed, cache, progress, forget_text)
+            for k in spec.k:
+                prep.split.leaked(k)  # refuse an impossible k before any unlearning
+            probe = make_probe(prep, spec.analysis_size) if spec.analysis else None
+            for pipe in pipelines:
+                stage_hps = [{} if pipe.is_reference else method_hparams(spec, prep, s.method,
+                                                                         s.hparams)
+                             for s in pipe.stages]
+                missing = [c for c in _cells(spec, prep, pipe, stage_hps)
+                           if c["cell"] not in done]
+                if missing:
+                    _run_pipeline(spec, prep, probe, pipe, stage_hps, missing, cache, progress,
+                                  emit)
     return read_rows(results)
 
 
-def unlearned_model(prep: Prepared, method: str, hp: dict, cache: ModelCache,
+def _run_pipeline(spec, prep: Prepared, probe: Probe | None, pipe: Pipeline, stage_hps,
+                  cells, cache, progress, emit) -> None:
+    common = {"dataset": spec.dataset, "model": prep.spec.name, "forget": prep.forget_text,
+              "method": pipe.name, "seed": prep.seed, "hparams": stage_hps[-1],
+              "pipeline": [[s.method, hp] for s, hp in zip(pipe.stages, stage_hps, strict=True)]}
+    t0 = time.perf_counter()
+    try:
+        model = unlearned_model(prep, pipe, stage_hps, cache, progress)
+    except Diverged as e:
+        for c in cells:
+            emit({**common, **c, "status": "failed", "reason": f"unlearning diverged: {e}"})
+        return
+    unlearn_s = time.perf_counter() - t0
+    before = _measure(prep, model)
+    extra = analyse(prep, probe, model, pipe.name == "original", spec.lmc_points) if probe \
+        else {}
+    for c in cells:
+        try:
+            row = _attack_row(spec, prep, probe, model, before, c)
+        except Diverged as e:
+            emit({**common, **c, "status": "failed", "reason": f"attack diverged: {e}"})
+            continue
+        emit({**common, **c, "status": "ok", **before, **row, **extra,
+              "unlearn_seconds": round(unlearn_s, 3),
+              "seconds": round(unlearn_s + row["attack_seconds"], 3)})
+
+
+def _check_finite(model: nn.Module, name: str) -> nn.Module:
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise Diverged(f"{name} produced non-finite weights")
+    return model
+
+
+def unlearned_model(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], cache: ModelCache,
                     progress: Progress | None) -> nn.Module:
-    if method == "original":
+    """Run the pipeline's stages from the original; every stage's result is cached, so
+    chains that share a first stage train it once."""
+    if pipe.name == "original":
         return prep.original
-    if method == "retrain":
+    if pipe.name == "retrain":
         return prep.oracle
-    key = cache_key(kind="unlearned", original=prep.original_key, split=prep.split.hash,
-                    method=method, hp=hp)
-    model, _ = _cached_fit(
-        cache, key, prep.spec, prep.x.device,
-        lambda: (unlearn(method, prep.original, prep.unlearn_data(), prep.context(progress),
-                         **hp), {}),
-        {"kind": "unlearned", "method": method, "hparams": hp, "original": prep.original_key,
-         "data_fingerprint": prep.dataset.fingerprint, "split": prep.split.hash,
-         "seed": prep.seed},
-    )
+    model, prev = prep.original, None
+    ctx = dataclasses.replace(prep.context(progress), pretrained=prep.original)
+    for stage, hp in zip(pipe.stages, stage_hps, strict=True):
+        parts = dict(kind="unlearned", original=prep.original_key, split=prep.split.hash,
+                     method=stage.method, hp=hp)
+        if prev is not None:
+            parts["after"] = prev
+        key = cache_key(**parts)
+        src = model
+        model, _ = cached_fit(
+            cache, key, prep.spec, prep.x.device,
+            lambda src=src, stage=stage, hp=hp: (_check_finite(
+                unlearn(stage.method, src, prep.unlearn_data(), ctx, **hp), stage.method), {}),
+            {**parts, "data_fingerprint": prep.dataset.fingerprint, "seed": prep.seed},
+        )
+        prev = key
     return model
 
 
@@ -256,32 +215,35 @@ def _measure(prep: Prepared, model: nn.Module) -> dict:
     retain = evaluate(model, prep.x, prep.y, prep.split.retain.to(prep.x.device)).acc
     forget = evaluate(model, prep.x, prep.y, prep.split.heldout.to(prep.x.device)).acc
     test = evaluate(model, prep.x_test, prep.y_test).acc
-    return {"retain_acc": retain, "forget_acc": forget, "test_acc": test,
-            "tow": tow(retain, forget, test)}
+    return {"retain_acc": round(retain, 4), "forget_acc": round(forget, 4),
+            "test_acc": round(test, 4), "tow": round(tow(retain, forget, test), 4)}
 
 
-def _attack_row(spec, prep: Prepared, method, model, before, k, hp) -> dict:
-    cfg = attack_config(spec, prep.profile, k)
-    dev = prep.x.device
-    data = RelearnData(prep.x, prep.y, prep.split.retain.to(dev), prep.split.leaked(k).to(dev),
-                       prep.split.heldout.to(dev), prep.x_test, prep.y_test)
+def _attack_row(spec, prep: Prepared, probe: Probe | None, model, before, cell) -> dict:
+    k = cell["k"]
+    cfg = attack_config(spec, prep.profile, k, cell["attack_lr"], cell["attack_steps"])
+    forget_classes = torch.unique(prep.y[prep.split.forget.to(prep.x.device)])
+    data = RelearnData.build(cell["relearn_set"], prep.x, prep.y, prep.x_test, prep.y_test,
+                             prep.split.retain, prep.split.leaked(k),
+                             prep.split.heldout.to(prep.x.device), forget_classes)
     t0 = time.perf_counter()
     attacked, curve = relearn(model, data, cfg, prep.recipe, seed=prep.seed)
     attack_s = time.perf_counter() - t0
-    retain_after = evaluate(attacked, prep.x, prep.y, data.retain).acc
+    retain_after = evaluate(attacked, prep.x, prep.y, prep.split.retain.to(prep.x.device)).acc
+    after = {} if probe is None else {f"{key}_attacked": v
+                                      for key, v in mia(prep, probe, attacked).items()}
     return {
-        "dataset": spec.dataset, "model": prep.spec.name,
-        "forget": spec.forget or prep.profile.forget, "method": method, "seed": prep.seed,
-        "k": k, **{key: round(v, 4) for key, v in before.items()},
         "retain_acc_attacked": round(retain_after, 4),
         "test_acc_attacked": round(curve.test_acc[-1], 4),
         "forget_acc_attacked": round(curve.best, 4),
         "forget_acc_attacked_last": round(curve.last, 4),
         "recovery": round(recovery(before["forget_acc"], curve.best), 4),
+        "aurc": round(aurc(curve.steps, curve.forget_acc, before["forget_acc"]), 4),
+        **after,
         "train_fit_acc": round(prep.train_fit_acc, 4),
         "l2_to_original": round(l2_distance(model, prep.original), 6),
         "forget_size": len(prep.split.forget), "heldout_size": len(prep.split.heldout),
-        "split": prep.split.hash, "hparams": hp,
+        "split": prep.split.hash,
         "attack": {"steps": cfg.steps, "lr": cfg.lr, "eval_every": cfg.eval_every},
         "curve_steps": curve.steps, "curve_forget_acc": [round(a, 3) for a in curve.forget_acc],
         "attack_seconds": round(attack_s, 3),

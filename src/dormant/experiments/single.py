@@ -16,8 +16,8 @@ from dormant.data.sources import default_cache_dir
 from dormant.data.split import make_split
 from dormant.engine import Progress, Recipe, evaluate, fit, predict, resolve_device
 from dormant.errors import DormantError
+from dormant.experiments.prepare import load_study_data
 from dormant.experiments.profiles import profile_for
-from dormant.experiments.relearn import load_study_data
 from dormant.experiments.spec import RelearnSpec
 from dormant.models import ModelSpec, create_model
 from dormant.store import load_model, save_checkpoint
@@ -45,7 +45,7 @@ def train_model(spec: RelearnSpec, out: Path, *, seed: int = 0,
     profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
     recipe = profile.train.with_(steps=spec.train_steps) if spec.train_steps else profile.train
     mspec = ModelSpec(spec.model or profile.model, c, ds.num_classes, h)
-    fspec = parse_forget(spec.forget) if spec.forget else None
+    fspec = parse_forget(spec.forget[0]) if spec.forget else None
     if fspec is not None and fspec.kind != "canary":
         raise DormantError(
             f"dormant train --forget takes only canary:N (images relabelled before training); "
@@ -92,7 +92,7 @@ def unlearn_checkpoint(spec: RelearnSpec, checkpoint: Path, method: str, out: Pa
             f"{checkpoint} was trained on other data than --dataset {spec.dataset} gives "
             "(fingerprints differ); pass the same --dataset and --train-size as for training"
         )
-    fspec = parse_forget(spec.forget or profile.forget)
+    fspec = parse_forget(spec.forget[0] if spec.forget else profile.forget)
     if fspec.kind == "canary" and side.get("label_noise") != fspec.text:
         raise DormantError(
             f"forget spec {fspec.text} needs a model trained with those canaries; "

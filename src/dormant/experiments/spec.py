@@ -1,17 +1,42 @@
-"""The relearning study's declarative spec, validated by pydantic (unknown keys are errors)."""
+"""The relearning study's declarative spec, validated by pydantic (unknown keys are errors).
+
+A study is a grid: methods (with hyper-parameters, optionally chained with ``then:``) x seeds
+x forget sets x k x relearn sets x attack learning rates x attack step budgets.
+"""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_METHODS = ["finetune", "gradient_ascent", "neggrad_plus"]
+RELEARN_SETS = ("retain", "forget-only", "test", "test+retain-class")
+
+
+class MethodEntry(BaseModel):
+    """One line of the study's ``methods``: a registered method under a name of its own.
+
+    ``then`` names another entry of ``methods`` (or a registered method) that continues from
+    this one's result, as the seed paper starts TAR, CBFT and weight_dist_reg from another
+    method's model (its "initial safeguard")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    method: str | None = None
+    hparams: dict = Field(default_factory=dict)
+    then: str | None = None
+
+    @property
+    def base(self) -> str:
+        return self.method or self.name
+
+
+def _listify(v):
+    return v if isinstance(v, list) else [v]
 
 
 class RelearnSpec(BaseModel):
-    """A grid: methods x seeds x k over one dataset, model and forget set.
-
-    ``None`` budgets come from the dataset's profile (``dormant.experiments.profiles``).
-    """
+    """``None`` budgets come from the dataset's profile (``dormant.experiments.profiles``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -19,27 +44,38 @@ class RelearnSpec(BaseModel):
     data_root: str | None = None
     download: bool = False
     train_size: int | None = Field(default=None, gt=0)
+    test_size: int | None = Field(default=None, gt=0)
     model: str | None = None
-    forget: str | None = None
+    forget: list[str] | None = None
     cscores: str | None = None
-    methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS))
+    methods: list[str | MethodEntry] = Field(default_factory=lambda: list(DEFAULT_METHODS))
     hparams: dict[str, dict] = Field(default_factory=dict)
     k: list[int] = Field(default_factory=lambda: [0, 5])
     seeds: list[int] = Field(default_factory=lambda: [0])
+    relearn_sets: list[str] = Field(default_factory=lambda: ["retain"])
     train_steps: int | None = Field(default=None, gt=0)
     unlearn_steps: int | None = Field(default=None, gt=0)
     unlearn_lr: float | None = Field(default=None, gt=0)
-    attack_steps: int | None = Field(default=None, gt=0)
-    attack_lr: float | None = Field(default=None, gt=0)
+    attack_steps: list[int] | None = None
+    attack_lr: list[float] | None = None
     eval_every: int | None = Field(default=None, gt=0)
     stop_at_oracle: bool = True
+    analysis: bool = True
+    lmc_points: int = Field(default=21, ge=2)
+    analysis_size: int = Field(default=2000, gt=0)
     device: str = "auto"
+
+    @field_validator("forget", "attack_steps", "attack_lr", "k", "seeds", "relearn_sets",
+                     mode="before")
+    @classmethod
+    def _scalar_to_list(cls, v):
+        return None if v is None else _listify(v)
 
     @field_validator("k")
     @classmethod
     def _k_non_negative(cls, v: list[int]) -> list[int]:
-        if not v or any(k < 0 for k in v):
-            raise ValueError("k must be a non-empty list of integers >= 0")
+        if any(k < 0 for k in v):
+            raise ValueError("k must be a list of integers >= 0")
         return v
 
     @field_validator("seeds")
@@ -49,9 +85,25 @@ class RelearnSpec(BaseModel):
             raise ValueError("seeds must be integers >= 0")
         return v
 
-    @field_validator("seeds", "methods")
+    @field_validator("attack_steps", "attack_lr")
     @classmethod
-    def _non_empty(cls, v: list) -> list:
-        if not v:
-            raise ValueError("must not be empty")
+    def _positive(cls, v):
+        if v is not None and any(a <= 0 for a in v):
+            raise ValueError("must be positive")
+        return v
+
+    @field_validator("relearn_sets")
+    @classmethod
+    def _known_sets(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if s not in RELEARN_SETS]
+        if bad:
+            raise ValueError(f"unknown relearn set {bad[0]!r}; use {', '.join(RELEARN_SETS)}")
+        return v
+
+    @field_validator("seeds", "methods", "k", "relearn_sets", "forget", "attack_steps",
+                     "attack_lr")
+    @classmethod
+    def _non_empty(cls, v):
+        if v is not None and not v:
+            raise ValueError("must not be empty: the grid would have no cells")
         return v

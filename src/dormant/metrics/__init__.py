@@ -1,9 +1,14 @@
-"""Metrics: accuracies, ToW, recovery, weight distance. Accuracies are percentages 0..100."""
+"""Metrics: accuracies, ToW, recovery, weight distance, recovery curves, linear mode
+connectivity and membership inference. Accuracies are percentages 0..100."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from dormant.metrics.curves import aurc
+from dormant.metrics.lmc import interpolate_state, lmc_curve, loss_barrier
+from dormant.metrics.mia import example_losses, loss_auc, softmax_features, svc_mia_auc
 
 
 def tow(retain_acc: float, forget_acc: float, test_acc: float) -> float:
@@ -26,4 +31,7 @@ def l2_distance(a: nn.Module, b: nn.Module) -> float:
     return float(total.sqrt())
 
 
-__all__ = ["l2_distance", "recovery", "tow"]
+__all__ = [
+    "aurc", "example_losses", "interpolate_state", "l2_distance", "lmc_curve", "loss_auc",
+    "loss_barrier", "recovery", "softmax_features", "svc_mia_auc", "tow",
+]

@@ -9,3 +9,7 @@ from dormant.models.registry import (
 )
 
 __all__ = ["ModelSpec", "available_models", "create_model", "register_model"]
+
+from dormant.models.features import capture, default_layers, forward_with, hidden_layers  # noqa: E402
+
+__all__ += ["capture", "default_layers", "forward_with", "hidden_layers"]

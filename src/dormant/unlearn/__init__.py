@@ -4,7 +4,28 @@ Add a method: write ``src/dormant/unlearn/<name>.py`` with a frozen hyper-parame
 and a function decorated with ``@register_method("<name>", Hparams)``, then import it below.
 """
 
-from dormant.unlearn import finetune, gradient_ascent, neggrad_plus, retrain  # noqa: F401
+from dormant.unlearn import (  # noqa: F401  (importing a module registers its method)
+    bad_teacher,
+    boundary_expand,
+    boundary_shrink,
+    cbft,
+    circuit_breakers,
+    finetune,
+    fisher_forgetting,
+    gradient_ascent,
+    l1_sparse,
+    neggrad_plus,
+    random_label,
+    retrain,
+    salun,
+    scrub,
+    ssd,
+    tar,
+    weight_attenuation,
+    weight_dist_reg,
+    weight_distortion,
+    weight_dropout,
+)
 from dormant.unlearn.base import (
     MethodInfo,
     StepHparams,

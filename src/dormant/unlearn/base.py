@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from pydantic import TypeAdapter, ValidationError
 from torch import nn
 
 from dormant.engine import Hook, Progress, Recipe, evaluate
@@ -40,6 +41,10 @@ class UnlearnContext:
     """A fresh model with the original model's initialisation."""
     seed: int = 0
     progress: Progress | None = None
+    pretrained: nn.Module | None = None
+    """theta_pre, the model before any unlearning: teachers, anchors and LMC endpoints use it.
+    It differs from the model handed to a method when that method is chained (``then:``)
+    after another. ``unlearn`` fills it in; methods must not modify it."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,14 @@ def make_hparams(name: str, overrides: dict | None = None):
             f"method {name!r} has no hyper-parameter {unknown[0]!r}; it has: "
             f"{', '.join(sorted(fields))}"
         )
-    hp = info.hparams(**(overrides or {}))
+    try:
+        # pydantic checks each value against the dataclass's annotations (YAML lists become
+        # tuples, ints floats); a plain dataclass would accept lr="fast" and fail mid-study
+        hp = TypeAdapter(info.hparams).validate_python(dict(overrides or {}))
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise DormantError(f"method {name!r}: hyper-parameter {key!r}: {err['msg']}") from None
     if isinstance(hp, StepHparams) and hp.steps <= 0:
         raise DormantError(f"method {name!r}: steps must be positive, got {hp.steps}")
     return hp
@@ -141,4 +153,6 @@ def unlearn(
     """Apply method ``name`` to a copy of ``model``; the input model is left untouched."""
     info = get_method(name)
     hp = make_hparams(name, overrides)
+    if ctx.pretrained is None:
+        ctx = dataclasses.replace(ctx, pretrained=model)
     return info.fn(copy.deepcopy(model), data, hp, ctx)

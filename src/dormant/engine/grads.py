@@ -1,0 +1,188 @@
+"""Per-sample gradients and diagonal Fisher information with ``torch.func`` (vmap over samples).
+
+Everything runs with eval-mode semantics: BatchNorm uses its running statistics (passed as
+buffers to ``functional_call``), nothing updates them, and no augmentation is applied. Results
+are float32 on the model's device. Work is chunked over samples so that memory stays bounded;
+the chunk size changes speed and memory only, never the result beyond float rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vjp, vmap
+
+from dormant.engine.device import to_float
+
+Grads = dict[str, torch.Tensor]
+
+GRAD_BUDGET = 2**26
+"""Float32 gradient entries one vmap chunk may hold at once (256 MiB); sets the default chunk."""
+MAX_CHUNK = 256
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _split(model: nn.Module) -> tuple[Grads, Grads]:
+    """Trainable parameters (differentiated) and everything else the forward pass reads."""
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    consts = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+    consts.update({n: b.detach() for n, b in model.named_buffers()})
+    return params, consts
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _sample_loss(model: nn.Module, consts: Grads):
+    def loss(params: Grads, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, (params, consts), (x.unsqueeze(0),))
+        return F.cross_entropy(logits, y.unsqueeze(0))
+
+    return loss
+
+
+def _sample_expected_fisher(model: nn.Module, consts: Grads):
+    """sum_k p(k|x) * (grad CE(f(x), k))^2 for one sample, from one forward pass: the
+    gradient of CE(z, k) w.r.t. the logits z is softmax(z) - e_k, so every class's parameter
+    gradient is one vector-Jacobian product of the same forward."""
+
+    def fisher(params: Grads, x: torch.Tensor) -> Grads:
+        def logits_of(p: Grads) -> torch.Tensor:
+            return functional_call(model, (p, consts), (x.unsqueeze(0),)).squeeze(0)
+
+        logits, pull = vjp(logits_of, params)
+        prob = logits.float().softmax(-1)
+        cot = prob.unsqueeze(0) - torch.eye(len(prob), dtype=prob.dtype, device=prob.device)
+        (per_class,) = vmap(pull)(cot.to(logits.dtype))
+        return {n: torch.einsum("k,k...->...", prob, g.float().square())
+                for n, g in per_class.items()}
+
+    return fisher
+
+
+def per_sample_grads(
+    model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, *, chunk_size: int | None = None
+) -> Grads:
+    """Gradient of each sample's cross-entropy: ``{name: Tensor[B, *param.shape]}``.
+
+    ``xb`` is a float batch already on the model's device; eval-mode semantics (see module).
+    ``chunk_size`` bounds how many samples vmap processes at once (None: all of them).
+    """
+    params, consts = _split(model)
+    fn = vmap(grad(_sample_loss(model, consts)), in_dims=(None, 0, 0), chunk_size=chunk_size)
+    with _eval_mode(model):
+        return fn(params, xb, yb)
+
+
+def _auto_chunk(params: Grads, per_sample: int) -> int:
+    numel = sum(p.numel() for p in params.values())
+    return max(1, min(MAX_CHUNK, GRAD_BUDGET // max(1, numel * per_sample)))
+
+
+def diag_fisher(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ids: torch.Tensor,
+    *,
+    batch_size: int | None = None,
+    kind: Literal["empirical", "expected"] = "empirical",
+    reduce: Literal["mean", "sum"] = "mean",
+) -> Grads:
+    """Diagonal Fisher of ``model`` on ``x[ids]`` (x uint8 NCHW), one float32 tensor per
+    trainable parameter.
+
+    ``empirical``: squared per-sample CE gradients w.r.t. the true labels ``y``.
+    ``expected`` (Golatkar et al. 2020): for each sample, sum over classes k of
+    p(k|x) * (grad CE(f(x), k))^2, labels unused. ``reduce`` averages or sums over samples.
+    ``batch_size`` is the vmap chunk (memory only); None picks one from ``GRAD_BUDGET``.
+    """
+    if kind not in ("empirical", "expected"):
+        raise ValueError(f"kind must be 'empirical' or 'expected', got {kind!r}")
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    device = _device(model)
+    params, consts = _split(model)
+    total = {n: torch.zeros(p.shape, dtype=torch.float32, device=device)
+             for n, p in params.items()}
+    ids = ids.to(x.device)
+    if len(ids) == 0:
+        return total
+    with _eval_mode(model):
+        if kind == "empirical":
+            per = vmap(grad(_sample_loss(model, consts)), in_dims=(None, 0, 0))
+            chunk = batch_size or _auto_chunk(params, 1)
+        else:
+            per = vmap(_sample_expected_fisher(model, consts), in_dims=(None, 0))
+            with torch.no_grad():
+                classes = model(to_float(x[ids[:1]]).to(device)).shape[-1]
+            chunk = batch_size or _auto_chunk(params, classes)
+        for start in range(0, len(ids), chunk):
+            b = ids[start : start + chunk]
+            xb = to_float(x[b]).to(device)
+            if kind == "empirical":
+                out = per(params, xb, y[b].to(device))
+                out = {n: g.float().square() for n, g in out.items()}
+            else:
+                out = per(params, xb)
+            for n, v in out.items():
+                total[n] += v.sum(0)
+    if reduce == "mean":
+        for v in total.values():
+            v /= len(ids)
+    return total
+
+
+def batch_grad_importance(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ids: torch.Tensor,
+    *,
+    batch_size: int = 128,
+    reduce: Literal["mean", "sum"] = "mean",
+) -> Grads:
+    """SSD's importance (Foster et al. 2024): squared gradients of the *batch-mean* CE, one per
+    mini-batch of ``x[ids]`` taken in the given order (last batch may be short), then averaged
+    over batches (``mean``: (1/#batches) sum_b g_b^2, the original) or summed (``sum``: the
+    seed paper's variant). Not a Fisher: a batch gradient squared is not a sum of per-sample
+    squares, so the result depends on batch size and composition. Eval-mode semantics.
+    """
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    device = _device(model)
+    params, consts = _split(model)
+    total = {n: torch.zeros(p.shape, dtype=torch.float32, device=device)
+             for n, p in params.items()}
+    ids = ids.to(x.device)
+
+    def batch_loss(p: Grads, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(model, (p, consts), (xb,)), yb)
+
+    g_fn = grad(batch_loss)
+    with _eval_mode(model):
+        for start in range(0, len(ids), batch_size):
+            b = ids[start : start + batch_size]
+            for n, g in g_fn(params, to_float(x[b]).to(device), y[b].to(device)).items():
+                total[n] += g.float().square()
+    batches = math.ceil(len(ids) / batch_size)
+    if reduce == "mean" and batches:
+        for v in total.values():
+            v /= batches
+    return total

@@ -1,0 +1,126 @@
+"""What every cell of one (seed, forget set) shares: the data on the device, the split, the
+original model and the retrain oracle, both trained once and cached by content."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dormant.data import Dataset, load_dataset, stratified_subset
+from dormant.data.forget import canary_labels, load_cscores, parse_forget, select_forget
+from dormant.data.split import Split, make_split
+from dormant.engine import Progress, Recipe, fit, predict, resolve_device
+from dormant.experiments.profiles import Profile, profile_for
+from dormant.experiments.spec import RelearnSpec
+from dormant.models import ModelSpec, create_model
+from dormant.store import ModelCache, cache_key
+from dormant.unlearn import UnlearnContext, UnlearnData, unlearn
+
+
+@dataclass
+class Prepared:
+    """Everything one seed of a study shares: data on the device, split, original, oracle."""
+
+    dataset: Dataset
+    profile: Profile
+    spec: ModelSpec
+    recipe: Recipe
+    seed: int
+    x: torch.Tensor
+    y: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    split: Split
+    original: nn.Module
+    oracle: nn.Module
+    train_fit_acc: float
+    original_key: str
+    forget_text: str = ""
+
+    def unlearn_data(self) -> UnlearnData:
+        dev = self.x.device
+        return UnlearnData(
+            self.x, self.y, self.split.forget.to(dev), self.split.retain.to(dev),
+            self.split.leakable.to(dev), self.dataset.num_classes,
+        )
+
+    def context(self, progress: Progress | None) -> UnlearnContext:
+        return UnlearnContext(self.recipe, lambda: create_model(self.spec, seed=self.seed),
+                              self.seed, progress)
+
+
+def load_study_data(spec: RelearnSpec, cache_dir: Path) -> Dataset:
+    ds = load_dataset(spec.dataset, root=spec.data_root, download=spec.download,
+                      cache_dir=cache_dir)
+    return stratified_subset(ds, spec.train_size, seed=0, n_test=spec.test_size)
+
+
+def forget_sets(spec: RelearnSpec, profile: Profile) -> list[str]:
+    return list(spec.forget) if spec.forget else [profile.forget]
+
+
+def cached_fit(cache, key, spec, device, train: Callable[[], tuple[nn.Module, dict]],
+                meta: dict):
+    """Load ``key`` or train and store it; ``meta`` (data fingerprint, split hash, recipe,
+    seed, method) goes into the checkpoint's sidecar."""
+    hit = cache.load(key, spec, device)
+    if hit is not None:
+        return hit[0], hit[2]
+    model, extras = train()
+    cache.save(key, model, spec, meta, extras)
+    return model, extras
+
+
+def prepare(
+    spec: RelearnSpec,
+    ds: Dataset,
+    seed: int,
+    cache: ModelCache,
+    progress: Progress | None,
+    forget_set: str | None = None,
+) -> Prepared:
+    device = resolve_device(spec.device)
+    c, h, _ = ds.image_shape
+    profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
+    recipe = profile.train.with_(steps=spec.train_steps) if spec.train_steps else profile.train
+    mspec = ModelSpec(spec.model or profile.model, c, ds.num_classes, h)
+    fspec = parse_forget(forget_set or forget_sets(spec, profile)[0])
+    y_cpu, canaries = canary_labels(fspec, ds.y_train, ds.num_classes, seed)
+    x, y = ds.x_train.to(device), y_cpu.to(device)
+    base = dict(data=ds.fingerprint, labels=cache_key(y=y_cpu.tolist()), model=mspec.to_dict(),
+                recipe=recipe.to_dict(), seed=seed, device=device.type)
+    okey = cache_key(kind="original", **base)
+
+    def train_original():
+        model = create_model(mspec, seed=seed)
+        g = torch.Generator().manual_seed(seed)
+        res = fit(model, x, y, torch.arange(len(y), device=device), recipe, generator=g,
+                  track=True, progress=progress, label="original")
+        return model, {"learning_speed": res.learning_speed}
+
+    original, extras = cached_fit(cache, okey, mspec, device, train_original,
+                                   {"kind": "original", "data_fingerprint": ds.fingerprint,
+                                    **base})
+    fitted = (predict(original, x).argmax(1) == y).cpu()
+    scores = None
+    if fspec.needs_scores:
+        n_source = len(ds.y_train)
+        scores = (load_cscores(Path(spec.cscores), n_source) if spec.cscores
+                  else extras["learning_speed"])
+    forget = select_forget(fspec, y_cpu, ds.num_classes, seed, canaries=canaries,
+                           scores=scores, fitted=fitted)
+    split = make_split(forget, len(y_cpu), seed)
+    rkey = cache_key(kind="retrain", original=okey, split=split.hash)
+    prep = Prepared(ds, profile, mspec, recipe, seed, x, y, ds.x_test.to(device),
+                    ds.y_test.to(device), split, original, original,
+                    float(fitted.float().mean() * 100), okey, fspec.text)
+    prep.oracle, _ = cached_fit(
+        cache, rkey, mspec, device,
+        lambda: (unlearn("retrain", original, prep.unlearn_data(), prep.context(progress)), {}),
+        {"kind": "retrain", "data_fingerprint": ds.fingerprint, "split": split.hash, **base},
+    )
+    return prep

@@ -1,0 +1,81 @@
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dormant.engine import BatchStream, to_float, train_loop
+from dormant.engine.augment import augment
+from dormant.models.features import default_layers, forward_with
+from dormant.unlearn.base import (
+    StoppableHparams,
+    UnlearnContext,
+    register_method,
+    stop_when_forgotten,
+)
+
+
+@dataclass(frozen=True)
+class CircuitBreakersHparams(StoppableHparams):
+    """Circuit Breakers (representation rerouting): push forget-set hidden states orthogonal
+    to the pretrained model's while holding retain-set ones in place (Zou et al. 2024, as
+    adapted to vision in Siddiqui et al. 2025, seed `circuit_breakers`).
+
+    L_r = mean over layers of MSE(h(x_r; theta), h(x_r; theta_pre)); L_f = mean over layers
+    of mean_batch ReLU(cos(flat h(x_f; theta), flat h(x_f; theta_pre))); at step t of T,
+    L = c_r L_r + c_u L_f with c_r = alpha (t+1)/T and c_u = alpha (1 - (t+1)/T) (the seed's
+    "complete" schedule; the LLM paper stretches it over 2T). ``alpha = 1`` and layers {4, 7}
+    of ResNet-18 (``default_layers``; ``()`` means those) are the seed's; so is the optimiser
+    (a fresh Adam, lr 1e-5, wd 0, 39,100 steps) and running theta_pre in train mode.
+    """
+
+    alpha: float = 1.0
+    layers: tuple[str, ...] = ()
+
+
+def frozen_anchor(ctx: UnlearnContext) -> nn.Module:
+    """A private, gradient-free copy of theta_pre in train mode: the seed compares hidden
+    states under batch statistics on both sides, and the copy keeps ``ctx.pretrained``'s own
+    BatchNorm buffers untouched."""
+    return copy.deepcopy(ctx.pretrained).requires_grad_(False).train()
+
+
+def layer_mse(h: list[torch.Tensor], h0: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over layers of the element-mean squared error (L_r; TAR's representation term)."""
+    return torch.stack([F.mse_loss(a.float(), b.float()) for a, b in zip(h, h0, strict=True)]
+                       ).mean()
+
+
+def layer_cosine(h: list[torch.Tensor], h0: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over layers of mean_batch ReLU(cos) between flattened hidden states (L_f)."""
+    cos = [F.relu(F.cosine_similarity(a.flatten(1).float(), b.flatten(1).float(), dim=-1)).mean()
+           for a, b in zip(h, h0, strict=True)]
+    return torch.stack(cos).mean()
+
+
+@register_method("circuit_breakers", CircuitBreakersHparams)
+def circuit_breakers(model, data, hp, ctx):
+    recipe = hp.recipe(ctx.recipe)
+    g = torch.Generator().manual_seed(ctx.seed)
+    retain = BatchStream(data.retain, recipe.batch_size, g)
+    forget = BatchStream(data.forget, recipe.batch_size, g)
+    layers = list(hp.layers) or default_layers(model)
+    anchor = frozen_anchor(ctx)
+
+    def paired(ids):
+        # both models see the same augmented images
+        x = augment(to_float(data.x[ids]), recipe.augment, recipe.pad, g)
+        with torch.no_grad():
+            h0 = forward_with(anchor, x, layers)[1]
+        return forward_with(model, x, layers)[1], h0
+
+    def loss(step):
+        frac = (step + 1) / recipe.steps
+        l_r = layer_mse(*paired(retain()))
+        l_f = layer_cosine(*paired(forget()))
+        return hp.alpha * frac * l_r + hp.alpha * (1 - frac) * l_f
+
+    train_loop(model, recipe, loss, hook=stop_when_forgotten(data, hp),
+               progress=ctx.progress, label="circuit_breakers")
+    return model

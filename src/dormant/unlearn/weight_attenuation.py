@@ -1,0 +1,32 @@
+from dataclasses import dataclass
+
+from dormant.errors import DormantError
+from dormant.unlearn.base import StepHparams, register_method
+from dormant.unlearn.perturb import perturb_then_finetune
+
+
+@dataclass(frozen=True)
+class WeightAttenuationHparams(StepHparams):
+    """Weight attenuation: scale every parameter by ``a``, then fine-tune on the retain set
+    (Siddiqui et al. 2025, an ablation of their weight distortion).
+
+    ``a = 0.5`` is the seed's `weight_attenuation` (scripts/train.sh, `unlearning_alpha`).
+    BatchNorm running statistics are not scaled. The fine-tune is the seed's: CE on the
+    retain set, a fresh Adam, lr 1e-5, wd 0, 39,100 steps.
+    """
+
+    a: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.a < 0:
+            raise DormantError(f"weight_attenuation: a must be >= 0, got {self.a}")
+
+
+def attenuate(a: float):
+    """The perturbation ``theta <- a * theta`` (deterministic)."""
+    return lambda p, _g: p * a
+
+
+@register_method("weight_attenuation", WeightAttenuationHparams)
+def weight_attenuation(model, data, hp, ctx):
+    return perturb_then_finetune(model, data, hp, ctx, attenuate(hp.a), "weight_attenuation")

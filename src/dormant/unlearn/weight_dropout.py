@@ -1,0 +1,35 @@
+from dataclasses import dataclass
+
+import torch
+
+from dormant.errors import DormantError
+from dormant.unlearn.base import StepHparams, register_method
+from dormant.unlearn.perturb import draw, perturb_then_finetune
+
+
+@dataclass(frozen=True)
+class WeightDropoutHparams(StepHparams):
+    """Weight dropout: zero each parameter entry with probability ``p``, then fine-tune on
+    the retain set (Siddiqui et al. 2025, an ablation of their weight distortion).
+
+    ``p = 0.2`` is the seed's `weight_dropout` (scripts/train.sh, `unlearning_alpha`). As in
+    the seed's `drop_model_parameters` the survivors are not rescaled by 1/(1-p), and
+    BatchNorm running statistics are untouched. The fine-tune is the seed's: CE on the
+    retain set, a fresh Adam, lr 1e-5, wd 0, 39,100 steps.
+    """
+
+    p: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.p <= 1.0:
+            raise DormantError(f"weight_dropout: p must be in [0, 1], got {self.p}")
+
+
+def drop(p: float):
+    """The perturbation ``theta <- theta * b``, ``b_i ~ Bernoulli(1 - p)``, no rescaling."""
+    return lambda w, g: w * (draw(w, torch.rand, g) >= p)
+
+
+@register_method("weight_dropout", WeightDropoutHparams)
+def weight_dropout(model, data, hp, ctx):
+    return perturb_then_finetune(model, data, hp, ctx, drop(hp.p), "weight_dropout")

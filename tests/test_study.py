@@ -1,0 +1,149 @@
+"""The study grid: method entries and then: chains, failed cells, and every row's columns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dormant.errors import DormantError
+from dormant.experiments import MethodEntry, RelearnSpec, run_relearn
+from dormant.experiments.pipeline import resolve
+from dormant.experiments.relearn import unlearned_model
+from dormant.metrics import l2_distance
+from dormant.store import ModelCache
+from dormant.unlearn import unlearn
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _names(spec):
+    return {p.name: [(s.method, s.hparams) for s in p.stages] for p in resolve(spec)}
+
+
+def test_entries_resolve_to_pipelines_with_their_own_hparams():
+    spec = RelearnSpec(methods=[
+        "finetune",
+        {"name": "ga_fast", "method": "gradient_ascent", "hparams": {"lr": 1e-3}},
+        {"name": "ga_then_ft", "method": "gradient_ascent", "then": "ft_slow"},
+        {"name": "ft_slow", "method": "finetune", "hparams": {"lr": 1e-6}},
+        {"name": "ga_then_ng", "method": "gradient_ascent", "then": "neggrad_plus"},
+    ], hparams={"finetune": {"steps": 7}, "neggrad_plus": {"steps": 3}})
+    p = _names(spec)
+    assert list(p)[:2] == ["original", "retrain"]
+    assert p["finetune"] == [("finetune", {"steps": 7})]
+    assert p["ga_fast"] == [("gradient_ascent", {"lr": 1e-3})]
+    assert p["ga_then_ft"] == [("gradient_ascent", {}), ("finetune", {"lr": 1e-6})]
+    assert p["ga_then_ng"] == [("gradient_ascent", {}), ("neggrad_plus", {"steps": 3})]
+
+
+@pytest.mark.parametrize("methods, hparams, needle", [
+    ([{"name": "a", "method": "finetune", "then": "b"},
+      {"name": "b", "method": "gradient_ascent", "then": "a"}], {}, "chain loops: a -> b -> a"),
+    ([{"name": "a", "method": "nope"}], {}, "entry 'a': unknown method 'nope'"),
+    ([{"name": "a", "method": "finetune", "then": "nope"}], {}, "then: unknown method 'nope'"),
+    ([{"name": "a", "method": "finetune", "hparams": {"lr": "fast"}}], {},
+     "hyper-parameter 'lr'"),
+    ([{"name": "a", "method": "finetune", "hparams": {"alpha": 1}}], {},
+     "no hyper-parameter 'alpha'"),
+    (["finetune", "finetune"], {}, "'finetune' appears twice"),
+    (["finetune"], {"scrub": {"lr": 1.0}}, "hparams given for 'scrub'"),
+    ([{"name": "retrain", "then": "finetune"}], {}, "reference model"),
+])
+def test_bad_entries_are_refused_before_any_work(methods, hparams, needle):
+    spec = RelearnSpec(methods=methods, hparams=hparams)
+    with pytest.raises(DormantError, match=needle.replace("(", r"\(")):
+        resolve(spec)
+
+
+def test_spec_takes_scalars_or_lists_and_refuses_an_empty_grid():
+    spec = RelearnSpec(forget="class:0", attack_lr=1e-4, attack_steps=10, k=0)
+    assert spec.forget == ["class:0"] and spec.attack_lr == [1e-4] and spec.k == [0]
+    for key in ("methods", "seeds", "k", "relearn_sets"):
+        with pytest.raises(ValueError, match="must not be empty"):
+            RelearnSpec(**{key: []})
+    with pytest.raises(ValueError, match="unknown relearn set 'train'"):
+        RelearnSpec(relearn_sets=["train"])
+    with pytest.raises(ValueError, match="extra"):
+        MethodEntry(name="a", steps=3)
+
+
+def test_every_config_in_the_repo_is_a_valid_study():
+    files = sorted(CONFIGS.glob("*.yaml"))
+    assert len(files) >= 2
+    for f in files:
+        spec = RelearnSpec(**yaml.safe_load(f.read_text()))
+        assert len(resolve(spec)) >= 5, f
+
+
+def test_a_chain_continues_from_the_first_stage_and_anchors_on_the_original(digits_setup,
+                                                                             tmp_path):
+    """A then: chain equals running its stages by hand; the second stage's ctx.pretrained is
+    the original model, not the first stage's result."""
+    prep = digits_setup
+    spec = RelearnSpec(methods=[{"name": "c", "method": "gradient_ascent", "then": "finetune",
+                                 "hparams": {"steps": 20, "lr": 1e-4}}],
+                       hparams={"finetune": {"steps": 15, "lr": 1e-4}})
+    pipe = next(p for p in resolve(spec) if p.name == "c")
+    hps = [s.hparams for s in pipe.stages]
+    chained = unlearned_model(prep, pipe, hps, ModelCache(tmp_path), None)
+    first = unlearn("gradient_ascent", prep.original, prep.unlearn_data(), prep.context(None),
+                    **hps[0])
+    import dataclasses
+    ctx = dataclasses.replace(prep.context(None), pretrained=prep.original)
+    by_hand = unlearn("finetune", first, prep.unlearn_data(), ctx, **hps[1])
+    assert l2_distance(chained, by_hand) == 0.0
+    assert l2_distance(chained, first) > 0.0
+    # the cached chain loads back identical
+    again = unlearned_model(prep, pipe, hps, ModelCache(tmp_path), None)
+    assert l2_distance(again, chained) == 0.0
+
+
+def test_a_diverging_cell_is_a_failed_row_and_the_study_goes_on(tmp_path):
+    spec = RelearnSpec(dataset="digits", device="cpu", k=[0], stop_at_oracle=False,
+                       analysis=False, methods=["gradient_ascent", "finetune"],
+                       hparams={"gradient_ascent": {"lr": 1e30, "steps": 60},
+                                "finetune": {"steps": 10}})
+    rows = run_relearn(spec, tmp_path / "out", cache_dir=tmp_path / "cache")
+    by = {r["method"]: r for r in rows}
+    assert by["gradient_ascent"]["status"] == "failed"
+    assert "diverged" in by["gradient_ascent"]["reason"]
+    assert "nan" in by["gradient_ascent"]["reason"]
+    assert by["finetune"]["status"] == "ok" and by["retrain"]["status"] == "ok"
+    # a rerun does not retry or duplicate the failed cell
+    again = run_relearn(spec, tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert len(again) == len(rows) == 4
+
+
+def test_rows_carry_the_analysis_columns(tmp_path):
+    spec = RelearnSpec(dataset="digits", device="cpu", k=[0], methods=["gradient_ascent"],
+                       relearn_sets=["retain", "forget-only"], attack_lr=[1e-4, 1e-3],
+                       attack_steps=[20], lmc_points=5, analysis_size=200,
+                       hparams={"gradient_ascent": {"steps": 40}})
+    rows = run_relearn(spec, tmp_path / "out", cache_dir=tmp_path / "cache")
+    # forget-only has no k = 0 cell: 3 models x 1 k x 1 set x 2 learning rates
+    assert len(rows) == 6
+    assert {r["attack_lr"] for r in rows} == {1e-4, 1e-3}
+    for r in rows:
+        assert r["status"] == "ok"
+        for key in ("relearn_set", "aurc", "l2_to_oracle", "barrier", "mia_auc",
+                    "mia_auc_attacked", "mia_loss_auc", "mia_loss_auc_attacked"):
+            assert key in r, key
+        assert 0.0 <= r["mia_auc"] <= 1.0 and 0.0 <= r["mia_auc_attacked"] <= 1.0
+    by = {(r["method"], r["attack_lr"]): r for r in rows}
+    assert by[("retrain", 1e-4)]["l2_to_oracle"] == 0.0
+    assert by[("original", 1e-4)]["lmc"] is None and by[("original", 1e-4)]["barrier"] is None
+    lmc = by[("gradient_ascent", 1e-4)]["lmc"]
+    assert lmc["t"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    # the curve's ends are the two models themselves
+    assert lmc["forget_acc"][0] == pytest.approx(100.0)
+    assert lmc["forget_acc"][-1] == pytest.approx(by[("gradient_ascent", 1e-4)]["forget_acc"])
+    # a stronger attack recovers at least as much (same unlearned model, same seed)
+    assert by[("gradient_ascent", 1e-3)]["forget_acc_attacked"] >= \
+        by[("gradient_ascent", 1e-4)]["forget_acc_attacked"]
+    ga = by[("gradient_ascent", 1e-4)]
+    assert ga["aurc"] <= ga["recovery"] + 1e-9  # a mean over the curve never beats its best
+    assert torch.tensor(ga["curve_forget_acc"]).max().item() == pytest.approx(
+        ga["forget_acc_attacked"], abs=1e-3)
