@@ -43,3 +43,9 @@ def digits_setup(digits, tmp_path_factory):
     prep = prepare(spec, digits, 0, cache, None)
     assert prep.profile == profile_for("digits", len(digits.y_train), digits.image_shape)
     return prep
+
+
+@pytest.fixture(scope="session")
+def cifar_jpeg_cache(tmp_path_factory):
+    """One cache for the decoded CIFAR-10 JPEG export: decoding 60,000 JPEGs happens once."""
+    return tmp_path_factory.mktemp("cifar-jpeg-cache")

@@ -277,8 +277,9 @@ def test_boundary_expand_stops_on_the_pruned_view(digits_setup, monkeypatch):
         return out
 
     monkeypatch.setattr(dormant.unlearn.boundary_expand, "forward", counting)
-    model = _run(prep, "boundary_expand", steps=300, lr=1e-4, stop_acc=50.0)
+    model = _run(prep, "boundary_expand", steps=300, lr=1e-4, stop_acc=25.0)
     assert set(steps) == {11}  # trained (C+1)-way
-    assert len(steps) < 300  # stopped early
-    # the rule judged the first C logits, so the returned C-way model meets it
-    assert _acc(prep, model, prep.split.leakable) <= 50.0
+    assert len(steps) < 100  # stopped early (measured: 45 steps)
+    # the rule judged the first C logits, so the returned C-way model meets it; judged on all
+    # C+1 it would stop at step 39 with the pruned model still at 33% (measured)
+    assert _acc(prep, model, prep.split.leakable) <= 25.0

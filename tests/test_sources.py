@@ -232,11 +232,6 @@ def test_mnist_from_shared(shared_datasets: Path, tmp_path: Path) -> None:
     assert int(ds.y_train[0]) == 5 and ds.num_classes == 10
 
 
-@pytest.fixture(scope="session")
-def cifar_jpeg_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cifar-jpeg-cache")
-
-
 def test_cifar10_jpeg_archive(
     shared_datasets: Path, cifar_jpeg_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -23,7 +23,8 @@ from dormant.engine.device import to_float
 Grads = dict[str, torch.Tensor]
 
 GRAD_BUDGET = 2**26
-"""Float32 gradient entries one vmap chunk may hold at once (256 MiB); sets the default chunk."""
+"""Float32 gradient entries one vmap chunk may hold at once off CUDA (256 MiB); on CUDA a
+sixteenth of the free memory (a chunk holds a few copies: gradients, squares, sums)."""
 MAX_CHUNK = 256
 
 
@@ -60,7 +61,9 @@ def _sample_loss(model: nn.Module, consts: Grads):
 def _sample_expected_fisher(model: nn.Module, consts: Grads):
     """sum_k p(k|x) * (grad CE(f(x), k))^2 for one sample, from one forward pass: the
     gradient of CE(z, k) w.r.t. the logits z is softmax(z) - e_k, so every class's parameter
-    gradient is one vector-Jacobian product of the same forward."""
+    gradient is one vector-Jacobian product of the same forward. Classes are visited one after
+    another (traced once per chunk, not per sample) so a chunk holds one gradient per sample,
+    not one per (sample, class)."""
 
     def fisher(params: Grads, x: torch.Tensor) -> Grads:
         def logits_of(p: Grads) -> torch.Tensor:
@@ -68,10 +71,14 @@ def _sample_expected_fisher(model: nn.Module, consts: Grads):
 
         logits, pull = vjp(logits_of, params)
         prob = logits.float().softmax(-1)
-        cot = prob.unsqueeze(0) - torch.eye(len(prob), dtype=prob.dtype, device=prob.device)
-        (per_class,) = vmap(pull)(cot.to(logits.dtype))
-        return {n: torch.einsum("k,k...->...", prob, g.float().square())
-                for n, g in per_class.items()}
+        eye = torch.eye(len(prob), dtype=prob.dtype, device=prob.device)
+        total: Grads = {}
+        for k in range(len(prob)):
+            (g,) = pull((prob - eye[k]).to(logits.dtype))
+            for n, t in g.items():
+                term = prob[k] * t.float().square()
+                total[n] = term if k == 0 else total[n] + term
+        return total
 
     return fisher
 
@@ -90,9 +97,12 @@ def per_sample_grads(
         return fn(params, xb, yb)
 
 
-def _auto_chunk(params: Grads, per_sample: int) -> int:
+def _auto_chunk(params: Grads, device: torch.device) -> int:
     numel = sum(p.numel() for p in params.values())
-    return max(1, min(MAX_CHUNK, GRAD_BUDGET // max(1, numel * per_sample)))
+    budget = GRAD_BUDGET
+    if device.type == "cuda":
+        budget = torch.cuda.mem_get_info(device)[0] // 16 // 4
+    return max(1, min(MAX_CHUNK, budget // max(1, numel)))
 
 
 def diag_fisher(
@@ -127,18 +137,15 @@ def diag_fisher(
     with _eval_mode(model):
         if kind == "empirical":
             per = vmap(grad(_sample_loss(model, consts)), in_dims=(None, 0, 0))
-            chunk = batch_size or _auto_chunk(params, 1)
         else:
             per = vmap(_sample_expected_fisher(model, consts), in_dims=(None, 0))
-            with torch.no_grad():
-                classes = model(to_float(x[ids[:1]]).to(device)).shape[-1]
-            chunk = batch_size or _auto_chunk(params, classes)
+        chunk = batch_size or _auto_chunk(params, device)
         for start in range(0, len(ids), chunk):
             b = ids[start : start + chunk]
             xb = to_float(x[b]).to(device)
             if kind == "empirical":
                 out = per(params, xb, y[b].to(device))
-                out = {n: g.float().square() for n, g in out.items()}
+                out = {n: g.float().square_() for n, g in out.items()}  # vmap's own buffers
             else:
                 out = per(params, xb)
             for n, v in out.items():

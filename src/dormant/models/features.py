@@ -46,12 +46,13 @@ def hidden_layers(model: nn.Module) -> list[str]:
         return ["layers" + INPUT] + [f"layers.{i}" for i in range(len(model.layers))]
     if isinstance(model, nn.Sequential):
         children = list(model.named_children())[:-1]
-        return [name for name, child in children if _nonlinear(child)]
-    names = [name for name, m in model.named_modules() if type(m).__name__ in _BLOCKS]
+        names = [name for name, child in children if _nonlinear(child)]
+    else:
+        names = [name for name, m in model.named_modules() if type(m).__name__ in _BLOCKS]
     if not names:
         raise DormantError(
-            f"cannot tell the hidden layers of a {type(model).__name__}; name them explicitly "
-            "(module names from model.named_modules())"
+            f"cannot tell the hidden layers of a {type(model).__name__}; pass layers=(...) "
+            "with module names from model.named_modules()"
         )
     return names
 

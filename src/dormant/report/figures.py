@@ -132,7 +132,7 @@ def _num(v) -> float:
     return float("nan") if v is None else float(v)
 
 
-def _lmc_by_method(rows: list[dict]) -> dict[str, dict]:
+def lmc_means(rows: list[dict]) -> dict[str, dict]:
     """Per method, its LMC curves averaged over seeds (one row per seed: the curve belongs to
     the unlearned model, not to the attack)."""
     per: dict[str, dict[object, dict]] = {}
@@ -153,7 +153,7 @@ def lmc_figure(rows: list[dict], path: Path, styles: dict | None = None) -> Path
     """Loss (log scale) and accuracy on each evaluated set along
     ``theta(t) = (1 - t)·theta_pre + t·theta_method``; the retrain line is the
     pre -> oracle reference. One line per method, shared legend."""
-    curves = _lmc_by_method(rows)
+    curves = lmc_means(rows)
     if not curves:
         return _placeholder(path, "no linear mode connectivity recorded in these rows")
     methods = [m for m in method_order(ok_rows(rows)) if m in curves]

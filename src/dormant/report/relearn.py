@@ -83,7 +83,8 @@ def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
     blocks += [
         Block("img", "forget against test accuracy after the k = 0 attack",
               path=figs["scatter"]),
-        Block("img", "linear mode connectivity from the original", path=figs["lmc"]),
+        Block("img", "linear mode connectivity from the original (the retrain line: original "
+                     "to oracle)", path=figs["lmc"]),
         Block("h2", "All settings"),
         Block("p", "Mean over seeds per method, relearn set, attack setting and k. "
                    "*recovery* = best held-out forget accuracy during the attack minus forget "

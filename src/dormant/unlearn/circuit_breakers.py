@@ -34,6 +34,14 @@ class CircuitBreakersHparams(StoppableHparams):
     layers: tuple[str, ...] = ()
 
 
+def chosen_layers(layers, model: nn.Module) -> list[str]:
+    """The ``layers`` hyper-parameter as names: a sequence, a comma-separated string (as a
+    command line gives it), or empty for ``default_layers(model)``."""
+    if isinstance(layers, str):
+        layers = [name.strip() for name in layers.split(",") if name.strip()]
+    return list(layers) or default_layers(model)
+
+
 def frozen_anchor(ctx: UnlearnContext) -> nn.Module:
     """A private, gradient-free copy of theta_pre in train mode: the seed compares hidden
     states under batch statistics on both sides, and the copy keeps ``ctx.pretrained``'s own
@@ -60,7 +68,7 @@ def circuit_breakers(model, data, hp, ctx):
     g = torch.Generator().manual_seed(ctx.seed)
     retain = BatchStream(data.retain, recipe.batch_size, g)
     forget = BatchStream(data.forget, recipe.batch_size, g)
-    layers = list(hp.layers) or default_layers(model)
+    layers = chosen_layers(hp.layers, model)
     anchor = frozen_anchor(ctx)
 
     def paired(ids):

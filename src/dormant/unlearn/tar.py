@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from dormant.engine import BatchStream, to_float, train_loop
 from dormant.engine.augment import augment
 from dormant.errors import DormantError
-from dormant.models.features import default_layers, forward_with
+from dormant.models.features import forward_with
 from dormant.unlearn.base import StepHparams, register_method
-from dormant.unlearn.circuit_breakers import frozen_anchor, layer_mse
+from dormant.unlearn.circuit_breakers import chosen_layers, frozen_anchor, layer_mse
 
 
 @dataclass(frozen=True)
@@ -23,13 +23,15 @@ class TARHparams(StepHparams):
     gradient of L_TR = -H(softmax(f_adv(x_f))) at the adversary's weights is added, weighted
     1/(inner_steps * adversaries), to an accumulator. Then theta.grad = grad of
     alpha * (mean MSE over ``layers`` vs theta_pre + CE_r) + gamma * accumulator, and one outer
-    step. K = 4, 16 steps, lr 1e-3, alpha = 1, gamma = 4 and layers {4, 7} of ResNet-18 (here
-    ``default_layers``; ``()`` means those) are the seed's; so is the outer optimiser (a fresh
-    Adam, lr 1e-5, wd 0) and its length, 25 epochs = 9,775 steps on CIFAR-10, not the other
-    methods' 39,100. The seed starts TAR from another method's checkpoint (an "initial
-    safeguard"); here it starts from the model passed in, so chain it after a method for
-    that. theta_pre (``ctx.pretrained``) runs in train mode, as in the seed; its
-    representation term is Circuit Breakers' L_r.
+    step. The representation term is Circuit Breakers' L_r; theta_pre runs in train mode.
+
+    K = 4, 16 steps, lr 1e-3, alpha = 1, gamma = 4 and layers {4, 7} of ResNet-18 (here
+    ``default_layers``; ``()`` means those) are the seed's (vision_unlearner.py,
+    scripts/train.sh); so are the outer optimiser (a fresh Adam, lr 1e-5, wd 0) and its
+    length, 25 epochs = 9,775 steps on CIFAR-10 rather than the other methods' 39,100. The
+    seed's comments note that Tamirisa et al. used 4 attack steps and a 3/4 weight on the
+    tamper term for LLMs. The seed starts TAR from another method's checkpoint (an "initial
+    safeguard"); here it starts from the model passed in, so chain it after a method for that.
     """
 
     steps: int = 9_775
@@ -78,7 +80,7 @@ def tar(model, data, hp, ctx):
     g = torch.Generator().manual_seed(ctx.seed)
     retain = BatchStream(data.retain, recipe.batch_size, g)
     forget = BatchStream(data.forget, recipe.batch_size, g)
-    layers = list(hp.layers) or default_layers(model)
+    layers = chosen_layers(hp.layers, model)
     anchor = frozen_anchor(ctx)
     params = list(model.parameters())
 

@@ -1,0 +1,239 @@
+"""The relearning report on synthetic rows: the numbers in its tables are the hand-computed
+means, failed cells are listed and left out of the means, the HTML page is self-contained,
+and rows from older runs still report."""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+
+import matplotlib
+import pytest
+
+from dormant.report import (
+    failed_frame,
+    paper_table,
+    relearning_verdict,
+    summary_frame,
+    write_relearn_report,
+)
+from dormant.report.figures import lmc_means
+from dormant.report.tables import main_setting, paper_display
+
+MAIN = dict(attack_lr=1e-5, attack_steps=100)
+STEPS = [10, 20, 50, 100]
+# per method: forget after unlearning, forget at the best attack point (k=0, k=5), for seed 0;
+# seed 1 adds 10 to forget after unlearning and 4 to the attacked values
+BASE = {"original": (100.0, 100.0, 100.0), "retrain": (50.0, 52.0, 60.0),
+        "scrub": (40.0, 90.0, 96.0), "cbft": (45.0, 55.0, 70.0)}
+NEW_KEYS = ("status", "reason", "relearn_set", "attack_lr", "attack_steps", "aurc",
+            "l2_to_oracle", "barrier", "mia_auc", "mia_auc_attacked", "mia_loss_auc",
+            "mia_loss_auc_attacked", "lmc")
+
+
+def make_row(method: str, seed: int, k: int, relearn_set: str = "retain", attack=MAIN,
+             **over) -> dict:
+    forget, best0, best5 = BASE[method]
+    forget += 10 * seed
+    best = (best0 if k == 0 else best5) + 4 * seed
+    ref = method == "original"
+    row = {
+        "dataset": "digits", "model": "mlp", "forget": "class:1:atypical:0.3",
+        "method": method, "seed": seed, "k": k, "retain_acc": 99.0 - seed, "forget_acc": forget,
+        "test_acc": 95.0 + seed, "tow": 99.0 * (100 - forget) * 95.0 / 1e4,
+        "retain_acc_attacked": 99.5, "test_acc_attacked": 96.0 - seed,
+        "forget_acc_attacked": best, "forget_acc_attacked_last": best - 2,
+        "recovery": best - forget, "train_fit_acc": 100.0, "l2_to_original": 0.0 if ref
+        else 1.0 + seed, "forget_size": 44, "heldout_size": 35, "split": "abc",
+        "hparams": {}, "attack": {"steps": attack["attack_steps"], "lr": attack["attack_lr"],
+                                  "eval_every": 10},
+        "curve_steps": STEPS, "curve_forget_acc": [forget + (best - forget) * i / 3
+                                                   for i in range(4)],
+        "attack_seconds": 1.0, "cell": f"{method}-{seed}-{k}-{relearn_set}",
+        "unlearn_seconds": 2.0, "seconds": 3.0,
+        "status": "ok", "relearn_set": relearn_set, **attack,
+        "aurc": (best - forget) / 2, "l2_to_oracle": 3.0 + seed, "barrier": None if ref
+        else 0.1 * (seed + 1), "mia_auc": 0.6 + 0.1 * seed, "mia_auc_attacked": 0.7 + 0.1 * seed,
+        "mia_loss_auc": 0.55, "mia_loss_auc_attacked": 0.65,
+        "lmc": None if ref else {
+            "t": [0.0, 0.5, 1.0], "retain_loss": [0.1, 0.5 + seed, 0.2],
+            "retain_acc": [99.0, 80.0, 98.0], "forget_loss": [0.1, 2.0, 3.0],
+            "forget_acc": [100.0, 50.0, forget], "test_loss": [0.2, 0.6, 0.3],
+            "test_acc": [95.0, 70.0, 94.0]},
+    }
+    row.update(over)
+    return row
+
+
+def failed_row(method: str, seed: int, k: int, reason: str, relearn_set: str = "retain",
+               **extra) -> dict:
+    return {"dataset": "digits", "model": "mlp", "forget": "class:1:atypical:0.3",
+            "method": method, "seed": seed, "k": k, "relearn_set": relearn_set, **MAIN,
+            "status": "failed", "reason": reason, "cell": f"{method}-{seed}-{k}-fail",
+            "hparams": {}, **extra}
+
+
+@pytest.fixture
+def rows() -> list[dict]:
+    out = [make_row(m, s, k) for s in (0, 1) for m in BASE for k in (0, 5)]
+    # another relearn set and another attack setting: both must stay out of the paper table
+    out += [make_row(m, s, 5, "test", forget_acc_attacked=11.0) for s in (0, 1) for m in BASE]
+    out += [make_row("scrub", 0, 0, attack=dict(attack_lr=1e-3, attack_steps=20),
+                     forget_acc_attacked=1.0, forget_acc=1.0)]
+    # a failed cell (carrying a stray number that must not leak into any mean) and a method
+    # that failed everywhere
+    out.append(failed_row("scrub", 2, 0, "Diverged: loss became nan at step 17",
+                          forget_acc=999.0))
+    out += [failed_row("tar", s, k, "CUDA out of memory") for s in (0, 1) for k in (0, 5)]
+    return out
+
+
+def _line(df, method) -> dict:
+    return df.set_index("method").loc[method].to_dict()
+
+
+def test_main_setting_is_the_most_common(rows):
+    assert main_setting(rows) == (1e-5, 100)
+
+
+def test_paper_table_numbers_are_the_hand_computed_means(rows):
+    df = paper_table(rows)
+    assert list(df["method"]) == ["original", "retrain", "scrub", "cbft", "tar"]
+    scrub = _line(df, "scrub")
+    assert scrub["n"] == 2
+    assert scrub["forget"] == pytest.approx((40 + 50) / 2)
+    assert scrub["forget_std"] == pytest.approx(math.sqrt(50))  # sample std of 40, 50
+    assert scrub["forget_k0"] == pytest.approx((90 + 94) / 2)
+    assert scrub["forget_k5"] == pytest.approx((96 + 100) / 2)
+    assert scrub["test"] == pytest.approx(95.5)
+    assert scrub["l2_to_oracle"] == pytest.approx(3.5)
+    assert scrub["barrier"] == pytest.approx(0.15)
+    assert scrub["mia_auc"] == pytest.approx(0.65)
+    assert scrub["mia_auc_attacked"] == pytest.approx(0.75)
+    # AURC at k = 0 only: (90 - 40)/2 and (94 - 50)/2
+    assert scrub["aurc_k0"] == pytest.approx((25 + 22) / 2)
+    assert math.isnan(_line(df, "original")["barrier"])
+    tar = _line(df, "tar")
+    assert tar["n"] == 0 and math.isnan(tar["forget"])
+
+
+def test_paper_markdown_shows_mean_and_std(rows):
+    table = paper_display(paper_table(rows))
+    line = dict(zip(table.headers, next(r for r in table.rows if r[0] == "scrub"),
+                    strict=True))
+    assert line["forget"] == "45.0 ± 7.1"
+    assert line["forget after attack k=0"] == "92.0 ± 2.8"
+    assert line["L2 to oracle"] == "3.500 ± 0.707"
+    tar = next(r for r in table.rows if r[0] == "tar")
+    assert tar[1] == "0" and set(tar[2:]) == {"-"}
+
+
+def test_failed_cells_are_listed_and_left_out_of_the_means(rows):
+    failed = failed_frame(rows)
+    assert list(failed.columns) == ["method", "seed", "k", "relearn_set", "reason"]
+    assert len(failed) == 5
+    first = failed.iloc[0].to_dict()
+    assert first == {"method": "scrub", "seed": 2, "k": 0, "relearn_set": "retain",
+                     "reason": "Diverged: loss became nan at step 17"}
+    s = summary_frame(rows)
+    assert "tar" not in set(s["method"])
+    scrub0 = s[(s["method"] == "scrub") & (s["k"] == 0) & (s["relearn_set"] == "retain")
+               & (s["attack_lr"] == 1e-5)]
+    assert list(scrub0["n"]) == [2] and scrub0["forget_acc"].iloc[0] == pytest.approx(45)
+
+
+def test_summary_groups_by_relearn_set_and_attack_setting(rows):
+    s = summary_frame(rows)
+    for col in ("retain_acc", "test_acc", "forget_acc", "forget_acc_attacked",
+                "forget_acc_attacked_last", "recovery", "l2_to_original", "n", "aurc",
+                "mia_auc", "barrier"):
+        assert col in s.columns
+    assert len(s) == 4 * 2 + 4 + 1  # retain (4 methods x 2 k), test (4 x k=5), other lr
+    test_set = s[s["relearn_set"] == "test"]
+    assert set(test_set["forget_acc_attacked"]) == {11.0}
+    other = s[s["attack_lr"] == 1e-3]
+    assert list(other["method"]) == ["scrub"] and list(other["n"]) == [1]
+    assert list(s["relearn_set"]) == ["retain"] * 9 + ["test"] * 4
+    assert list(s["k"][:9]) == [0] * 4 + [5] * 4 + [0]
+    assert list(s["method"][:4]) == ["original", "retrain", "scrub", "cbft"]
+
+
+def test_verdict_reads_only_retain_rows_at_the_main_setting(rows):
+    v = relearning_verdict(rows)
+    # oracle: (52 - 50 + 56 - 60)/2 = -1; scrub (50 + 44)/2 = 47; cbft (10 + 4)/2 = 7
+    assert v["oracle_recovery"] == pytest.approx(-1.0)
+    assert v["dormant"] == [("scrub", pytest.approx(47.0))]
+    assert v["shown"] is False  # one dormant method is not "a wide variety"
+    both = rows + [dict(r, method="salun", cell=r["cell"] + "s") for r in rows
+                   if r["method"] == "scrub"]
+    assert relearning_verdict(both)["shown"] is True
+
+
+def test_lmc_means_average_seeds_elementwise(rows):
+    means = lmc_means(rows)
+    assert set(means) == {"retrain", "scrub", "cbft"}  # the original has no path
+    assert list(means["scrub"]["retain_loss"]) == pytest.approx([0.1, 1.0, 0.2])
+    assert list(means["scrub"]["forget_acc"]) == pytest.approx([100.0, 50.0, 45.0])
+
+
+def _embedded_pngs(page: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([^"]+)"',
+                                                    page)]
+
+
+def test_report_files_and_self_contained_html(rows, tmp_path):
+    assert matplotlib.get_backend().lower() == "agg"
+    paths = write_relearn_report(rows, tmp_path, "Synthetic study")
+    for key in ("csv", "md", "html", "png", "scatter", "lmc", "recovery-test"):
+        assert paths[key].is_file() and paths[key].stat().st_size > 0, key
+    page = paths["html"].read_text()
+    refs = re.findall(r'(?:src|href)\s*=\s*["\']?([^"\'\s>]+)', page)
+    assert refs and all(r.startswith("data:image/png;base64,") for r in refs)
+    assert "<link" not in page and "<script" not in page and "@import" not in page
+    pngs = _embedded_pngs(page)
+    assert len(pngs) == 4  # recovery, recovery on test, scatter, lmc
+    assert all(p.startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)
+    assert pngs[0] == paths["png"].read_bytes()
+    assert "Diverged: loss became nan at step 17" in page and "<table>" in page
+    assert "45.0 ± 7.1" in page
+    md = paths["md"].read_text()
+    for name in ("recovery.png", "scatter.png", "lmc.png", "recovery-test.png"):
+        assert f"]({name})" in md
+    assert "CUDA out of memory" in md and "45.0 ± 7.1" in md
+    csv_lines = paths["csv"].read_text().strip().splitlines()
+    assert len(csv_lines) == len(rows) + 1 and "status" in csv_lines[0]
+
+
+def test_old_format_rows_still_report(rows, tmp_path):
+    old = [{k: v for k, v in r.items() if k not in NEW_KEYS} for r in rows
+           if r["status"] == "ok"]
+    df = paper_table(old)
+    scrub = _line(df, "scrub")
+    # without attack_lr/steps the setting comes from row["attack"], which keeps the forget
+    # acc 1.0 row at lr 1e-3 out; without relearn_set every row counts as retain
+    assert scrub["forget"] == pytest.approx(45) and math.isnan(scrub["mia_auc"])
+    paths = write_relearn_report(old, tmp_path, "Old study")
+    page = paths["html"].read_text()
+    assert len(_embedded_pngs(page)) == 3  # only one relearn set now
+    assert "None." in paths["md"].read_text()  # no failed cells
+
+
+def test_only_k0_and_a_method_that_always_failed(rows, tmp_path):
+    k0 = [r for r in rows if r["k"] == 0 and r.get("relearn_set") == "retain"]
+    df = paper_table(k0)
+    assert df["forget_k5"].isna().all()
+    assert _line(df, "scrub")["forget_k0"] == pytest.approx(92)
+    paths = write_relearn_report(k0, tmp_path)
+    md = paths["md"].read_text()
+    assert "| tar | 0 | - |" in md
+    assert "CUDA out of memory" in md
+
+
+def test_every_cell_failed(tmp_path):
+    rows = [failed_row("scrub", 0, 0, "boom"), failed_row("retrain", 0, 0, "bang")]
+    paths = write_relearn_report(rows, tmp_path)
+    assert relearning_verdict(rows)["oracle_recovery"] is None
+    page = paths["html"].read_text()
+    assert "boom" in page and "bang" in page
+    assert len(_embedded_pngs(page)) == 3  # placeholders saying there is nothing to plot
