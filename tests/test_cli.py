@@ -110,9 +110,15 @@ def test_demo_report_files(demo_out: Path) -> None:
     assert len(table) == len(rows(demo_out)) == 10
     assert {r["method"] for r in table} == set(DEMO_METHODS)
     report = (demo_out / "report.md").read_text()
-    assert "| method | k |" in report and "|---|" in report
+    assert "| method | seeds | forget | forget after attack k=0 | forget after attack k=5 |" \
+        in report and "|---|" in report
     for m in DEMO_METHODS:
-        assert f"| {m} | 0 |" in report and f"| {m} | 5 |" in report
+        assert f"| {m} | 1 | " in report  # the paper's table: one line per method
+        for k in (0, 5):
+            assert f"| {m} | retain | 0.0001 | 150 | {k} |" in report
+    assert "Relearning effect shown: yes" in report
+    html = (demo_out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "http" not in html
     png = (demo_out / "recovery.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(png) > 10_000
@@ -268,9 +274,15 @@ def test_train_then_unlearn(tmp_path: Path, cache_dir: Path) -> None:
 
 def test_methods_lists_defaults(cache_dir: Path) -> None:
     out = dormant("methods", cache=cache_dir).stdout
-    for name in ("retrain", "finetune", "gradient_ascent", "neggrad_plus"):
+    from dormant.unlearn import available_methods, get_method
+
+    names = available_methods()
+    assert len(names) >= 20
+    for name in names:
         assert name in out
-    assert out.count("steps=39100") == 3  # every step-based method shows the paper's budget
+    # every method on the seed paper's unlearning budget shows it (TAR has its own, 9,775)
+    budget = [n for n in names if get_method(n).defaults().get("steps") == 39_100]
+    assert len(budget) >= 16 and out.count("steps=39100") == len(budget)
 
 
 # --- 6. MNIST from the offline copy ------------------------------------------------------------

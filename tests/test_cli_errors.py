@@ -371,3 +371,27 @@ def test_damaged_results_file(capsys, tmp_path: Path) -> None:
     before = results.read_bytes()
     _fails(capsys, _relearn(out), "results.jsonl")
     assert results.read_bytes() == before
+
+
+@pytest.mark.parametrize("body, needles", [
+    ("methods: [finetune, nope]\n", ["unknown method 'nope'"]),
+    ("methods: [finetune]\nlearning_rate: 3\n", ["key 'learning_rate'", "Extra inputs"]),
+    ("methods:\n  - {name: a, method: finetune, steps: 3}\n",
+     ["key 'methods.0.steps'", "Extra inputs"]),
+    ("methods:\n  - {name: a, method: finetune, hparams: {lr: fast}}\n",
+     ["entry 'a'", "hyper-parameter 'lr'"]),
+    ("methods: [finetune]\nhparams: {finetune: {steps: 2.5}}\n", ["hyper-parameter 'steps'"]),
+    ("methods: []\n", ["key 'methods'", "must not be empty"]),
+    ("methods: [finetune]\nseeds: []\n", ["key 'seeds'", "must not be empty"]),
+    ("methods:\n  - {name: a, method: finetune, then: b}\n"
+     "  - {name: b, method: scrub, then: a}\n", ["then: chain loops: a -> b -> a"]),
+    ("relearn_sets: [retain, train]\n", ["key 'relearn_sets'", "'train'"]),
+    ("attack_lr: [1e-4, -1]\n", ["key 'attack_lr'", "must be positive, got -1"]),
+], ids=["unknown-method", "unknown-key", "unknown-entry-key", "entry-hparam-type",
+        "hparam-type", "empty-methods", "empty-seeds", "then-loop", "relearn-set", "attack-lr"])
+def test_bad_study_file(capsys, tmp_path: Path, body: str, needles: list[str]) -> None:
+    study = tmp_path / "study.yaml"
+    study.write_text("dataset: digits\n" + body)
+    out = tmp_path / "o"
+    _fails(capsys, ["relearn", str(study), "--out", str(out), "--device", "cpu"], *needles)
+    assert not (out / "results.jsonl").exists()

@@ -98,7 +98,7 @@ def test_cache_returns_the_identical_model_without_retraining(tmp_path):
 
 
 def test_study_reuses_cached_original_and_oracle(digits, tmp_path, monkeypatch):
-    from dormant.experiments import relearn as study
+    from dormant.experiments import prepare as study
     from dormant.experiments.spec import RelearnSpec
 
     spec = RelearnSpec(device="cpu", train_steps=30)

@@ -93,13 +93,24 @@ def _spec(study: Path | None = None, **flags):
             raise DormantError(f"study file {study} is not valid YAML: {first}") from None
         if not isinstance(base, dict):
             raise DormantError(f"study file {study} must be a mapping of keys to values")
-    base.update({k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    base.update(given)
     try:
         return RelearnSpec(**base)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "study"
-        raise DormantError(f"{study or 'options'}: key {key!r}: {err['msg']}") from None
+        raise DormantError(_spec_error(e, study, given)) from None
+
+
+def _spec_error(e: ValidationError, study: Path | None, flags: dict) -> str:
+    """Name the flag, or the study file's key, that is wrong."""
+    errs = e.errors()
+    # a methods item is a name or a mapping: report the mapping's own complaint, not "not str"
+    err = next((x for x in errs if "MethodEntry" in x["loc"]), errs[0])
+    loc = [str(p) for p in err["loc"] if p not in ("MethodEntry", "str")]
+    msg = err["msg"].removeprefix("Value error, ")
+    if loc and loc[0] in flags:
+        return f"--{loc[0].replace('_', '-')}: {msg}"
+    return f"{study or 'options'}: key {'.'.join(loc) or 'study'!r}: {msg}"
 
 
 def _results_table(rows: list[dict], title: str) -> Table:

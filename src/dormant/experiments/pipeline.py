@@ -33,8 +33,9 @@ class Pipeline:
 def _entries(spec: RelearnSpec) -> dict[str, MethodEntry]:
     entries: dict[str, MethodEntry] = {}
     for item in spec.methods:
-        e = item if isinstance(item, MethodEntry) else MethodEntry(
-            name=item, hparams=spec.hparams.get(item, {}))
+        # model_construct: a bare name is checked against the registry below, with its list
+        e = item if isinstance(item, MethodEntry) else MethodEntry.model_construct(
+            name=item, method=None, hparams=spec.hparams.get(item, {}), then=None)
         if e.name in entries:
             raise DormantError(f"methods: {e.name!r} appears twice; give each entry its own name")
         entries[e.name] = e
@@ -81,6 +82,7 @@ def resolve(spec: RelearnSpec) -> list[Pipeline]:
                     get_method(nxt)
                 except DormantError as err:
                     raise DormantError(f"methods: entry {e.name!r} then: {err}") from None
-                e = MethodEntry(name=nxt, hparams=spec.hparams.get(nxt, {}))
+                e = MethodEntry.model_construct(name=nxt, method=None, then=None,
+                                                hparams=spec.hparams.get(nxt, {}))
         out.append(Pipeline(name, tuple(stages)))
     return out

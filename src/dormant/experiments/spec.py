@@ -88,8 +88,9 @@ class RelearnSpec(BaseModel):
     @field_validator("attack_steps", "attack_lr")
     @classmethod
     def _positive(cls, v):
-        if v is not None and any(a <= 0 for a in v):
-            raise ValueError("must be positive")
+        bad = [a for a in v or [] if a <= 0]
+        if bad:
+            raise ValueError(f"must be positive, got {bad[0]}")
         return v
 
     @field_validator("relearn_sets")

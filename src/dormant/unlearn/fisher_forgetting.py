@@ -4,7 +4,7 @@ import torch
 
 from dormant.engine.grads import diag_fisher
 from dormant.errors import DormantError
-from dormant.unlearn.base import register_method
+from dormant.unlearn.base import noise_generator, register_method, subsample
 
 LEVELS = ("sample", "class")
 
@@ -62,26 +62,10 @@ def mean_and_variance(theta0: torch.Tensor, fisher: torch.Tensor, *, num_classes
     return mu, var
 
 
-def _cap(ids: torch.Tensor, cap: int | None, g: torch.Generator) -> torch.Tensor:
-    if cap is None or cap >= len(ids):
-        return ids
-    keep = torch.randperm(len(ids), generator=g)[:cap].sort().values
-    return ids[keep.to(ids.device)]
-
-
-def noise_generator(seed: int) -> torch.Generator:
-    """A generator for weight noise that is not the initialisation's stream: ``create_model(
-    seed=s)`` draws from a generator seeded with s, and Gaussian noise from a fresh generator
-    seeded with the same s correlates with those initial weights (measured: -0.35 on the MLP),
-    which survive training. The noise seed is therefore derived from s, not s itself."""
-    parent = torch.Generator().manual_seed(seed)
-    return torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=parent)))
-
-
 @register_method("fisher_forgetting", FisherForgettingHparams)
 def fisher_forgetting(model, data, hp, ctx):
     g = noise_generator(ctx.seed)
-    retain = _cap(data.retain, hp.max_samples, g)
+    retain = subsample(data.retain, hp.max_samples, g)
     fisher = diag_fisher(model, data.x, data.y, retain, kind="expected", reduce="mean")
     forget_classes = torch.unique(data.y[data.forget])
     with torch.no_grad():

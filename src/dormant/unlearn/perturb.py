@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from dormant.engine import fit
-from dormant.unlearn.base import StepHparams, UnlearnContext, UnlearnData
+from dormant.unlearn.base import StepHparams, UnlearnContext, UnlearnData, noise_generator
 
 Perturbation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 """``(parameter, generator) -> new value`` of the same shape; random draws use ``generator``."""
@@ -34,7 +34,7 @@ def perturb_then_finetune(model: nn.Module, data: UnlearnData, hp: StepHparams,
                           ctx: UnlearnContext, fn: Perturbation, label: str) -> nn.Module:
     # separate generators: the fine-tune then draws exactly the batches `finetune` would with
     # the same seed, so a comparison isolates the perturbation
-    perturb_parameters(model, fn, torch.Generator().manual_seed(ctx.seed))
+    perturb_parameters(model, fn, noise_generator(ctx.seed))
     fit(model, data.x, data.y, data.retain, hp.recipe(ctx.recipe),
         generator=torch.Generator().manual_seed(ctx.seed), progress=ctx.progress, label=label)
     return model

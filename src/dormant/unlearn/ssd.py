@@ -6,7 +6,7 @@ from torch import nn
 from dormant.engine import fit
 from dormant.engine.grads import Grads, batch_grad_importance
 from dormant.errors import DormantError
-from dormant.unlearn.base import StepHparams, UnlearnData, register_method
+from dormant.unlearn.base import StepHparams, UnlearnData, register_method, subsample
 
 VARIANTS = ("original", "seed")
 
@@ -54,14 +54,6 @@ def _shuffled(ids: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return ids[torch.randperm(len(ids), generator=g).to(ids.device)]
 
 
-def _cap(ids: torch.Tensor, cap: int | None, g: torch.Generator) -> torch.Tensor:
-    """A seeded random subset of at most ``cap`` ids, in their original order."""
-    if cap is None or cap >= len(ids):
-        return ids
-    keep = torch.randperm(len(ids), generator=g)[:cap].sort().values
-    return ids[keep.to(ids.device)]
-
-
 def selective_dampening(model: nn.Module, imp_d: Grads, imp_f: Grads, alpha: float,
                         lam: float) -> int:
     """Foster et al.'s update in place; returns how many entries were dampened."""
@@ -91,10 +83,10 @@ def _importances(model: nn.Module, data: UnlearnData, hp: SSDHparams,
                  g: torch.Generator) -> tuple[Grads, Grads]:
     forget = _shuffled(data.forget, g)
     if hp.variant == "original":
-        big = _cap(torch.cat([_shuffled(data.retain, g), forget]), hp.max_samples, g)
+        big = subsample(torch.cat([_shuffled(data.retain, g), forget]), hp.max_samples, g)
         reduce = "mean"
     else:
-        big = _cap(_shuffled(data.retain, g), hp.max_samples, g)
+        big = subsample(_shuffled(data.retain, g), hp.max_samples, g)
         reduce = "sum"
     imp_big = batch_grad_importance(model, data.x, data.y, big, batch_size=hp.batch_size,
                                     reduce=reduce)
