@@ -186,6 +186,11 @@ def relearn_cmd(
     = None,
     attack_lr: Annotated[str | None, typer.Option(help="attack learning rates, e.g. 1e-5,1e-4")]
     = None,
+    analysis: Annotated[bool | None, typer.Option(
+        help="linear mode connectivity and membership inference for every model")] = None,
+    lmc_points: Annotated[int | None, typer.Option(help="points on each LMC line")] = None,
+    analysis_size: Annotated[int | None, typer.Option(
+        help="retain and test images the analysis evaluates")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
     out: Annotated[Path | None, typer.Option(help="output folder")] = None,
 ) -> None:
@@ -202,7 +207,8 @@ def relearn_cmd(
         relearn_sets=[s.strip() for s in relearn_sets.split(",")] if relearn_sets else None,
         train_steps=train_steps, unlearn_steps=unlearn_steps,
         attack_steps=_ints(attack_steps, "attack-steps"),
-        attack_lr=_floats(attack_lr, "attack-lr"), device=device,
+        attack_lr=_floats(attack_lr, "attack-lr"), analysis=analysis, lmc_points=lmc_points,
+        analysis_size=analysis_size, device=device,
     )
     out = out or Path("runs") / f"relearn-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_out(out)

@@ -11,9 +11,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC
 from torch import nn
 
 from dormant.engine import predict
@@ -58,6 +55,8 @@ def _sample(ids: torch.Tensor, n: int, rng: np.random.Generator) -> torch.Tensor
 
 def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
     labels = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    from sklearn.metrics import roc_auc_score  # sklearn costs 2 s of import: only when used
+
     return float(roc_auc_score(labels, np.r_[pos, neg]))
 
 
@@ -102,6 +101,9 @@ def svc_mia_auc(
     sin, sout = (_sample(ids, n, rng) for ids in (shadow_in_ids, shadow_out_ids))
     feats = np.concatenate([softmax_features(model, x, y, sin),
                             softmax_features(model, x_out, y_out, sout)])
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
     scaler = StandardScaler().fit(feats)
     clf = SVC(C=3, gamma="auto", kernel="rbf")
     clf.fit(scaler.transform(feats), np.r_[np.ones(n), np.zeros(n)])
