@@ -114,17 +114,22 @@ def _spec_error(e: ValidationError, study: Path | None, flags: dict) -> str:
 
 
 def _results_table(rows: list[dict], title: str) -> Table:
-    from dormant.report import summary_frame
+    """The paper's table: one line per method (retain relearn set, main attack setting)."""
+    from dormant.report import paper_table
 
+    cols = {"forget": ("forget", 1), "forget_k0": ("k=0 attack", 1),
+            "forget_k5": ("k=5 attack", 1), "test": ("test", 1), "tow": ("ToW", 1),
+            "l2_to_original": ("L2 orig.", 2), "barrier": ("barrier", 3),
+            "mia_auc": ("MIA AUC", 2), "aurc_k0": ("AURC k=0", 1)}
     t = Table(title=title)
-    for col in ("method", "k", "retain", "test", "forget", "forget attacked (max)", "last",
-                "recovery", "L2 to orig."):
-        t.add_column(col, justify="left" if col == "method" else "right")
-    for r in summary_frame(rows).itertuples():
-        t.add_row(r.method, str(r.k), f"{r.retain_acc:.1f}", f"{r.test_acc:.1f}",
-                  f"{r.forget_acc:.1f}", f"{r.forget_acc_attacked:.1f}",
-                  f"{r.forget_acc_attacked_last:.1f}", f"{r.recovery:+.1f}",
-                  f"{r.l2_to_original:.3f}")
+    t.add_column("method")
+    t.add_column("seeds", justify="right")
+    for head, _ in cols.values():
+        t.add_column(head, justify="right")
+    for r in paper_table(rows).to_dict("records"):
+        cells = ["-" if r[c] != r[c] or r[c] is None else f"{r[c]:.{d}f}"
+                 for c, (_, d) in cols.items()]
+        t.add_row(r["method"], str(r["n"]), *cells)
     return t
 
 

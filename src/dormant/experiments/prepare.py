@@ -86,7 +86,7 @@ def prepare(
     device = resolve_device(spec.device)
     c, h, _ = ds.image_shape
     profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
-    recipe = profile.train.with_(steps=spec.train_steps) if spec.train_steps else profile.train
+    recipe = spec.recipe(profile.train)
     mspec = ModelSpec(spec.model or profile.model, c, ds.num_classes, h)
     fspec = parse_forget(forget_set or forget_sets(spec, profile)[0])
     y_cpu, canaries = canary_labels(fspec, ds.y_train, ds.num_classes, seed)

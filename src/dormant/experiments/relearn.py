@@ -75,6 +75,7 @@ def check_spec(spec: RelearnSpec, ds: Dataset) -> list[Pipeline]:
     """Everything about the study that can be wrong, refused before any training starts."""
     pipelines = resolve(spec)
     profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
+    spec.recipe(profile.train)
     for text in forget_sets(spec, profile):
         fspec = parse_forget(text)
         n_leak = leakable_count(planned_size(fspec, ds.y_train, ds.num_classes))

@@ -43,7 +43,7 @@ def train_model(spec: RelearnSpec, out: Path, *, seed: int = 0,
     device = resolve_device(spec.device)
     c, h, _ = ds.image_shape
     profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
-    recipe = profile.train.with_(steps=spec.train_steps) if spec.train_steps else profile.train
+    recipe = spec.recipe(profile.train)
     mspec = ModelSpec(spec.model or profile.model, c, ds.num_classes, h)
     fspec = parse_forget(spec.forget[0]) if spec.forget else None
     if fspec is not None and fspec.kind != "canary":

@@ -6,7 +6,12 @@ x forget sets x k x relearn sets x attack learning rates x attack step budgets.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import dataclasses
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from dormant.engine import Recipe
+from dormant.errors import DormantError
 
 DEFAULT_METHODS = ["finetune", "gradient_ascent", "neggrad_plus"]
 RELEARN_SETS = ("retain", "forget-only", "test", "test+retain-class")
@@ -54,6 +59,8 @@ class RelearnSpec(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0])
     relearn_sets: list[str] = Field(default_factory=lambda: ["retain"])
     train_steps: int | None = Field(default=None, gt=0)
+    train_recipe: dict = Field(default_factory=dict)
+    """Overrides of the profile's training recipe, e.g. ``{augment: none, lr: 1e-3}``."""
     unlearn_steps: int | None = Field(default=None, gt=0)
     unlearn_lr: float | None = Field(default=None, gt=0)
     attack_steps: list[int] | None = None
@@ -70,6 +77,25 @@ class RelearnSpec(BaseModel):
     @classmethod
     def _scalar_to_list(cls, v):
         return None if v is None else _listify(v)
+
+    def recipe(self, profile_recipe: Recipe) -> Recipe:
+        """The original's (and oracle's) training recipe: the profile's, then the overrides."""
+        fields = {f.name for f in dataclasses.fields(Recipe)}
+        unknown = sorted(set(self.train_recipe) - fields)
+        if unknown:
+            raise DormantError(f"train_recipe has no key {unknown[0]!r}; it takes: "
+                               f"{', '.join(sorted(fields))}")
+        changes = dict(self.train_recipe)
+        if self.train_steps:
+            changes["steps"] = self.train_steps
+        try:
+            return TypeAdapter(Recipe).validate_python({**profile_recipe.to_dict(), **changes})
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = ".".join(map(str, err["loc"]))
+            msg = err["msg"].removeprefix("Value error, ")
+            raise DormantError(f"train_recipe: key {key!r}: {msg}" if key
+                               else f"train_recipe: {msg}") from None
 
     @field_validator("k")
     @classmethod

@@ -1,0 +1,62 @@
+"""No method, stopping rule or study default reads the held-out forget split: the split that
+every reported forget accuracy is measured on."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from dormant.engine import evaluate as evaluate_module
+from dormant.engine import evaluate
+from dormant.experiments.relearn import method_hparams
+from dormant.experiments.spec import RelearnSpec
+from dormant.unlearn import StoppableHparams, UnlearnData, available_methods, get_method, unlearn
+
+CHEAP = {"tar": {"adversaries": 1, "inner_steps": 2}, "fisher_forgetting": {"max_samples": 200},
+         "ssd": {"max_samples": 300}}
+
+
+def test_unlearn_data_does_not_name_the_heldout_split():
+    fields = {f.name for f in dataclasses.fields(UnlearnData)}
+    assert fields == {"x", "y", "forget", "retain", "monitor", "num_classes"}
+
+
+@pytest.mark.parametrize("name", [m for m in available_methods() if m != "retrain"])
+def test_every_evaluation_a_method_makes_is_on_monitor_ids(name, digits_setup, monkeypatch):
+    """Stop rules run every step (stop_acc = 0 never triggers) while a spy records the ids
+    of every evaluation: all lie in the leakable monitor split, none in the held-out one."""
+    prep = digits_setup
+    seen: list[torch.Tensor] = []
+    real = evaluate_module.predict
+
+    def spy(model, x, ids=None, batch_size=1024):
+        seen.append(torch.arange(len(x)) if ids is None else ids.detach().cpu())
+        return real(model, x, ids, batch_size)
+
+    monkeypatch.setattr(evaluate_module, "predict", spy)
+    info = get_method(name)
+    hp = dict(CHEAP.get(name, {}))
+    if "steps" in info.defaults():
+        hp.update(steps=4, lr=1e-4)
+    stoppable = issubclass(info.hparams, StoppableHparams)
+    if stoppable:
+        hp["stop_acc"] = -1.0
+    unlearn(name, prep.original, prep.unlearn_data(), prep.context(None), **hp)
+    heldout = set(prep.split.heldout.tolist())
+    monitor = set(prep.split.leakable.tolist())
+    for ids in seen:
+        assert not heldout & set(ids.tolist()), f"{name} evaluated held-out forget ids"
+        assert set(ids.tolist()) <= monitor
+    if stoppable:
+        assert len(seen) >= 4  # the stop rule really ran, so the check above could fail
+
+
+def test_the_study_stop_target_is_the_oracles_leakable_accuracy(digits_setup):
+    prep = digits_setup
+    hp = method_hparams(RelearnSpec(dataset="digits"), prep, "gradient_ascent", {})
+    leak = evaluate(prep.oracle, prep.x, prep.y, prep.split.leakable).acc
+    held = evaluate(prep.oracle, prep.x, prep.y, prep.split.heldout).acc
+    assert hp["stop_acc"] == leak
+    assert leak != held  # on digits the two differ, so the equality above is informative
