@@ -211,9 +211,12 @@ def test_same_seed_same_metrics(tmp_path: Path) -> None:
         cache = tmp_path / f"cache-{name}"
         args = ("relearn", "--dataset", "digits", "--methods", "gradient_ascent", "--k", "0",
                 "--train-steps", "200", "--unlearn-steps", "20", "--attack-steps", "40",
+                "--lmc-points", "5", "--analysis-size", "200",
                 "--out", tmp_path / f"out-{name}", "--device", "cpu")
+        # one thread each: two processes sharing 2 cores otherwise oversubscribe them
         procs.append(subprocess.Popen(_cmd(*args), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, env=_env(cache)))
+                                      stderr=subprocess.PIPE, text=True,
+                                      env={**_env(cache), "OMP_NUM_THREADS": "1"}))
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, f"{out}\n{err}"

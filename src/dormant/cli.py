@@ -32,25 +32,17 @@ Forget = Annotated[str | None, typer.Option(
     "ids:PATH (default: per dataset)")]
 
 
-def _ints(text: str | None, what: str) -> list[int] | None:
+def _numbers(text: str | None, what: str, kind: type = int) -> list | None:
+    """A comma-separated flag value as a list of ``kind``; a bad item is one clear line."""
     if text is None:
         return None
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        return [kind(t) for t in text.split(",") if t.strip()]
     except ValueError:
+        example = "0,5" if kind is int else "1e-5,1e-4"
+        noun = "integers" if kind is int else "numbers"
         raise DormantError(
-            f"--{what} takes comma-separated integers, e.g. 0,5; got {text!r}"
-        ) from None
-
-
-def _floats(text: str | None, what: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise DormantError(
-            f"--{what} takes comma-separated numbers, e.g. 1e-5,1e-4; got {text!r}"
+            f"--{what} takes comma-separated {noun}, e.g. {example}; got {text!r}"
         ) from None
 
 
@@ -208,11 +200,11 @@ def relearn_cmd(
         download=download, train_size=train_size, test_size=test_size, model=model,
         forget=forget, cscores=str(cscores) if cscores else None,
         methods=[m.strip() for m in methods.split(",")] if methods is not None else None,
-        k=_ints(k, "k"), seeds=_ints(seeds, "seeds"),
+        k=_numbers(k, "k"), seeds=_numbers(seeds, "seeds"),
         relearn_sets=[s.strip() for s in relearn_sets.split(",")] if relearn_sets else None,
         train_steps=train_steps, unlearn_steps=unlearn_steps,
-        attack_steps=_ints(attack_steps, "attack-steps"),
-        attack_lr=_floats(attack_lr, "attack-lr"), analysis=analysis, lmc_points=lmc_points,
+        attack_steps=_numbers(attack_steps, "attack-steps"),
+        attack_lr=_numbers(attack_lr, "attack-lr", float), analysis=analysis, lmc_points=lmc_points,
         analysis_size=analysis_size, device=device,
     )
     out = out or Path("runs") / f"relearn-{time.strftime('%Y%m%d-%H%M%S')}"

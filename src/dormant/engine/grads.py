@@ -50,6 +50,17 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _start(model: nn.Module, reduce: str) -> tuple[torch.device, Grads, Grads, Grads]:
+    """The device, the differentiated parameters, the constants, and float32 zero sums."""
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    device = _device(model)
+    params, consts = _split(model)
+    total = {n: torch.zeros(p.shape, dtype=torch.float32, device=device)
+             for n, p in params.items()}
+    return device, params, consts, total
+
+
 def _sample_loss(model: nn.Module, consts: Grads):
     def loss(params: Grads, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = functional_call(model, (params, consts), (x.unsqueeze(0),))
@@ -125,12 +136,7 @@ def diag_fisher(
     """
     if kind not in ("empirical", "expected"):
         raise ValueError(f"kind must be 'empirical' or 'expected', got {kind!r}")
-    if reduce not in ("mean", "sum"):
-        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
-    device = _device(model)
-    params, consts = _split(model)
-    total = {n: torch.zeros(p.shape, dtype=torch.float32, device=device)
-             for n, p in params.items()}
+    device, params, consts, total = _start(model, reduce)
     ids = ids.to(x.device)
     if len(ids) == 0:
         return total
@@ -171,12 +177,7 @@ def batch_grad_importance(
     seed paper's variant). Not a Fisher: a batch gradient squared is not a sum of per-sample
     squares, so the result depends on batch size and composition. Eval-mode semantics.
     """
-    if reduce not in ("mean", "sum"):
-        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
-    device = _device(model)
-    params, consts = _split(model)
-    total = {n: torch.zeros(p.shape, dtype=torch.float32, device=device)
-             for n, p in params.items()}
+    device, params, consts, total = _start(model, reduce)
     ids = ids.to(x.device)
 
     def batch_loss(p: Grads, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:

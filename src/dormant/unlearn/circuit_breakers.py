@@ -62,14 +62,19 @@ def layer_cosine(h: list[torch.Tensor], h0: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(cos).mean()
 
 
-@register_method("circuit_breakers", CircuitBreakersHparams)
-def circuit_breakers(model, data, hp, ctx):
+def representation_setup(model, data, hp, ctx):
+    """What Circuit Breakers and TAR share: the recipe, a seeded generator, retain and forget
+    batch streams, the hidden layers to compare, and a frozen theta_pre to compare against."""
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)
     retain = BatchStream(data.retain, recipe.batch_size, g)
     forget = BatchStream(data.forget, recipe.batch_size, g)
-    layers = chosen_layers(hp.layers, model)
-    anchor = frozen_anchor(ctx)
+    return recipe, g, retain, forget, chosen_layers(hp.layers, model), frozen_anchor(ctx)
+
+
+@register_method("circuit_breakers", CircuitBreakersHparams)
+def circuit_breakers(model, data, hp, ctx):
+    recipe, g, retain, forget, layers, anchor = representation_setup(model, data, hp, ctx)
 
     def paired(ids):
         # both models see the same augmented images

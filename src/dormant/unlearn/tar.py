@@ -4,12 +4,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from dormant.engine import BatchStream, to_float, train_loop
+from dormant.engine import to_float, train_loop
 from dormant.engine.augment import augment
 from dormant.errors import DormantError
 from dormant.models.features import forward_with
 from dormant.unlearn.base import StepHparams, register_method
-from dormant.unlearn.circuit_breakers import chosen_layers, frozen_anchor, layer_mse
+from dormant.unlearn.circuit_breakers import layer_mse, representation_setup
 
 
 @dataclass(frozen=True)
@@ -76,12 +76,7 @@ def tamper_gradient(model, batches, hp) -> list[torch.Tensor]:
 
 @register_method("tar", TARHparams)
 def tar(model, data, hp, ctx):
-    recipe = hp.recipe(ctx.recipe)
-    g = torch.Generator().manual_seed(ctx.seed)
-    retain = BatchStream(data.retain, recipe.batch_size, g)
-    forget = BatchStream(data.forget, recipe.batch_size, g)
-    layers = chosen_layers(hp.layers, model)
-    anchor = frozen_anchor(ctx)
+    recipe, g, retain, forget, layers, anchor = representation_setup(model, data, hp, ctx)
     params = list(model.parameters())
 
     def batch(b):
