@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/train_throughput.py
+	$(VENV)/bin/python benchmarks/fisher.py --model cnn-small --data digits
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
