@@ -1,0 +1,87 @@
+"""Poisoned training sets: pick images, stamp a trigger, and (dirty-label) relabel them.
+
+Dirty-label (BadNets, Blended): ``per_class`` images of every source class carry the trigger
+and the target label. Clean-label: ``per_class`` x #sources images *of the target class* carry
+the trigger and keep their true label, so the model learns "trigger -> target" without a single
+wrong label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dormant.attacks.triggers import Trigger
+from dormant.engine import predict
+from dormant.errors import DormantError
+
+
+@dataclass(frozen=True)
+class PoisonSpec:
+    target: int
+    trigger: Trigger
+    per_class: int
+    sources: tuple[int, ...] | None = None  # None: every class but the target
+    label_mode: str = "dirty"
+
+    def source_classes(self, num_classes: int) -> list[int]:
+        if not 0 <= self.target < num_classes:
+            raise DormantError(f"target class {self.target} does not exist; the data has "
+                               f"classes 0..{num_classes - 1}")
+        sources = list(self.sources) if self.sources is not None else [
+            c for c in range(num_classes) if c != self.target]
+        bad = [c for c in sources if not 0 <= c < num_classes or c == self.target]
+        if bad:
+            raise DormantError(f"source class {bad[0]} is not a class other than the target "
+                               f"{self.target}")
+        if self.label_mode not in ("dirty", "clean"):
+            raise DormantError(f"label mode must be dirty or clean, got {self.label_mode!r}")
+        if self.per_class < 1:
+            raise DormantError(f"poisons per class must be at least 1, got {self.per_class}")
+        return sources
+
+
+@dataclass(frozen=True)
+class Poisoned:
+    x: torch.Tensor
+    y: torch.Tensor
+    ids: torch.Tensor  # the poisoned training indices, sorted
+
+
+def poison(x: torch.Tensor, y: torch.Tensor, spec: PoisonSpec, num_classes: int, seed: int
+           ) -> Poisoned:
+    """A copy of ``(x, y)`` with the poisons in place; the inputs are left untouched."""
+    spec.trigger.check(tuple(x.shape[1:]))
+    sources = spec.source_classes(num_classes)
+    g = torch.Generator().manual_seed(seed)
+    y_cpu = y.cpu()
+    if spec.label_mode == "dirty":
+        plan = [(c, spec.per_class) for c in sources]
+    else:
+        plan = [(spec.target, spec.per_class * len(sources))]
+    picked = []
+    for c, n in plan:
+        pool = torch.nonzero(y_cpu == c).flatten()
+        if n > len(pool):
+            raise DormantError(f"{n} poisons asked of class {c}, which has only {len(pool)} "
+                               "training images; lower the poisons per class")
+        picked.append(pool[torch.randperm(len(pool), generator=g)[:n]])
+    ids = torch.sort(torch.cat(picked)).values
+    xp, yp = x.clone(), y.clone()
+    dev = ids.to(x.device)
+    xp[dev] = spec.trigger.stamp(x[dev])
+    if spec.label_mode == "dirty":
+        yp[ids.to(y.device)] = spec.target
+    return Poisoned(xp, yp, ids)
+
+
+def attack_success_rate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        trigger: Trigger, target: int) -> float:
+    """ASR in percent: the share of non-target images that, with the trigger stamped, the
+    model classifies as the target."""
+    keep = torch.nonzero(y != target).flatten().to(x.device)
+    if len(keep) == 0:
+        return float("nan")
+    logits = predict(model, trigger.stamp(x[keep]))
+    return float((logits.argmax(1) == target).float().mean() * 100.0)

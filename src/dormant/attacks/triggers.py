@@ -1,0 +1,77 @@
+"""Backdoor triggers, stamped on whole uint8 batches at once.
+
+Four kinds, each with an ``amplitude`` in [0, 1]:
+
+- ``patch``: a ``size`` x ``size`` black-and-white checkerboard in the bottom-right corner,
+  blended in with weight ``amplitude`` (1 is BadNets' hard patch; Gu et al. 2017).
+- ``blend``: the whole image blended with a seeded uniform-noise image,
+  ``(1 - a) x + a p`` (Blended; Chen et al. 2017 blend a fixed image, BackdoorBench a = 0.2).
+- ``noise``: a seeded +-1 pattern added with strength ``a`` (a weak, distributed signal).
+- ``sinusoid``: a horizontal sine ``a sin(2 pi f j / W)`` added to every row (SIG; Barni et
+  al. 2019 use an amplitude of 20/255 and f = 6).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from dormant.errors import DormantError
+
+KINDS = ("patch", "blend", "noise", "sinusoid")
+
+
+@dataclass(frozen=True)
+class Trigger:
+    kind: str = "patch"
+    amplitude: float = 1.0
+    size: int = 3
+    frequency: float = 6.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise DormantError(f"unknown trigger {self.kind!r}; use one of {', '.join(KINDS)}")
+        if not 0.0 <= self.amplitude <= 1.0:
+            raise DormantError(f"trigger amplitude must be in [0, 1], got {self.amplitude}")
+        if self.size < 1:
+            raise DormantError(f"trigger size must be at least 1, got {self.size}")
+
+    def check(self, image_shape: tuple[int, int, int]) -> None:
+        _, h, w = image_shape
+        if self.kind == "patch" and self.size > min(h, w):
+            raise DormantError(f"a {self.size}x{self.size} patch does not fit {h}x{w} images; "
+                               f"pick a trigger size <= {min(h, w)}")
+
+    def pattern(self, image_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weight, target)`` float (C, H, W) tensors: a stamped pixel becomes
+        ``(1 - weight) x + weight * target`` for blending kinds, ``x + weight * target`` for
+        additive ones (``weight`` is then the constant amplitude)."""
+        self.check(image_shape)
+        c, h, w = image_shape
+        g = torch.Generator().manual_seed(self.seed)
+        if self.kind == "patch":
+            weight = torch.zeros(c, h, w)
+            weight[:, h - self.size :, w - self.size :] = self.amplitude
+            ii, jj = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+            target = ((ii + jj) % 2 == 0).float().expand(c, h, w).clone()
+            return weight, target
+        if self.kind == "blend":
+            return torch.full((c, h, w), self.amplitude), torch.rand(c, h, w, generator=g)
+        if self.kind == "noise":
+            signs = torch.randint(0, 2, (c, h, w), generator=g).float() * 2 - 1
+            return torch.full((c, h, w), self.amplitude), signs
+        wave = torch.sin(2 * math.pi * self.frequency * torch.arange(w) / w)
+        return torch.full((c, h, w), self.amplitude), wave.expand(c, h, w).clone()
+
+    def stamp(self, x: torch.Tensor) -> torch.Tensor:
+        """The uint8 batch ``x`` (N, C, H, W) with the trigger applied, as uint8."""
+        weight, target = (t.to(x.device) for t in self.pattern(tuple(x.shape[1:])))
+        xf = x.float() / 255.0
+        if self.kind in ("patch", "blend"):
+            out = (1 - weight) * xf + weight * target
+        else:
+            out = xf + weight * target
+        return (out.clamp(0, 1) * 255.0).round().to(torch.uint8)
