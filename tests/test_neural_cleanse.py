@@ -65,3 +65,17 @@ def test_reversed_trigger_flags_the_badnets_target_only(digits, models):
     assert bad.success[0] >= 0.98  # the kept mask reached the success threshold
     # the model is handed back as it came: trainable, and in its own mode
     assert all(p.requires_grad for p in models["badnets"].parameters())
+
+
+def test_batched_classes_equal_one_class_at_a_time(digits, models):
+    """Each class has its own mask, pattern and cost, and Adam is element-wise: optimising
+    all classes in one batch gives each class what a run of its own gives."""
+    cfg = NeuralCleanseConfig(epochs=8)
+    ids = torch.arange(0, len(digits.y_test), 2)
+    m = models["badnets"]
+    together = reverse_triggers(m, digits.x_test, digits.y_test, ids, 10, cfg, seed=0)
+    for k in (0, 4):
+        alone = reverse_triggers(m, digits.x_test, digits.y_test, ids, 10, cfg, classes=[k],
+                                 seed=0)
+        assert alone.norms[0] == pytest.approx(float(together.norms[k]), rel=1e-3)
+        assert torch.allclose(alone.masks[0], together.masks[k], atol=1e-3)

@@ -9,6 +9,7 @@ element-wise, the result equals running the classes one after another on the sam
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -77,21 +78,24 @@ def reverse_triggers(
     num_classes: int,
     cfg: NeuralCleanseConfig = NeuralCleanseConfig(),
     *,
+    classes: Sequence[int] | None = None,
     seed: int = 0,
     progress: Progress | None = None,
 ) -> Reversed:
-    """Reverse-engineer every class's trigger from the clean images ``x[ids]`` (uint8)."""
+    """Reverse-engineer every class's trigger (or those in ``classes``, in that order) from
+    the clean images ``x[ids]`` (uint8); row i of the result belongs to ``classes[i]``."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     _, c, h, w = x.shape
-    k = num_classes
+    classes = list(range(num_classes)) if classes is None else list(classes)
+    k = len(classes)
     w_mask = torch.ones(k, 1, h, w, device=device, requires_grad=True)
     w_pat = torch.ones(k, c, h, w, device=device, requires_grad=True)
     opt = torch.optim.Adam([w_mask, w_pat], lr=cfg.lr, betas=(0.5, 0.9))
-    targets = torch.arange(k, device=device)
+    targets = torch.tensor(classes, device=device)
     cost = torch.full((k,), cfg.init_cost, device=device)
     up = torch.zeros(k, dtype=torch.long, device=device)
     down = torch.zeros(k, dtype=torch.long, device=device)
