@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 from dormant.data import Dataset, load_dataset, stratified_subset
 from dormant.data.forget import canary_labels, load_cscores, parse_forget, select_forget
 from dormant.data.split import Split, make_split
-from dormant.engine import Progress, Recipe, fit, predict, resolve_device
+from dormant.engine import Progress, Recipe, evaluate, fit, predict, resolve_device
 from dormant.experiments.profiles import Profile, profile_for
 from dormant.experiments.spec import RelearnSpec
 from dormant.models import ModelSpec, create_model
@@ -49,8 +50,14 @@ class Prepared:
         )
 
     def context(self, progress: Progress | None) -> UnlearnContext:
+        """theta_pre is the original, also for the later stages of a then: chain."""
         return UnlearnContext(self.recipe, lambda: create_model(self.spec, seed=self.seed),
-                              self.seed, progress)
+                              self.seed, progress, pretrained=self.original)
+
+    @cached_property
+    def oracle_monitor_acc(self) -> float:
+        """The oracle's accuracy on the leakable forget ids: every method's stop target."""
+        return evaluate(self.oracle, self.x, self.y, self.split.leakable.to(self.x.device)).acc
 
 
 def load_study_data(spec: RelearnSpec, cache_dir: Path) -> Dataset:

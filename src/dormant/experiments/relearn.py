@@ -9,7 +9,6 @@ with its reason, and the study goes on.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,7 +51,7 @@ def method_hparams(spec: RelearnSpec, prep: Prepared, method: str, user: dict) -
         hp["steps"] = spec.unlearn_steps or prep.profile.unlearn_steps
         hp["lr"] = spec.unlearn_lr or prep.profile.unlearn_lr
     if issubclass(info.hparams, StoppableHparams) and spec.stop_at_oracle:
-        hp["stop_acc"] = evaluate(prep.oracle, prep.x, prep.y, prep.split.leakable).acc
+        hp["stop_acc"] = prep.oracle_monitor_acc
     hp.update(user)
     make_hparams(method, hp)  # validate before any work
     return hp
@@ -194,7 +193,7 @@ def unlearned_model(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], cache
     if pipe.name == "retrain":
         return prep.oracle
     model, prev = prep.original, None
-    ctx = dataclasses.replace(prep.context(progress), pretrained=prep.original)
+    ctx = prep.context(progress)
     for stage, hp in zip(pipe.stages, stage_hps, strict=True):
         parts = dict(kind="unlearned", original=prep.original_key, split=prep.split.hash,
                      method=stage.method, hp=hp)
@@ -217,7 +216,11 @@ def _measure(prep: Prepared, model: nn.Module) -> dict:
     forget = evaluate(model, prep.x, prep.y, prep.split.heldout.to(prep.x.device)).acc
     test = evaluate(model, prep.x_test, prep.y_test).acc
     return {"retain_acc": round(retain, 4), "forget_acc": round(forget, 4),
-            "test_acc": round(test, 4), "tow": round(tow(retain, forget, test), 4)}
+            "test_acc": round(test, 4), "tow": round(tow(retain, forget, test), 4),
+            "train_fit_acc": round(prep.train_fit_acc, 4),
+            "l2_to_original": round(l2_distance(model, prep.original), 6),
+            "forget_size": len(prep.split.forget), "heldout_size": len(prep.split.heldout),
+            "split": prep.split.hash}
 
 
 def _attack_row(spec, prep: Prepared, probe: Probe | None, model, before, cell) -> dict:
@@ -241,10 +244,6 @@ def _attack_row(spec, prep: Prepared, probe: Probe | None, model, before, cell) 
         "recovery": round(recovery(before["forget_acc"], curve.best), 4),
         "aurc": round(aurc(curve.steps, curve.forget_acc, before["forget_acc"]), 4),
         **after,
-        "train_fit_acc": round(prep.train_fit_acc, 4),
-        "l2_to_original": round(l2_distance(model, prep.original), 6),
-        "forget_size": len(prep.split.forget), "heldout_size": len(prep.split.heldout),
-        "split": prep.split.hash,
         "attack": {"steps": cfg.steps, "lr": cfg.lr, "eval_every": cfg.eval_every},
         "curve_steps": curve.steps, "curve_forget_acc": [round(a, 3) for a in curve.forget_acc],
         "attack_seconds": round(attack_s, 3),
