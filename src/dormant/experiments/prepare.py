@@ -50,9 +50,8 @@ class Prepared:
         )
 
     def context(self, progress: Progress | None) -> UnlearnContext:
-        """theta_pre is the original, also for the later stages of a then: chain."""
         return UnlearnContext(self.recipe, lambda: create_model(self.spec, seed=self.seed),
-                              self.seed, progress, pretrained=self.original)
+                              self.seed, progress)
 
     @cached_property
     def oracle_monitor_acc(self) -> float:

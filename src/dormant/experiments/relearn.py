@@ -9,6 +9,7 @@ with its reason, and the study goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -193,7 +194,8 @@ def unlearned_model(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], cache
     if pipe.name == "retrain":
         return prep.oracle
     model, prev = prep.original, None
-    ctx = prep.context(progress)
+    # theta_pre stays the original in every stage of a then: chain
+    ctx = dataclasses.replace(prep.context(progress), pretrained=prep.original)
     for stage, hp in zip(pipe.stages, stage_hps, strict=True):
         parts = dict(kind="unlearned", original=prep.original_key, split=prep.split.hash,
                      method=stage.method, hp=hp)
