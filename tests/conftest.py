@@ -49,3 +49,27 @@ def digits_setup(digits, tmp_path_factory):
 def cifar_jpeg_cache(tmp_path_factory):
     """One cache for the decoded CIFAR-10 JPEG export: decoding 60,000 JPEGs happens once."""
     return tmp_path_factory.mktemp("cifar-jpeg-cache")
+
+
+@pytest.fixture(scope="session")
+def digits_backdoor(digits):
+    """Two digits MLPs fitted with one recipe: ``clean`` on the clean training set, ``badnets``
+    with 16 images per source class carrying a 3x3 patch (amplitude 1) relabelled to class 0.
+    ``trigger``, ``target`` and ``poisoned`` (the poisoned training set) come with them."""
+    import torch
+
+    from dormant.attacks import PoisonSpec, Trigger, poison
+    from dormant.engine import Recipe, fit
+    from dormant.models import ModelSpec, create_model
+
+    trigger = Trigger("patch", size=3)
+    p = poison(digits.x_train, digits.y_train, PoisonSpec(target=0, trigger=trigger,
+                                                          per_class=16), 10, seed=0)
+    recipe = Recipe(steps=600, lr=1e-3, augment="none", final_lr=1e-5)
+    out = {"trigger": trigger, "target": 0, "poisoned": p}
+    for name, (x, y) in {"clean": (digits.x_train, digits.y_train),
+                         "badnets": (p.x, p.y)}.items():
+        model = create_model(ModelSpec("mlp", 1, 10, 8), seed=0)
+        fit(model, x, y, torch.arange(len(y)), recipe, generator=torch.Generator().manual_seed(0))
+        out[name] = model
+    return out
