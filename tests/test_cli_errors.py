@@ -395,3 +395,33 @@ def test_bad_study_file(capsys, tmp_path: Path, body: str, needles: list[str]) -
     out = tmp_path / "o"
     _fails(capsys, ["relearn", str(study), "--out", str(out), "--device", "cpu"], *needles)
     assert not (out / "results.jsonl").exists()
+
+
+def _backdoor(out: Path, *extra: str) -> list[str]:
+    return ["backdoor", "--dataset", "digits", "--model", "mlp", "--seeds", "0", "--out", out,
+            "--methods", "bad_teacher", *extra]
+
+
+@pytest.mark.parametrize(("extra", "needles"), [
+    (["--amplitude", "1.5"], ["--amplitude", "less than or equal to 1"]),
+    (["--amplitude", "-0.1"], ["--amplitude", "greater than or equal to 0"]),
+    (["--trigger", "patch", "--trigger-size", "9"], ["9x9 patch does not fit 8x8"]),
+    (["--trigger", "stars"], ["--trigger", "unknown trigger 'stars'"]),
+    (["--target", "12"], ["target class 12 does not exist", "0..9"]),
+    (["--poisons", "500"], ["500 poisons per class", "contribution holds only"]),
+    (["--request", "5000"], ["request of 5000 clean images"]),
+    (["--conditions", "attack,bogus"], ["--conditions", "unknown condition 'bogus'"]),
+    (["--conditions", "random-clean"], ["--conditions", "add the attack condition"]),
+    (["--strategy", "pixels"], ["--strategy", "unknown request strategy 'pixels'"]),
+])
+def test_bad_backdoor_input(capsys, tmp_path: Path, extra, needles) -> None:
+    out = tmp_path / "o"
+    _fails(capsys, _backdoor(out, *extra), *needles)
+    assert not (out / "results.jsonl").exists()  # refused before any work
+
+
+def test_backdoor_study_file_key_is_named(capsys, tmp_path: Path) -> None:
+    study = tmp_path / "s.yaml"
+    study.write_text("dataset: digits\ntrigger: {kind: noise, amplitude: 2}\n")
+    _fails(capsys, ["backdoor", study, "--out", tmp_path / "o"], "key 'trigger.amplitude'",
+           "less than or equal to 1")

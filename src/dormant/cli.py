@@ -71,8 +71,9 @@ def _check_positive(**values: int | None) -> None:
             raise DormantError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
 
 
-def _spec(study: Path | None = None, **flags):
-    from dormant.experiments import RelearnSpec
+def _spec(study: Path | None = None, *, kind: str = "relearn", nested: dict | None = None,
+          **flags):
+    from dormant.experiments import BackdoorSpec, RelearnSpec
 
     base: dict = {}
     if study is not None:
@@ -87,21 +88,38 @@ def _spec(study: Path | None = None, **flags):
             raise DormantError(f"study file {study} must be a mapping of keys to values")
     given = {k: v for k, v in flags.items() if v is not None}
     base.update(given)
+    aliases = {}
+    # nested: {key: {field: (value, flag name)}} merged into the study's own mapping
+    for key, fields in (nested or {}).items():
+        set_ = {name: v for name, (v, _) in fields.items() if v is not None}
+        if set_:
+            old = base.get(key)
+            base[key] = {**(old if isinstance(old, dict) else {}), **set_}
+            aliases.update({(key, name): fields[name][1] for name in set_})
     try:
-        return RelearnSpec(**base)
+        return (BackdoorSpec if kind == "backdoor" else RelearnSpec)(**base)
     except ValidationError as e:
-        raise DormantError(_spec_error(e, study, given)) from None
+        raise DormantError(_spec_error(e, study, given, aliases)) from None
 
 
-def _spec_error(e: ValidationError, study: Path | None, flags: dict) -> str:
-    """Name the flag, or the study file's key, that is wrong."""
+# study keys whose flag is named differently
+_FLAG_NAMES = {"poisons_per_class": "poisons"}
+
+
+def _spec_error(e: ValidationError, study: Path | None, flags: dict,
+                aliases: dict | None = None) -> str:
+    """Name the flag, or the study file's key, that is wrong; ``aliases`` maps a nested key
+    (``("trigger", "amplitude")``) to the flag that set it."""
+    aliases = aliases or {}
     errs = e.errors()
     # a methods item is a name or a mapping: report the mapping's own complaint, not "not str"
     err = next((x for x in errs if "MethodEntry" in x["loc"]), errs[0])
     loc = [str(p) for p in err["loc"] if p not in ("MethodEntry", "str")]
     msg = err["msg"].removeprefix("Value error, ")
-    if loc and loc[0] in flags:
-        return f"--{loc[0].replace('_', '-')}: {msg}"
+    if tuple(loc[:2]) in aliases:
+        return f"--{aliases[tuple(loc[:2])]}: {msg}"
+    if loc and loc[0] in flags and loc[0] != "trigger":
+        return f"--{_FLAG_NAMES.get(loc[0], loc[0]).replace('_', '-')}: {msg}"
     return f"{study or 'options'}: key {'.'.join(loc) or 'study'!r}: {msg}"
 
 
@@ -212,6 +230,72 @@ def relearn_cmd(
     out = out or Path("runs") / f"relearn-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_out(out)
     _run_study(spec, out, "Relearning study")
+
+
+@app.command("backdoor")
+def backdoor_cmd(
+    study: Annotated[Path | None, typer.Argument(help="YAML study file; flags override it")] = None,
+    dataset: Annotated[str | None, typer.Option(help="dataset (see dormant demo --help)")] = None,
+    data_root: DataRoot = None,
+    download: Annotated[bool | None, typer.Option(help="let torchvision download")] = None,
+    train_size: TrainSize = None,
+    test_size: Annotated[int | None, typer.Option(help="seeded stratified test subset")] = None,
+    model: ModelOpt = None,
+    methods: Annotated[str | None, typer.Option(help="comma-separated method names")] = None,
+    seeds: Annotated[str | None, typer.Option(help="e.g. 0,1,2")] = None,
+    conditions: Annotated[str | None, typer.Option(
+        help="comma-separated: attack, random-clean, unpoisoned, none, badnets, blended")] = None,
+    trigger: Annotated[str | None, typer.Option(help="patch, blend, noise or sinusoid")] = None,
+    amplitude: Annotated[float | None, typer.Option(help="trigger amplitude in [0, 1]")] = None,
+    trigger_size: Annotated[int | None, typer.Option(help="patch side in pixels")] = None,
+    target: Annotated[int | None, typer.Option(help="the backdoor's target class")] = None,
+    poisons: Annotated[int | None, typer.Option(help="poisoned images per source class")]
+    = None,
+    request: Annotated[int | None, typer.Option(help="clean images in the deletion request")]
+    = None,
+    strategy: Annotated[str | None, typer.Option(
+        help="request pick: margin, stamped-margin or random")] = None,
+    train_steps: Annotated[int | None, typer.Option()] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder")] = None,
+) -> None:
+    """The clean-unlearning backdoor study: plant, request, unlearn, scan, report
+    (resumable)."""
+    from dormant.experiments import run_backdoor
+    from dormant.report.backdoor import backdoor_verdict, verdict_text, write_backdoor_report
+
+    _check_positive(train_steps=train_steps, train_size=train_size, test_size=test_size)
+    _check_data_root(data_root)
+    spec = _spec(
+        study, kind="backdoor", dataset=dataset,
+        data_root=str(data_root) if data_root else None, download=download,
+        train_size=train_size, test_size=test_size, model=model,
+        methods=[m.strip() for m in methods.split(",")] if methods is not None else None,
+        seeds=_numbers(seeds, "seeds"),
+        conditions=[c.strip() for c in conditions.split(",")] if conditions else None,
+        target=target, poisons_per_class=poisons, request=request, strategy=strategy,
+        train_steps=train_steps, device=device,
+        nested={"trigger": {"kind": (trigger, "trigger"), "amplitude": (amplitude, "amplitude"),
+                            "size": (trigger_size, "trigger-size")}},
+    )
+    out = out or Path("runs") / f"backdoor-{time.strftime('%Y%m%d-%H%M%S')}"
+    _check_out(out)
+    t0 = time.perf_counter()
+    with ProgressBars(console) as bars:
+        rows = run_backdoor(spec, out, progress=bars,
+                            on_row=lambda r: bars.bars.console.print(_backdoor_line(r)))
+    paths = write_backdoor_report(rows, out)
+    console.print(verdict_text(backdoor_verdict(rows)))
+    console.print(f"wrote {', '.join(str(p) for p in [out / 'results.jsonl', *paths.values()])} "
+                  f"in {time.perf_counter() - t0:.1f} s")
+
+
+def _backdoor_line(r: dict) -> str:
+    head = f"  {r['method']:<18} {r['condition']:<13} seed {r['seed']}"
+    if r.get("status") == "failed":
+        return f"{head}  FAILED: {r['error']}"
+    return (f"{head}  ASR {r['asr_before']:5.1f} -> {r['asr_after']:5.1f}   clean "
+            f"{r['clean_acc_before']:5.1f} -> {r['clean_acc_after']:5.1f}")
 
 
 @app.command()

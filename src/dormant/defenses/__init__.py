@@ -1,10 +1,24 @@
 """Backdoor defenses: Neural Cleanse (more to come with the backdoor study)."""
 
+from dormant.defenses.cognitive_distillation import (
+    CognitiveDistillationConfig,
+    cd_flags,
+    cd_scores,
+    detection_auroc,
+    distil_masks,
+)
+from dormant.defenses.ibau import IBAUConfig, hypergradient, ibau, universal_perturbation
 from dormant.defenses.neural_cleanse import (
+    NCMitigationConfig,
     NeuralCleanseConfig,
     Reversed,
     mad_outliers,
+    mitigate,
     reverse_triggers,
 )
 
 __all__ = ["NeuralCleanseConfig", "Reversed", "mad_outliers", "reverse_triggers"]
+__all__ += ["CognitiveDistillationConfig", "cd_flags", "cd_scores", "detection_auroc",
+            "distil_masks"]
+__all__ += ["IBAUConfig", "NCMitigationConfig", "hypergradient", "ibau", "mitigate",
+            "universal_perturbation"]

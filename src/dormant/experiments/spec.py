@@ -40,6 +40,26 @@ def _listify(v):
     return v if isinstance(v, list) else [v]
 
 
+def override_recipe(base: Recipe, overrides: dict, steps: int | None = None) -> Recipe:
+    """``base`` with a study's ``train_recipe`` overrides (and ``train_steps``), validated."""
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise DormantError(f"train_recipe has no key {unknown[0]!r}; it takes: "
+                           f"{', '.join(sorted(fields))}")
+    changes = dict(overrides)
+    if steps:
+        changes["steps"] = steps
+    try:
+        return TypeAdapter(Recipe).validate_python({**base.to_dict(), **changes})
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(map(str, err["loc"]))
+        msg = err["msg"].removeprefix("Value error, ")
+        raise DormantError(f"train_recipe: key {key!r}: {msg}" if key
+                           else f"train_recipe: {msg}") from None
+
+
 class RelearnSpec(BaseModel):
     """``None`` budgets come from the dataset's profile (``dormant.experiments.profiles``)."""
 
@@ -80,22 +100,7 @@ class RelearnSpec(BaseModel):
 
     def recipe(self, profile_recipe: Recipe) -> Recipe:
         """The original's (and oracle's) training recipe: the profile's, then the overrides."""
-        fields = {f.name for f in dataclasses.fields(Recipe)}
-        unknown = sorted(set(self.train_recipe) - fields)
-        if unknown:
-            raise DormantError(f"train_recipe has no key {unknown[0]!r}; it takes: "
-                               f"{', '.join(sorted(fields))}")
-        changes = dict(self.train_recipe)
-        if self.train_steps:
-            changes["steps"] = self.train_steps
-        try:
-            return TypeAdapter(Recipe).validate_python({**profile_recipe.to_dict(), **changes})
-        except ValidationError as e:
-            err = e.errors()[0]
-            key = ".".join(map(str, err["loc"]))
-            msg = err["msg"].removeprefix("Value error, ")
-            raise DormantError(f"train_recipe: key {key!r}: {msg}" if key
-                               else f"train_recipe: {msg}") from None
+        return override_recipe(profile_recipe, self.train_recipe, self.train_steps)
 
     @field_validator("k")
     @classmethod

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from dormant.metrics.curves import aurc
+from dormant.metrics.detection import auroc
 from dormant.metrics.lmc import interpolate_state, lmc_curve, loss_barrier
 from dormant.metrics.mia import example_losses, loss_auc, softmax_features, svc_mia_auc
 
@@ -32,6 +33,6 @@ def l2_distance(a: nn.Module, b: nn.Module) -> float:
 
 
 __all__ = [
-    "aurc", "example_losses", "interpolate_state", "l2_distance", "lmc_curve", "loss_auc",
+    "aurc", "auroc", "example_losses", "interpolate_state", "l2_distance", "lmc_curve", "loss_auc",
     "loss_barrier", "recovery", "softmax_features", "svc_mia_auc", "tow",
 ]

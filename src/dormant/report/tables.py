@@ -276,3 +276,13 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 def write_csv(rows: list[dict], path: Path) -> None:
     atomic_write_text(path, rows_frame(rows).to_csv(index=False))
+
+
+# 0-1 scores and anomaly indices of the backdoor study need more than one decimal
+_DECIMALS.update(cd_auroc_before=3, cd_auroc_after=3, nc_index_before=2, nc_index_after=2)
+
+
+def plus_minus(mean, std, col: str = "") -> str:
+    """``mean ± std`` with :func:`fmt`'s decimals for ``col``; the std is left out when it is
+    absent (one seed)."""
+    return _plus_minus(mean, std, col)

@@ -1,0 +1,167 @@
+"""Cognitive Distillation (Huang et al. 2023, ICLR): for every input, find the smallest mask
+that keeps the model's logits unchanged when everything outside it is painted over; a backdoored
+input needs only a tiny mask that covers its trigger, so a small mask is suspicious.
+
+Every image of a batch has its own mask, its loss depends on nothing else in the batch, and Adam
+is element-wise: a batch gives each image what a run of its own gives, up to the random fill
+(and Adam's eps, since the batch mean scales each image's gradient by 1/b).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dormant.engine import Progress, to_float
+from dormant.errors import DormantError
+
+# keeps every mask value representable strictly inside (0, 1) in float32: (tanh(w) + 1) / 2
+# rounds to exactly 0 or 1 once |w| > ~9, which 100 Adam steps of lr 0.1 can reach
+EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class CognitiveDistillationConfig:
+    """Defaults from the authors' code (HanxunH/CognitiveDistillation) and BackdoorBench's CD
+    config: 100 Adam steps at lr 0.1 with betas (0.1, 0.1), L1 mask norm (``p`` = 1) weighted by
+    ``gamma`` = 0.01 (the paper's alpha), total-variation weight ``beta`` = 10 (the README's and
+    BackdoorBench's value; the authors' class defaults to 1.0), batches of 256 images."""
+
+    steps: int = 100
+    lr: float = 0.1
+    betas: tuple[float, float] = (0.1, 0.1)
+    gamma: float = 0.01
+    beta: float = 10.0
+    p: int = 1
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise DormantError("cognitive distillation: steps and batch_size must be at least 1, "
+                               f"got steps={self.steps}, batch_size={self.batch_size}")
+        if not self.lr > 0:
+            raise DormantError(f"cognitive distillation: lr must be positive, got {self.lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise DormantError("cognitive distillation: betas must be two numbers in [0, 1), "
+                               f"got {self.betas}")
+        if self.gamma < 0 or self.beta < 0:
+            raise DormantError("cognitive distillation: gamma and beta must be non-negative, "
+                               f"got gamma={self.gamma}, beta={self.beta}")
+        if self.p not in (1, 2):
+            raise DormantError(f"cognitive distillation: p must be 1 or 2, got {self.p}")
+
+
+def _squash(w: torch.Tensor) -> torch.Tensor:
+    # (tanh(w) + 1) / 2 == sigmoid(2w), squeezed by EPS so float32 never reaches 0 or 1
+    return EPS + (1 - 2 * EPS) * torch.sigmoid(2 * w)
+
+
+def _fill(g: torch.Generator, b: int, c: int, device: torch.device) -> torch.Tensor:
+    """One uniform colour per image and channel, the paint outside the mask."""
+    return torch.rand(b, c, 1, 1, generator=g).to(device)
+
+
+def _tv(m: torch.Tensor) -> torch.Tensor:
+    """Per-image total variation, squared differences over the mask's C*H*W entries."""
+    _, c, h, w = m.shape
+    dh = (m[:, :, 1:, :] - m[:, :, :-1, :]).pow(2).flatten(1).sum(1)
+    dw = (m[:, :, :, 1:] - m[:, :, :, :-1]).pow(2).flatten(1).sum(1)
+    return (dh + dw) / (c * h * w)
+
+
+def distil_masks(
+    model: nn.Module,
+    x: torch.Tensor,
+    ids: torch.Tensor | None = None,
+    cfg: CognitiveDistillationConfig = CognitiveDistillationConfig(),
+    *,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """(n, 1, H, W) masks in (0, 1), on the CPU, for the uint8 images ``x[ids]`` (all of ``x``
+    when ``ids`` is None), in that order. The random fill comes from one generator seeded with
+    ``seed``, redrawn every step. The model is used frozen in eval mode and handed back as it
+    came."""
+    device = next(model.parameters()).device
+    ids = torch.arange(len(x)) if ids is None else ids
+    ids = ids.to(x.device)
+    n = len(ids)
+    was_training = model.training
+    grads = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    try:
+        for start in range(0, n, cfg.batch_size):
+            xb = to_float(x[ids[start : start + cfg.batch_size]]).to(device)
+            b, c, h, w = xb.shape
+            with torch.no_grad():
+                ref = model(xb)
+            w_mask = torch.ones(b, 1, h, w, device=device, requires_grad=True)
+            opt = torch.optim.Adam([w_mask], lr=cfg.lr, betas=cfg.betas)
+            for _ in range(cfg.steps):
+                m = _squash(w_mask)
+                mixed = xb * m + (1 - m) * _fill(g, b, c, device)
+                fidelity = (model(mixed) - ref).abs().mean(1)
+                size = m.flatten(1).norm(p=cfg.p, dim=1)
+                loss = (fidelity + cfg.gamma * size + cfg.beta * _tv(m)).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            out.append(_squash(w_mask).detach().cpu())
+            if progress is not None:
+                progress("cognitive distillation", start + b, n)
+    finally:
+        for p, r in zip(model.parameters(), grads, strict=True):
+            p.requires_grad_(r)
+        model.train(was_training)
+    if not out:
+        return torch.empty(0, 1, *x.shape[2:])
+    return torch.cat(out)
+
+
+def cd_scores(masks: torch.Tensor) -> torch.Tensor:
+    """(n,) L1 norm of each mask; smaller is more suspicious."""
+    return masks.flatten(1).abs().sum(1)
+
+
+def detection_auroc(
+    model: nn.Module,
+    x_clean: torch.Tensor,
+    x_poisoned: torch.Tensor,
+    cfg: CognitiveDistillationConfig = CognitiveDistillationConfig(),
+    *,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> float:
+    """AUROC in [0, 1] of telling the uint8 images ``x_poisoned`` (positives) from ``x_clean``
+    by the negated mask norm: 1 when every poisoned mask is smaller than every clean one."""
+    from sklearn.metrics import roc_auc_score  # sklearn costs 2 s of import: only when used
+
+    if len(x_clean) == 0 or len(x_poisoned) == 0:
+        raise DormantError("cognitive distillation AUROC needs at least one clean and one "
+                           "poisoned image")
+    # one call, so both sets share the seed's fill stream and the batching
+    masks = distil_masks(model, torch.cat([x_clean, x_poisoned.to(x_clean.device)]), None, cfg,
+                         seed=seed, progress=progress)
+    scores = cd_scores(masks).double()
+    labels = torch.cat([torch.zeros(len(x_clean)), torch.ones(len(x_poisoned))])
+    return float(roc_auc_score(labels.numpy(), (-scores).numpy()))
+
+
+def cd_flags(clean_ref_scores: torch.Tensor, scores: torch.Tensor,
+             threshold: float = 1.0) -> torch.Tensor:
+    """The paper's rule: with mu and sigma (unbiased std, as ``torch.std``) of the clean
+    reference scores, flag ``(mu - s) / sigma > threshold``; as in the authors' ``predict`` a
+    flagged score must also lie below mu, which only matters for a negative threshold."""
+    ref = clean_ref_scores.detach().double().flatten().cpu()
+    if len(ref) < 2:
+        raise DormantError("cognitive distillation flags need at least 2 clean reference scores "
+                           f"to estimate a spread, got {len(ref)}")
+    mu, sigma = ref.mean(), ref.std()
+    z = (mu - scores.detach().double().cpu()) / sigma
+    return (z > threshold) & (z > 0)

@@ -1,0 +1,457 @@
+"""The backdoor study's report: results.csv, report.md, asr.png, nc_triggers.png,
+cd_masks.png and one self-contained report.html, from the rows of results.jsonl and the
+defense artefacts (safetensors) the study saved beside them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from safetensors.torch import load_file
+
+from dormant.report.figures import _placeholder, _save, plt
+from dormant.report.html import Block, to_html, to_markdown
+from dormant.report.tables import Table, fmt, normalize_row, ok_rows, plus_minus, write_csv
+from dormant.store.files import atomic_write_text
+
+CONDITIONS = ("attack", "random-clean", "unpoisoned", "none", "badnets", "blended")
+# done-when thresholds: an activated backdoor fires on most triggered inputs after the clean
+# deletion, far above its dormant rate, and the deletion leaves the model useful
+ASR_ACTIVE = 60.0
+ASR_RISE = 40.0
+CLEAN_DROP_MAX = 5.0
+
+METRICS = {
+    "clean_acc_before": "clean before",
+    "clean_acc_after": "clean after",
+    "asr_before": "ASR before",
+    "asr_after": "ASR after",
+    "asr_delta": "ΔASR",
+    "forget_acc_before": "forget before",
+    "forget_acc_after": "forget after",
+    "nc_flag_before": "NC flagged before",
+    "nc_flag_after": "NC flagged after",
+    "nc_index_after": "NC index after",
+    "cd_auroc_before": "CD AUROC before",
+    "cd_auroc_after": "CD AUROC after",
+    "ibau_asr": "I-BAU ASR",
+    "ibau_clean_acc": "I-BAU clean",
+}
+FLAGS = ("nc_flag_before", "nc_flag_after")
+NUMERIC = [m for m in METRICS if m not in FLAGS and m != "asr_delta"] + ["matched_drop"]
+PAIRED = {"diff": "ASR after: attack − random clean", "attack_drop": "attack forget drop",
+          "random_drop": "random-clean forget drop", "matched_drop": "random clean matched to"}
+MAX_CLASSES = 20
+CD_SHOWN = 4
+
+
+def _flag(v) -> float:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return math.nan
+    return float(bool(v))
+
+
+def _mean(values) -> float | None:
+    s = pd.Series(values, dtype=float).dropna()
+    return float(s.mean()) if len(s) else None
+
+
+def frame(rows: list[dict]) -> pd.DataFrame:
+    """The rows as numbers: metrics numeric (absent or null = NaN), NC flags 1/0/NaN, plus the
+    per-row ``asr_delta`` and forget-set drop ``forget_drop`` (before − after)."""
+    df = pd.DataFrame(rows)
+    for col in ("method", "condition", "seed"):
+        if col not in df:
+            df[col] = pd.Series(dtype=object)
+    for col in NUMERIC:
+        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df else math.nan
+    for col in FLAGS:
+        df[col] = df[col].map(_flag).astype(float) if col in df else math.nan
+    df["asr_delta"] = df["asr_after"] - df["asr_before"]
+    df["forget_drop"] = df["forget_acc_before"] - df["forget_acc_after"]
+    df["clean_drop"] = df["clean_acc_before"] - df["clean_acc_after"]
+    return df
+
+
+def method_order(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["method"] for r in rows))
+
+
+def cell_order(rows: list[dict]) -> list[tuple[str, str]]:
+    """(method, condition) pairs: conditions in :data:`CONDITIONS` order (unknown ones last),
+    methods in the order the study first ran them."""
+    methods = method_order(rows)
+    pairs = dict.fromkeys((r["method"], r["condition"]) for r in rows)
+    rank = {c: i for i, c in enumerate(CONDITIONS)}
+    return sorted(pairs, key=lambda p: (rank.get(p[1], len(rank)), p[1], methods.index(p[0])))
+
+
+def backdoor_table(rows: list[dict]) -> pd.DataFrame:
+    """One line per (method, condition) from the ok rows: ``<metric>`` is the mean over seeds,
+    ``<metric>_std`` the sample std; an NC flag column holds ``_hits`` (seeds whose target
+    class was flagged) of ``_n`` (seeds scanned). A pair whose every cell failed keeps its
+    line with ``n`` = 0."""
+    rows = [normalize_row(r) for r in rows]
+    order = cell_order(rows)
+    values = [m for m in METRICS if m not in FLAGS]
+    columns = (["method", "condition", "n"] + [c for m in values for c in (m, f"{m}_std")]
+               + [c for f in FLAGS for c in (f"{f}_hits", f"{f}_n")])
+    if not order:
+        return pd.DataFrame(columns=columns)
+    g = frame(ok_rows(rows)).groupby(["method", "condition"], sort=False)
+    index = pd.MultiIndex.from_tuples(order, names=["method", "condition"])
+    out = pd.concat([g[values].mean(), g[values].std().add_suffix("_std")], axis=1)
+    out = out.reindex(index)
+    out["n"] = g["seed"].nunique().reindex(index).fillna(0).astype(int)
+    for f in FLAGS:
+        out[f"{f}_hits"] = g[f].sum().reindex(index).fillna(0).astype(int)
+        out[f"{f}_n"] = g[f].count().reindex(index).fillna(0).astype(int)
+    return out.reset_index()[columns]
+
+
+def backdoor_display(df: pd.DataFrame) -> Table:
+    """:func:`backdoor_table` for display: mean ± std, NC flags as "hits/scanned"."""
+    rows = []
+    for r in df.to_dict("records"):
+        cells = [str(r["method"]), str(r["condition"])]
+        for m in METRICS:
+            if m in FLAGS:
+                cells.append(f"{r[f'{m}_hits']}/{r[f'{m}_n']}" if r[f"{m}_n"] else "-")
+            else:
+                cells.append(plus_minus(r[m], r[f"{m}_std"], m))
+        rows.append([*cells, str(r["n"])])
+    return Table(["method", "condition", *METRICS.values(), "seeds"], rows)
+
+
+def paired_table(rows: list[dict]) -> pd.DataFrame:
+    """Per method, over the seeds where both the attack and the random clean request have an
+    ASR: ``diff`` = asr_after(attack) − asr_after(random-clean), mean and std; the two
+    requests' forget-set drops (before − after) and the drop random-clean was matched to."""
+    df = frame(ok_rows(rows))
+    columns = ["method", "n"] + [c for k in PAIRED for c in (k, f"{k}_std")]
+    lines = []
+    for m in method_order(ok_rows(rows)):
+        per = {}
+        for cond in ("attack", "random-clean"):
+            part = df[(df["method"] == m) & (df["condition"] == cond)]
+            per[cond] = (part.groupby("seed")[["asr_after", "forget_drop", "matched_drop"]]
+                         .mean().dropna(subset=["asr_after"]))
+        seeds = per["attack"].index.intersection(per["random-clean"].index)
+        if not len(seeds):
+            continue
+        a, r = per["attack"].loc[seeds], per["random-clean"].loc[seeds]
+        series = {"diff": a["asr_after"] - r["asr_after"], "attack_drop": a["forget_drop"],
+                  "random_drop": r["forget_drop"], "matched_drop": r["matched_drop"]}
+        line = {"method": m, "n": len(seeds)}
+        for k, s in series.items():
+            line[k], line[f"{k}_std"] = s.mean(), s.std()
+        lines.append(line)
+    return pd.DataFrame(lines, columns=columns)
+
+
+def paired_display(df: pd.DataFrame) -> Table:
+    rows = [[str(r["method"]), str(r["n"]),
+             *(plus_minus(r[k], r[f"{k}_std"], k) for k in PAIRED)]
+            for r in df.to_dict("records")]
+    return Table(["method", "paired seeds", *PAIRED.values()], rows)
+
+
+def backdoor_verdict(rows: list[dict]) -> dict:
+    """The done-when check from the ok rows. ``dormant_asr`` is the poisoned model's mean ASR
+    before any deletion (condition none; the attack rows' asr_before when there is no none
+    row), ``dormant_flagged`` (hits, scanned) of its NC scans. Per method with attack rows:
+    mean ASR after the attack, the rise over ``dormant_asr``, the mean clean-accuracy drop,
+    the random-clean ASR after and the unpoisoned model's ASR rise; ``activated`` when ASR
+    after >= ASR_ACTIVE, rise >= ASR_RISE and clean drop <= CLEAN_DROP_MAX."""
+    ok = ok_rows(rows)
+    df = frame(ok)
+    none = df[df["condition"] == "none"]
+    attack = df[df["condition"] == "attack"]
+    dormant = _mean(none["asr_before"] if len(none) else attack["asr_before"])
+    flags = none["nc_flag_before"].dropna()
+    methods = {}
+    for m in method_order([r for r in ok if r["condition"] == "attack"]):
+        a = attack[attack["method"] == m]
+        rc = df[(df["method"] == m) & (df["condition"] == "random-clean")]
+        up = df[(df["method"] == m) & (df["condition"] == "unpoisoned")]
+        after, drop = _mean(a["asr_after"]), _mean(a["clean_drop"])
+        rise = None if after is None or dormant is None else after - dormant
+        methods[m] = {
+            "n": int(a["seed"].nunique()), "asr_before": dormant, "asr_after": after,
+            "asr_rise": rise, "clean_drop": drop,
+            "random_clean_asr_after": _mean(rc["asr_after"]),
+            "unpoisoned_asr_rise": _mean(up["asr_delta"]),
+            "nc_flagged_after": (int(a["nc_flag_after"].sum()),
+                                 int(a["nc_flag_after"].count())),
+            "activated": (after is not None and rise is not None and drop is not None
+                          and after >= ASR_ACTIVE and rise >= ASR_RISE
+                          and drop <= CLEAN_DROP_MAX),
+        }
+    activated = [m for m, v in methods.items() if v["activated"]]
+    return {"dormant_asr": dormant, "dormant_flagged": (int(flags.sum()), len(flags)),
+            "methods": methods, "activated": activated, "shown": bool(activated),
+            "thresholds": {"asr_active": ASR_ACTIVE, "asr_rise": ASR_RISE,
+                           "clean_drop_max": CLEAN_DROP_MAX}}
+
+
+def verdict_text(v: dict) -> str:
+    """:func:`backdoor_verdict` as one paragraph (for the report and the CLI)."""
+    hits, scanned = v["dormant_flagged"]
+    text = (f"Poisoned model before any deletion: ASR {fmt(v['dormant_asr'])}%"
+            + (f", Neural Cleanse flagged the target in {hits}/{scanned} seeds" if scanned
+               else "") + ". ")
+    if not v["methods"]:
+        return text + "No attack cell succeeded, so there is no verdict."
+    parts = [f"{m} {fmt(x['asr_after'])}% (clean drop {fmt(x['clean_drop'])})"
+             for m, x in v["methods"].items()]
+    names = ", ".join(v["activated"]) or "none"
+    return (text + "ASR after the clean deletion request: " + "; ".join(parts) + ". "
+            f"Activated (ASR after >= {ASR_ACTIVE:g}%, >= {ASR_RISE:g} points above the "
+            f"dormant ASR, clean drop <= {CLEAN_DROP_MAX:g} points): {names}. "
+            f"Backdoor activation shown: {'yes' if v['shown'] else 'no'}.")
+
+
+def verdict_display(v: dict) -> Table:
+    rows = []
+    for m, x in v["methods"].items():
+        flagged = x["nc_flagged_after"]
+        rows.append([m, str(x["n"]), fmt(x["asr_before"]), fmt(x["asr_after"]),
+                     fmt(x["asr_rise"]), fmt(x["clean_drop"]), fmt(x["random_clean_asr_after"]),
+                     fmt(x["unpoisoned_asr_rise"]),
+                     f"{flagged[0]}/{flagged[1]}" if flagged[1] else "-",
+                     "yes" if x["activated"] else "no"])
+    return Table(["method", "seeds", "ASR dormant", "ASR after attack", "rise", "clean drop",
+                  "ASR after random clean", "unpoisoned ASR rise", "NC flagged after",
+                  "activated"], rows)
+
+
+# ---- figures --------------------------------------------------------------------------------
+
+def asr_figure(rows: list[dict], path: Path) -> Path:
+    """One panel per condition; per method a pair of bars, ASR before and after the deletion
+    (mean over seeds, std error bars)."""
+    df = backdoor_table(ok_rows(rows))
+    if df.empty:
+        return _placeholder(path, "no successful cells")
+    conds = list(dict.fromkeys(df["condition"]))
+    widths = [max(1, int((df["condition"] == c).sum())) for c in conds]
+    fig, axes = plt.subplots(1, len(conds), figsize=(1.2 * sum(widths) + 1.5 * len(conds), 3.8),
+                             sharey=True, squeeze=False, gridspec_kw={"width_ratios": widths})
+    for ax, cond in zip(axes[0], conds, strict=True):
+        part = df[df["condition"] == cond]
+        x = np.arange(len(part))
+        for dx, key, color in ((-0.2, "asr_before", "#9ecae1"), (0.2, "asr_after", "#d62728")):
+            ax.bar(x + dx, part[key], 0.4, yerr=part[f"{key}_std"].fillna(0), color=color,
+                   capsize=3, label=key.replace("asr_", "ASR "))
+        ax.set_xticks(x, list(part["method"]), rotation=40, ha="right", fontsize=8)
+        ax.set_title(cond, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("attack success rate (%)")
+    axes[0][0].set_ylim(0, 105)
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _load(root: Path, rel) -> dict | None:
+    if not rel or not (Path(root) / rel).is_file():
+        return None
+    return load_file(str(Path(root) / rel))
+
+
+def _first_seed_rows(rows: list[dict]) -> list[dict]:
+    ok = ok_rows(rows)
+    seeds = [r["seed"] for r in ok if r.get("seed") is not None]
+    return [r for r in ok if r.get("seed") == min(seeds)] if seeds else []
+
+
+def _pick(rows: list[dict], root: Path, key: str) -> list[tuple[str, dict, list]]:
+    """(label, artefact tensors, NC-flagged classes) of the models the figures compare: the
+    poisoned and unpoisoned models before, each method's model after the attack, the
+    baselines; only those whose artefact exists and holds ``key``."""
+    rows = _first_seed_rows(rows)
+    wanted = []
+    for cond, label in (("none", "poisoned, before"), ("unpoisoned", "unpoisoned, before")):
+        wanted += [(label, r, "before") for r in rows if r["condition"] == cond][:1]
+    wanted += [(f"{r['method']}, after attack", r, "after") for r in rows
+               if r["condition"] == "attack"]
+    wanted += [(f"{cond}, before", r, "before") for cond in ("badnets", "blended")
+               for r in rows if r["condition"] == cond][:2]
+    out = []
+    for label, r, when in wanted:
+        tensors = _load(root, r.get(f"artefact_{when}"))
+        if tensors is not None and key in tensors:
+            out.append((label, tensors, list(r.get(f"nc_flagged_{when}") or [])))
+    return out
+
+
+def nc_sources(rows: list[dict], root: Path) -> list[tuple[str, dict, list]]:
+    """The models shown in nc_triggers.png, seed = the smallest: see :func:`_pick`."""
+    return _pick(rows, root, "nc_masks")
+
+
+def cd_sources(rows: list[dict], root: Path) -> list[tuple[str, dict]]:
+    """The models shown in cd_masks.png: the poisoned model before and the first method's
+    model after the attack (smallest seed), where their artefact holds CD masks."""
+    picked = [(label, t) for label, t, _ in _pick(rows, root, "cd_masks_clean")
+              if label == "poisoned, before" or label.endswith("after attack")]
+    return picked[:2]
+
+
+def _image(ax, img, vmax: float = 1.0) -> None:
+    """Draw a (C,H,W) tensor; C = 1 in grey."""
+    a = np.asarray(img, dtype=float) / vmax
+    if a.shape[0] == 1:
+        ax.imshow(a[0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(np.clip(a.transpose(1, 2, 0), 0, 1))
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def nc_figure(rows: list[dict], root: Path, path: Path) -> Path:
+    """The reversed triggers (mask × pattern) of each model in :func:`nc_sources`, one column
+    per class titled with its mask norm; the target class framed in red and flagged classes
+    marked with *."""
+    sources = nc_sources(rows, root)
+    if not sources:
+        return _placeholder(path, "no Neural Cleanse artefacts found")
+    target = int(ok_rows(rows)[0].get("target") or 0)
+    k = sources[0][1]["nc_masks"].shape[0]
+    classes = list(range(min(k, MAX_CLASSES)))
+    if target < k and target not in classes:
+        classes[-1] = target
+    fig, axes = plt.subplots(len(sources), len(classes), squeeze=False,
+                             figsize=(1.1 * len(classes) + 1.8, 1.3 * len(sources) + 0.6))
+    for i, (label, t, flagged) in enumerate(sources):
+        trig = (t["nc_masks"] * t["nc_patterns"]).float().numpy()
+        for j, c in enumerate(classes):
+            ax = axes[i][j]
+            _image(ax, trig[c])
+            star = "*" if c in flagged else ""
+            ax.set_title(f"{c}{star}: {float(t['nc_norms'][c]):.1f}", fontsize=7,
+                         color="red" if c == target else "black")
+            for spine in ax.spines.values():
+                spine.set_visible(c == target)
+                spine.set(color="red", linewidth=2)
+        axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(f"Neural Cleanse reversed triggers (class: mask L1 norm; target {target} in "
+                 "red, * = flagged)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def cd_figure(rows: list[dict], root: Path, path: Path) -> Path:
+    """A few clean and poisoned inputs, each above its Cognitive Distillation mask, for the
+    models of :func:`cd_sources`."""
+    lines = []
+    for label, t in cd_sources(rows, root):
+        for kind in ("clean", "poisoned"):
+            if f"cd_inputs_{kind}" in t and f"cd_masks_{kind}" in t:
+                n = min(CD_SHOWN, t[f"cd_inputs_{kind}"].shape[0])
+                lines.append((f"{label}\n{kind} input", t[f"cd_inputs_{kind}"][:n], 255.0))
+                lines.append(("CD mask", t[f"cd_masks_{kind}"][:n], 1.0))
+    if not lines:
+        return _placeholder(path, "no Cognitive Distillation artefacts found")
+    cols = max(len(imgs) for _, imgs, _ in lines)
+    fig, axes = plt.subplots(len(lines), cols, squeeze=False,
+                             figsize=(1.2 * cols + 1.8, 1.2 * len(lines) + 0.4))
+    for i, (label, imgs, vmax) in enumerate(lines):
+        for j in range(cols):
+            if j < len(imgs):
+                _image(axes[i][j], imgs[j].float().numpy(), vmax)
+            else:
+                axes[i][j].axis("off")
+        axes[i][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---- the report ----------------------------------------------------------------------------
+
+def _describe(rows: list[dict]) -> str:
+    ok = ok_rows(rows)
+    first = next((r for r in ok if r.get("condition") == "attack"), None)
+    first = first or (ok[0] if ok else normalize_row(rows[0]))
+    seeds = sorted({r["seed"] for r in rows if r.get("seed") is not None})
+    amp = first.get("amplitude")
+    return (f"Dataset `{first.get('dataset', '?')}`, model `{first.get('model', '?')}`; "
+            f"trigger `{first.get('trigger', '?')}` (amplitude "
+            f"{'?' if amp is None else f'{amp:g}'}), {first.get('poisons', '?')} poisons, "
+            f"target class {first.get('target', '?')}; deletion request: "
+            f"`{first.get('strategy', '?')}` strategy, {first.get('forget_size', '?')} images; "
+            f"seeds {', '.join(map(str, seeds)) or '?'}. {len(ok)} cells succeeded, "
+            f"{len(rows) - len(ok)} failed.")
+
+
+def _failed(rows: list[dict]) -> Table:
+    failed = [r for r in map(normalize_row, rows) if r["status"] != "ok"]
+    cols = ["method", "condition", "seed", "error"]
+    return Table(cols, [[fmt(r.get(c)) for c in cols] for r in failed])
+
+
+def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
+    verdict = backdoor_verdict(rows)
+    paired = paired_table(rows)
+    blocks = [
+        Block("h1", title),
+        Block("p", _describe(rows)),
+        Block("p", verdict_text(verdict)),
+        Block("h2", "Conditions"),
+        Block("p", "Mean ± std over seeds of the ok cells, in %: *clean* is test accuracy, "
+                   "*ASR* the attack success rate of the trigger on non-target test images, "
+                   "*forget* the accuracy on the deletion request's images, before and after "
+                   "unlearning (equal when the condition involves none). *NC flagged*: seeds "
+                   "whose target class Neural Cleanse flagged, of those scanned; *NC index*: "
+                   "the target class's MAD anomaly index. *CD AUROC*: Cognitive Distillation "
+                   "separating poisoned from clean inputs. *I-BAU*: ASR and clean accuracy "
+                   "after I-BAU repaired the model after unlearning. \"-\": the defense was "
+                   "off or the cell failed."),
+        Block("table", table=backdoor_display(backdoor_table(rows))),
+        Block("h2", "Attack vs random clean request"),
+        Block("p", "Per seed, ASR after the attacker's clean request minus ASR after a random "
+                   "clean request of matched strength; mean ± std over the seeds that have "
+                   "both. Forget drops: forget accuracy before − after, in points."),
+    ]
+    if paired.empty:
+        blocks.append(Block("p", "No seed has both an attack and a random-clean cell."))
+    else:
+        blocks.append(Block("table", table=paired_display(paired)))
+    blocks += [
+        Block("h2", "Verdict"),
+        Block("table", table=verdict_display(verdict)),
+        Block("h2", "Figures"),
+        Block("img", "attack success rate before and after the deletion, per condition",
+              path=figs["asr"]),
+        Block("img", "Neural Cleanse reversed triggers (smallest seed)",
+              path=figs["nc_triggers"]),
+        Block("img", "Cognitive Distillation masks of clean and poisoned inputs (smallest seed)",
+              path=figs["cd_masks"]),
+    ]
+    failed = _failed(rows)
+    if failed.rows:
+        blocks += [Block("h2", "Failed cells"), Block("table", table=failed)]
+    return blocks
+
+
+def write_backdoor_report(rows: list[dict], out: Path,
+                          title: str = "Clean-unlearning backdoor study") -> dict:
+    """``results.csv``, ``report.md``, ``asr.png``, ``nc_triggers.png``, ``cd_masks.png`` and
+    the self-contained ``report.html`` in ``out`` (the study directory: artefact paths in the
+    rows are relative to it); returns their paths by kind (csv, md, html, asr, nc_triggers,
+    cd_masks). Missing artefacts give placeholder figures."""
+    if not rows:
+        raise ValueError("no results rows to report")
+    out = Path(out)
+    paths: dict[str, Path] = {"csv": out / "results.csv", "md": out / "report.md",
+                              "html": out / "report.html"}
+    write_csv(rows, paths["csv"])
+    figs = {"asr": asr_figure(rows, out / "asr.png"),
+            "nc_triggers": nc_figure(rows, out, out / "nc_triggers.png"),
+            "cd_masks": cd_figure(rows, out, out / "cd_masks.png")}
+    blocks = _blocks(rows, title, figs)
+    atomic_write_text(paths["md"], to_markdown(blocks))
+    atomic_write_text(paths["html"], to_html(blocks, title))
+    return {**paths, **figs}
