@@ -4,7 +4,6 @@ matching of the random control, resumption, and the report; plus the AUROC it us
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dormant.attacks import PoisonSpec, Trigger, attack_success_rate, poison
+from dormant.attacks import PoisonSpec, poison
 from dormant.attacks.clean_unlearning import (
     CleanUnlearningSpec,
     Planted,
@@ -26,7 +26,7 @@ from dormant.attacks.clean_unlearning import (
 )
 from dormant.data import Dataset, load_dataset, stratified_subset
 from dormant.data.sources import default_cache_dir
-from dormant.engine import Diverged, Progress, Recipe, evaluate, fit, resolve_device
+from dormant.engine import Diverged, Progress, Recipe, fit, resolve_device
 from dormant.errors import DormantError
 from dormant.experiments.backdoor_scan import Scanner
 from dormant.experiments.backdoor_spec import (
