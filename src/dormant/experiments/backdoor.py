@@ -27,7 +27,6 @@ from dormant.attacks.clean_unlearning import (
 from dormant.data import Dataset, load_dataset, stratified_subset
 from dormant.data.sources import default_cache_dir
 from dormant.engine import Diverged, Progress, Recipe, fit, resolve_device
-from dormant.errors import DormantError
 from dormant.experiments.backdoor_scan import Scanner
 from dormant.experiments.backdoor_spec import (
     UNLEARNING_CONDITIONS,
@@ -88,11 +87,10 @@ def check_spec(spec: BackdoorSpec, ds: Dataset) -> CleanUnlearningSpec:
     for t in baseline_triggers().values():
         t.check(ds.image_shape)
     for m in spec.methods:
-        make_hparams(m, spec.hparams.get(m, {}))
-    unknown = sorted(set(spec.hparams) - set(spec.methods))
-    if unknown:
-        raise DormantError(f"hparams given for {unknown[0]!r}, which is not among the "
-                           f"study's methods ({', '.join(spec.methods)})")
+        get_method(m)
+    # hparams of methods this run leaves out (e.g. --methods) are checked but not used
+    for m, hp in spec.hparams.items():
+        make_hparams(m, hp)
     mspec, _ = study_recipe(spec, ds)
     create_model(mspec)
     # the pool and poison budget are checked by planting once (cheap, no training)
@@ -260,7 +258,7 @@ def _run_cell(spec, v: Victim, scan: Scanner, cell: dict, rows: dict, cache, pro
     if condition in ("none", "badnets", "blended"):
         model = v.poisoned if condition == "none" else v.baselines[condition]
         trigger = None if condition == "none" else baseline_triggers()[condition]
-        before = scan.before(condition, model, trigger)
+        before = scan.before("poisoned" if condition == "none" else condition, model, trigger)
         after = {k.replace("_before", "_after"): val for k, val in before.items()
                  if k.endswith("_before")}
         out = {**before, **after, "ibau_asr": scan.ibau(model, trigger),

@@ -68,8 +68,9 @@ class Scanner:
     def _nc(self, model: nn.Module) -> tuple[dict, dict]:
         if not self.d.nc:
             return {"nc_index": None, "nc_flag": None, "nc_flagged": None}, {}
-        cfg = NeuralCleanseConfig(epochs=self.d.nc_epochs)
-        r = reverse_triggers(model, self.x_def, self.y_def, torch.arange(len(self.y_def)),
+        cfg = NeuralCleanseConfig(epochs=self.d.nc_epochs, batch_size=self.d.nc_batch)
+        ids = torch.arange(min(self.d.nc_images, len(self.y_def)))
+        r = reverse_triggers(model, self.x_def, self.y_def, ids,
                              self.v.num_classes, cfg, seed=self.v.seed, progress=self.progress)
         return ({"nc_index": round(float(r.class_index[self.target]), 4),
                  "nc_flag": self.target in r.flagged, "nc_flagged": r.flagged},

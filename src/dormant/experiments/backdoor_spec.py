@@ -50,6 +50,9 @@ class DefenseSpec(BaseModel):
 
     nc: bool = True
     nc_epochs: int = Field(default=30, ge=1)
+    nc_images: int = Field(default=200, ge=10)
+    """Of the defender's images, how many Neural Cleanse reverses triggers on."""
+    nc_batch: int = Field(default=32, ge=1)
     cd: bool = True
     cd_images: int = Field(default=200, ge=2)
     cd_steps: int = Field(default=100, ge=1)
