@@ -50,6 +50,16 @@ def test_reversed_trigger_flags_the_badnets_target_only(digits, digits_backdoor)
     # (measured norms: clean 50.9 for class 0, 12.6 and 20.8 for 4 and 7; BadNets 12.2)
     assert int(bad.norms.argmin()) == 0 and 0 in bad.flagged
     assert int(bad.class_index.argmax()) == 0 and bad.anomaly_index > 2.0
+    # the reversed trigger sits where the planted one does: the 3x3 bottom-right patch is 14%
+    # of the image but holds 38% of the target's mask (measured), the clean model's class 0
+    # mask has no such corner
+    def corner_share(mask):
+        return float(mask[-3:, -3:].sum() / mask.sum())
+
+    assert corner_share(bad.masks[0, 0]) > 0.3
+    assert corner_share(bad.masks[0, 0]) > 2 * corner_share(clean.masks[0, 0])
+    assert int(bad.masks[0, 0].flatten().argmax()) in {r * 8 + c for r in range(5, 8)
+                                                       for c in range(5, 8)}
     assert bad.norms[0] < 0.5 * bad.norms[1:].median()
     # the backdoor made class 0 far cheaper to reach than in the clean model
     assert bad.norms[0] < 0.6 * clean.norms[0]

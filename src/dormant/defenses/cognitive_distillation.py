@@ -16,6 +16,7 @@ from torch import nn
 
 from dormant.engine import Progress, to_float
 from dormant.errors import DormantError
+from dormant.metrics.detection import auroc
 
 # keeps every mask value representable strictly inside (0, 1) in float32: (tanh(w) + 1) / 2
 # rounds to exactly 0 or 1 once |w| > ~9, which 100 Adam steps of lr 0.1 can reach
@@ -140,17 +141,14 @@ def detection_auroc(
 ) -> float:
     """AUROC in [0, 1] of telling the uint8 images ``x_poisoned`` (positives) from ``x_clean``
     by the negated mask norm: 1 when every poisoned mask is smaller than every clean one."""
-    from sklearn.metrics import roc_auc_score  # sklearn costs 2 s of import: only when used
-
     if len(x_clean) == 0 or len(x_poisoned) == 0:
         raise DormantError("cognitive distillation AUROC needs at least one clean and one "
                            "poisoned image")
     # one call, so both sets share the seed's fill stream and the batching
     masks = distil_masks(model, torch.cat([x_clean, x_poisoned.to(x_clean.device)]), None, cfg,
                          seed=seed, progress=progress)
-    scores = cd_scores(masks).double()
-    labels = torch.cat([torch.zeros(len(x_clean)), torch.ones(len(x_poisoned))])
-    return float(roc_auc_score(labels.numpy(), (-scores).numpy()))
+    scores = cd_scores(masks)
+    return auroc(-scores[: len(x_clean)], -scores[len(x_clean) :])
 
 
 def cd_flags(clean_ref_scores: torch.Tensor, scores: torch.Tensor,
