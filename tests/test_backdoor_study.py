@@ -73,6 +73,8 @@ def test_study_rows_matching_and_resume(study, monkeypatch, capsys):
         assert ctl["hparams"]["stop_acc"] == pytest.approx(ctl["forget_acc_before"] - drop,
                                                            abs=1e-3)
         assert att["matched_drop"] is None and "stop_acc" not in att["hparams"]
+        # it may run up to match_budget (4) times the attack's steps to get there
+        assert ctl["hparams"]["steps"] == 4 * STUDY["hparams"][m]["steps"]
     assert by["retrain", "random-clean"]["matched_drop"] is None  # no stop rule to match
     # retraining without the request drops its accuracy to what the model generalises
     assert by["retrain", "attack"]["forget_acc_after"] < by["retrain", "attack"][

@@ -255,6 +255,10 @@ def backdoor_cmd(
     = None,
     strategy: Annotated[str | None, typer.Option(
         help="request pick: margin, stamped-margin or random")] = None,
+    match_budget: Annotated[float | None, typer.Option(
+        help="times the attack's steps the matched random control may run")] = None,
+    scans: Annotated[str | None, typer.Option(
+        help="defenses run on every model: comma-separated nc, cd, ibau, or none")] = None,
     train_steps: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
     out: Annotated[Path | None, typer.Option(help="output folder")] = None,
@@ -274,9 +278,10 @@ def backdoor_cmd(
         seeds=_numbers(seeds, "seeds"),
         conditions=[c.strip() for c in conditions.split(",")] if conditions else None,
         target=target, poisons_per_class=poisons, request=request, strategy=strategy,
-        train_steps=train_steps, device=device,
+        match_budget=match_budget, train_steps=train_steps, device=device,
         nested={"trigger": {"kind": (trigger, "trigger"), "amplitude": (amplitude, "amplitude"),
-                            "size": (trigger_size, "trigger-size")}},
+                            "size": (trigger_size, "trigger-size")},
+                "defenses": _scans(scans)},
     )
     out = out or Path("runs") / f"backdoor-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_out(out)
@@ -288,6 +293,16 @@ def backdoor_cmd(
     console.print(verdict_text(backdoor_verdict(rows)))
     console.print(f"wrote {', '.join(str(p) for p in [out / 'results.jsonl', *paths.values()])} "
                   f"in {time.perf_counter() - t0:.1f} s")
+
+
+def _scans(text: str | None) -> dict:
+    if text is None:
+        return {}
+    names = {t.strip() for t in text.split(",") if t.strip()} - {"none"}
+    unknown = sorted(names - {"nc", "cd", "ibau"})
+    if unknown:
+        raise DormantError(f"--scans: unknown defense {unknown[0]!r}; use nc, cd, ibau or none")
+    return {k: (k in names, "scans") for k in ("nc", "cd", "ibau")}
 
 
 def _backdoor_line(r: dict) -> str:

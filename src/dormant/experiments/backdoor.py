@@ -250,6 +250,8 @@ def _hparams(spec: BackdoorSpec, v: Victim, method: str, condition: str, rows: d
     drop = ref["forget_acc_before"] - ref["forget_acc_after"]
     before = scan.forget_acc(v.poisoned, v.control, poisoned=True)
     hp["stop_acc"] = before - drop
+    steps = make_hparams(method, spec.hparams.get(method, {})).steps
+    hp["steps"] = max(steps, round(steps * spec.match_budget))
     return hp, round(drop, 4)
 
 

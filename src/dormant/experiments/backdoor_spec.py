@@ -86,6 +86,9 @@ class BackdoorSpec(BaseModel):
     request: int = Field(default=300, ge=1)
     strategy: str = "margin"
     strength_match: bool = True
+    match_budget: float = Field(default=4.0, ge=1.0)
+    """The strength-matched control may run this many times the attack's step budget to
+    reach the attack's drop in forget accuracy (it stops as soon as it does)."""
     baseline_ratio: float = Field(default=0.1, gt=0, lt=1)
     """Share of the training set poisoned by the BadNets and Blended baselines."""
     defenses: DefenseSpec = Field(default_factory=DefenseSpec)
