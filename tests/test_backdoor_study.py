@@ -61,6 +61,7 @@ def test_study_rows_matching_and_resume(study, monkeypatch, capsys):
     poisoned = [r for r in rows if r["condition"] in ("attack", "random-clean", "none")]
     assert len({(r["asr_before"], r["clean_acc_before"]) for r in poisoned}) == 1
     assert by["none", "none"]["asr_after"] == by["none", "none"]["asr_before"]
+    assert 50 < by["none", "none"]["ibau_clean_acc"] <= 100
     # the unpoisoned twin has no backdoor; the BadNets baseline has a strong one
     assert all(r["asr_before"] <= 5 for r in rows if r["condition"] == "unpoisoned")
     bad = by["none", "badnets"]

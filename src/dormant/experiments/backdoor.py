@@ -263,7 +263,7 @@ def _run_cell(spec, v: Victim, scan: Scanner, cell: dict, rows: dict, cache, pro
         before = scan.before("poisoned" if condition == "none" else condition, model, trigger)
         after = {k.replace("_before", "_after"): val for k, val in before.items()
                  if k.endswith("_before")}
-        out = {**before, **after, "ibau_asr": scan.ibau(model, trigger),
+        out = {**before, **after, **scan.ibau(model, trigger),
                "matched_drop": None, "artefact_after": before["artefact_before"]}
         if trigger is not None:
             out.update(trigger=trigger.kind, amplitude=trigger.amplitude)
@@ -279,5 +279,5 @@ def _run_cell(spec, v: Victim, scan: Scanner, cell: dict, rows: dict, cache, pro
     unlearn_s = time.perf_counter() - t0
     after = scan.after(f"{condition}-{method}", model)
     after["forget_acc_after"] = scan.forget_acc(model, forget, poisoned)
-    return {**before, **after, "ibau_asr": scan.ibau(model, None), "matched_drop": matched,
+    return {**before, **after, **scan.ibau(model, None), "matched_drop": matched,
             "hparams": hp, "unlearn_seconds": round(unlearn_s, 3)}

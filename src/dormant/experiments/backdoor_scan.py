@@ -93,14 +93,16 @@ class Scanner:
                  "cd_inputs_poisoned": triggered[:SHOWN].cpu(),
                  "cd_masks_poisoned": m_bad[:SHOWN]})
 
-    def ibau(self, model: nn.Module, trigger: Trigger | None) -> float | None:
-        """ASR left after I-BAU mitigates ``model`` with the defender's clean images."""
+    def ibau(self, model: nn.Module, trigger: Trigger | None) -> dict:
+        """ASR and clean accuracy left after I-BAU mitigates ``model`` with the defender's
+        clean images."""
         if not self.d.ibau:
-            return None
+            return {"ibau_asr": None, "ibau_clean_acc": None}
         cfg = IBAUConfig(rounds=self.d.ibau_rounds)
         fixed = ibau(model, self.x_def, self.y_def, torch.arange(len(self.y_def)), cfg,
                      seed=self.v.seed)
-        return self._metrics(fixed, trigger or self.trigger)["asr"]
+        m = self._metrics(fixed, trigger or self.trigger)
+        return {"ibau_asr": m["asr"], "ibau_clean_acc": m["clean_acc"]}
 
     def _scan(self, name: str, model: nn.Module, trigger: Trigger | None, when: str) -> dict:
         trigger = trigger or self.trigger
