@@ -71,9 +71,18 @@ def test_spec_takes_scalars_or_lists_and_refuses_an_empty_grid():
 
 
 def test_every_config_in_the_repo_is_a_valid_study():
+    from dormant.experiments import BackdoorSpec
+    from dormant.unlearn import make_hparams
+
     files = sorted(CONFIGS.glob("*.yaml"))
-    assert len(files) >= 2
+    assert len(files) >= 4
     for f in files:
+        if "backdoor" in f.name:
+            spec = BackdoorSpec(**yaml.safe_load(f.read_text()))
+            assert spec.attack().poison.per_class >= 1 and len(spec.seeds) == 3, f
+            for method, hp in spec.hparams.items():
+                make_hparams(method, hp)
+            continue
         spec = RelearnSpec(**yaml.safe_load(f.read_text()))
         assert len(resolve(spec)) >= 5, f
 

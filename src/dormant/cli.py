@@ -27,6 +27,12 @@ Download = Annotated[bool, typer.Option(help="let torchvision download the datas
 TrainSize = Annotated[int | None, typer.Option(help="seeded stratified subset of the train set")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="model name (default: per dataset)")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda")]
+StudyFile = Annotated[Path | None, typer.Argument(help="YAML study file; flags override it")]
+StudyDataset = Annotated[str | None, typer.Option(help="dataset (see dormant demo --help)")]
+StudyDownload = Annotated[bool | None, typer.Option(help="let torchvision download")]
+TestSize = Annotated[int | None, typer.Option(help="seeded stratified test subset")]
+Methods = Annotated[str | None, typer.Option(help="comma-separated method names")]
+Seeds = Annotated[str | None, typer.Option(help="e.g. 0,1,2")]
 Forget = Annotated[str | None, typer.Option(
     "--forget", help="random:N, class:C, class:C:atypical:F, class:C:typical:F, canary:N, "
     "ids:PATH (default: per dataset)")]
@@ -183,18 +189,18 @@ def demo(
 
 @app.command("relearn")
 def relearn_cmd(
-    study: Annotated[Path | None, typer.Argument(help="YAML study file; flags override it")] = None,
-    dataset: Annotated[str | None, typer.Option(help="dataset (see dormant demo --help)")] = None,
+    study: StudyFile = None,
+    dataset: StudyDataset = None,
     data_root: DataRoot = None,
-    download: Annotated[bool | None, typer.Option(help="let torchvision download")] = None,
+    download: StudyDownload = None,
     train_size: TrainSize = None,
-    test_size: Annotated[int | None, typer.Option(help="seeded stratified test subset")] = None,
+    test_size: TestSize = None,
     model: ModelOpt = None,
     forget: Forget = None,
     cscores: Annotated[Path | None, typer.Option(help="C-score .npz for atypical sets")] = None,
-    methods: Annotated[str | None, typer.Option(help="comma-separated method names")] = None,
+    methods: Methods = None,
     k: Annotated[str | None, typer.Option(help="leaked examples, e.g. 0,5")] = None,
-    seeds: Annotated[str | None, typer.Option(help="e.g. 0,1,2")] = None,
+    seeds: Seeds = None,
     relearn_sets: Annotated[str | None, typer.Option(
         help="comma-separated: retain, forget-only, test, test+retain-class")] = None,
     train_steps: Annotated[int | None, typer.Option()] = None,
@@ -234,15 +240,15 @@ def relearn_cmd(
 
 @app.command("backdoor")
 def backdoor_cmd(
-    study: Annotated[Path | None, typer.Argument(help="YAML study file; flags override it")] = None,
-    dataset: Annotated[str | None, typer.Option(help="dataset (see dormant demo --help)")] = None,
+    study: StudyFile = None,
+    dataset: StudyDataset = None,
     data_root: DataRoot = None,
-    download: Annotated[bool | None, typer.Option(help="let torchvision download")] = None,
+    download: StudyDownload = None,
     train_size: TrainSize = None,
-    test_size: Annotated[int | None, typer.Option(help="seeded stratified test subset")] = None,
+    test_size: TestSize = None,
     model: ModelOpt = None,
-    methods: Annotated[str | None, typer.Option(help="comma-separated method names")] = None,
-    seeds: Annotated[str | None, typer.Option(help="e.g. 0,1,2")] = None,
+    methods: Methods = None,
+    seeds: Seeds = None,
     conditions: Annotated[str | None, typer.Option(
         help="comma-separated: attack, random-clean, unpoisoned, none, badnets, blended")] = None,
     trigger: Annotated[str | None, typer.Option(help="patch, blend, noise or sinusoid")] = None,

@@ -37,7 +37,7 @@ from dormant.experiments.prepare import cached_fit
 from dormant.experiments.profiles import profile_for
 from dormant.experiments.spec import override_recipe
 from dormant.models import ModelSpec, create_model
-from dormant.store import ModelCache, append_row, cache_key, read_rows
+from dormant.store import ModelCache, ResultsLog, cache_key
 from dormant.unlearn import (
     StoppableHparams,
     UnlearnContext,
@@ -189,22 +189,14 @@ def run_backdoor(
     """Run every missing cell of the study; returns all rows of ``out/results.jsonl``."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache = ModelCache(cache_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
-    rows = {r.get("cell"): r for r in read_rows(results)}
+    log = ResultsLog(out, on_row)
     ds = load_backdoor_data(spec, cache_dir)
     attack = check_spec(spec, ds)
     trigger = attack.poison.trigger
 
-    def emit(row: dict) -> None:
-        append_row(results, row)
-        rows[row["cell"]] = row
-        if on_row:
-            on_row(row)
-
     for seed in spec.seeds:
         cells = _seed_cells(spec, seed)
-        if all(c["cell"] in rows for c in cells):
+        if all(c["cell"] in log for c in cells):
             continue
         v = prepare_victim(spec, attack, ds, seed, cache, progress)
         scan = Scanner(spec, ds, v, out, progress)
@@ -212,17 +204,18 @@ def run_backdoor(
                   "target": spec.target, "strategy": spec.strategy,
                   "forget_size": len(v.request), "poisons": len(v.planted.poisons)}
         for c in cells:
-            if c["cell"] in rows:
+            if c["cell"] in log:
                 continue
             t0 = time.perf_counter()
             base = {**common, **c, "trigger": trigger.kind, "amplitude": trigger.amplitude}
             try:
-                row = _run_cell(spec, v, scan, c, rows, cache, progress)
+                row = _run_cell(spec, v, scan, c, log.rows, cache, progress)
             except Diverged as e:
-                emit({**base, "status": "failed", "error": f"unlearning diverged: {e}"})
+                log.emit({**base, "status": "failed", "error": f"unlearning diverged: {e}"})
                 continue
-            emit({**base, **row, "status": "ok", "seconds": round(time.perf_counter() - t0, 3)})
-    return read_rows(results)
+            log.emit({**base, **row, "status": "ok",
+                      "seconds": round(time.perf_counter() - t0, 3)})
+    return log.read()
 
 
 def _seed_cells(spec: BackdoorSpec, seed: int) -> list[dict]:

@@ -37,7 +37,7 @@ from dormant.experiments.profiles import Profile, profile_for
 from dormant.experiments.spec import RelearnSpec
 from dormant.metrics import aurc, l2_distance, recovery, tow
 from dormant.models import ModelSpec, create_model
-from dormant.store import ModelCache, append_row, cache_key, read_rows
+from dormant.store import ModelCache, ResultsLog, cache_key
 from dormant.unlearn import StoppableHparams, get_method, make_hparams, unlearn
 
 GRID_KEYS = {"methods", "hparams", "k", "seeds", "forget", "relearn_sets", "attack_lr",
@@ -121,18 +121,10 @@ def run_relearn(
     """Run every missing cell of the study; returns all rows of ``out/results.jsonl``."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache = ModelCache(cache_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
-    done = {r.get("cell") for r in read_rows(results)}
+    log = ResultsLog(out, on_row)
     ds = load_study_data(spec, cache_dir)
     pipelines = check_spec(spec, ds)
     profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
-
-    def emit(row: dict) -> None:
-        append_row(results, row)
-        done.add(row["cell"])
-        if on_row:
-            on_row(row)
 
     for seed in spec.seeds:
         for forget_text in forget_sets(spec, profile):
@@ -145,11 +137,11 @@ def run_relearn(
                                                                          s.hparams)
                              for s in pipe.stages]
                 missing = [c for c in _cells(spec, prep, pipe, stage_hps)
-                           if c["cell"] not in done]
+                           if c["cell"] not in log]
                 if missing:
                     _run_pipeline(spec, prep, probe, pipe, stage_hps, missing, cache, progress,
-                                  emit)
-    return read_rows(results)
+                                  log.emit)
+    return log.read()
 
 
 def _run_pipeline(spec, prep: Prepared, probe: Probe | None, pipe: Pipeline, stage_hps,

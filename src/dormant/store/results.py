@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from dormant.errors import DormantError
@@ -40,3 +41,26 @@ def read_rows(path: Path) -> list[dict]:
                 "(the other rows are kept and a rerun redoes only missing cells)"
             ) from None
     return rows
+
+
+class ResultsLog:
+    """A study's ``OUT/results.jsonl``: the rows already there by cell id, and ``emit`` to
+    append one as a cell finishes, so a rerun skips what is done."""
+
+    def __init__(self, out: Path, on_row: Callable[[dict], None] | None = None) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / "results.jsonl"
+        self.rows = {r.get("cell"): r for r in read_rows(self.path)}
+        self.on_row = on_row
+
+    def __contains__(self, cell: str) -> bool:
+        return cell in self.rows
+
+    def emit(self, row: dict) -> None:
+        append_row(self.path, row)
+        self.rows[row["cell"]] = row
+        if self.on_row:
+            self.on_row(row)
+
+    def read(self) -> list[dict]:
+        return read_rows(self.path)
