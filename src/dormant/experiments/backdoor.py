@@ -87,7 +87,7 @@ def check_spec(spec: BackdoorSpec, ds: Dataset) -> CleanUnlearningSpec:
     for t in baseline_triggers().values():
         t.check(ds.image_shape)
     for m in spec.methods:
-        get_method(m)
+        make_hparams(m, spec.method_hparams(m))
     # hparams of methods this run leaves out (e.g. --methods) are checked but not used
     for m, hp in spec.hparams.items():
         make_hparams(m, hp)
@@ -151,7 +151,7 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
 
 def _cell_key(spec: BackdoorSpec, method: str, condition: str, seed: int) -> str:
     return cache_key(spec=spec.model_dump(exclude=GRID_KEYS),
-                     hparams=spec.hparams.get(method, {}), method=method,
+                     hparams=spec.method_hparams(method), method=method,
                      condition=condition, seed=seed)
 
 
@@ -232,7 +232,7 @@ def _seed_cells(spec: BackdoorSpec, seed: int) -> list[dict]:
 
 def _hparams(spec: BackdoorSpec, v: Victim, method: str, condition: str, rows: dict,
              scan: Scanner) -> tuple[dict, float | None]:
-    hp = dict(spec.hparams.get(method, {}))
+    hp = spec.method_hparams(method)
     matchable = method != "retrain" and issubclass(get_method(method).hparams,
                                                    StoppableHparams)
     if condition != "random-clean" or not spec.strength_match or not matchable:
@@ -243,7 +243,7 @@ def _hparams(spec: BackdoorSpec, v: Victim, method: str, condition: str, rows: d
     drop = ref["forget_acc_before"] - ref["forget_acc_after"]
     before = scan.forget_acc(v.poisoned, v.control, poisoned=True)
     hp["stop_acc"] = before - drop
-    steps = make_hparams(method, spec.hparams.get(method, {})).steps
+    steps = make_hparams(method, hp).steps
     hp["steps"] = max(steps, round(steps * spec.match_budget))
     return hp, round(drop, 4)
 
