@@ -12,7 +12,8 @@ import yaml
 from dormant.attacks.clean_unlearning import is_clean
 from dormant.cli import main
 from dormant.experiments import BackdoorSpec
-from dormant.experiments.backdoor import check_spec, load_backdoor_data, prepare_victim
+from dormant.experiments.backdoor import check_spec, prepare_victim
+from dormant.experiments.prepare import load_study_data
 from dormant.metrics import auroc
 from dormant.store import ModelCache
 
@@ -98,7 +99,7 @@ def test_the_studys_requests_are_clean(study, monkeypatch, digits):
     untouched, correctly labelled, non-target images of the attacker's contribution."""
     path, cache, _ = study
     spec = BackdoorSpec(**STUDY)
-    ds = load_backdoor_data(spec, cache)
+    ds = load_study_data(spec, cache)
     attack = check_spec(spec, ds)
     v = prepare_victim(spec, attack, ds, 0, ModelCache(cache), None)
     for ids in (v.request, v.control):

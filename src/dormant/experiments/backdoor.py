@@ -24,7 +24,7 @@ from dormant.attacks.clean_unlearning import (
     random_request,
     select_request,
 )
-from dormant.data import Dataset, load_dataset, stratified_subset
+from dormant.data import Dataset
 from dormant.data.sources import default_cache_dir
 from dormant.engine import Diverged, Progress, Recipe, fit, resolve_device
 from dormant.experiments.backdoor_scan import Scanner
@@ -33,7 +33,7 @@ from dormant.experiments.backdoor_spec import (
     BackdoorSpec,
     baseline_triggers,
 )
-from dormant.experiments.prepare import cached_fit
+from dormant.experiments.prepare import cached_fit, load_study_data
 from dormant.experiments.profiles import profile_for
 from dormant.experiments.spec import override_recipe
 from dormant.models import ModelSpec, create_model
@@ -96,12 +96,6 @@ def check_spec(spec: BackdoorSpec, ds: Dataset) -> CleanUnlearningSpec:
     # the pool and poison budget are checked by planting once (cheap, no training)
     plant(ds.x_train, ds.y_train, attack, ds.num_classes, spec.seeds[0])
     return attack
-
-
-def load_backdoor_data(spec: BackdoorSpec, cache_dir: Path) -> Dataset:
-    ds = load_dataset(spec.dataset, root=spec.data_root, download=spec.download,
-                      cache_dir=cache_dir)
-    return stratified_subset(ds, spec.train_size, seed=0, n_test=spec.test_size)
 
 
 def _train(cache: ModelCache, mspec: ModelSpec, recipe: Recipe, x, y, ids, seed: int,
@@ -190,7 +184,7 @@ def run_backdoor(
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache = ModelCache(cache_dir)
     log = ResultsLog(out, on_row)
-    ds = load_backdoor_data(spec, cache_dir)
+    ds = load_study_data(spec, cache_dir)
     attack = check_spec(spec, ds)
     trigger = attack.poison.trigger
 

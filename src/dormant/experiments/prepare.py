@@ -59,7 +59,8 @@ class Prepared:
         return evaluate(self.oracle, self.x, self.y, self.split.leakable.to(self.x.device)).acc
 
 
-def load_study_data(spec: RelearnSpec, cache_dir: Path) -> Dataset:
+def load_study_data(spec, cache_dir: Path) -> Dataset:
+    """The study's data: any spec with dataset, data_root, download, train_size, test_size."""
     ds = load_dataset(spec.dataset, root=spec.data_root, download=spec.download,
                       cache_dir=cache_dir)
     return stratified_subset(ds, spec.train_size, seed=0, n_test=spec.test_size)
