@@ -10,46 +10,35 @@ from typing import Annotated
 import typer
 import yaml
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
+from dormant.cli_common import (  # noqa: F401 - re-exported option types
+    DataRoot,
+    Dataset,
+    Device,
+    Download,
+    Forget,
+    Methods,
+    ModelOpt,
+    Seeds,
+    StudyDataset,
+    StudyDownload,
+    StudyFile,
+    TestSize,
+    TrainSize,
+    _check_data_root,
+    _check_out,
+    _check_positive,
+    _numbers,
+    console,
+)
 from dormant.cli_progress import ProgressBars
+from dormant.cli_requests import register as register_requests
 from dormant.errors import DormantError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Test whether machine unlearning really removes what it claims to.")
-console = Console()
-
-Dataset = Annotated[str, typer.Option("--dataset", help="digits, mnist, fashion-mnist, cifar10, "
-                                      "cifar100, svhn, imagefolder:PATH or npz:PATH")]
-DataRoot = Annotated[Path | None, typer.Option(help="folder holding torchvision datasets")]
-Download = Annotated[bool, typer.Option(help="let torchvision download the dataset")]
-TrainSize = Annotated[int | None, typer.Option(help="seeded stratified subset of the train set")]
-ModelOpt = Annotated[str | None, typer.Option("--model", help="model name (default: per dataset)")]
-Device = Annotated[str, typer.Option(help="auto, cpu or cuda")]
-StudyFile = Annotated[Path | None, typer.Argument(help="YAML study file; flags override it")]
-StudyDataset = Annotated[str | None, typer.Option(help="dataset (see dormant demo --help)")]
-StudyDownload = Annotated[bool | None, typer.Option(help="let torchvision download")]
-TestSize = Annotated[int | None, typer.Option(help="seeded stratified test subset")]
-Methods = Annotated[str | None, typer.Option(help="comma-separated method names")]
-Seeds = Annotated[str | None, typer.Option(help="e.g. 0,1,2")]
-Forget = Annotated[str | None, typer.Option(
-    "--forget", help="random:N, class:C, class:C:atypical:F, class:C:typical:F, canary:N, "
-    "ids:PATH (default: per dataset)")]
-
-
-def _numbers(text: str | None, what: str, kind: type = int) -> list | None:
-    """A comma-separated flag value as a list of ``kind``; a bad item is one clear line."""
-    if text is None:
-        return None
-    try:
-        return [kind(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        example = "0,5" if kind is int else "1e-5,1e-4"
-        noun = "integers" if kind is int else "numbers"
-        raise DormantError(
-            f"--{what} takes comma-separated {noun}, e.g. {example}; got {text!r}"
-        ) from None
+register_requests(app)
 
 
 def _row_line(r: dict) -> str:
@@ -59,22 +48,6 @@ def _row_line(r: dict) -> str:
         return f"{head}  FAILED: {r['reason']}"
     return (f"{head}  forget {r['forget_acc']:5.1f} -> {r['forget_acc_attacked']:5.1f}"
             f"  (recovery {r['recovery']:+.1f})")
-
-
-def _check_data_root(data_root: Path | None) -> None:
-    if data_root is not None and not data_root.exists():
-        raise DormantError(f"--data-root {data_root} does not exist")
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise DormantError(f"--out {out} is a file; give a folder to write into")
-
-
-def _check_positive(**values: int | None) -> None:
-    for name, v in values.items():
-        if v is not None and v <= 0:
-            raise DormantError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
 
 
 def _spec(study: Path | None = None, *, kind: str = "relearn", nested: dict | None = None,
@@ -331,13 +304,22 @@ def train(
     forget: Annotated[str | None, typer.Option(help="canary:N plants N mislabelled images")] = None,
     seed: int = 0,
     device: Device = "auto",
+    store: Annotated[Path | None, typer.Option(help="also add the model to this store")] = None,
+    name: Annotated[str | None, typer.Option(help="its name in the store")] = None,
 ) -> None:
     """Train a model with the dataset's memorising recipe and save it (safetensors)."""
     from dormant.experiments.single import train_model
+    from dormant.requests import ModelStore
+    from dormant.requests.store import check_name
 
     _check_positive(steps=steps, train_size=train_size)
     _check_data_root(data_root)
     _check_out(out)
+    if (store is None) != (name is None):
+        raise DormantError("--store and --name go together: name the model the store keeps")
+    if store is not None:
+        check_name(name)
+        ModelStore(store, create=True)  # a folder that is not a store fails before training
     spec = _spec(dataset=dataset, data_root=str(data_root) if data_root else None,
                  download=download, train_size=train_size, model=model, forget=forget,
                  train_steps=steps, device=device)
@@ -345,6 +327,9 @@ def train(
         path, m = train_model(spec, out, seed=seed, progress=bars)
     console.print(f"saved {path}: fits {m['train_fit_acc']:.1f}% of train, "
                   f"test {m['test_acc']:.1f}%, {m['seconds']:.1f} s")
+    if store is not None:
+        v = ModelStore(store).add(name, path)
+        console.print(f"added to {store} as {name} v{v.version} (ledger row {v.seq})")
 
 
 @app.command("unlearn")

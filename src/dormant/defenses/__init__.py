@@ -16,9 +16,11 @@ from dormant.defenses.neural_cleanse import (
     mitigate,
     reverse_triggers,
 )
+from dormant.defenses.universal_targets import TargetedUAPConfig, targeted_success
 
 __all__ = ["NeuralCleanseConfig", "Reversed", "mad_outliers", "reverse_triggers"]
 __all__ += ["CognitiveDistillationConfig", "cd_flags", "cd_scores", "detection_auroc",
             "distil_masks"]
 __all__ += ["IBAUConfig", "NCMitigationConfig", "hypergradient", "ibau", "mitigate",
             "universal_perturbation"]
+__all__ += ["TargetedUAPConfig", "targeted_success"]

@@ -1,0 +1,124 @@
+"""Measure the differential backdoor check of ``dormant forget`` on the clean-unlearning attack.
+
+Detection: for each seed, the backdoor study's weakly poisoned MNIST ``cnn-small``
+(``configs/mnist-backdoor.yaml``) goes into a store, and the attacker's clean request is
+processed with ``dormant forget --method boundary_shrink`` (the study's budget). The check
+should flag the target class. False positives: the unpoisoned twin of seed 0 and ten seeded
+random clean requests of the same size, with the same method (and, with ``--retrain``, the
+default method too). Every request goes through the real CLI; the numbers come from the
+records it writes.
+
+    python scripts/measure_request_checks.py --data-root ../shared/datasets --out runs/checks
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from dormant.data import load_dataset
+from dormant.data.sources import default_cache_dir
+from dormant.experiments.backdoor import check_spec, prepare_victim
+from dormant.experiments.backdoor_spec import BackdoorSpec
+from dormant.experiments.prepare import load_study_data
+from dormant.store import ModelCache, save_checkpoint
+
+METHOD = ["--method", "boundary_shrink", "--hparam", "steps=15", "--hparam", "lr=1e-4"]
+
+
+def dormant(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "dormant", *args], check=True)
+
+
+def write_npz(path: Path, x: torch.Tensor, y: torch.Tensor, ds) -> str:
+    np.savez(path, x_train=x.cpu().numpy(), y_train=y.cpu().numpy(),
+             x_test=ds.x_test.numpy(), y_test=ds.y_test.numpy())
+    return f"npz:{path}"
+
+
+def add_model(store: Path, name: str, model, victim, dataset: str, work: Path) -> None:
+    fp = load_dataset(dataset, cache_dir=default_cache_dir()).fingerprint
+    ckpt = work / f"{name}.safetensors"
+    save_checkpoint(ckpt, model, victim.mspec, {"recipe": victim.recipe.to_dict(),
+                                                "seed": victim.seed, "data_fingerprint": fp})
+    dormant("store", "add", str(store), name, str(ckpt))
+
+
+def forget(store: Path, ref: str, dataset: str, ids: list[int], work: Path, tag: str,
+           method: list[str]) -> dict:
+    path = work / f"{tag}.ids"
+    path.write_text("\n".join(map(str, ids)) + "\n")
+    dormant("forget", "--store", str(store), "--model", ref, "--dataset", dataset, "--ids",
+            str(path), "--requester", "measure", "--reason", tag, "--device", "cpu", *method)
+    rows = [json.loads(p.read_text()) for p in (store / "requests").glob("*/record.json")]
+    rec = next(r for r in rows if r["reason"] == tag)
+    flags = {c["name"]: c["classes"] for c in rec["checks"] if c["name"] in
+             ("nc_shrink", "uap_jump")}
+    return {"tag": tag, "verdict": rec["verdict"], **flags,
+            "checks": {c["name"]: [round(c["value"], 3), c["status"]] for c in rec["checks"]},
+            "seconds": rec["durations"]["total"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-root", required=True)
+    ap.add_argument("--out", type=Path, default=Path("runs/request-checks"))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--clean", type=int, default=10, help="clean requests for the FP rate")
+    ap.add_argument("--retrain", action="store_true", help="FP also with the default method")
+    args = ap.parse_args()
+    cfg = yaml.safe_load(Path("configs/mnist-backdoor.yaml").read_text())
+    spec = BackdoorSpec(**{**cfg, "data_root": args.data_root, "device": "cpu",
+                           "conditions": ["attack", "unpoisoned"]})
+    ds = load_study_data(spec, default_cache_dir())
+    attack = check_spec(spec, ds)
+    cache = ModelCache(default_cache_dir())
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    log = args.out / "results.jsonl"
+    for seed in (int(s) for s in args.seeds.split(",")):
+        v = prepare_victim(spec, attack, ds, seed, cache, None)
+        work = args.out / f"seed{seed}"
+        work.mkdir(exist_ok=True)
+        data = write_npz(work / "poisoned.npz", v.planted.x, v.planted.y, ds)
+        store = work / "store"
+        if not store.exists():
+            add_model(store, "victim", v.poisoned, v, data, work)
+        r = forget(store, "victim@1", data, v.request.tolist(), work, f"attack-{seed}", METHOD)
+        results.append({"kind": "attack", "seed": seed, "target": spec.target, **r})
+        with log.open("a") as f:
+            f.write(json.dumps(results[-1]) + "\n")
+        if seed != 0:
+            continue
+        clean = write_npz(work / "clean.npz", v.x_clean, v.y_clean, ds)
+        cstore = work / "clean-store"
+        if not cstore.exists():
+            add_model(cstore, "clean", v.unpoisoned, v, clean, work)
+        methods = [("boundary_shrink", METHOD)] + ([("retrain", [])] if args.retrain else [])
+        for name, flags in methods:
+            for i in range(args.clean):
+                g = torch.Generator().manual_seed(1000 + i)
+                ids = torch.randperm(len(v.y_clean), generator=g)[: len(v.request)]
+                r = forget(cstore, "clean@1", clean, sorted(ids.tolist()), work,
+                           f"clean-{name}-{i}", flags)
+                results.append({"kind": "clean", "method": name, "seed": i, **r})
+                with log.open("a") as f:
+                    f.write(json.dumps(results[-1]) + "\n")
+    attacks = [r for r in results if r["kind"] == "attack"]
+    hit = sum(spec.target in set(r["nc_shrink"]) | set(r["uap_jump"]) for r in attacks)
+    print(f"detection: target flagged on {hit}/{len(attacks)} seeds")
+    for name in {r.get("method") for r in results if r["kind"] == "clean"}:
+        cl = [r for r in results if r["kind"] == "clean" and r["method"] == name]
+        fp = sum(bool(r["nc_shrink"] or r["uap_jump"]) for r in cl)
+        print(f"false positives ({name}): {fp}/{len(cl)} clean requests flag any class")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""``dormant forget``, ``dormant audit``, ``dormant store`` and ``dormant ledger``: deletion
+requests as a platform team runs them, over ``dormant.requests``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from dormant.cli_common import DataRoot, Device, TrainSize, _check_data_root, _check_out, console
+from dormant.cli_progress import ProgressBars
+from dormant.errors import DormantError
+
+store_app = typer.Typer(no_args_is_help=True, help="The model store: add and list versions.")
+ledger_app = typer.Typer(no_args_is_help=True,
+                         help="The tamper-evident ledger: verify, head, show, export.")
+
+StoreDir = Annotated[Path, typer.Option("--store", help="model store folder")]
+LedgerOpt = Annotated[Path | None, typer.Option(
+    "--ledger", help="ledger file (default: the store's ledger.sqlite)")]
+DataName = Annotated[str, typer.Option("--dataset", help="the dataset the model was trained on")]
+Ids = Annotated[Path, typer.Option("--ids", help="training ids to delete: text or .npy")]
+PolicyOpt = Annotated[Path | None, typer.Option("--policy", help="policy YAML (thresholds)")]
+LedgerArg = Annotated[Path, typer.Argument(help="a ledger.sqlite, or a store folder")]
+
+
+def _dataset(dataset: str, data_root: Path | None, train_size: int | None):
+    from dormant.data.sources import default_cache_dir
+    from dormant.experiments.prepare import load_study_data
+    from dormant.experiments.spec import RelearnSpec
+
+    _check_data_root(data_root)
+    if train_size is not None and train_size <= 0:
+        raise DormantError(f"--train-size must be a positive integer, got {train_size}")
+    spec = RelearnSpec(dataset=dataset, data_root=str(data_root) if data_root else None,
+                       train_size=train_size)
+    return load_study_data(spec, default_cache_dir())
+
+
+def _hparams(items: list[str] | None) -> dict:
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise DormantError(f"--hparam takes key=value, e.g. steps=200; got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _open_ledger(path: Path):
+    from dormant.requests import Ledger
+
+    if path.is_dir():
+        path = path / "ledger.sqlite"
+    return Ledger(path, create=False)
+
+
+def _summary(rec: dict) -> Table:
+    t = Table(title=f"verdict: {rec['verdict'].upper()}"
+                    f"{'  (promoted)' if rec['promoted'] else '  (not promoted)'}")
+    for col in ("check", "value", "warn", "fail", "status", "detail"):
+        t.add_column(col, justify="right" if col in ("value", "warn", "fail") else "left")
+    style = {"pass": "green", "warn": "yellow", "fail": "red"}
+    for c in rec["checks"]:
+        t.add_row(c["name"], _num(c["value"]), _num(c["warn"]), _num(c["fail"]),
+                  f"[{style[c['status']]}]{c['status']}[/]", c["detail"])
+    return t
+
+
+def _num(v) -> str:
+    return "-" if v is None or v != v else f"{v:.3g}"
+
+
+def forget(
+    store: StoreDir,
+    model: Annotated[str, typer.Option("--model", help="NAME or NAME@VERSION in the store")],
+    ids: Ids,
+    requester: Annotated[str, typer.Option(help="who asked for the deletion")],
+    reason: Annotated[str, typer.Option(help="why, in a few words")],
+    dataset: DataName = "digits",
+    data_root: DataRoot = None,
+    train_size: TrainSize = None,
+    method: Annotated[str | None, typer.Option(
+        help="unlearning method (default: retrain, the most tamper-resistant)")] = None,
+    hparam: Annotated[list[str] | None, typer.Option(
+        help="a method hyper-parameter, key=value; repeat it")] = None,
+    policy: PolicyOpt = None,
+    accept_warnings: Annotated[bool, typer.Option(
+        help="promote a new version whose verdict is warn")] = False,
+    ledger: LedgerOpt = None,
+    seed: int = 0,
+    device: Device = "auto",
+) -> None:
+    """Process one deletion request: record, unlearn, check, judge, record the outcome."""
+    from dormant.data.forget import read_ids
+    from dormant.requests import (
+        DEFAULT_METHOD,
+        ModelStore,
+        Request,
+        load_policy,
+        parse_ref,
+        process_request,
+    )
+    from dormant.requests.forget import method_hparams
+
+    name, version = parse_ref(model)
+    pol = load_policy(policy)
+    method = method or DEFAULT_METHOD
+    hp = _hparams(hparam)
+    method_hparams(method, hp)  # a bad method or hyper-parameter fails before any data loads
+    st = ModelStore(store, ledger)
+    st.resolve(name, version)
+    ds = _dataset(dataset, data_root, train_size)
+    req = Request(name, read_ids(ids, len(ds.y_train)), requester, reason, version, method, hp,
+                  accept_warnings, seed)
+    with ProgressBars(console) as bars:
+        rec, out = process_request(
+            st, ds, req, pol, device=device, progress=bars,
+            on_stage=lambda s: bars.bars.console.print(s),
+            on_wait=lambda: bars.bars.console.print(
+                f"waiting for the store lock ({store / '.lock'}): another request is running"))
+    console.print(_summary(rec))
+    to = f"v{rec['to_version']}"
+    console.print(f"request {rec['request_id']}: {rec['model']} v{rec['from_version']} -> {to} "
+                  f"({'promoted' if rec['promoted'] else 'kept, not promoted'}: "
+                  f"{rec['promotion_reason']}) in {rec['durations']['total']:.1f} s; "
+                  f"report {out / 'report.html'}")
+
+
+def audit(
+    original: Annotated[Path, typer.Option(help="the model before unlearning (.safetensors)")],
+    unlearned: Annotated[Path, typer.Option(help="the model after unlearning (.safetensors)")],
+    ids: Ids,
+    dataset: DataName = "digits",
+    data_root: DataRoot = None,
+    train_size: TrainSize = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="architecture of plain state dicts, e.g. cnn-small")] = None,
+    policy: PolicyOpt = None,
+    ledger: Annotated[Path | None, typer.Option(help="also record the audit in this ledger")]
+    = None,
+    out: Annotated[Path | None, typer.Option(help="report folder")] = None,
+    seed: int = 0,
+    device: Device = "auto",
+) -> None:
+    """Check a model unlearned elsewhere: the same checks, verdict and report as forget."""
+    from dormant.data.forget import read_ids
+    from dormant.requests import Ledger, load_policy
+    from dormant.requests import audit as run_audit
+
+    pol = load_policy(policy)
+    for p in (original, unlearned):
+        if not p.is_file():
+            raise DormantError(f"checkpoint {p} does not exist; check the path")
+    out = out or Path("runs") / f"audit-{time.strftime('%Y%m%d-%H%M%S')}"
+    _check_out(out)
+    book = Ledger(ledger) if ledger is not None else None
+    ds = _dataset(dataset, data_root, train_size)
+    forget_ids = read_ids(ids, len(ds.y_train))
+    with ProgressBars(console) as bars:
+        rec = run_audit(original, unlearned, ds, forget_ids, pol, out, arch=model,
+                        device=device, seed=seed, ledger=book, progress=bars)
+    console.print(_summary(rec))
+    console.print(f"audit verdict {rec['verdict']}; report {out / 'report.html'}")
+
+
+@store_app.command("add")
+def store_add(
+    store: Annotated[Path, typer.Argument(help="store folder (created if new)")],
+    name: Annotated[str, typer.Argument(help="the model's name in the store")],
+    checkpoint: Annotated[Path, typer.Argument(help="a .safetensors checkpoint")],
+    arch: Annotated[str | None, typer.Option(
+        help="architecture of a plain state dict, e.g. cnn-small")] = None,
+    ledger: LedgerOpt = None,
+) -> None:
+    """Add a checkpoint as NAME's next version (promoted)."""
+    from dormant.requests import ModelStore
+
+    v = ModelStore(store, ledger, create=True).add(name, checkpoint, arch=arch)
+    console.print(f"added {name} v{v.version} ({v.sha256[:12]}) at ledger row {v.seq}")
+
+
+@store_app.command("list")
+def store_list(store: Annotated[Path, typer.Argument(help="store folder")],
+               ledger: LedgerOpt = None) -> None:
+    """Every model and version in a store, with the promoted ones marked."""
+    from dormant.requests import ModelStore
+
+    st = ModelStore(store, ledger)
+    t = Table(title=f"store {store}")
+    for col in ("model", "version", "promoted", "from", "request", "sha256"):
+        t.add_column(col)
+    for name in st.models():
+        for v in st.versions(name):
+            t.add_row(name, f"v{v.version}", "yes" if v.promoted else "no",
+                      "-" if v.from_version is None else f"v{v.from_version}",
+                      v.request_id or "-", v.sha256[:12])
+    console.print(t)
+
+
+@ledger_app.command("verify")
+def ledger_verify(
+    ledger: LedgerArg,
+    store: Annotated[Path | None, typer.Option(help="re-hash the checkpoints the rows name")]
+    = None,
+    expect_head: Annotated[str | None, typer.Option(help="the head hash you kept elsewhere")]
+    = None,
+) -> None:
+    """Re-walk the hash chain (and the checkpoints); exit 1 at the first bad row."""
+    book = _open_ledger(ledger)
+    if store is None and ledger.is_dir():
+        store = ledger
+    r = book.verify(expect_head=expect_head, store=store)
+    if not r.ok:
+        console.print(f"[red]FAILED[/] at row {r.bad_seq}: {r.problem}", highlight=False)
+        raise typer.Exit(1)
+    note = f"; {r.note}" if r.note else ""
+    console.print(f"ok: {r.rows} rows, chain intact, head {r.head}, {r.files_checked} "
+                  f"checkpoint(s) re-hashed{note}", highlight=False)
+
+
+@ledger_app.command("head")
+def ledger_head(ledger: LedgerArg) -> None:
+    """Print the head hash: keep it elsewhere and pass it to verify --expect-head."""
+    print(_open_ledger(ledger).head() or "")
+
+
+@ledger_app.command("show")
+def ledger_show(ledger: LedgerArg,
+                model: Annotated[str | None, typer.Option(help="only this model")] = None
+                ) -> None:
+    """Every row, with each request's checks and the drift since the model's first version."""
+    from dormant.requests.history import history_rows
+
+    t = Table(title=f"ledger {ledger}")
+    cols = ("row", "time", "kind", "model", "request", "versions", "ids", "method", "verdict",
+            "promoted", "test", "drift")
+    for col in cols:
+        t.add_column(col, justify="right" if col in ("row", "ids", "test", "drift") else "left")
+    for r in history_rows(_open_ledger(ledger), model):
+        t.add_row(*(r[c] for c in cols))
+    # twelve columns need more than 80: a narrow terminal wraps lines rather than hiding cells
+    Console(width=max(console.width, 132)).print(t)
+    console.print("test: test accuracy after the row's request; drift: its change since the "
+                  "model's first version (points)")
+
+
+@ledger_app.command("export")
+def ledger_export(
+    ledger: LedgerArg,
+    format: Annotated[str, typer.Option("--format", help="json or csv")] = "json",
+    out: Annotated[Path | None, typer.Option(help="file to write (default: stdout)")] = None,
+) -> None:
+    """Every row for auditors, as JSON or CSV."""
+    from dormant.store.files import atomic_write_text
+
+    text = _open_ledger(ledger).export(format)
+    if out is None:
+        print(text)
+    else:
+        atomic_write_text(out, text)
+        console.print(f"wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("forget")(forget)
+    app.command("audit")(audit)
+    app.add_typer(store_app, name="store")
+    app.add_typer(ledger_app, name="ledger")

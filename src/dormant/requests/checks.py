@@ -1,0 +1,194 @@
+"""The measurements taken before and after a deletion request: utility, forgetting, the
+relearning attack on the new model, and the differential backdoor profile of both models.
+
+Everything here measures; nothing judges (that is ``policy.judge``). The result is the
+``measurements`` record every part of the request pipeline agrees on: plain floats and lists,
+``None`` where a number cannot exist (a class every defender image already goes to).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from dormant.attacks import RelearnConfig, RelearnData, relearn
+from dormant.defenses.neural_cleanse import NeuralCleanseConfig, reverse_triggers
+from dormant.defenses.universal_targets import TargetedUAPConfig, targeted_success
+from dormant.engine import Progress, Recipe, evaluate
+from dormant.errors import DormantError
+from dormant.metrics import aurc, recovery, svc_mia_auc
+
+DIGITS = 4  # rounding of the record: far below any threshold, and stable across runs
+
+
+@dataclass(frozen=True)
+class CheckBudget:
+    """What the checks spend. The defaults are sized for a CPU and small images (a request on
+    MNIST ``cnn-small`` checks in minutes); a policy raises them for real models.
+
+    ``relearn_*``: the relearning attack on the new model (Adam with cosine decay to lr / 10,
+    as the seed paper's attack; 100 steps instead of its 3,910). ``leaked_k``: the k-leaked
+    variant (0 disables it). ``defender_images``: the clean test images the backdoor checks
+    use (Neural Cleanse with ``nc_epochs``/``nc_batch``, the universal perturbations with
+    ``uap_eps``/``uap_steps``). ``mia_size``: the most test images the MIA scores against."""
+
+    relearn_steps: int = 100
+    relearn_lr: float = 1e-4
+    relearn_batch: int = 128
+    leaked_k: int = 5
+    eval_every: int = 10
+    defender_images: int = 200
+    nc_epochs: int = 30
+    nc_batch: int = 32
+    uap_eps: float = 0.1
+    uap_steps: int = 100
+    mia_size: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("relearn_steps", "relearn_batch", "eval_every", "nc_epochs", "nc_batch",
+                     "uap_steps", "mia_size"):
+            if getattr(self, name) < 1:
+                raise DormantError(f"check budget: {name} must be at least 1")
+        if self.relearn_lr <= 0:
+            raise DormantError("check budget: relearn_lr must be positive")
+        if self.leaked_k < 0:
+            raise DormantError("check budget: leaked_k must be >= 0 (0 disables the variant)")
+        if self.defender_images < 2:
+            raise DormantError("check budget: defender_images must be at least 2")
+        if not 0.0 <= self.uap_eps <= 1.0:
+            raise DormantError(f"check budget: uap_eps is an L-inf budget in [0, 1], "
+                               f"got {self.uap_eps}")
+
+
+@dataclass(frozen=True)
+class RequestData:
+    """The tensors of one request: training images (uint8, on the device) and labels, the
+    test set, and id sets into the training images. ``heldout``: where forget accuracy and
+    the MIA are measured; ``leakable``: what the k-leaked attacker may add; ``retain``: ids
+    never deleted, the attacker's fine-tuning set. ``recipe`` is the original's training
+    recipe (the attack reuses its augmentation)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    heldout: torch.Tensor
+    leakable: torch.Tensor
+    retain: torch.Tensor
+    recipe: Recipe
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if len(self.heldout) == 0:
+            raise DormantError("the request has no held-out ids to measure forgetting on")
+        if len(self.retain) == 0:
+            raise DormantError("the request leaves no retained ids to fine-tune on")
+        if len(self.y_test) < 2:
+            raise DormantError("the checks need at least 2 test images")
+
+
+def _num(v: float) -> float | None:
+    return None if math.isnan(v) else round(float(v), DIGITS)
+
+
+def _pick(n: int, size: int, seed: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size]
+
+
+def backdoor_profile(model: nn.Module, data: RequestData, budget: CheckBudget, *,
+                     progress: Progress | None = None) -> dict:
+    """Per class: Neural Cleanse's reversed-trigger L1 norm and the targeted universal
+    perturbation's success (percent), on a seeded pick of ``defender_images`` clean test
+    images. It depends only on the model and the budget, so a caller may cache it per model
+    version."""
+    ids = _pick(len(data.y_test), budget.defender_images, budget.seed).to(data.x_test.device)
+    nc = reverse_triggers(model, data.x_test, data.y_test, ids, data.num_classes,
+                          NeuralCleanseConfig(epochs=budget.nc_epochs,
+                                              batch_size=budget.nc_batch),
+                          seed=budget.seed, progress=progress)
+    uap = targeted_success(model, data.x_test, ids, data.num_classes,
+                           TargetedUAPConfig(eps=budget.uap_eps, steps=budget.uap_steps),
+                           seed=budget.seed, progress=progress)
+    return {"nc_norms": [_num(v) for v in nc.norms.tolist()],
+            "uap_success": [_num(v) for v in uap.tolist()]}
+
+
+def model_state(model: nn.Module, data: RequestData, budget: CheckBudget, *,
+                profile: dict | None = None, progress: Progress | None = None) -> dict:
+    """Retain, test and held-out forget accuracy (percent), the SVC MIA AUC of the held-out
+    ids against unseen test images, and the backdoor profile (computed unless given)."""
+    # the MIA scores against a seeded pick of test images; the SVC learns "unseen" from the
+    # other test images, so no test image is both a shadow and a scored one
+    n_test = len(data.y_test)
+    perm = _pick(n_test, n_test, budget.seed).to(data.x_test.device)
+    n_eval = min(budget.mia_size, n_test // 2)
+    mia = svc_mia_auc(model, data.x, data.y, data.retain, data.x_test, data.y_test,
+                      perm[n_eval:], data.heldout, perm[:n_eval], seed=budget.seed)
+    if profile is None:
+        profile = backdoor_profile(model, data, budget, progress=progress)
+    return {
+        "retain_acc": _num(evaluate(model, data.x, data.y, data.retain).acc),
+        "test_acc": _num(evaluate(model, data.x_test, data.y_test).acc),
+        "forget_acc": _num(evaluate(model, data.x, data.y, data.heldout).acc),
+        "mia_auc": _num(mia),
+        "nc_norms": list(profile["nc_norms"]),
+        "uap_success": list(profile["uap_success"]),
+    }
+
+
+def _attack(model: nn.Module, data: RequestData, budget: CheckBudget, leaked: torch.Tensor,
+            start: float, start_test: float, progress: Progress | None) -> dict:
+    heldout = data.heldout.to(data.x.device)
+    rdata = RelearnData.build("retain", data.x, data.y, data.x_test, data.y_test, data.retain,
+                              leaked, heldout, torch.unique(data.y[heldout]))
+    cfg = RelearnConfig(k=len(leaked), steps=budget.relearn_steps, lr=budget.relearn_lr,
+                        final_lr=budget.relearn_lr / 10, batch_size=budget.relearn_batch,
+                        eval_every=budget.eval_every, test_every=budget.relearn_steps)
+    _, curve = relearn(model, rdata, cfg, data.recipe, seed=budget.seed, progress=progress)
+    # recovery as in the study: the attack's best point (steps >= 1) minus the start
+    return {
+        "k": len(leaked),
+        "steps": [0, *curve.steps],
+        "forget_acc": [_num(start), *map(_num, curve.forget_acc)],
+        "test_steps": [0, *curve.test_steps],
+        "test_acc": [_num(start_test), *map(_num, curve.test_acc)],
+        "start": _num(start),
+        "best": _num(curve.best),
+        "recovery": _num(recovery(start, curve.best)),
+        "aurc": _num(aurc(curve.steps, curve.forget_acc, start)),
+    }
+
+
+def tamper_test(model: nn.Module, data: RequestData, budget: CheckBudget, *,
+                progress: Progress | None = None) -> dict:
+    """The relearning attack on ``model``: retain-only (``"k0"``) and, unless ``leaked_k`` is
+    0, with the first ``leaked_k`` of a seeded permutation of the leakable ids added (key
+    ``f"k{leaked_k}"``). With fewer leakable ids than ``leaked_k`` all of them are used, and
+    the block's ``"k"`` says how many; with none, the leaked attack is the retain-only one."""
+    start = evaluate(model, data.x, data.y, data.heldout).acc
+    start_test = evaluate(model, data.x_test, data.y_test).acc
+    k0 = _attack(model, data, budget, data.heldout[:0], start, start_test, progress)
+    out = {"k0": k0}
+    if budget.leaked_k > 0:
+        perm = _pick(len(data.leakable), budget.leaked_k, budget.seed).to(data.leakable.device)
+        leaked = data.leakable[perm]
+        out[f"k{budget.leaked_k}"] = k0 if len(leaked) == 0 else _attack(
+            model, data, budget, leaked, start, start_test, progress)
+    return out
+
+
+def run_checks(old: nn.Module, new: nn.Module, data: RequestData, budget: CheckBudget, *,
+               old_profile: dict | None = None, progress: Progress | None = None) -> dict:
+    """The full measurement record of a request: both models' state, the attack on the new
+    one, and the budget spent. ``old_profile`` is the old model's cached backdoor profile."""
+    return {
+        "before": model_state(old, data, budget, profile=old_profile, progress=progress),
+        "after": model_state(new, data, budget, progress=progress),
+        "tamper": tamper_test(new, data, budget, progress=progress),
+        "budget": dataclasses.asdict(budget),
+    }

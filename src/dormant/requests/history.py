@@ -1,0 +1,43 @@
+"""The ledger as a history: one line per row, and for each request the test accuracy of the
+version it made and the cumulative drift since the model's first version."""
+
+from __future__ import annotations
+
+from dormant.requests.ledger import Ledger
+
+
+def _fmt(v: float | None, sign: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{v:+.1f}" if sign else f"{v:.1f}"
+
+
+def history_rows(ledger: Ledger, model: str | None = None) -> list[dict]:
+    """Rows as display strings; ``drift`` follows each version's lineage back to its root
+    (the model as added), whose test accuracy the lineage's first request measured."""
+    made: dict[tuple[str, int], tuple[int | None, float, float]] = {}
+    out = []
+    for e in ledger.entries(model=model):
+        p = e.payload
+        row = {"row": str(e.seq), "time": e.ts[5:19].replace("T", " "),
+               "kind": e.kind.removeprefix("request-"), "model": e.model or "-",
+               "request": (e.request_id or "-")[:8], "versions": "-",
+               "ids": "-", "method": "-", "verdict": "-", "promoted": "-", "test": "-",
+               "drift": "-"}
+        if e.kind == "model-added":
+            row["versions"] = f"v{p['version']}"
+        elif e.kind in ("request-started", "request-finished"):
+            row.update(versions=f"v{p['from_version']} -> v{p['to_version']}",
+                       ids=str(len(p["ids"])), method=p["method"])
+        if e.kind in ("request-finished", "audit"):
+            m = p["measurements"]
+            before, after = m["before"]["test_acc"], m["after"]["test_acc"]
+            root = before
+            if e.kind == "request-finished":
+                src = made.get((e.model, p["from_version"]))
+                root = src[1] if src is not None else before
+                made[(e.model, p["to_version"])] = (p["from_version"], root, after)
+            row.update(verdict=p["verdict"], test=_fmt(after), drift=_fmt(after - root, True),
+                       promoted="yes" if p.get("promoted") else "no")
+        out.append(row)
+    return out

@@ -1,0 +1,340 @@
+"""The per-request report: ``report.html`` (self-contained) and ``report.md`` from one request
+record, with ``recovery.png`` (the tamper test's recovery curves) and ``nc_norms.png`` (the
+differential backdoor check, per class, before vs after)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from dormant.report.figures import _placeholder, _save, plt
+from dormant.report.html import Block, to_html, to_markdown
+from dormant.report.tables import Table
+from dormant.store.files import atomic_write_text
+
+# (measurement key, label, decimals): accuracies in percent, the MIA AUC in [0, 1]
+UTILITY = [("retain_acc", "retain accuracy (%)", 1), ("test_acc", "test accuracy (%)", 1),
+           ("forget_acc", "held-out forget accuracy (%)", 1), ("mia_auc", "MIA AUC (SVC)", 3)]
+FLAG_CHECKS = {"nc_shrink": "Neural Cleanse norm shrank", "uap_jump": "UAP success jumped"}
+VERDICT_WORDS = {"pass": "every check is within the policy's thresholds",
+                 "warn": "some checks crossed their warning threshold",
+                 "fail": "some checks crossed their failure threshold"}
+_FLAG_COLOR = "#d62728"
+
+
+def _num(v) -> float:
+    """A float, NaN for absent values; bools are not numbers here."""
+    if v is None or isinstance(v, bool | str):
+        return math.nan
+    return float(v)
+
+
+def _f(v, decimals: int = 1, signed: bool = False) -> str:
+    x = _num(v)
+    if math.isnan(x):
+        return "-"
+    return f"{x:+.{decimals}f}" if signed else f"{x:.{decimals}f}"
+
+
+def _g(v) -> str:
+    """A check's value or threshold: the scale varies (points, AUCs, ratios), so the decimals
+    follow the size."""
+    x = _num(v)
+    if math.isnan(x):
+        return "-"
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}" if abs(x) >= 1 else f"{x:.3f}"
+
+
+def _series(values) -> np.ndarray:
+    return np.array([_num(v) for v in values or []], dtype=np.float64)
+
+
+def _checks(record: dict) -> list[dict]:
+    return [c if isinstance(c, dict) else c.to_dict() for c in record.get("checks") or []]
+
+
+def flagged_classes(record: dict) -> dict[str, list[int]]:
+    """The classes each backdoor check flagged: ``{"nc_shrink": [...], "uap_jump": [...]}``."""
+    out = {name: [] for name in FLAG_CHECKS}
+    for c in _checks(record):
+        if c.get("name") in out:
+            out[c["name"]] += [int(k) for k in c.get("classes") or []]
+    return out
+
+
+def _tamper(m: dict) -> list[dict]:
+    """The tamper curves ordered by the number of leaked examples."""
+    entries = [t for t in (m.get("tamper") or {}).values() if isinstance(t, dict)]
+    return sorted(entries, key=lambda t: _num(t.get("k")))
+
+
+# ---- figures --------------------------------------------------------------------------------
+
+def recovery_figure(record: dict, path: Path) -> Path:
+    """Held-out forget accuracy along each tamper attack (solid), test accuracy along it
+    (dotted, where measured); dashed references at the forget accuracy before unlearning and
+    the unlearned model's test accuracy. A curve climbing to the upper line means the attack
+    brought the forgotten ids back."""
+    m = record.get("measurements") or {}
+    curves = [t for t in _tamper(m) if t.get("steps")]
+    if not curves:
+        return _placeholder(path, "no tamper test recorded")
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    cmap = plt.get_cmap("tab10")
+    for i, t in enumerate(curves):
+        steps, acc = _series(t["steps"]), _series(t.get("forget_acc"))
+        start = _num(t.get("start"))
+        # the curve starts where the unlearned model stood, unless step 0 is already there
+        if not math.isnan(start) and (len(steps) == 0 or steps[0] > 0):
+            steps, acc = np.r_[0.0, steps], np.r_[start, acc]
+        k = int(_num(t.get("k"))) if not math.isnan(_num(t.get("k"))) else "?"
+        label = f"k = {k}" + (" (retain only)" if k == 0 else " leaked")
+        ax.plot(steps, acc, color=cmap(i % 10), lw=1.8, marker="o", ms=3,
+                label=f"forget, {label}")
+        if t.get("test_steps"):
+            ax.plot(_series(t["test_steps"]), _series(t.get("test_acc")), color=cmap(i % 10),
+                    lw=1.2, ls=":", label=f"test, {label}")
+    before = _num((m.get("before") or {}).get("forget_acc"))
+    test_after = _num((m.get("after") or {}).get("test_acc"))
+    if not math.isnan(before):
+        ax.axhline(before, color="grey", ls="--", lw=1.3,
+                   label=f"forget before unlearning ({before:.1f})")
+    if not math.isnan(test_after):
+        ax.axhline(test_after, color="black", ls="--", lw=1.3,
+                   label=f"test, unlearned model ({test_after:.1f})")
+    ax.set_xscale("symlog", linthresh=1)  # log steps like the AURC, with step 0 kept
+    ax.set_xlim(left=0)
+    ax.set_xlabel("attack steps")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.set_title("tamper test: relearning attack on the unlearned model", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _padded(a: np.ndarray, k: int) -> np.ndarray:
+    """``a`` with NaN up to length ``k``: a side without measurements draws no bar."""
+    return np.r_[a, np.full(k - len(a), np.nan)]
+
+
+def _bars(ax, before: np.ndarray, after: np.ndarray, flagged: list[int], ylabel: str) -> None:
+    k = max(len(before), len(after))
+    x = np.arange(k)
+    ax.bar(x - 0.2, _padded(before, k), 0.4, color="#9ecae1", label="before")
+    colors = [_FLAG_COLOR if c in flagged else "#3182bd" for c in range(k)]
+    ax.bar(x + 0.2, _padded(after, k), 0.4, color=colors, label="after")
+    ax.set_xticks(x, [f"{c}*" if c in flagged else str(c) for c in range(k)],
+                  fontsize=8 if k <= 20 else 6, rotation=0 if k <= 20 else 90)
+    for label in ax.get_xticklabels():
+        if label.get_text().endswith("*"):
+            label.set_color(_FLAG_COLOR)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def nc_figure(record: dict, path: Path) -> Path:
+    """Per class, Neural Cleanse's reversed-trigger norm (top) and the targeted UAP success
+    (bottom), before vs after; flagged classes' after-bars in red and marked with *."""
+    m = record.get("measurements") or {}
+    b, a = m.get("before") or {}, m.get("after") or {}
+    norms = _series(b.get("nc_norms")), _series(a.get("nc_norms"))
+    uap = _series(b.get("uap_success")), _series(a.get("uap_success"))
+    if not any(len(s) for s in (*norms, *uap)):
+        return _placeholder(path, "no Neural Cleanse or UAP measurements recorded")
+    flags = flagged_classes(record)
+    k = max(len(s) for s in (*norms, *uap))
+    fig, axes = plt.subplots(2, 1, figsize=(min(24.0, max(7.0, 2.0 + 0.45 * k)), 6.4))
+    _bars(axes[0], *norms, flags["nc_shrink"], "NC trigger norm (mask L1)")
+    axes[0].set_title("Neural Cleanse per class (red * = norm shrank past the policy)",
+                      fontsize=10)
+    _bars(axes[1], *uap, flags["uap_jump"], "targeted UAP success (%)")
+    axes[1].set_title("targeted universal perturbation (red * = success jumped past the policy)",
+                      fontsize=10)
+    axes[1].set_ylim(0, 105)
+    axes[1].set_xlabel("class")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---- tables ---------------------------------------------------------------------------------
+
+def utility_table(m: dict) -> Table:
+    b, a = m.get("before") or {}, m.get("after") or {}
+    rows = [[label, _f(b.get(key), d), _f(a.get(key), d),
+             _f(_num(a.get(key)) - _num(b.get(key)), d, signed=True)]
+            for key, label, d in UTILITY]
+    return Table(["measure", "before", "after", "after − before"], rows)
+
+
+def tamper_table(m: dict) -> Table:
+    rows = []
+    for t in _tamper(m):
+        acc = _series(t.get("forget_acc"))
+        test = _series(t.get("test_acc"))
+        rows.append([_f(t.get("k"), 0), _f(t.get("start")), _f(t.get("best")),
+                     _f(acc[-1] if len(acc) else None), _f(t.get("recovery"), signed=True),
+                     _f(t.get("aurc"), signed=True), _f(test[-1] if len(test) else None),
+                     _f(max(_series(t.get("steps")), default=None), 0)])
+    return Table(["k leaked", "forget start", "forget best", "forget last", "recovery (points)",
+                  "AURC (points)", "test last", "steps"], rows)
+
+
+def checks_table(record: dict) -> Table:
+    rows = [[str(c.get("name", "?")), str(c.get("group", "")), _g(c.get("value")),
+             _g(c.get("warn")), _g(c.get("fail")), str(c.get("status", "-")).upper(),
+             ", ".join(map(str, c.get("classes") or [])) or "-", str(c.get("detail") or "")]
+            for c in _checks(record)]
+    return Table(["check", "group", "value", "warn at", "fail at", "status", "classes",
+                  "detail"], rows)
+
+
+def nc_table(record: dict) -> Table:
+    m = record.get("measurements") or {}
+    b, a = m.get("before") or {}, m.get("after") or {}
+    cols = [_series(b.get("nc_norms")), _series(a.get("nc_norms")),
+            _series(b.get("uap_success")), _series(a.get("uap_success"))]
+    flags = flagged_classes(record)
+    k = max(map(len, cols))
+    rows = []
+    for c, (nb, na, ub, ua) in enumerate(zip(*(_padded(s, k) for s in cols), strict=True)):
+        ratio = na / nb if nb > 0 else math.nan
+        names = [n for n, classes in flags.items() if c in classes]
+        rows.append([str(c), _f(nb, 2), _f(na, 2), _f(ratio, 2), _f(ub), _f(ua),
+                     _f(ua - ub, signed=True), ", ".join(names) or "-"])
+    return Table(["class", "NC norm before", "NC norm after", "after / before", "UAP before (%)",
+                  "UAP after (%)", "UAP after − before", "flagged by"], rows)
+
+
+def _pairs(d: dict | None, headers: list[str]) -> Table:
+    """Key/value lines; numbers (durations) with one decimal, anything else as text."""
+    return Table(headers, [[str(k), _f(v) if isinstance(v, int | float) or v is None else str(v)]
+                           for k, v in (d or {}).items()])
+
+
+# ---- text -----------------------------------------------------------------------------------
+
+def verdict_text(record: dict) -> str:
+    """The verdict in words: the worst status and the checks that set it."""
+    verdict = str(record.get("verdict") or "-")
+    checks = _checks(record)
+    text = f"Verdict: *{verdict.upper()}*"
+    if verdict in VERDICT_WORDS:
+        text += f", {VERDICT_WORDS[verdict]}"
+    parts = []
+    for status in ("fail", "warn"):
+        names = [str(c.get("name")) for c in checks if c.get("status") == status]
+        if names:
+            parts.append(f"{status}: " + ", ".join(f"`{n}`" for n in names))
+    return text + (" (" + "; ".join(parts) + ")." if parts else ".")
+
+
+def _hparams(hp: dict | None) -> str:
+    if not hp:
+        return "defaults"
+    show = lambda v: f"{v:g}" if isinstance(v, float) else str(v)  # noqa: E731
+    return ", ".join(f"`{k}={show(v)}`" for k, v in hp.items())
+
+
+def _ver(v) -> str:
+    return "-" if v is None else f"v{v}"
+
+
+def title(record: dict) -> str:
+    rid = record.get("request_id")
+    if record.get("kind") == "audit":
+        return "Audit" + (f" {rid}" if rid else "")
+    return f"Deletion request {rid or '?'}"
+
+
+def header_blocks(record: dict) -> list[Block]:
+    audit = record.get("kind") == "audit"
+    model = record.get("model")
+    if audit:
+        files = record.get("files") or {}
+        what = (f"Audit of `{files.get('unlearned', '?')}` (unlearned) against "
+                f"`{files.get('original', '?')}` (original)"
+                + (f", model `{model}`." if model else "."))
+    else:
+        what = (f"Model `{model or '?'}` {_ver(record.get('from_version'))} → "
+                f"{_ver(record.get('to_version'))}.")
+    method = record.get("method")
+    how = (f"Method `{method}` with {_hparams(record.get('hparams'))}." if method
+           else "Unlearning method: not recorded (unlearned elsewhere).")
+    ids = f"Ids: {record.get('ids', '-')}"
+    if record.get("already_deleted"):
+        ids += f" ({record['already_deleted']} more asked for were already deleted)"
+    blocks = [
+        Block("h1", title(record)),
+        Block("p", what),
+        Block("p", f"{how} Requester: {record.get('requester') or '-'}. Reason: "
+                   f"{record.get('reason') or '-'}. {ids}."),
+        Block("p", verdict_text(record)),
+    ]
+    if not audit:  # an audit promotes nothing: its verdict is the result
+        why = record.get("promotion_reason") or ""
+        head = "Promoted" if record.get("promoted") else "Not promoted"
+        blocks.append(Block("p", f"{head}{': ' + why if why else ''}."))
+    return blocks
+
+
+def _nc_caption(record: dict) -> str:
+    flags = flagged_classes(record)
+    parts = [f"{name} ({FLAG_CHECKS[name]}): class{'es' if len(cs) > 1 else ''} "
+             + ", ".join(map(str, cs)) for name, cs in flags.items() if cs]
+    return ("Per-class Neural Cleanse norm and targeted UAP success, before vs after. Flagged: "
+            + ("; ".join(parts) if parts else "no class") + ".")
+
+
+def _recovery_caption(m: dict) -> str:
+    parts = [f"k = {_f(t.get('k'), 0)}: recovery {_f(t.get('recovery'), signed=True)} points, "
+             f"AURC {_f(t.get('aurc'), signed=True)}" for t in _tamper(m)]
+    return ("Held-out forget accuracy along the relearning attack on the unlearned model; "
+            "dashed: forget accuracy before unlearning and the unlearned model's test accuracy. "
+            + ("; ".join(parts) + "." if parts else "No tamper test recorded."))
+
+
+def _blocks(record: dict, figs: dict[str, Path]) -> list[Block]:
+    m = record.get("measurements") or {}
+    sha = record.get("sha256") or {}
+    files = record.get("files") or {}
+    if record.get("kind") == "audit":
+        sha = {f"{k} ({files[k]})" if k in files else k: v for k, v in sha.items()}
+    return [
+        *header_blocks(record),
+        Block("h2", "Before and after"),
+        Block("p", "Before: the model the request started from; after: the unlearned model. "
+                   "Forget accuracy and the MIA AUC are on the request's held-out ids."),
+        Block("table", table=utility_table(m)),
+        Block("h2", "Checks"),
+        Block("table", table=checks_table(record)),
+        Block("h2", "Tamper test"),
+        Block("table", table=tamper_table(m)),
+        Block("img", _recovery_caption(m), path=figs["recovery"]),
+        Block("h2", "Differential backdoor check"),
+        Block("img", _nc_caption(record), path=figs["nc"]),
+        Block("table", table=nc_table(record)),
+        Block("h2", "Checkpoints (sha256)"),
+        Block("table", table=_pairs(sha, ["checkpoint", "sha256"])),
+        Block("h2", "Durations"),
+        Block("table", table=_pairs(record.get("durations"), ["phase", "seconds"])),
+        Block("h2", "Package versions"),
+        Block("table", table=_pairs(record.get("versions"), ["package", "version"])),
+    ]
+
+
+def write_request_report(record: dict, out: Path) -> dict[str, Path]:
+    """``recovery.png``, ``nc_norms.png``, ``report.html`` (images inline) and ``report.md`` in
+    ``out``; returns their paths as html, markdown, recovery and nc."""
+    out = Path(out)
+    figs = {"recovery": recovery_figure(record, out / "recovery.png"),
+            "nc": nc_figure(record, out / "nc_norms.png")}
+    blocks = _blocks(record, figs)
+    paths = {"html": out / "report.html", "markdown": out / "report.md"}
+    atomic_write_text(paths["html"], to_html(blocks, f"dormant: {title(record)}"))
+    atomic_write_text(paths["markdown"], to_markdown(blocks))
+    return {**paths, **figs}

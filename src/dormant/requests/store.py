@@ -1,0 +1,239 @@
+"""The model store: one safetensors checkpoint and JSON sidecar per version, a lock that
+serialises every writer, and the ledger, which alone says which versions exist and which is
+promoted. A file on disk that no ledger row names is not a version."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dormant.errors import DormantError
+from dormant.experiments.single import sha256_file
+from dormant.models import ModelSpec
+from dormant.requests.ledger import Entry, Ledger
+from dormant.store.checkpoint import read_checkpoint, save_checkpoint, sidecar_path
+from dormant.store.files import atomic_write_bytes, atomic_write_text
+
+FORMAT = "dormant-store/1"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class Version:
+    name: str
+    version: int
+    rel: str  # the checkpoint's path relative to the store root, as the ledger records it
+    sha256: str
+    seq: int  # the ledger row that wrote it
+    promoted: bool
+    request_id: str | None = None  # the request that made it; None for an added model
+    from_version: int | None = None
+
+
+def parse_ref(text: str) -> tuple[str, int | None]:
+    """``NAME`` or ``NAME@VERSION`` (``@v3`` and ``@3`` both work)."""
+    name, _, ver = text.partition("@")
+    check_name(name)
+    if not ver:
+        return name, None
+    if not re.fullmatch(r"v?\d+", ver):
+        raise DormantError(f"--model {text!r}: the version after @ must be a number, e.g. "
+                           f"{name}@2")
+    return name, int(ver.lstrip("v"))
+
+
+def check_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise DormantError(f"model name {name!r} is not allowed; use letters, digits, '.', '_' "
+                           "and '-' (at most 64, starting with a letter or digit)")
+    return name
+
+
+class ModelStore:
+    """A folder holding ``store.json``, ``models/NAME/vN.safetensors`` (+ ``.json``) and, unless
+    ``ledger`` names another file, ``ledger.sqlite``."""
+
+    def __init__(self, root: Path, ledger: Path | None = None, *, create: bool = False) -> None:
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise DormantError(f"--store {root} is a file, not a model store folder")
+        marker = self.root / "store.json"
+        if marker.is_file():
+            try:
+                fmt = json.loads(marker.read_text()).get("format")
+            except (json.JSONDecodeError, AttributeError):
+                fmt = None
+            if fmt != FORMAT:
+                raise DormantError(f"{root} is not a dormant model store ({marker} is not "
+                                   f"ours); give a folder made by dormant store add")
+        elif not create:
+            raise DormantError(f"{root} is not a dormant model store (no store.json); create one "
+                               "with dormant store add or dormant train --store")
+        elif self.root.exists() and any(self.root.iterdir()):
+            raise DormantError(f"{root} is not empty and not a dormant model store; give a new "
+                               "or empty folder")
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(marker, json.dumps({"format": FORMAT}) + "\n")
+        self.ledger = Ledger(Path(ledger) if ledger else self.root / "ledger.sqlite",
+                             create=create or ledger is None)
+
+    @contextmanager
+    def lock(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """An exclusive lock on the whole store for one writer; others wait their turn."""
+        with open(self.root / ".lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    @staticmethod
+    def rel(name: str, version: int) -> str:
+        return f"models/{name}/v{version}.safetensors"
+
+    # --- what the ledger says -------------------------------------------------------------
+
+    def versions(self, name: str) -> list[Version]:
+        """Every written version of ``name``, oldest first."""
+        out = []
+        for e in self.ledger.entries(model=name):
+            p = e.payload
+            if e.kind == "model-added":
+                out.append(Version(name, p["version"], p["files"][0]["path"],
+                                   p["files"][0]["sha256"], e.seq, True))
+            elif e.kind == "request-finished" and p.get("to_version") is not None:
+                new = next(f for f in p["files"] if f["role"] == "unlearned")
+                out.append(Version(name, p["to_version"], new["path"], new["sha256"], e.seq,
+                                   bool(p["promoted"]), e.request_id, p["from_version"]))
+        return out
+
+    def models(self) -> list[str]:
+        return sorted({e.model for e in self.ledger.entries(kind="model-added")})
+
+    def resolve(self, name: str, version: int | None = None) -> Version:
+        """``version``, or the latest promoted version; unknown ones name what exists."""
+        known = self.versions(name)
+        if not known:
+            have = ", ".join(self.models()) or "none yet"
+            raise DormantError(f"unknown model {name!r} in store {self.root}; it holds: {have}")
+        if version is None:
+            return [v for v in known if v.promoted][-1]
+        match = [v for v in known if v.version == version]
+        if not match:
+            listed = ", ".join(f"v{v.version}" for v in known)
+            raise DormantError(f"model {name!r} has no version {version}; it has {listed}")
+        return match[0]
+
+    def verify_file(self, v: Version) -> Path:
+        """The checkpoint's path, once its bytes hash to what the ledger recorded."""
+        path = self.path(v.rel)
+        if not path.is_file():
+            raise DormantError(f"checkpoint {path} of {v.name} v{v.version} is missing; the "
+                               f"ledger recorded it at row {v.seq}")
+        have = sha256_file(path)
+        if have != v.sha256:
+            raise DormantError(
+                f"checkpoint {path} has sha256 {have[:12]} but the ledger recorded "
+                f"{v.sha256[:12]} at row {v.seq}; it was replaced: restore it or add it as a "
+                "new model")
+        return path
+
+    def deleted(self, v: Version) -> dict[int, str]:
+        """Every id deleted on the way to ``v``, mapped to the request that deleted it."""
+        by_version = {x.version: x for x in self.versions(v.name)}
+        finished = {e.request_id: e.payload for e in
+                    self.ledger.entries(kind="request-finished", model=v.name)}
+        out: dict[int, str] = {}
+        cur: Version | None = v
+        while cur is not None and cur.request_id is not None:
+            out.update(dict.fromkeys(finished[cur.request_id]["ids"], cur.request_id))
+            cur = by_version.get(cur.from_version)
+        return out
+
+    def unfinished(self, name: str) -> list[Entry]:
+        """``request-started`` rows of ``name`` with no ``request-finished`` row."""
+        done = {e.request_id for e in self.ledger.entries(kind="request-finished", model=name)}
+        return [e for e in self.ledger.entries(kind="request-started", model=name)
+                if e.request_id not in done]
+
+    def next_version(self, name: str) -> int:
+        """One past every version written, reserved by a started request, or on disk."""
+        used = [v.version for v in self.versions(name)]
+        used += [e.payload["to_version"] for e in self.unfinished(name)]
+        folder = self.root / "models" / name
+        if folder.is_dir():
+            used += [int(m.group(1)) for p in folder.iterdir()
+                     if (m := re.fullmatch(r"v(\d+)\.safetensors", p.name))]
+        return max(used, default=0) + 1
+
+    # --- writing (call these under ``lock``) -----------------------------------------------
+
+    def sweep(self) -> list[Path]:
+        """Remove what a killed writer can leave: temp files, and the checkpoint of a started
+        request that never finished (its rerun writes it again)."""
+        gone = list((self.root / "models").glob("*/.*.tmp"))
+        for name in self.models():
+            for e in self.unfinished(name):
+                rel = self.rel(name, e.payload["to_version"])
+                gone += [p for p in (self.path(rel), sidecar_path(self.path(rel))) if p.exists()]
+        for p in gone:
+            p.unlink(missing_ok=True)
+        return gone
+
+    def write_version(self, name: str, version: int, model: nn.Module, spec: ModelSpec,
+                      meta: dict) -> tuple[str, str]:
+        """Save ``model`` as ``name`` v``version`` (temp file, then rename); ``(rel, sha256)``."""
+        rel = self.rel(name, version)
+        save_checkpoint(self.path(rel), model, spec, meta)
+        return rel, sha256_file(self.path(rel))
+
+    def add(self, name: str, checkpoint: Path, *, arch: str | None = None,
+            meta: dict | None = None) -> Version:
+        """Copy a checkpoint into the store as ``name``'s next version, promoted. Its sidecar,
+        if any, comes with it; a plain state dict needs ``arch`` (the model's name)."""
+        check_name(name)
+        state, side = read_checkpoint(Path(checkpoint))  # refuses pickles and damaged files
+        if not all(isinstance(t, torch.Tensor) for t in state.values()):
+            raise DormantError(f"{checkpoint} is not a state dict of tensors")
+        arch = arch or side.get("model", {}).get("name")
+        if arch is None:
+            raise DormantError(f"{checkpoint} has no sidecar naming its architecture; pass "
+                               "--arch (e.g. cnn-small)")
+        with self.lock():
+            self.sweep()
+            version = self.next_version(name)
+            rel = self.rel(name, version)
+            dest = self.path(rel)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.copy.tmp")
+            shutil.copyfile(checkpoint, tmp)
+            os.replace(tmp, dest)
+            side = {**side, "kind": side.get("kind", "added"), "arch": arch,
+                    "source": str(checkpoint), **(meta or {})}
+            atomic_write_bytes(sidecar_path(dest), json.dumps(side, indent=2).encode())
+            sha = sha256_file(dest)
+            e = self.ledger.append("model-added", {
+                "version": version, "arch": arch, "source": str(checkpoint),
+                "files": [{"path": rel, "sha256": sha, "role": "checkpoint"}],
+                "data_fingerprint": side.get("data_fingerprint"),
+            }, model=name)
+        return Version(name, version, rel, sha, e.seq, True)

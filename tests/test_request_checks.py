@@ -1,0 +1,170 @@
+"""The checks of a deletion request, in numbers: the targeted universal perturbation finds a
+BadNets shortcut a clean model lacks, the tamper test sees gradient ascent's knowledge come
+back and the oracle's not, and the before/after record flags the backdoor's class only."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from dormant.defenses.universal_targets import TargetedUAPConfig, targeted_success
+from dormant.engine import evaluate
+from dormant.errors import DormantError
+from dormant.metrics import aurc
+from dormant.requests.checks import (
+    CheckBudget,
+    RequestData,
+    backdoor_profile,
+    model_state,
+    run_checks,
+    tamper_test,
+)
+from dormant.requests.policy import Policy, judge, verdict
+from dormant.unlearn import unlearn
+
+
+def _defender_ids(digits, n=200, seed=0):
+    return torch.randperm(len(digits.y_test), generator=torch.Generator().manual_seed(seed))[:n]
+
+
+def _request(prep, leakable=None) -> RequestData:
+    s = prep.split
+    return RequestData(prep.x, prep.y, prep.x_test, prep.y_test, s.heldout,
+                       s.leakable if leakable is None else leakable, s.retain, prep.recipe, 10)
+
+
+def test_targeted_uap_finds_the_badnets_shortcut(digits, digits_backdoor):
+    ids = _defender_ids(digits)
+    bad, clean = digits_backdoor["badnets"], digits_backdoor["clean"]
+    # eps 0.2 cannot draw a digit (the clean model reaches class 0 on 20% of the images) but
+    # goes a fifth of the way to the 3x3 patch, which the BadNets model already answers to:
+    # measured 20.0% -> 60.0% for class 0, other classes within 8 points of the clean model
+    cfg = TargetedUAPConfig(eps=0.2)
+    s_bad = targeted_success(bad, digits.x_test, ids, 10, cfg, seed=0)
+    s_clean = targeted_success(clean, digits.x_test, ids, 10, cfg, seed=0)
+    assert s_bad[0] >= s_clean[0] + 30
+    assert int((s_bad - s_clean).argmax()) == 0
+    assert (s_bad - s_clean)[1:].max() < 15
+    # a small budget reaches no class of a clean model universally (measured: all <= 12%)
+    small = targeted_success(clean, digits.x_test, ids, 10, TargetedUAPConfig(eps=0.05), seed=0)
+    assert small.max() < 15 and small.median() < 5
+    # same seed, same numbers; eps 0 moves nothing (images already at t are never counted)
+    assert torch.equal(s_bad, targeted_success(bad, digits.x_test, ids, 10, cfg, seed=0))
+    zero = targeted_success(bad, digits.x_test, ids, 10, TargetedUAPConfig(eps=0.0), seed=0)
+    assert torch.equal(zero, torch.zeros(10))
+
+
+class _Always(nn.Module):
+    """Predicts class 3 whatever the input: nothing can move it, and for class 3 every image
+    is already there."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Linear(64, 10)
+        with torch.no_grad():
+            self.w.weight.zero_()
+            self.w.bias.copy_(torch.arange(10) == 3)
+
+    def forward(self, x):
+        return self.w(x.flatten(1))
+
+
+def test_targeted_uap_counts_only_images_it_has_to_move(digits):
+    model = _Always().train()
+    model.w.bias.requires_grad_(False)
+    before = copy.deepcopy(model.state_dict())
+    s = targeted_success(model, digits.x_test, torch.arange(40), 10, TargetedUAPConfig(steps=5))
+    assert torch.isnan(s[3]) and torch.equal(s[torch.arange(10) != 3], torch.zeros(9))
+    # handed back as it came: weights, mode and each parameter's own requires_grad
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training
+    assert model.w.weight.requires_grad and not model.w.bias.requires_grad
+    with pytest.raises(DormantError, match="eps"):
+        TargetedUAPConfig(eps=1.5)
+    with pytest.raises(DormantError, match="at least 2"):
+        targeted_success(model, digits.x_test, torch.arange(1), 10)
+
+
+def test_tamper_test_brings_gradient_ascent_back_not_the_oracle(digits_setup):
+    prep = digits_setup
+    stop = evaluate(prep.oracle, prep.x, prep.y, prep.split.leakable).acc
+    ga = unlearn("gradient_ascent", prep.original, prep.unlearn_data(), prep.context(None),
+                 steps=200, lr=1e-4, stop_acc=stop)
+    data = _request(prep)
+    budget = CheckBudget(relearn_steps=60, eval_every=10, leaked_k=5)
+    got = tamper_test(ga, data, budget)
+    oracle = tamper_test(prep.oracle, data, budget)
+    # measured: GA 40.0 -> 97.1 (k=0) and -> 100 (k=5); the oracle 31.4 -> 37.1 and -> 42.9
+    assert got["k0"]["recovery"] >= 40 and got["k5"]["recovery"] >= 40
+    assert got["k0"]["recovery"] >= oracle["k0"]["recovery"] + 30
+    assert got["k5"]["recovery"] >= oracle["k5"]["recovery"] + 30
+    for key, k in (("k0", 0), ("k5", 5)):
+        t = got[key]
+        start = evaluate(ga, prep.x, prep.y, prep.split.heldout).acc
+        assert t["k"] == k and t["start"] == pytest.approx(start, abs=1e-4)
+        assert t["steps"] == list(range(0, 61, 10)) and t["forget_acc"][0] == t["start"]
+        assert t["test_steps"] == [0, 60] and len(t["test_acc"]) == 2
+        assert t["best"] == max(t["forget_acc"][1:])
+        assert t["recovery"] == pytest.approx(t["best"] - t["start"], abs=1e-3)
+        assert t["aurc"] == pytest.approx(aurc(t["steps"], t["forget_acc"], t["start"]),
+                                          abs=1e-3)
+    json.dumps(got)  # the record is plain JSON
+
+
+def test_tamper_test_leaks_at_most_what_is_leakable(digits_setup):
+    prep = digits_setup
+    few = prep.split.leakable[:3]
+    got = tamper_test(prep.oracle, _request(prep, few), CheckBudget(relearn_steps=10,
+                                                                    leaked_k=50))
+    assert set(got) == {"k0", "k50"} and got["k50"]["k"] == 3
+    none = tamper_test(prep.oracle, _request(prep), CheckBudget(relearn_steps=10, leaked_k=0))
+    assert set(none) == {"k0"}
+
+
+def test_model_state_measures_what_unlearning_changed(digits_setup):
+    prep = digits_setup
+    data = _request(prep)
+    stop = evaluate(prep.oracle, prep.x, prep.y, prep.split.leakable).acc
+    ga = unlearn("gradient_ascent", prep.original, prep.unlearn_data(), prep.context(None),
+                 steps=200, lr=1e-4, stop_acc=stop)
+    skip = {"nc_norms": [], "uap_success": []}  # a cached profile: nothing recomputed
+    before = model_state(prep.original, data, CheckBudget(), profile=skip)
+    after = model_state(ga, data, CheckBudget(), profile=skip)
+    assert before["forget_acc"] == pytest.approx(
+        evaluate(prep.original, prep.x, prep.y, prep.split.heldout).acc, abs=1e-4)
+    assert before["retain_acc"] == pytest.approx(
+        evaluate(prep.original, prep.x, prep.y, prep.split.retain).acc, abs=1e-4)
+    # measured: held-out forget accuracy 100 -> 40, retain barely moves
+    assert after["forget_acc"] <= before["forget_acc"] - 40
+    assert after["retain_acc"] >= before["retain_acc"] - 5
+    assert 0 <= after["mia_auc"] <= 1 and after["nc_norms"] == []
+
+
+def test_run_checks_flags_the_backdoor_class_and_nothing_on_a_clean_update(digits_setup,
+                                                                           digits_backdoor):
+    prep = digits_setup
+    data = _request(prep)
+    clean, bad = digits_backdoor["clean"], digits_backdoor["badnets"]
+    budget = CheckBudget(relearn_steps=20, leaked_k=0, uap_eps=0.2, nc_epochs=30)
+    cached = backdoor_profile(clean, data, budget)
+    m = run_checks(clean, bad, data, budget, old_profile=cached)
+    assert set(m) == {"before", "after", "tamper", "budget"}
+    assert m["budget"] == dataclasses.asdict(budget) and set(m["tamper"]) == {"k0"}
+    assert len(m["before"]["nc_norms"]) == len(m["after"]["uap_success"]) == 10
+    json.dumps(m)
+    checks = {c.name: c for c in judge(Policy(), m)}
+    # measured: class 0's norm 13.0 -> 4.9 (-62%), its success 20% -> 60%; no other class
+    # passes a warn level
+    assert checks["uap_jump"].classes == [0] and checks["uap_jump"].status == "fail"
+    assert checks["nc_shrink"].classes == [0] and checks["nc_shrink"].value > 0.5
+    assert "recovery_leaked" not in checks
+    # clean -> clean: the same model measures the same, so nothing is flagged
+    same = run_checks(clean, copy.deepcopy(clean), data, budget, old_profile=cached)
+    assert same["after"] == same["before"]
+    judged = judge(Policy(), same)
+    assert verdict(judged) == "pass" and not any(c.classes for c in judged)

@@ -1,0 +1,287 @@
+"""``dormant forget``, ``store``, ``ledger`` and ``audit`` end to end on digits, through the CLI.
+
+One store is built per module: a digits MLP trained by ``dormant train --store``. The checks
+run on a small budget (the policy file below) so that a request takes a second or two."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from dormant.cli import main
+from dormant.requests import Ledger, ModelStore
+
+POLICY = """\
+budget: {relearn_steps: 30, relearn_lr: 1.0e-3, eval_every: 5, leaked_k: 2, defender_images: 60, nc_epochs: 3,
+         nc_batch: 30, uap_steps: 10, mia_size: 200}
+"""
+
+
+def _ids(path: Path, ids) -> Path:
+    path.write_text("\n".join(str(int(i)) for i in ids) + "\n")
+    return path
+
+
+def _forget(store: Path, ids: Path, policy: Path, *extra: str) -> int:
+    return main(["forget", "--store", str(store), "--model", "digits", "--ids", str(ids),
+                 "--requester", "alice", "--reason", "gdpr art. 17", "--policy", str(policy),
+                 "--device", "cpu", *extra])
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dormant", *args], capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> dict:
+    """A store holding the digits MLP as ``digits`` v1, a policy file and a pristine copy."""
+    root = tmp_path_factory.mktemp("requests")
+    store = root / "store"
+    assert main(["train", "--dataset", "digits", "--out", str(root / "train"), "--store",
+                 str(store), "--name", "digits", "--device", "cpu"]) == 0
+    policy = root / "policy.yaml"
+    policy.write_text(POLICY)
+    return {"root": root, "store": store, "policy": policy}
+
+
+@pytest.fixture
+def store(base, tmp_path) -> Path:
+    """A private copy of the base store, so tests can tamper with it."""
+    dest = tmp_path / "store"
+    shutil.copytree(base["store"], dest)
+    return dest
+
+
+def test_sequential_requests_build_on_the_promoted_version(store, base, tmp_path, capsys):
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(1437, generator=g)
+    first, second = _ids(tmp_path / "a.ids", order[:30]), _ids(tmp_path / "b.ids", order[30:60])
+    assert _forget(store, first, base["policy"]) == 0
+    assert _forget(store, second, base["policy"]) == 0
+    st = ModelStore(store)
+    versions = st.versions("digits")
+    assert [v.version for v in versions] == [1, 2, 3]
+    assert [v.from_version for v in versions] == [None, 1, 2]
+    # the second request's retain set excluded the first request's ids too
+    assert set(st.deleted(versions[-1])) == set(order[:60].tolist())
+    finished = st.ledger.entries(kind="request-finished")
+    rec = finished[-1].payload
+    assert {c["name"] for c in rec["checks"]} >= {"retain_drop", "test_drop", "recovery",
+                                                  "nc_shrink", "uap_jump", "mia_auc"}
+    assert rec["method"] == "retrain" and rec["to_version"] == 3
+    assert len(rec["measurements"]["before"]["nc_norms"]) == 10
+    # the old version's backdoor profile came from the first request's record, not a rerun
+    assert (rec["measurements"]["before"]["nc_norms"]
+            == finished[0].payload["measurements"]["after"]["nc_norms"])
+    report = store / rec["report"]
+    assert report.is_file() and "data:image/png;base64" in report.read_text()
+    capsys.readouterr()
+    assert main(["ledger", "verify", str(store)]) == 0
+    assert "ok: 5 rows" in capsys.readouterr().out
+    assert main(["ledger", "show", str(store)]) == 0
+    shown = capsys.readouterr().out
+    assert "v2 -> v3" in shown and "drift" in shown
+    # the same ids again: recognised, linked to the earlier request, nothing written
+    n = len(st.ledger)
+    assert _forget(store, first, base["policy"]) == 2
+    err = capsys.readouterr().err
+    assert "already deleted" in err and finished[0].request_id in err
+    assert len(Ledger(store / "ledger.sqlite")) == n
+
+
+def test_tamper_test_fails_gradient_ascent_and_passes_retrain(store, base, tmp_path):
+    """Done-when 6: the relearning attack brings GA's forgotten ids back; not retrain's."""
+    ids = _ids(tmp_path / "f.ids", torch.randperm(1437, generator=torch.Generator()
+                                                  .manual_seed(1))[:60])
+    assert _forget(store, ids, base["policy"], "--method", "gradient_ascent", "--hparam",
+                   "steps=20", "--hparam", "lr=3e-4") == 0
+    assert _forget(store, ids, base["policy"], "--model", "digits@1") == 0
+    ga, rt = (e.payload for e in Ledger(store / "ledger.sqlite").entries(
+        kind="request-finished"))
+    status = {r["method"]: {c["name"]: c for c in r["checks"]} for r in (ga, rt)}
+    assert ga["measurements"]["after"]["forget_acc"] < 80  # GA did forget (measured 67)
+    assert status["gradient_ascent"]["recovery"]["status"] in ("warn", "fail")
+    assert status["gradient_ascent"]["recovery"]["value"] >= 20
+    assert status["retrain"]["recovery"]["status"] == "pass"
+    assert not ga["promoted"]  # the verdict keeps GA's version out of service
+
+
+def test_ledger_catches_each_kind_of_tampering(store, base, tmp_path, capsys):
+    ids = _ids(tmp_path / "a.ids", range(100, 130))
+    assert _forget(store, ids, base["policy"]) == 0
+    assert _forget(store, _ids(tmp_path / "b.ids", range(200, 230)), base["policy"]) == 0
+    path = store / "ledger.sqlite"
+    head = Ledger(path).head()
+    pristine = tmp_path / "pristine.sqlite"
+    shutil.copy(path, pristine)
+
+    def tamper(*sql: str) -> tuple[int, str]:
+        shutil.copy(pristine, path)
+        con = sqlite3.connect(path)
+        for name, in con.execute("SELECT name FROM sqlite_master WHERE type='trigger'"):
+            con.execute(f"DROP TRIGGER {name}")
+        for s in sql:
+            con.execute(s)
+        con.commit()
+        con.close()
+        capsys.readouterr()
+        code = main(["ledger", "verify", str(path), "--expect-head", head])
+        return code, capsys.readouterr().out
+
+    code, out = tamper("UPDATE entries SET payload = replace(payload, 'alice', 'mallory') "
+                       "WHERE seq = 2")
+    assert code == 1 and "row 2" in out
+    code, out = tamper("DELETE FROM entries WHERE seq = 3")
+    assert code == 1 and "row 3" in out
+    swap = ("UPDATE entries SET seq = -1 WHERE seq = 2", "UPDATE entries SET seq = 2 WHERE "
+            "seq = 4", "UPDATE entries SET seq = 4 WHERE seq = -1")
+    code, out = tamper(*swap)
+    assert code == 1 and "row 2" in out
+    code, out = tamper("DELETE FROM entries WHERE seq >= 4")
+    assert code == 1 and "truncated" in out
+    shutil.copy(pristine, path)
+    capsys.readouterr()
+    assert main(["ledger", "verify", str(path), "--expect-head", head]) == 0
+    v2 = store / "models" / "digits" / "v2.safetensors"
+    shutil.copy(store / "models" / "digits" / "v3.safetensors", v2)
+    capsys.readouterr()
+    assert main(["ledger", "verify", str(path), "--store", str(store)]) == 1
+    out = capsys.readouterr().out
+    assert "v2.safetensors" in out and "replaced" in out
+    # and a request against the replaced checkpoint is refused with one line
+    assert _forget(store, _ids(tmp_path / "c.ids", range(300, 330)), base["policy"],
+                   "--model", "digits@2") == 2
+    assert "replaced" in capsys.readouterr().err
+
+
+def test_two_concurrent_requests_serialise(store, base, tmp_path):
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "dormant", "forget", "--store", str(store), "--model", "digits",
+         "--ids", str(_ids(tmp_path / f"{i}.ids", range(400 + 40 * i, 430 + 40 * i))),
+         "--requester", f"user{i}", "--reason", "concurrent", "--policy", str(base["policy"]),
+         "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    book = Ledger(store / "ledger.sqlite")
+    assert book.verify(store=store).ok
+    done = book.entries(kind="request-finished")
+    assert sorted(e.payload["requester"] for e in done) == ["user0", "user1"]
+    # serialised: the second built on the version the first promoted
+    assert sorted((e.payload["from_version"], e.payload["to_version"]) for e in done) == [
+        (1, 2), (2, 3)]
+
+
+@pytest.mark.parametrize("point", ["started", "written", "reported"])
+def test_kill_9_then_rerun_leaves_a_valid_ledger(store, base, tmp_path, point):
+    ids = _ids(tmp_path / "k.ids", range(500, 530))
+    args = ("forget", "--store", str(store), "--model", "digits", "--ids", str(ids),
+            "--requester", "bob", "--reason", "crash", "--policy", str(base["policy"]),
+            "--device", "cpu")
+    crashed = _cli(*args, env={"DORMANT_FAILPOINT": point})
+    assert crashed.returncode == -9
+    book = Ledger(store / "ledger.sqlite")
+    assert [e.kind for e in book.entries()][-1] == "request-started"
+    assert book.verify(store=store).ok
+    rerun = _cli(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    kinds = [e.kind for e in book.entries()]
+    assert kinds[-3:] == ["request-started", "request-resumed", "request-finished"]
+    assert book.verify(store=store).ok
+    # exactly the ledger's versions are on disk, and nothing half-written
+    files = sorted(p.name for p in (store / "models" / "digits").iterdir())
+    assert files == ["v1.json", "v1.safetensors", "v2.json", "v2.safetensors"]
+
+
+def test_bad_input_is_one_line_and_the_ledger_stays_valid(store, base, tmp_path, capsys):
+    pol = base["policy"]
+    cases = {
+        "out of range": (_forget, store, _ids(tmp_path / "o.ids", [5, 99999]), pol),
+        "is empty": (_forget, store, _ids(tmp_path / "e.ids", []), pol),
+        "unknown model": (_forget, store, _ids(tmp_path / "u.ids", [1, 2]), pol, "--model",
+                          "nope"),
+        "no version 9": (_forget, store, _ids(tmp_path / "v.ids", [1, 2]), pol, "--model",
+                         "digits@9"),
+        "not a dormant model store": (_forget, tmp_path, _ids(tmp_path / "s.ids", [1, 2]),
+                                      pol),
+    }
+    bad_policy = tmp_path / "bad.yaml"
+    bad_policy.write_text("recovry: {warn: 1}\n")
+    cases["recovry"] = (_forget, store, _ids(tmp_path / "p.ids", [1, 2]), bad_policy)
+    for want, (fn, *args) in cases.items():
+        capsys.readouterr()
+        assert fn(*args) == 2, want
+        err = capsys.readouterr().err.strip()
+        assert want in err and len(err.splitlines()) == 1, (want, err)
+    not_ledger = tmp_path / "junk.sqlite"
+    not_ledger.write_text("hello")
+    assert main(["ledger", "verify", str(not_ledger)]) == 2
+    assert "not a dormant ledger" in capsys.readouterr().err
+    book = Ledger(store / "ledger.sqlite")
+    assert len(book) == 1 and book.verify(store=store).ok
+
+
+AUDIT_SCRIPT = textwrap.dedent("""
+    import numpy as np, torch, torch.nn as nn
+    from safetensors.torch import save_file
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.round(d.images * 255 / 16).astype(np.uint8)[:, None]
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(x))
+    tr, te = perm[:1400], perm[1400:]
+    np.savez("data.npz", x_train=x[tr], y_train=d.target[tr], x_test=x[te],
+             y_test=d.target[te])
+    forget = rng.choice(1400, 80, replace=False)
+    np.savetxt("forget.txt", forget, fmt="%d")
+    xs, ys = torch.tensor(x[tr]).float() / 255, torch.tensor(d.target[tr])
+
+    def train(ids):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128),
+                            nn.ReLU(), nn.Linear(128, 10))
+        opt = torch.optim.Adam(net.parameters(), 1e-3)
+        for step in range(400):
+            b = ids[torch.randint(len(ids), (128,))]
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(xs[b]), ys[b]).backward()
+            opt.step()
+        return net
+
+    keep = torch.tensor(np.setdiff1d(np.arange(1400), forget))
+    save_file(train(torch.arange(1400)).state_dict(), "original.safetensors")
+    save_file(train(keep).state_dict(), "unlearned.safetensors")
+""")
+
+
+def test_audit_of_plain_state_dicts_from_a_pure_pytorch_script(base, tmp_path, capsys):
+    (tmp_path / "make.py").write_text(AUDIT_SCRIPT)
+    subprocess.run([sys.executable, "make.py"], cwd=tmp_path, check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = tmp_path / "audit"
+    args = ["audit", "--original", str(tmp_path / "original.safetensors"), "--unlearned",
+            str(tmp_path / "unlearned.safetensors"), "--dataset",
+            f"npz:{tmp_path / 'data.npz'}", "--ids", str(tmp_path / "forget.txt"), "--model",
+            "mlp", "--policy", str(base["policy"]), "--out", str(out), "--device", "cpu"]
+    assert main(args) == 0
+    rec = json.loads((out / "record.json").read_text())
+    before, after = rec["measurements"]["before"], rec["measurements"]["after"]
+    assert before["test_acc"] > 85 and after["test_acc"] > 85  # both models loaded correctly
+    assert before["forget_acc"] == 100.0 > after["forget_acc"]  # the retrained one forgot
+    assert {c["name"]: c["status"] for c in rec["checks"]}["recovery"] == "pass"
+    assert "data:image/png;base64" in (out / "report.html").read_text()
+    # without --model a plain state dict is refused with one line
+    capsys.readouterr()
+    assert main(args[:args.index("--model")] + args[args.index("--model") + 2:]) == 2
+    assert "pass --model" in capsys.readouterr().err
