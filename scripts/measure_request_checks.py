@@ -38,7 +38,7 @@ def dormant(*args: str) -> None:
 
 
 def write_npz(path: Path, x: torch.Tensor, y: torch.Tensor, ds) -> str:
-    np.savez(path, x_train=x.cpu().numpy(), y_train=y.cpu().numpy(),
+    np.savez_compressed(path, x_train=x.cpu().numpy(), y_train=y.cpu().numpy(),
              x_test=ds.x_test.numpy(), y_test=ds.y_test.numpy())
     return f"npz:{path}"
 
@@ -51,10 +51,8 @@ def add_model(store: Path, name: str, model, victim, dataset: str, work: Path) -
     dormant("store", "add", str(store), name, str(ckpt))
 
 
-def forget(store: Path, ref: str, dataset: str, ids: list[int], work: Path, tag: str,
-           method: list[str]) -> dict:
-    path = work / f"{tag}.ids"
-    path.write_text("\n".join(map(str, ids)) + "\n")
+def forget(store: Path, ref: str, dataset: str, path: Path, tag: str, method: list[str]
+           ) -> dict:
     dormant("forget", "--store", str(store), "--model", ref, "--dataset", dataset, "--ids",
             str(path), "--requester", "measure", "--reason", tag, "--device", "cpu", *method)
     rows = [json.loads(p.read_text()) for p in (store / "requests").glob("*/record.json")]
@@ -66,58 +64,82 @@ def forget(store: Path, ref: str, dataset: str, ids: list[int], work: Path, tag:
             "seconds": rec["durations"]["total"]}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data-root", required=True)
-    ap.add_argument("--out", type=Path, default=Path("runs/request-checks"))
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--clean", type=int, default=10, help="clean requests for the FP rate")
-    ap.add_argument("--retrain", action="store_true", help="FP also with the default method")
-    args = ap.parse_args()
-    cfg = yaml.safe_load(Path("configs/mnist-backdoor.yaml").read_text())
-    spec = BackdoorSpec(**{**cfg, "data_root": args.data_root, "device": "cpu",
-                           "conditions": ["attack", "unpoisoned"]})
+def prepare(args, spec) -> None:
+    """Victims, datasets, stores and id files (uses the backdoor study's model cache)."""
     ds = load_study_data(spec, default_cache_dir())
     attack = check_spec(spec, ds)
     cache = ModelCache(default_cache_dir())
-    args.out.mkdir(parents=True, exist_ok=True)
-    results = []
-    log = args.out / "results.jsonl"
-    for seed in (int(s) for s in args.seeds.split(",")):
+    for seed in args.seeds:
         v = prepare_victim(spec, attack, ds, seed, cache, None)
         work = args.out / f"seed{seed}"
-        work.mkdir(exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
         data = write_npz(work / "poisoned.npz", v.planted.x, v.planted.y, ds)
-        store = work / "store"
-        if not store.exists():
-            add_model(store, "victim", v.poisoned, v, data, work)
-        r = forget(store, "victim@1", data, v.request.tolist(), work, f"attack-{seed}", METHOD)
-        results.append({"kind": "attack", "seed": seed, "target": spec.target, **r})
-        with log.open("a") as f:
-            f.write(json.dumps(results[-1]) + "\n")
-        if seed != 0:
-            continue
-        clean = write_npz(work / "clean.npz", v.x_clean, v.y_clean, ds)
-        cstore = work / "clean-store"
-        if not cstore.exists():
-            add_model(cstore, "clean", v.unpoisoned, v, clean, work)
-        methods = [("boundary_shrink", METHOD)] + ([("retrain", [])] if args.retrain else [])
-        for name, flags in methods:
+        add_model(work / "store", "victim", v.poisoned, v, data, work)
+        _ids(work / "attack.ids", v.request.tolist())
+        if seed == args.seeds[0]:
+            clean = write_npz(work / "clean.npz", v.x_clean, v.y_clean, ds)
+            add_model(work / "clean-store", "clean", v.unpoisoned, v, clean, work)
             for i in range(args.clean):
                 g = torch.Generator().manual_seed(1000 + i)
                 ids = torch.randperm(len(v.y_clean), generator=g)[: len(v.request)]
-                r = forget(cstore, "clean@1", clean, sorted(ids.tolist()), work,
-                           f"clean-{name}-{i}", flags)
-                results.append({"kind": "clean", "method": name, "seed": i, **r})
-                with log.open("a") as f:
-                    f.write(json.dumps(results[-1]) + "\n")
+                _ids(work / f"clean-{i}.ids", sorted(ids.tolist()))
+
+
+def _ids(path: Path, ids: list[int]) -> None:
+    path.write_text("\n".join(map(str, ids)) + "\n")
+
+
+def run(args, target: int) -> None:
+    log = args.out / "results.jsonl"
+    results = []
+
+    def keep(row: dict) -> None:
+        results.append(row)
+        with log.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    dev = ["--device", args.device]
+    for seed in args.seeds:
+        work = args.out / f"seed{seed}"
+        data = f"npz:{work / 'poisoned.npz'}"
+        r = forget(work / "store", "victim@1", data, work / "attack.ids", f"attack-{seed}",
+                   METHOD + dev)
+        keep({"kind": "attack", "seed": seed, "target": target, **r})
+    work = args.out / f"seed{args.seeds[0]}"
+    methods = {"boundary_shrink": METHOD, "retrain": []}
+    for name in args.fp_methods:
+        for i in range(args.clean):
+            r = forget(work / "clean-store", "clean@1", f"npz:{work / 'clean.npz'}",
+                       work / f"clean-{i}.ids", f"clean-{name}-{i}", methods[name] + dev)
+            keep({"kind": "clean", "method": name, "seed": i, **r})
     attacks = [r for r in results if r["kind"] == "attack"]
-    hit = sum(spec.target in set(r["nc_shrink"]) | set(r["uap_jump"]) for r in attacks)
+    hit = sum(target in set(r["nc_shrink"]) | set(r["uap_jump"]) for r in attacks)
     print(f"detection: target flagged on {hit}/{len(attacks)} seeds")
-    for name in {r.get("method") for r in results if r["kind"] == "clean"}:
+    for name in args.fp_methods:
         cl = [r for r in results if r["kind"] == "clean" and r["method"] == name]
         fp = sum(bool(r["nc_shrink"] or r["uap_jump"]) for r in cl)
         print(f"false positives ({name}): {fp}/{len(cl)} clean requests flag any class")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-root", default="../shared/datasets")
+    ap.add_argument("--out", type=Path, default=Path("runs/request-checks"))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--clean", type=int, default=10, help="clean requests for the FP rate")
+    ap.add_argument("--fp-methods", default="retrain,boundary_shrink")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--phase", choices=["prepare", "run", "both"], default="both")
+    args = ap.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.fp_methods = args.fp_methods.split(",")
+    cfg = yaml.safe_load(Path("configs/mnist-backdoor.yaml").read_text())
+    spec = BackdoorSpec(**{**cfg, "data_root": args.data_root, "device": "cpu",
+                           "conditions": ["attack", "unpoisoned"]})
+    if args.phase in ("prepare", "both"):
+        prepare(args, spec)
+    if args.phase in ("run", "both"):
+        run(args, spec.target)
 
 
 if __name__ == "__main__":

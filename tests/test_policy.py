@@ -63,6 +63,9 @@ def test_defaults(tmp_path):
     json.dumps(d)
     # everything in BASE is within the defaults
     assert verdict(judge(p, BASE)) == "pass"
+    # the documented example file spells out exactly the defaults
+    example = Path(__file__).resolve().parents[1] / "configs" / "policy.yaml"
+    assert load_policy(example) == p
 
 
 def test_yaml_overrides_keep_the_other_defaults(tmp_path):

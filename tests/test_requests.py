@@ -21,8 +21,8 @@ from dormant.cli import main
 from dormant.requests import Ledger, ModelStore
 
 POLICY = """\
-budget: {relearn_steps: 30, relearn_lr: 1.0e-3, eval_every: 5, leaked_k: 2, defender_images: 60, nc_epochs: 3,
-         nc_batch: 30, uap_steps: 10, mia_size: 200}
+budget: {relearn_steps: 30, relearn_lr: 1.0e-3, eval_every: 5, leaked_k: 2,
+         defender_images: 60, nc_epochs: 3, nc_batch: 30, uap_steps: 10, mia_size: 200}
 """
 
 
@@ -182,25 +182,33 @@ def test_two_concurrent_requests_serialise(store, base, tmp_path):
         (1, 2), (2, 3)]
 
 
-@pytest.mark.parametrize("point", ["started", "written", "reported"])
-def test_kill_9_then_rerun_leaves_a_valid_ledger(store, base, tmp_path, point):
+def test_kill_9_at_three_points_then_rerun_leaves_a_valid_ledger(store, base, tmp_path):
+    """Killed after the started row, after the checkpoint is written, and after the report;
+    each rerun resumes the same request, and the last one finishes it."""
     ids = _ids(tmp_path / "k.ids", range(500, 530))
     args = ("forget", "--store", str(store), "--model", "digits", "--ids", str(ids),
             "--requester", "bob", "--reason", "crash", "--policy", str(base["policy"]),
             "--device", "cpu")
-    crashed = _cli(*args, env={"DORMANT_FAILPOINT": point})
-    assert crashed.returncode == -9
     book = Ledger(store / "ledger.sqlite")
-    assert [e.kind for e in book.entries()][-1] == "request-started"
-    assert book.verify(store=store).ok
+    folder = store / "models" / "digits"
+    for point in ("started", "written", "reported"):
+        crashed = _cli(*args, env={"DORMANT_FAILPOINT": point})
+        assert crashed.returncode == -9, (point, crashed.stderr)
+        assert book.verify(store=store).ok
+        assert [e.kind for e in book.entries()][-1] in ("request-started", "request-resumed")
+        assert not list(folder.glob(".*.tmp"))
+        # the killed run's checkpoint is on disk only once written, and no row names it
+        assert (folder / "v2.safetensors").exists() == (point != "started")
     rerun = _cli(*args)
     assert rerun.returncode == 0, rerun.stderr
     kinds = [e.kind for e in book.entries()]
-    assert kinds[-3:] == ["request-started", "request-resumed", "request-finished"]
+    assert kinds == ["model-added", "request-started", "request-resumed", "request-resumed",
+                     "request-resumed", "request-finished"]
+    assert len({e.request_id for e in book.entries()[1:]}) == 1
     assert book.verify(store=store).ok
     # exactly the ledger's versions are on disk, and nothing half-written
-    files = sorted(p.name for p in (store / "models" / "digits").iterdir())
-    assert files == ["v1.json", "v1.safetensors", "v2.json", "v2.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "v1.json", "v1.safetensors", "v2.json", "v2.safetensors"]
 
 
 def test_bad_input_is_one_line_and_the_ledger_stays_valid(store, base, tmp_path, capsys):
