@@ -4,11 +4,14 @@ Detection: for each seed, the backdoor study's weakly poisoned MNIST ``cnn-small
 (``configs/mnist-backdoor.yaml``) goes into a store, and the attacker's clean request is
 processed with ``dormant forget --method boundary_shrink`` (the study's budget). The check
 should flag the target class. False positives: the unpoisoned twin of seed 0 and ten seeded
-random clean requests of the same size, with the same method (and, with ``--retrain``, the
-default method too). Every request goes through the real CLI; the numbers come from the
+random clean requests of the same size, with the default method (``retrain``) and with
+``boundary_shrink``. ``--phase prepare`` writes the stores, datasets and id files (CPU, from
+the backdoor study's model cache); ``--phase run`` processes the requests (``--device cuda``
+where there is a GPU). Every request goes through the real CLI; the numbers come from the
 records it writes.
 
     python scripts/measure_request_checks.py --data-root ../shared/datasets --out runs/checks
+    python scripts/measure_request_checks.py --seeds 3,4 --clean-offset 100 --out runs/val
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ def prepare(args, spec) -> None:
             clean = write_npz(work / "clean.npz", v.x_clean, v.y_clean, ds)
             add_model(work / "clean-store", "clean", v.unpoisoned, v, clean, work)
             for i in range(args.clean):
-                g = torch.Generator().manual_seed(1000 + i)
+                g = torch.Generator().manual_seed(1000 + args.clean_offset + i)
                 ids = torch.randperm(len(v.y_clean), generator=g)[: len(v.request)]
                 _ids(work / f"clean-{i}.ids", sorted(ids.tolist()))
 
@@ -127,6 +130,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/request-checks"))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--clean", type=int, default=10, help="clean requests for the FP rate")
+    ap.add_argument("--clean-offset", type=int, default=0,
+                    help="draw other clean requests (a held-out validation set)")
     ap.add_argument("--fp-methods", default="retrain,boundary_shrink")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--phase", choices=["prepare", "run", "both"], default="both")

@@ -294,8 +294,8 @@ def test_methods_lists_defaults(cache_dir: Path) -> None:
 def test_relearn_mnist_offline(tmp_path: Path, cache_dir: Path, shared_datasets: Path) -> None:
     out = tmp_path / "mnist"
     dormant("relearn", "--dataset", "mnist", "--data-root", shared_datasets,
-            "--train-size", "2000", "--methods", "gradient_ascent", "--k", "0",
-            "--train-steps", "150", "--unlearn-steps", "10", "--attack-steps", "20",
+            "--train-size", "2000", "--test-size", "1000", "--methods", "gradient_ascent",
+            "--k", "0", "--train-steps", "150", "--unlearn-steps", "10", "--attack-steps", "20",
             "--lmc-points", "5", "--analysis-size", "300",
             "--out", out, "--device", "cpu", cache=cache_dir, timeout=600)
     got = rows(out)

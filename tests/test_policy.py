@@ -172,16 +172,26 @@ def test_backdoor_checks_flag_exactly_the_class_that_moved():
     norms[3], norms[7] = 4.0, 8.0  # class 3 shrinks 60% (over fail), class 7 20% (under warn)
     uap = [20.0] * 10
     uap[5], uap[1] = 40.0, 30.0  # class 5 jumps 20 points (warn), class 1 10 (under warn)
+    uap[9] = 55.0  # class 9 jumps 35 points: over fail
     c = _by_name(judge(Policy(), _m(after__nc_norms=norms, after__uap_success=uap)))
     nc, jump = c["nc_shrink"], c["uap_jump"]
     assert nc.classes == [3] and nc.status == "fail" and nc.value == pytest.approx(0.6)
     assert nc.detail == "class 3: norm 10.0 -> 4.0 (-60%)" and nc.group == "backdoor"
-    assert jump.classes == [5] and jump.status == "warn" and jump.value == pytest.approx(20.0)
-    assert jump.detail == "class 5: success 20.0% -> 40.0% (+20.0 points)"
-    # two classes over warn are both flagged; the worst one sets the value and the status
-    norms[7] = 6.0
+    assert jump.classes == [9] and jump.status == "fail" and jump.value == pytest.approx(35.0)
+    assert jump.detail == "class 9: success 20.0% -> 55.0% (+35.0 points)"
+    # a class between warn and fail makes the check warn but is not named a suspect
+    uap[9] = 20.0
+    jump = _by_name(judge(Policy(), _m(after__uap_success=uap)))["uap_jump"]
+    assert jump.classes == [] and jump.status == "warn"
+    assert jump.detail.startswith("class 5: success 20.0% -> 40.0% (+20.0 points)")
+    # two classes over fail are both flagged; the worst one sets the value and the status
+    norms[7] = 4.5
     nc = _by_name(judge(Policy(), _m(after__nc_norms=norms)))["nc_shrink"]
     assert nc.classes == [3, 7] and nc.value == pytest.approx(0.6)
+    # with no fail level, warn is the flag level
+    nc = _by_name(judge(Policy(nc_shrink={"warn": 0.1, "fail": None}),
+                        _m(after__nc_norms=norms)))["nc_shrink"]
+    assert nc.classes == [3, 7] and nc.status == "warn"
     # a growing norm or a falling success is no alarm
     quiet = _by_name(judge(Policy(), _m(after__nc_norms=[20.0] * 10,
                                         after__uap_success=[0.0] * 10)))

@@ -44,8 +44,12 @@ class Thresholds(BaseModel):
         return "pass"
 
     def flag_level(self) -> float | None:
-        """Per-class flags mark classes over ``warn`` (over ``fail`` if there is no warn)."""
-        return self.warn if self.warn is not None else self.fail
+        """Per-class flags mark classes over ``fail`` (over ``warn`` if there is no fail): a
+        class between the two makes the check warn but is not named as a suspect. Measured on
+        MNIST (README): a clean retrain moved a class's universal-perturbation success by up
+        to 28.6 points, over warn (15) on 4 of 10 requests, while woken backdoors moved the
+        target by 40 to 46."""
+        return self.fail if self.fail is not None else self.warn
 
 
 def _check_budget(self) -> BudgetPolicy:
