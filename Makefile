@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/dormant demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/python -m pytest
 
 bench: $(STAMP)

@@ -96,6 +96,11 @@ def test_sequential_requests_build_on_the_promoted_version(store, base, tmp_path
     assert main(["ledger", "export", str(store), "--format", "csv", "--out", str(csv_out)]) == 0
     lines = csv_out.read_text().splitlines()
     assert len(lines) == 6 and lines[0].startswith("seq,")
+    # a single record can be deleted too: it is measured, and the leaked attack has none
+    assert _forget(store, _ids(tmp_path / "one.ids", order[60:61]), base["policy"]) == 0
+    one = st.ledger.entries(kind="request-finished")[-1].payload
+    assert one["ids"] == [int(order[60])] and one["measurements"]["tamper"]["k2"]["k"] == 0
+    capsys.readouterr()
     # the same ids again: recognised, linked to the earlier request, nothing written
     n = len(st.ledger)
     assert _forget(store, first, base["policy"]) == 2

@@ -84,9 +84,13 @@ def assess(old: nn.Module, new: nn.Module, tensors: tuple[torch.Tensor, ...],
     """Run every check of ``new`` against ``old`` for the forgotten ids and judge them."""
     t0 = time.perf_counter()
     x, y, x_test, y_test = tensors
-    split = make_split(forget.cpu(), len(y), seed)
     dev = x.device
-    data = RequestData(x, y, x_test, y_test, split.heldout.to(dev), split.leakable.to(dev),
+    if len(forget) >= 2:
+        split = make_split(forget.cpu(), len(y), seed)
+        heldout, leakable = split.heldout, split.leakable
+    else:  # one record: it is measured, and there is nothing left to leak to the attacker
+        heldout, leakable = forget.cpu(), forget[:0].cpu()
+    data = RequestData(x, y, x_test, y_test, heldout.to(dev), leakable.to(dev),
                        retain.to(dev), recipe, num_classes)
     m = run_checks(old, new, data, policy.check_budget(), old_profile=old_profile,
                    progress=progress)

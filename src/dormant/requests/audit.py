@@ -16,7 +16,6 @@ from dormant.experiments.single import sha256_file
 from dormant.requests.assess import assess, device_data, load_for, recipe_of, record
 from dormant.requests.ledger import Ledger
 from dormant.requests.policy import Policy
-from dormant.requests.report import write_request_report
 from dormant.store.files import atomic_write_text
 
 
@@ -42,6 +41,8 @@ def audit(original: Path, unlearned: Path, ds: Dataset, ids: torch.Tensor, polic
         files=files, sha256={k: sha256_file(Path(p)) for k, p in files.items()},
         durations={"checks": round(a.seconds, 2), "total": round(time.perf_counter() - t0, 2)},
     )
+    from dormant.requests.report import write_request_report  # matplotlib: only when used
+
     write_request_report(rec, out)
     atomic_write_text(out / "record.json", json.dumps(rec, indent=2))
     if ledger is not None:

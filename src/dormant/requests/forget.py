@@ -35,7 +35,6 @@ from dormant.requests.assess import (
     record,
 )
 from dormant.requests.policy import Policy
-from dormant.requests.report import write_request_report
 from dormant.requests.store import ModelStore, Version
 from dormant.store.files import atomic_write_text
 from dormant.unlearn import UnlearnContext, UnlearnData, make_hparams, unlearn
@@ -113,9 +112,6 @@ def process_request(store: ModelStore, ds: Dataset, req: Request, policy: Policy
             raise DormantError(
                 f"all {len(asked)} ids were already deleted from {base.name} v{base.version} "
                 f"by request {', '.join(earlier)}; nothing is done twice")
-        if len(new_ids) < 2:
-            raise DormantError(f"the request leaves {len(new_ids)} id not yet deleted; a "
-                               "request needs at least 2 (1 leakable, 1 held out)")
         model, side, spec = load_for(base_path, ds, None, dev)
         key = _key(base, new_ids, req.method, hp, req.seed)
         resumed = next((e for e in store.unfinished(base.name) if e.payload["key"] == key), None)
@@ -173,6 +169,8 @@ def process_request(store: ModelStore, ds: Dataset, req: Request, policy: Policy
                        "total": round(time.perf_counter() - t0, 2)},
         )
         out = store.root / "requests" / rid
+        from dormant.requests.report import write_request_report  # matplotlib: when used
+
         write_request_report(rec, out)
         atomic_write_text(out / "record.json", json.dumps(rec, indent=2))
         _failpoint("reported")
