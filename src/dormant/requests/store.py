@@ -85,8 +85,9 @@ class ModelStore:
         else:
             self.root.mkdir(parents=True, exist_ok=True)
             atomic_write_text(marker, json.dumps({"format": FORMAT}) + "\n")
+        # an existing store whose ledger is gone is refused, never given a fresh, empty one
         self.ledger = Ledger(Path(ledger) if ledger else self.root / "ledger.sqlite",
-                             create=create or ledger is None)
+                             create=create)
 
     @contextmanager
     def lock(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
