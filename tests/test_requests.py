@@ -248,6 +248,13 @@ def test_bad_input_is_one_line_and_the_ledger_stays_valid(store, base, tmp_path,
     assert "not a dormant ledger" in capsys.readouterr().err
     book = Ledger(store / "ledger.sqlite")
     assert len(book) == 1 and book.verify(store=store).ok
+    # a store whose ledger is gone is refused, not handed a fresh, empty ledger
+    gone = tmp_path / "gone"
+    shutil.copytree(store, gone)
+    (gone / "ledger.sqlite").unlink()
+    assert _forget(gone, _ids(tmp_path / "g.ids", [1, 2]), pol) == 2
+    assert "no ledger at" in capsys.readouterr().err
+    assert not (gone / "ledger.sqlite").exists()
 
 
 AUDIT_SCRIPT = textwrap.dedent("""
