@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dormant.engine import Progress, to_float
+from dormant.engine import Progress, frozen, to_float
 from dormant.errors import DormantError
 from dormant.metrics.detection import auroc
 
@@ -89,14 +89,9 @@ def distil_masks(
     ids = torch.arange(len(x)) if ids is None else ids
     ids = ids.to(x.device)
     n = len(ids)
-    was_training = model.training
-    grads = [p.requires_grad for p in model.parameters()]
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     g = torch.Generator().manual_seed(seed)
     out = []
-    try:
+    with frozen(model):
         for start in range(0, n, cfg.batch_size):
             xb = to_float(x[ids[start : start + cfg.batch_size]]).to(device)
             b, c, h, w = xb.shape
@@ -116,10 +111,6 @@ def distil_masks(
             out.append(_squash(w_mask).detach().cpu())
             if progress is not None:
                 progress("cognitive distillation", start + b, n)
-    finally:
-        for p, r in zip(model.parameters(), grads, strict=True):
-            p.requires_grad_(r)
-        model.train(was_training)
     if not out:
         return torch.empty(0, 1, *x.shape[2:])
     return torch.cat(out)

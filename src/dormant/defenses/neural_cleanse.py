@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dormant.engine import Progress, Recipe, fit, to_float
+from dormant.engine import Progress, Recipe, fit, frozen, to_float
 from dormant.engine.recipe import AUGMENTATIONS
 from dormant.errors import DormantError
 
@@ -88,10 +88,6 @@ def reverse_triggers(
     """Reverse-engineer every class's trigger (or those in ``classes``, in that order) from
     the clean images ``x[ids]`` (uint8); row i of the result belongs to ``classes[i]``."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     _, c, h, w = x.shape
     classes = list(range(num_classes)) if classes is None else list(classes)
     k = len(classes)
@@ -112,7 +108,7 @@ def reverse_triggers(
     active = torch.ones(k, dtype=torch.bool, device=device)
     g = torch.Generator().manual_seed(seed)
     ids = ids.to(x.device)
-    try:
+    with frozen(model):
         for epoch in range(cfg.epochs):
             order = ids[torch.randperm(len(ids), generator=g).to(ids.device)]
             hits = torch.zeros(k, device=device)
@@ -162,10 +158,6 @@ def reverse_triggers(
                 progress("neural cleanse", epoch + 1, cfg.epochs)
             if not active.any():
                 break
-    finally:
-        for p in model.parameters():
-            p.requires_grad_(True)
-        model.train(was_training)
     # a class that never reached the success threshold keeps its last mask as a fallback
     never = torch.isinf(best_norm)
     best_mask[never] = _squash(w_mask).detach()[never]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dormant.engine import BatchStream, Progress, to_float
+from dormant.engine import BatchStream, Progress, frozen, to_float
 from dormant.errors import DormantError
 
 
@@ -85,11 +85,6 @@ def targeted_success(
         raise DormantError("universal perturbation needs at least 2 clean images (half fit "
                            "the perturbations, half measure them)")
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    grads = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
     g = torch.Generator().manual_seed(seed)
     ids = ids.to(x.device)
     perm = ids[torch.randperm(len(ids), generator=g).to(ids.device)]
@@ -98,7 +93,7 @@ def targeted_success(
     _, c, h, w = x.shape
     targets = torch.arange(num_classes, device=device)
     delta = torch.zeros(num_classes, c, h, w, device=device)
-    try:
+    with frozen(model):
         with torch.no_grad():
             clean = torch.cat([model(to_float(x[held[i : i + 1024]]).to(device)).argmax(1)
                                for i in range(0, len(held), 1024)])
@@ -128,8 +123,4 @@ def targeted_success(
                 pred = _stamped_logits(model, xb, delta).argmax(2)
                 hits += ((pred == targets[:, None]) & moved).sum(1)
                 count += moved.sum(1)
-    finally:
-        for p, r in zip(model.parameters(), grads, strict=True):
-            p.requires_grad_(r)
-        model.train(was_training)
     return (100.0 * hits / count).cpu()  # 0 / 0 -> NaN: no image left to move

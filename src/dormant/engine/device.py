@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -35,3 +38,20 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
 def autocast(device: torch.device):
     """bf16 autocast on CUDA; a no-op context elsewhere so CPU numbers stay exact."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode with no parameter gradients, for optimising inputs against it;
+    its mode and every parameter's ``requires_grad`` come back as they were."""
+    was_training = model.training
+    grads = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, r in zip(model.parameters(), grads, strict=True):
+            p.requires_grad_(r)
+        model.train(was_training)

@@ -4,7 +4,6 @@ on disk out, with the sidecar saying exactly what was done."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
@@ -22,16 +21,8 @@ from dormant.experiments.spec import RelearnSpec
 from dormant.models import ModelSpec, create_model
 from dormant.store import load_model, save_checkpoint
 from dormant.store.checkpoint import read_sidecar
-from dormant.store.files import atomic_write_bytes, atomic_write_text
+from dormant.store.files import atomic_write_bytes, atomic_write_text, sha256_file
 from dormant.unlearn import UnlearnContext, UnlearnData, make_hparams, unlearn
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def train_model(spec: RelearnSpec, out: Path, *, seed: int = 0,

@@ -12,11 +12,10 @@ import torch
 
 from dormant.data import Dataset
 from dormant.engine import Progress, resolve_device
-from dormant.experiments.single import sha256_file
 from dormant.requests.assess import assess, device_data, load_for, recipe_of, record
 from dormant.requests.ledger import Ledger
 from dormant.requests.policy import Policy
-from dormant.store.files import atomic_write_text
+from dormant.store.files import atomic_write_text, sha256_file
 
 
 def audit(original: Path, unlearned: Path, ds: Dataset, ids: torch.Tensor, policy: Policy,

@@ -352,8 +352,8 @@ class _FileHasher:
 
     @staticmethod
     def _hash(path: Path) -> str | None:
-        # Imported here: dormant.experiments pulls in torch, and the ledger alone (ledger head,
-        # show, concurrent writers) should start without it.
-        from dormant.experiments.single import sha256_file
+        # Imported here: the dormant.store package pulls in torch, and the ledger alone
+        # (ledger head, show, concurrent writers) should start without it.
+        from dormant.store.files import sha256_file
 
         return sha256_file(path) if path.is_file() else None

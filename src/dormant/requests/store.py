@@ -18,11 +18,10 @@ import torch
 from torch import nn
 
 from dormant.errors import DormantError
-from dormant.experiments.single import sha256_file
 from dormant.models import ModelSpec
 from dormant.requests.ledger import Entry, Ledger
 from dormant.store.checkpoint import read_checkpoint, save_checkpoint, sidecar_path
-from dormant.store.files import atomic_write_bytes, atomic_write_text
+from dormant.store.files import atomic_write_bytes, atomic_write_text, sha256_file
 
 FORMAT = "dormant-store/1"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
