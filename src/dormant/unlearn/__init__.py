@@ -30,6 +30,7 @@ from dormant.unlearn.base import (
     MethodInfo,
     StepHparams,
     StoppableHparams,
+    Strength,
     UnlearnContext,
     UnlearnData,
     available_methods,
@@ -40,6 +41,6 @@ from dormant.unlearn.base import (
 )
 
 __all__ = [
-    "MethodInfo", "StepHparams", "StoppableHparams", "UnlearnContext", "UnlearnData",
+    "MethodInfo", "StepHparams", "StoppableHparams", "Strength", "UnlearnContext", "UnlearnData",
     "available_methods", "get_method", "make_hparams", "register_method", "unlearn",
 ]

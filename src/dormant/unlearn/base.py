@@ -10,6 +10,7 @@ import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import TypeAdapter, ValidationError
@@ -48,6 +49,32 @@ class UnlearnContext:
 
 
 @dataclass(frozen=True)
+class Strength:
+    """A method's declared strength hyper-parameter: the one knob ``calibrate: oracle`` turns.
+
+    ``factors`` multiply the value the study resolved for ``param`` (the profile's budget,
+    then the user's override), so one grid means the same on any model and profile; at most
+    4 values, as the verdict issue asks, because each one costs a full-budget run.
+    ``target`` is what calibration matches to the retrain oracle, on the leakable forget ids
+    only (never the held-out split):
+
+    - ``"leakable"``: the value whose accuracy on the leakable ids is closest to the oracle's;
+    - ``"distance"``: the smallest value whose L2 distance from theta_pre reaches the
+      oracle's, the seed paper's own predictor of resistance (for the remedies, whose job is
+      to move the weights, not to lower forget accuracy directly).
+    """
+
+    param: str
+    factors: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    target: Literal["leakable", "distance"] = "leakable"
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.factors) <= 4 or any(f <= 0 for f in self.factors):
+            raise ValueError(f"strength {self.param}: 1 to 4 positive factors, got "
+                             f"{self.factors}")
+
+
+@dataclass(frozen=True)
 class StepHparams:
     """Budget shared by step-based methods. Defaults follow the seed paper's unlearning
     (Siddiqui et al. 2025): a fresh Adam, lr 1e-5, wd 0, no schedule, batch 128, 39,100 steps
@@ -58,6 +85,9 @@ class StepHparams:
     weight_decay: float = 0.0
     batch_size: int = 128
     optimizer: str = "adam"
+
+    # the learning rate sets how far a fixed step budget moves the weights
+    strength: ClassVar[Strength | None] = Strength("lr")
 
     def recipe(self, base: Recipe) -> Recipe:
         return Recipe(
@@ -115,6 +145,11 @@ class MethodInfo:
 
     def defaults(self) -> dict:
         return dataclasses.asdict(self.hparams())
+
+    @property
+    def strength(self) -> Strength | None:
+        """The declared strength hyper-parameter, or None for a method with no knob."""
+        return getattr(self.hparams, "strength", None)
 
 
 _METHODS: dict[str, MethodInfo] = {}
