@@ -160,7 +160,8 @@ def _unlearn(spec: BackdoorSpec, v: Victim, method: str, condition: str, hp: dic
     data = UnlearnData(x, y, forget.to(dev), torch.nonzero(keep).flatten().to(dev),
                        forget.to(dev), v.num_classes)
     base = v.poisoned if poisoned else v.unpoisoned
-    ctx = UnlearnContext(v.recipe, lambda: create_model(v.mspec, seed=v.seed), v.seed, progress)
+    ctx = UnlearnContext(v.recipe, lambda s=None: create_model(
+        v.mspec, seed=v.seed if s is None else s), v.seed, progress)
     if method == "retrain":
         key = cache_key(kind="backdoor-retrain", base=v.keys["poisoned" if poisoned
                                                              else "unpoisoned"],

@@ -50,7 +50,8 @@ class Prepared:
         )
 
     def context(self, progress: Progress | None) -> UnlearnContext:
-        return UnlearnContext(self.recipe, lambda: create_model(self.spec, seed=self.seed),
+        return UnlearnContext(self.recipe, lambda s=None: create_model(
+                                  self.spec, seed=self.seed if s is None else s),
                               self.seed, progress)
 
     @cached_property

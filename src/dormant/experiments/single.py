@@ -111,7 +111,8 @@ def unlearn_checkpoint(spec: RelearnSpec, checkpoint: Path, method: str, out: Pa
     mspec = ModelSpec(name, c, ds.num_classes, h)
     data = UnlearnData(x, y, split.forget.to(device), split.retain.to(device),
                        split.leakable.to(device), ds.num_classes)
-    ctx = UnlearnContext(recipe, lambda: create_model(mspec, seed=side.get("seed", seed)),
+    ctx = UnlearnContext(recipe, lambda s=None: create_model(
+                            mspec, seed=side.get("seed", seed) if s is None else s),
                          seed, progress)
     result = unlearn(method, model, data, ctx, **dataclasses.asdict(hp))
     x_test, y_test = ds.x_test.to(device), ds.y_test.to(device)

@@ -144,7 +144,8 @@ def process_request(store: ModelStore, ds: Dataset, req: Request, policy: Policy
         data = UnlearnData(x, y, forget.to(dev), retain.to(dev), forget[:0].to(dev),
                            ds.num_classes)
         train_seed = side.get("seed", req.seed)
-        ctx = UnlearnContext(recipe, lambda: create_model(spec, seed=train_seed), req.seed,
+        ctx = UnlearnContext(recipe, lambda s=None: create_model(
+            spec, seed=train_seed if s is None else s), req.seed,
                              progress)
         new = unlearn(req.method, model, data, ctx, **hp)
         t_unlearn = time.perf_counter() - t1

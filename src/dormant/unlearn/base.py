@@ -38,8 +38,9 @@ class UnlearnData:
 class UnlearnContext:
     recipe: Recipe
     """The original model's training recipe: the oracle reuses it, others its augmentation."""
-    init: Callable[[], nn.Module]
-    """A fresh model with the original model's initialisation."""
+    init: Callable[..., nn.Module]
+    """``init()``: a fresh model with the original model's initialisation; ``init(seed)``: an
+    independent one from another seed (Bad Teacher's incompetent teacher)."""
     seed: int = 0
     progress: Progress | None = None
     pretrained: nn.Module | None = None
