@@ -46,8 +46,8 @@ def _row_line(r: dict) -> str:
             f"lr {r['attack_lr']:.0e}")
     if r.get("status") == "failed":
         return f"{head}  FAILED: {r['reason']}"
-    return (f"{head}  forget {r['forget_acc']:5.1f} -> {r['forget_acc_attacked']:5.1f}"
-            f"  (recovery {r['recovery']:+.1f})")
+    return (f"{head}  forget {r['forget_acc']:5.1f} -> {r['forget_acc_attacked_end']:5.1f} at "
+            f"the attack's end (max {r['forget_acc_attacked']:5.1f})")
 
 
 def _spec(study: Path | None = None, *, kind: str = "relearn", nested: dict | None = None,
@@ -103,31 +103,28 @@ def _spec_error(e: ValidationError, study: Path | None, flags: dict,
 
 
 def _results_table(rows: list[dict], title: str) -> Table:
-    """The paper's table: one line per method (retain relearn set, main attack setting)."""
-    from dormant.report import paper_table
+    """The verdict table: one line per method and k (retain relearn set, main attack)."""
+    from dormant.report import main_verdicts
+    from dormant.report.tables import verdict_table
 
-    cols = {"forget": ("forget", 1), "forget_k0": ("k=0", 1), "forget_k5": ("k=5", 1),
-            "test": ("test", 1), "l2_to_original": ("L2", 2), "mia_auc": ("MIA", 2),
-            "aurc_k0": ("AURC", 1)}
-    table = paper_table(rows)
-    seeds = int(table["n"].max()) if len(table) else 0
+    table = verdict_table(main_verdicts(rows))
+    seeds = max((int(r[2]) for r in table.rows), default=0)
     t = Table(title=f"{title} ({seeds} seed{'s' * (seeds != 1)})",
-              caption="held-out forget accuracy after unlearning and after the k=0 / k=5 "
-                      "attacks; L2 to the original; SVC MIA AUC; AURC at k=0 (points)")
-    t.add_column("method", no_wrap=True)
-    for head, _ in cols.values():
-        t.add_column(head, justify="right", no_wrap=True)
-    for r in table.to_dict("records"):
-        cells = ["-" if r[c] is None or r[c] != r[c] else f"{r[c]:.{d}f}"
-                 for c, (_, d) in cols.items()]
-        t.add_row(r["method"], *cells)
+              caption="against the retrain oracle in the same cell: forget accuracy after "
+                      "unlearning minus the oracle's; excess = attacked forget accuracy at "
+                      "the attack's end minus the oracle's (points), mean ± std, paired 95% "
+                      "interval; the curves' maxima for comparison")
+    for i, head in enumerate(table.headers):
+        t.add_column(head, justify="left" if i in (0, 7) else "right", no_wrap=True)
+    for r in table.rows:
+        t.add_row(*r)
     return t
 
 
 def _run_study(spec, out: Path, title: str) -> list[dict]:
     from dormant.experiments import run_relearn
-    from dormant.report import write_relearn_report
-    from dormant.report.tables import relearning_verdict
+    from dormant.report import main_verdicts, write_relearn_report
+    from dormant.report.relearn import verdict_text
 
     t0 = time.perf_counter()
     with ProgressBars(console) as bars:
@@ -136,11 +133,7 @@ def _run_study(spec, out: Path, title: str) -> list[dict]:
     paths = write_relearn_report(rows, out, title)
     console.print(_results_table(rows, f"{title}: {rows[0]['dataset']}, {rows[0]['model']}, "
                                        f"forget {rows[0]['forget']}"))
-    v = relearning_verdict(rows)
-    if v["oracle_recovery"] is not None:
-        names = ", ".join(f"{m} ({r:+.1f})" for m, r in v["dormant"]) or "none"
-        console.print(f"oracle recovery at k=0: {v['oracle_recovery']:+.1f} points; "
-                      f"recovering >= 20 points more than the oracle: {names}")
+    console.print(verdict_text(main_verdicts(rows)))
     console.print(f"wrote {', '.join(str(p) for p in [out / 'results.jsonl', *paths.values()])} "
                   f"in {time.perf_counter() - t0:.1f} s")
     return rows
@@ -182,6 +175,12 @@ def relearn_cmd(
     = None,
     attack_lr: Annotated[str | None, typer.Option(help="attack learning rates, e.g. 1e-5,1e-4")]
     = None,
+    calibrate: Annotated[str | None, typer.Option(
+        help="oracle: pick each method's strength so it forgets as much as the oracle on the "
+             "leakable ids (default); none: run the values as given")] = None,
+    stop: Annotated[str | None, typer.Option(
+        help="budget: every method runs its full budget (default); oracle-leakable: stop "
+             "once the leakable ids reach the oracle's accuracy")] = None,
     analysis: Annotated[bool | None, typer.Option(
         help="linear mode connectivity and membership inference for every model")] = None,
     lmc_points: Annotated[int | None, typer.Option(help="points on each LMC line")] = None,
@@ -203,7 +202,8 @@ def relearn_cmd(
         relearn_sets=[s.strip() for s in relearn_sets.split(",")] if relearn_sets else None,
         train_steps=train_steps, unlearn_steps=unlearn_steps,
         attack_steps=_numbers(attack_steps, "attack-steps"),
-        attack_lr=_numbers(attack_lr, "attack-lr", float), analysis=analysis, lmc_points=lmc_points,
+        attack_lr=_numbers(attack_lr, "attack-lr", float), calibrate=calibrate, stop=stop,
+        analysis=analysis, lmc_points=lmc_points,
         analysis_size=analysis_size, device=device,
     )
     out = out or Path("runs") / f"relearn-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -22,6 +22,7 @@ from dormant.engine import (
 )
 from dormant.engine.augment import augment
 from dormant.errors import DormantError
+from dormant.metrics.curves import end_mean
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,12 @@ class Curve:
     @property
     def last(self) -> float:
         return self.forget_acc[-1]
+
+    @property
+    def end(self) -> float:
+        """Where the attack ends: the mean of the last 13% of points, as the seed paper
+        summarises a run (:func:`dormant.metrics.end_mean`)."""
+        return end_mean(self.forget_acc)
 
 
 def relearn(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from torch import nn
 
 from dormant.engine.augment import augment
 from dormant.engine.device import autocast, prepare_model, to_float
+from dormant.engine.evaluate import evaluate
 from dormant.engine.recipe import Recipe
 
 Progress = Callable[[str, int, int], None]
@@ -67,24 +69,25 @@ def train_loop(
     device = next(model.parameters()).device
     opt, sched = recipe.build(list(model.parameters()) if params is None else params)
     model.train()
-    report_every = max(1, recipe.steps // 100)
-    for step in range(recipe.steps):
+    total = recipe.stop_after or recipe.steps
+    report_every = max(1, total // 100)
+    for step in range(total):
         opt.zero_grad(set_to_none=True)
         with autocast(device):
             loss = loss_fn(step)
         done = step + 1
-        if (done % FINITE_CHECK_EVERY == 0 or done == recipe.steps) and not torch.isfinite(loss):
+        if (done % FINITE_CHECK_EVERY == 0 or done == total) and not torch.isfinite(loss):
             raise Diverged(f"{label}: the loss became {loss.item()} at step {done}")
         loss.backward()
         opt.step()
         sched.step()
-        if progress is not None and (done % report_every == 0 or done == recipe.steps):
-            progress(label, done, recipe.steps)
+        if progress is not None and (done % report_every == 0 or done == total):
+            progress(label, done, total)
         if hook is not None and done % hook_every == 0 and hook(done, model):
             if progress is not None:
-                progress(label, recipe.steps, recipe.steps)
+                progress(label, total, total)
             return done
-    return recipe.steps
+    return total
 
 
 @dataclass(frozen=True)
@@ -109,9 +112,12 @@ def fit(
     hook_every: int = 1,
     progress: Progress | None = None,
     label: str = "train",
+    until_fit: float | None = None,
 ) -> FitResult:
     """Cross-entropy training of ``model`` on ``(x[ids], y[ids])``; ``track`` records
-    per-sample correctness as the batches go by, which costs nothing extra."""
+    per-sample correctness as the batches go by, which costs nothing extra. ``until_fit``
+    stops once the model fits that percentage of ``x[ids]`` (un-augmented), checked once per
+    epoch: a memorising recipe on any dataset, with ``recipe.steps`` as the cap."""
     prepare_model(model, x.device)
     stream = BatchStream(ids.to(x.device), recipe.batch_size, generator)
     seen = torch.zeros(len(x), device=x.device) if track else None
@@ -124,6 +130,14 @@ def fit(
             seen.index_add_(0, b, torch.ones(len(b), device=x.device))
             right.index_add_(0, b, (logits.argmax(1) == y[b]).float())
         return F.cross_entropy(logits, y[b])
+
+    if until_fit is not None:
+        if hook is not None:
+            raise ValueError("fit: until_fit and hook are exclusive")
+        hook_every = max(1, math.ceil(len(ids) / recipe.batch_size))
+
+        def hook(_step: int, m: nn.Module) -> bool:
+            return evaluate(m, x, y, ids).acc >= until_fit
 
     t0 = time.perf_counter()
     steps = train_loop(

@@ -37,10 +37,16 @@ class Recipe:
     final_lr: float | None = None
     augment: str = "flip-crop"
     pad: int = 4
+    stop_after: int | None = None
+    """Stop after this many steps while the schedule still spans ``steps``: the oracle trains
+    exactly as many steps as an original that stopped early at memorisation, on the same
+    learning-rate curve."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps <= 0:
             raise DormantError(f"step count must be a positive integer, got {self.steps!r}")
+        if self.stop_after is not None and not 0 < self.stop_after <= self.steps:
+            raise DormantError(f"stop_after must be in 1..{self.steps}, got {self.stop_after}")
         if self.batch_size <= 0:
             raise DormantError(f"batch size must be positive, got {self.batch_size}")
         if self.lr <= 0:

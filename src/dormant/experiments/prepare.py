@@ -41,6 +41,8 @@ class Prepared:
     train_fit_acc: float
     original_key: str
     forget_text: str = ""
+    train_steps_taken: int = 0
+    """Steps the original trained (it stops at ``fit_target``); the oracle trains as many."""
 
     def unlearn_data(self) -> UnlearnData:
         dev = self.x.device
@@ -100,19 +102,24 @@ def prepare(
     y_cpu, canaries = canary_labels(fspec, ds.y_train, ds.num_classes, seed)
     x, y = ds.x_train.to(device), y_cpu.to(device)
     base = dict(data=ds.fingerprint, labels=cache_key(y=y_cpu.tolist()), model=mspec.to_dict(),
-                recipe=recipe.to_dict(), seed=seed, device=device.type)
+                recipe=recipe.to_dict(), seed=seed, device=device.type,
+                until_fit=spec.fit_target)
     okey = cache_key(kind="original", **base)
 
     def train_original():
         model = create_model(mspec, seed=seed)
         g = torch.Generator().manual_seed(seed)
         res = fit(model, x, y, torch.arange(len(y), device=device), recipe, generator=g,
-                  track=True, progress=progress, label="original")
-        return model, {"learning_speed": res.learning_speed}
+                  track=True, progress=progress, label="original", until_fit=spec.fit_target)
+        return model, {"learning_speed": res.learning_speed,
+                       "steps": torch.tensor([res.steps])}
 
     original, extras = cached_fit(cache, okey, mspec, device, train_original,
                                    {"kind": "original", "data_fingerprint": ds.fingerprint,
                                     **base})
+    taken = int(extras["steps"][0]) if "steps" in extras else recipe.steps
+    # the oracle follows the original's learning-rate curve for exactly as many steps
+    recipe = recipe.with_(stop_after=taken) if taken < recipe.steps else recipe
     fitted = (predict(original, x).argmax(1) == y).cpu()
     scores = None
     if fspec.needs_scores:
@@ -125,7 +132,7 @@ def prepare(
     rkey = cache_key(kind="retrain", original=okey, split=split.hash)
     prep = Prepared(ds, profile, mspec, recipe, seed, x, y, ds.x_test.to(device),
                     ds.y_test.to(device), split, original, original,
-                    float(fitted.float().mean() * 100), okey, fspec.text)
+                    float(fitted.float().mean() * 100), okey, fspec.text, taken)
     prep.oracle, _ = cached_fit(
         cache, rkey, mspec, device,
         lambda: (unlearn("retrain", original, prep.unlearn_data(), prep.context(progress)), {}),

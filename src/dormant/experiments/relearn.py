@@ -25,6 +25,7 @@ from dormant.data.split import leakable_count
 from dormant.engine import Diverged, Progress, evaluate
 from dormant.errors import DormantError
 from dormant.experiments.analysis import Probe, analyse, make_probe, mia
+from dormant.experiments.calibrate import Calibration, calibrate
 from dormant.experiments.pipeline import Pipeline, resolve
 from dormant.experiments.prepare import (
     Prepared,
@@ -41,17 +42,18 @@ from dormant.store import ModelCache, ResultsLog, cache_key
 from dormant.unlearn import StoppableHparams, get_method, make_hparams, unlearn
 
 GRID_KEYS = {"methods", "hparams", "k", "seeds", "forget", "relearn_sets", "attack_lr",
-             "attack_steps", "device"}
+             "attack_steps", "device", "calibrate", "stop"}
 
 
 def method_hparams(spec: RelearnSpec, prep: Prepared, method: str, user: dict) -> dict:
-    """Profile budgets, the oracle-matched stop target, then the user's own overrides."""
+    """Profile budgets, the oracle-matched stop target (``stop: oracle-leakable`` only),
+    then the user's own overrides."""
     info = get_method(method)
     hp: dict = {}
     if "steps" in info.defaults():
         hp["steps"] = spec.unlearn_steps or prep.profile.unlearn_steps
         hp["lr"] = spec.unlearn_lr or prep.profile.unlearn_lr
-    if issubclass(info.hparams, StoppableHparams) and spec.stop_at_oracle:
+    if issubclass(info.hparams, StoppableHparams) and spec.stop == "oracle-leakable":
         hp["stop_acc"] = prep.oracle_monitor_acc
     hp.update(user)
     make_hparams(method, hp)  # validate before any work
@@ -126,6 +128,7 @@ def run_relearn(
     pipelines = check_spec(spec, ds)
     profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
 
+    chosen: dict[tuple[str, str], tuple[list[dict], list[Calibration]]] = {}
     for seed in spec.seeds:
         for forget_text in forget_sets(spec, profile):
             prep = prepare(spec, ds, seed, cache, progress, forget_text)
@@ -133,22 +136,35 @@ def run_relearn(
                 prep.split.leaked(k)  # refuse an impossible k before any unlearning
             probe = make_probe(prep, spec.analysis_size) if spec.analysis else None
             for pipe in pipelines:
-                stage_hps = [{} if pipe.is_reference else method_hparams(spec, prep, s.method,
-                                                                         s.hparams)
-                             for s in pipe.stages]
+                if pipe.is_reference:
+                    stage_hps, cal = [{}], []
+                elif (forget_text, pipe.name) in chosen:
+                    stage_hps, cal = chosen[forget_text, pipe.name]
+                else:
+                    stage_hps = [method_hparams(spec, prep, s.method, s.hparams)
+                                 for s in pipe.stages]
+                    cal = []
+                    if spec.calibrate == "oracle":
+                        # the first seed picks every method's strength, for all seeds
+                        stage_hps, cal = calibrate(
+                            prep, pipe, stage_hps, [s.hparams for s in pipe.stages],
+                            lambda p, h, prep=prep: unlearned_model(prep, p, h, cache,
+                                                                    progress))
+                    chosen[forget_text, pipe.name] = stage_hps, cal
                 missing = [c for c in _cells(spec, prep, pipe, stage_hps)
                            if c["cell"] not in log]
                 if missing:
-                    _run_pipeline(spec, prep, probe, pipe, stage_hps, missing, cache, progress,
-                                  log.emit)
+                    _run_pipeline(spec, prep, probe, pipe, stage_hps, cal, missing, cache,
+                                  progress, log.emit)
     return log.read()
 
 
 def _run_pipeline(spec, prep: Prepared, probe: Probe | None, pipe: Pipeline, stage_hps,
-                  cells, cache, progress, emit) -> None:
+                  cal: list[Calibration], cells, cache, progress, emit) -> None:
     common = {"dataset": spec.dataset, "model": prep.spec.name, "forget": prep.forget_text,
               "method": pipe.name, "seed": prep.seed, "hparams": stage_hps[-1],
-              "pipeline": [[s.method, hp] for s, hp in zip(pipe.stages, stage_hps, strict=True)]}
+              "pipeline": [[s.method, hp] for s, hp in zip(pipe.stages, stage_hps, strict=True)],
+              "calibration": [c.to_dict() for c in cal]}
     t0 = time.perf_counter()
     try:
         model = unlearned_model(prep, pipe, stage_hps, cache, progress)
@@ -212,6 +228,7 @@ def _measure(prep: Prepared, model: nn.Module) -> dict:
     return {"retain_acc": round(retain, 4), "forget_acc": round(forget, 4),
             "test_acc": round(test, 4), "tow": round(tow(retain, forget, test), 4),
             "train_fit_acc": round(prep.train_fit_acc, 4),
+            "train_steps": prep.train_steps_taken,
             "l2_to_original": round(l2_distance(model, prep.original), 6),
             "forget_size": len(prep.split.forget), "heldout_size": len(prep.split.heldout),
             "split": prep.split.hash}
@@ -235,6 +252,7 @@ def _attack_row(spec, prep: Prepared, probe: Probe | None, model, before, cell) 
         "test_acc_attacked": round(curve.test_acc[-1], 4),
         "forget_acc_attacked": round(curve.best, 4),
         "forget_acc_attacked_last": round(curve.last, 4),
+        "forget_acc_attacked_end": round(curve.end, 4),
         "recovery": round(recovery(before["forget_acc"], curve.best), 4),
         "aurc": round(aurc(curve.steps, curve.forget_acc, before["forget_acc"]), 4),
         **after,

@@ -7,6 +7,7 @@ x forget sets x k x relearn sets x attack learning rates x attack step budgets.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
@@ -86,7 +87,17 @@ class RelearnSpec(BaseModel):
     attack_steps: list[int] | None = None
     attack_lr: list[float] | None = None
     eval_every: int | None = Field(default=None, gt=0)
-    stop_at_oracle: bool = True
+    calibrate: Literal["oracle", "none"] = "oracle"
+    """``oracle``: before the study, each method's declared strength hyper-parameter is picked
+    from its small grid on the first seed's *leakable* forget ids, never the held-out split
+    (``dormant.experiments.calibrate``); ``none`` runs the values as given."""
+    stop: Literal["budget", "oracle-leakable"] = "budget"
+    """``budget``: every method runs its full budget, as in the seed code. ``oracle-leakable``:
+    a method stops once its accuracy on the leakable ids reaches the oracle's (checked every
+    ``stop_every`` steps); it measures a method at its shallowest point."""
+    fit_target: float | None = Field(default=99.0, gt=0, le=100)
+    """The original trains until it fits this % of its training set, checked once per epoch,
+    up to ``train_steps`` (the cap); the oracle trains as many steps. ``None``: the whole cap."""
     analysis: bool = True
     lmc_points: int = Field(default=21, ge=2)
     analysis_size: int = Field(default=2000, gt=0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dormant.metrics.curves import aurc
+from dormant.metrics.curves import aurc, end_mean
 from dormant.metrics.detection import auroc
 from dormant.metrics.lmc import interpolate_state, lmc_curve, loss_barrier
 from dormant.metrics.mia import example_losses, loss_auc, softmax_features, svc_mia_auc
@@ -18,7 +18,10 @@ def tow(retain_acc: float, forget_acc: float, test_acc: float) -> float:
 
 
 def recovery(forget_acc_unlearned: float, forget_acc_attacked_best: float) -> float:
-    """Points of held-out forget accuracy the attack brings back (its best point)."""
+    """Points of held-out forget accuracy the attack brings back (its best point), measured
+    from the method's *own* start. Not a verdict: a method that over-forgets (ends far below
+    the oracle) shows a large recovery without relearning anything the oracle would not;
+    verdicts use ``excess`` against the oracle (``dormant.experiments.verdicts``)."""
     return forget_acc_attacked_best - forget_acc_unlearned
 
 
@@ -33,6 +36,6 @@ def l2_distance(a: nn.Module, b: nn.Module) -> float:
 
 
 __all__ = [
-    "aurc", "auroc", "example_losses", "interpolate_state", "l2_distance", "lmc_curve", "loss_auc",
-    "loss_barrier", "recovery", "softmax_features", "svc_mia_auc", "tow",
+    "aurc", "auroc", "end_mean", "example_losses", "interpolate_state", "l2_distance",
+    "lmc_curve", "loss_auc", "loss_barrier", "recovery", "softmax_features", "svc_mia_auc", "tow",
 ]

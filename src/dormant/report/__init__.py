@@ -6,9 +6,9 @@ from dormant.report.figures import lmc_figure, recovery_figure, scatter_figure
 from dormant.report.relearn import write_relearn_report
 from dormant.report.tables import (
     failed_frame,
+    main_verdicts,
     normalize_row,
     paper_table,
-    relearning_verdict,
     rows_frame,
     summary_frame,
     to_markdown,
@@ -17,6 +17,6 @@ from dormant.report.tables import (
 
 __all__ = [
     "failed_frame", "lmc_figure", "normalize_row", "paper_table", "recovery_figure",
-    "relearning_verdict", "rows_frame", "scatter_figure", "summary_frame", "to_markdown",
+    "main_verdicts", "rows_frame", "scatter_figure", "summary_frame", "to_markdown",
     "write_csv", "write_relearn_report",
 ]

@@ -26,7 +26,7 @@ code { background: #f4f4f4; padding: 0 3px; }
 
 @dataclass(frozen=True)
 class Block:
-    """One piece of a report: ``kind`` is "h1", "h2", "p", "table" or "img"; ``text`` is the
+    """One piece of a report: ``kind`` is "h1", "h2", "h3", "p", "table" or "img"; ``text`` is the
     heading, paragraph (with `code` and *emphasis*) or image caption."""
 
     kind: str
@@ -55,7 +55,7 @@ def data_uri(path: Path) -> str:
 def to_html(blocks: list[Block], title: str) -> str:
     parts = []
     for b in blocks:
-        if b.kind in ("h1", "h2"):
+        if b.kind in ("h1", "h2", "h3"):
             parts.append(f"<{b.kind}>{_inline(b.text)}</{b.kind}>")
         elif b.kind == "p":
             parts.append(f"<p>{_inline(b.text)}</p>")
@@ -79,6 +79,8 @@ def to_markdown(blocks: list[Block]) -> str:
             parts.append(f"# {b.text}")
         elif b.kind == "h2":
             parts.append(f"## {b.text}")
+        elif b.kind == "h3":
+            parts.append(f"### {b.text}")
         elif b.kind == "p":
             parts.append(b.text)
         elif b.kind == "table":

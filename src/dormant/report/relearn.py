@@ -5,6 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dormant.experiments.verdicts import (
+    FORGET_MARGIN,
+    RELEARN_EXCESS,
+    VERDICTS,
+    Verdict,
+    relearning_shown,
+    verdicts,
+)
 from dormant.report.figures import (
     lmc_figure,
     method_styles,
@@ -14,17 +22,21 @@ from dormant.report.figures import (
 )
 from dormant.report.html import Block, to_html, to_markdown
 from dormant.report.tables import (
+    REFERENCE_ORDER,
+    Table,
     failed_display,
     failed_frame,
     main_setting,
+    main_verdicts,
     method_order,
     normalize_row,
     ok_rows,
+    paired,
     paper_display,
     paper_table,
-    relearning_verdict,
     summary_frame,
     summary_table,
+    verdict_table,
     write_csv,
 )
 from dormant.store.files import atomic_write_text
@@ -44,17 +56,54 @@ def _describe(rows: list[dict]) -> str:
     return text + f". {len(ok)} cells succeeded, {n_failed} failed."
 
 
-def _verdict(rows: list[dict]) -> str:
-    v = relearning_verdict(rows)
-    if v["oracle_recovery"] is None:
-        return "No k = 0 cells of the retrain oracle succeeded, so there is no verdict."
-    names = ", ".join(f"{m} ({r:+.1f})" for m, r in v["dormant"]) or "none"
-    return (f"Retain-only attack (k = 0): the retrain oracle recovers "
-            f"{v['oracle_recovery']:+.1f} points; methods recovering at least 20 points more: "
-            f"{names}. Relearning effect shown: {'yes' if v['shown'] else 'no'}.")
+def verdict_text(found: list[Verdict]) -> str:
+    """The study's verdict in the words of ``dormant.experiments.verdicts``, per k."""
+    if not found:
+        return "No cell has both a method and the retrain oracle, so there is no verdict."
+    parts = []
+    for k in sorted({v.k for v in found}):
+        at = [v for v in found if v.k == k and v.method not in REFERENCE_ORDER]
+        words = []
+        for name in VERDICTS:
+            names = [f"{v.method} ({v.excess:+.1f})" if name in ("relearns", "resists")
+                     else v.method for v in at if v.verdict == name]
+            if names:
+                words.append(f"{name}: {', '.join(names)}")
+        shown = "yes" if relearning_shown(found, k) else "no"
+        parts.append(f"k = {k}: " + ("; ".join(words) or "no methods")
+                     + f". Relearning shown (two or more methods relearn): {shown}.")
+    return ("Verdicts against the retrain oracle attacked in the same cell (excess = attacked "
+            "forget accuracy at the end of the attack minus the oracle's, in points). "
+            + " ".join(parts))
+
+
+def _calibration_blocks(rows: list[dict]) -> list[Block]:
+    """Which strength every method ran at, and what each candidate reached."""
+    seen, lines = set(), []
+    for r in ok_rows(rows):
+        for c in r.get("calibration") or []:
+            key = (r["method"], c["stage"])
+            if key in seen:
+                continue
+            seen.add(key)
+            unit = "% on the leakable ids" if c["target"] == "leakable" else " L2 from θ_pre"
+            tried = ", ".join(f"{v:.3g} → {s:.3g}" for v, s in zip(c["values"], c["scores"],
+                                                                   strict=True))
+            lines.append([r["method"], c["method"], c["param"], f"{c['chosen']:.3g}",
+                          f"{c['goal']:.3g}{unit}", tried])
+    if not lines:
+        return []
+    return [Block("h3", "Calibration"),
+            Block("p", "`calibrate: oracle`: each method's declared strength, chosen on the "
+                       "first seed from its grid, run at the full budget, to match the oracle "
+                       "on the leakable forget ids (never the held-out split) or to reach the "
+                       "oracle's distance from θ_pre; the same value runs on every seed."),
+            Block("table", table=Table(["method", "stage", "strength", "chosen", "oracle",
+                                        "candidates → reached"], lines))]
 
 
 def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
+    found = main_verdicts(rows)
     setting = main_setting(rows)
     at = ("" if setting is None else
           f" Main attack setting: lr {setting[0]:g}, {setting[1]} steps.")
@@ -62,11 +111,24 @@ def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
     blocks = [
         Block("h1", title),
         Block("p", _describe(rows)),
-        Block("p", _verdict(rows)),
+        Block("p", verdict_text(found)),
+        Block("h2", "Verdicts"),
+        Block("p", f"Each method against the retrain oracle in the same cell (seed, forget "
+                   f"set, k, relearn set, attack), retain relearn set at the main attack "
+                   f"setting. *excess (end)*: the mean of the last 13% of the attack curve's "
+                   f"points (as the seed paper averages its last 50), minus the oracle's; "
+                   f"mean ± std over seeds and a paired 95% t-interval. *does-not-forget* / "
+                   f"*over-forgets*: forget accuracy after unlearning more than "
+                   f"{FORGET_MARGIN:g} points above / below the oracle's, so the attack says "
+                   f"nothing about resistance; *relearns*: excess ≥ {RELEARN_EXCESS:g} with "
+                   f"the interval above 0; *resists*: otherwise."),
+        Block("table", table=verdict_table(found)),
+        *_calibration_blocks(rows),
         Block("h2", "Methods"),
         Block("p", "Accuracies in %; *forget* is the held-out forget split. From ok cells "
                    "relearning on the retain set at the main attack setting; mean ± std over "
-                   "seeds. *forget after attack* is the best point of the attack. ToW = "
+                   "seeds. *forget after attack (end)* is the mean of the attack curve's last "
+                   "13% of points, and *excess* that minus the oracle's. ToW = "
                    "retain × (1 − forget) × test. L2 distances over weights and biases. The "
                    "barrier is the retain-loss barrier on the straight line from the original "
                    "to the model. MIA AUC: SVC membership inference of the forget set against "
@@ -87,8 +149,9 @@ def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
                      "to oracle)", path=figs["lmc"]),
         Block("h2", "All settings"),
         Block("p", "Mean over seeds per method, relearn set, attack setting and k. "
-                   "*recovery* = best held-out forget accuracy during the attack minus forget "
-                   "accuracy after unlearning (points)."),
+                   "*recovery (own start)* = best held-out forget accuracy during the attack "
+                   "minus the method's own forget accuracy after unlearning (points); it "
+                   "classifies nothing, since over-forgetting inflates it."),
         Block("table", table=summary_table(summary_frame(rows))),
         Block("h2", "Failed cells"),
     ]
@@ -99,6 +162,14 @@ def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
     return blocks
 
 
+def _with_verdicts(rows: list[dict]) -> list[dict]:
+    """Each ok row with its (method, cell)'s verdict, so results.csv carries the column."""
+    found = {(v.method, v.forget, v.k, v.relearn_set, v.attack_lr, v.attack_steps): v.verdict
+             for v in verdicts(rows)}
+    return [{**r, "verdict": found.get((r["method"], r.get("forget"), r["k"], r["relearn_set"],
+                                        r["attack_lr"], r["attack_steps"]))} for r in rows]
+
+
 def write_relearn_report(rows: list[dict], out: Path, title: str = "Relearning study") -> dict:
     """``results.csv``, ``report.md``, ``recovery.png`` (plus ``recovery-<set>.png`` per
     other relearn set), ``scatter.png``, ``lmc.png`` and the self-contained ``report.html``
@@ -106,7 +177,7 @@ def write_relearn_report(rows: list[dict], out: Path, title: str = "Relearning s
     if not rows:
         raise ValueError("no results rows to report")
     out = Path(out)
-    rows = [normalize_row(r) for r in rows]
+    rows = _with_verdicts(paired(rows))
     styles = method_styles(method_order(rows))
     paths: dict[str, Path] = {"csv": out / "results.csv", "md": out / "report.md",
                               "html": out / "report.html"}

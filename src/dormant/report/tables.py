@@ -15,15 +15,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from dormant.experiments.verdicts import Verdict, attacked_end, verdicts, with_excess
 from dormant.store.files import atomic_write_text
 
 SUMMARY = {
     "retain_acc": "retain",
     "test_acc": "test",
     "forget_acc": "forget",
+    "forget_acc_attacked_end": "forget after attack (end)",
+    "excess": "excess",
     "forget_acc_attacked": "forget after attack (max)",
-    "forget_acc_attacked_last": "forget after attack (last)",
-    "recovery": "recovery",
+    "excess_max": "excess (max)",
+    "recovery": "recovery (own start)",
     "l2_to_original": "L2 to original",
 }
 # newer metrics; old rows give NaN, and the markdown leaves out columns that are all NaN
@@ -45,8 +48,10 @@ RELEARN_SET_ORDER = {"retain": 0, "forget-only": 1, "test": 2, "test+retain-clas
 # paper column -> (row key, k it is read at or None for the unlearned model itself, label)
 PAPER = {
     "forget": ("forget_acc", None, "forget"),
-    "forget_k0": ("forget_acc_attacked", 0, "forget after attack k=0"),
-    "forget_k5": ("forget_acc_attacked", 5, "forget after attack k=5"),
+    "forget_k0": ("forget_acc_attacked_end", 0, "forget after attack k=0 (end)"),
+    "excess_k0": ("excess", 0, "excess k=0"),
+    "forget_k5": ("forget_acc_attacked_end", 5, "forget after attack k=5 (end)"),
+    "excess_k5": ("excess", 5, "excess k=5"),
     "test": ("test_acc", None, "test"),
     "tow": ("tow", None, "ToW"),
     "l2_to_original": ("l2_to_original", None, "L2 to original"),
@@ -57,6 +62,7 @@ PAPER = {
     "aurc_k0": ("aurc", 0, "AURC k=0"),
 }
 FAILED = ["method", "seed", "k", "relearn_set", "reason"]
+_SIGNED = {"signed", "excess", "excess_max", "recovery", "excess_k0", "excess_k5", "forget_gap"}
 _DECIMALS = {"l2_to_original": 3, "l2_to_oracle": 3, "barrier": 3, "mia_auc": 3,
              "mia_auc_attacked": 3, "mia_loss_auc": 3, "mia_loss_auc_attacked": 3}
 
@@ -79,7 +85,14 @@ def normalize_row(row: dict) -> dict:
         r["attack_lr"] = attack.get("lr")
     if r.get("attack_steps") is None:
         r["attack_steps"] = attack.get("steps")
+    if r["status"] == "ok" and r.get("forget_acc_attacked_end") is None:
+        r["forget_acc_attacked_end"] = attacked_end(r)
     return r
+
+
+def paired(rows: list[dict]) -> list[dict]:
+    """Normalised rows with ``excess`` against the oracle of the same cell (ok rows)."""
+    return with_excess([normalize_row(r) for r in rows])
 
 
 def ok_rows(rows: list[dict]) -> list[dict]:
@@ -139,7 +152,7 @@ def summary_frame(rows: list[dict]) -> pd.DataFrame:
     """Mean over seeds of the ok rows per (method, relearn set, attack lr, attack steps, k),
     references first; ``n`` is the number of rows (seeds) averaged."""
     cols = [*SUMMARY, *EXTRA]
-    ok = ok_rows(rows)
+    ok = ok_rows(paired(rows))
     if not ok:
         return pd.DataFrame(columns=[*GROUP, *cols, "n"])
     df = _numeric(pd.DataFrame(ok), cols)
@@ -162,6 +175,7 @@ def paper_table(rows: list[dict]) -> pd.DataFrame:
     main attack setting: each column of :data:`PAPER` is averaged within a seed (over k, or
     at the column's k), then over seeds; ``<col>_std`` is the std over seeds and ``n`` the
     number of seeds. A method whose every cell failed keeps its line, with ``n`` = 0."""
+    rows = paired(rows)
     ok = main_rows(rows)
     failed = main_rows(rows, status="failed")
     methods = method_order(ok + failed)
@@ -190,27 +204,31 @@ def failed_frame(rows: list[dict]) -> pd.DataFrame:
                         columns=FAILED)
 
 
-def relearning_verdict(rows: list[dict], margin: float = 20.0, oracle_tolerance: float = 10.0
-                       ) -> dict:
-    """Does the study show the paper's effect at k = 0 (ok rows, retain relearn set, main
-    attack setting)? The oracle must move at most ``oracle_tolerance`` points, and methods
-    recovering ``margin`` points more are dormant."""
-    s = summary_frame([r for r in main_rows(rows) if r["k"] == 0])
-    if s.empty or "retrain" not in set(s["method"]):
-        return {"shown": False, "oracle_recovery": None, "dormant": []}
-    oracle = float(s.loc[s["method"] == "retrain", "recovery"].iloc[0])
-    dormant = [
-        (r.method, float(r.recovery)) for r in s.itertuples()
-        if r.method not in REFERENCE_ORDER and r.recovery >= oracle + margin
-    ]
-    return {"shown": abs(oracle) <= oracle_tolerance and len(dormant) >= 2,
-            "oracle_recovery": oracle, "dormant": dormant}
+def main_verdicts(rows: list[dict]) -> list[Verdict]:
+    """The verdicts of the retain relearn set at the main attack setting, by k then method."""
+    found = verdicts(main_rows(rows))
+    order = {m: i for i, m in enumerate(method_order(rows))}
+    return sorted(found, key=lambda v: (v.k, order.get(v.method, 99)))
+
+
+def verdict_table(found: list[Verdict]) -> Table:
+    """One line per method and k: the paired comparison with the oracle and its verdict."""
+    headers = ["method", "k", "seeds", "forget − oracle after unlearning",
+               "excess (end)", "95% interval", "excess (max)", "verdict"]
+    rows = [[v.method, str(v.k), str(v.n), fmt(v.forget_gap, "signed"),
+             _plus_minus(v.excess, v.excess_std, "signed"),
+             "-" if math.isnan(v.excess_low) else f"[{v.excess_low:+.1f}, {v.excess_high:+.1f}]",
+             fmt(v.excess_max, "signed"), v.verdict] for v in found]
+    return Table(headers, rows)
 
 
 def fmt(value, col: str = "") -> str:
-    """A number for display: "-" when absent, 3 decimals for distances and AUCs, else 1."""
+    """A number for display: "-" when absent, 3 decimals for distances and AUCs, else 1;
+    ``col="signed"`` (and the excess columns) print a sign."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if isinstance(value, float | int) and not isinstance(value, bool) and col in _SIGNED:
+        return f"{float(value):+.1f}"
     if isinstance(value, float):
         return f"{value:.{_DECIMALS.get(col, 1)}f}"
     return str(value)
@@ -219,7 +237,7 @@ def fmt(value, col: str = "") -> str:
 def _plus_minus(mean, std, col: str) -> str:
     text = fmt(mean, col)
     if text != "-" and not pd.isna(std):
-        text += f" ± {fmt(float(std), col)}"
+        text += f" ± {fmt(float(std), '' if col in _SIGNED else col)}"
     return text
 
 

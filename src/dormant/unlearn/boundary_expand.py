@@ -1,5 +1,6 @@
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -7,7 +8,7 @@ from torch import nn
 
 from dormant.engine import BatchStream, forward, train_loop
 from dormant.errors import DormantError
-from dormant.unlearn.base import StoppableHparams, register_method, stop_when_forgotten
+from dormant.unlearn.base import StoppableHparams, Strength, register_method, stop_when_forgotten
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class BoundaryExpandHparams(StoppableHparams):
     momentum 0.9, 10 epochs over D_f; the budget here follows the seed paper (Adam lr 1e-5,
     39,100 steps).
     """
+
+    # the shadow class absorbs the forget set fast, as random_label
+    strength: ClassVar[Strength | None] = Strength("lr", (0.03, 0.1, 0.3, 1.0))
 
 
 class _FirstLogits(nn.Module):

@@ -1,5 +1,6 @@
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,7 @@ from dormant.engine.augment import augment
 from dormant.models.features import default_layers, forward_with
 from dormant.unlearn.base import (
     StoppableHparams,
+    Strength,
     UnlearnContext,
     register_method,
     stop_when_forgotten,
@@ -29,6 +31,9 @@ class CircuitBreakersHparams(StoppableHparams):
     of ResNet-18 (``default_layers``; ``()`` means those) are the seed's; so is the optimiser
     (a fresh Adam, lr 1e-5, wd 0, 39,100 steps) and running theta_pre in train mode.
     """
+
+    # a retain term holds the model, so the grid spans both sides of the profile's rate
+    strength: ClassVar[Strength | None] = Strength("lr", (0.1, 0.3, 1.0, 3.0))
 
     alpha: float = 1.0
     layers: tuple[str, ...] = ()

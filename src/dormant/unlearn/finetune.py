@@ -1,9 +1,10 @@
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from dormant.engine import fit
-from dormant.unlearn.base import StepHparams, register_method
+from dormant.unlearn.base import StepHparams, Strength, register_method
 
 
 @dataclass(frozen=True)
@@ -12,6 +13,9 @@ class FinetuneHparams(StepHparams):
 
     Seed paper `catastrophic_forgetting`: Adam lr 1e-5, weight decay 1e-3, 39,100 steps.
     """
+
+    # retain-only fine-tuning forgets only by drifting, which a larger learning rate speeds up
+    strength: ClassVar[Strength | None] = Strength("lr", (1.0, 3.0, 10.0, 30.0))
 
     weight_decay: float = 1e-3
 

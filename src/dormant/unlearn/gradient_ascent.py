@@ -1,10 +1,11 @@
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from dormant.engine import BatchStream, forward, train_loop
-from dormant.unlearn.base import StoppableHparams, register_method, stop_when_forgotten
+from dormant.unlearn.base import StoppableHparams, Strength, register_method, stop_when_forgotten
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,9 @@ class GradientAscentHparams(StoppableHparams):
     The loss is unbounded below, so a fixed budget or ``stop_acc`` is essential. Optimiser as
     in the seed paper's unlearning: Adam, lr 1e-5.
     """
+
+    # unbounded ascent over a full budget wipes the forget set out at the profile's rate
+    strength: ClassVar[Strength | None] = Strength("lr", (0.01, 0.03, 0.1, 0.3))
 
 
 @register_method("gradient_ascent", GradientAscentHparams)

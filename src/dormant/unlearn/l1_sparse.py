@@ -1,11 +1,12 @@
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from dormant.engine import BatchStream, forward, train_loop
 from dormant.errors import DormantError
-from dormant.unlearn.base import StepHparams, register_method
+from dormant.unlearn.base import StepHparams, Strength, register_method
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,9 @@ class L1SparseHparams(StepHparams):
     alpha falling linearly to 0 over the run (SalUn decays per epoch), with SGD lr 0.01,
     momentum 0.9, wd 5e-4, 10 epochs.
     """
+
+    # like fine-tuning, it forgets by drifting away on the retain set
+    strength: ClassVar[Strength | None] = Strength("lr", (1.0, 3.0, 10.0, 30.0))
 
     alpha: float = 1.0
     reduction: str = "mean"

@@ -1,11 +1,12 @@
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from dormant.engine import BatchStream, forward, train_loop
-from dormant.unlearn.base import StoppableHparams, register_method, stop_when_forgotten
+from dormant.unlearn.base import StoppableHparams, Strength, register_method, stop_when_forgotten
 
 
 @dataclass(frozen=True)
@@ -14,6 +15,9 @@ class NegGradPlusHparams(StoppableHparams):
     -CE, then a full retain-set pass stepping on CE, repeated (Kurmanji et al. 2023;
     Siddiqui et al. 2025 `alternating_gradient_ascent`, Adam lr 1e-5, unweighted passes).
     """
+
+    # the ascent term dominates a full budget at the profile's rate
+    strength: ClassVar[Strength | None] = Strength("lr", (0.03, 0.1, 0.3, 1.0))
 
 
 @register_method("neggrad_plus", NegGradPlusHparams)

@@ -1,10 +1,11 @@
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from dormant.engine import BatchStream, forward, train_loop
-from dormant.unlearn.base import StoppableHparams, register_method, stop_when_forgotten
+from dormant.unlearn.base import StoppableHparams, Strength, register_method, stop_when_forgotten
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,9 @@ class RandomLabelHparams(StoppableHparams):
     Budget as in the seed: Adam lr 1e-5, 39,100 steps. SalUn's `RL` instead alternates a forget
     pass with y~ ~ U{0..C-1} and a retain pass (SGD momentum 0.9, wd 5e-4, 10 epochs).
     """
+
+    # relabelled forget images are fitted fast; a full budget at the profile's rate over-forgets
+    strength: ClassVar[Strength | None] = Strength("lr", (0.03, 0.1, 0.3, 1.0))
 
     alpha: float = 1.0
 

@@ -1,5 +1,6 @@
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -7,7 +8,7 @@ from torch import nn
 
 from dormant.engine import BatchStream, forward, to_float, train_loop
 from dormant.errors import DormantError
-from dormant.unlearn.base import StoppableHparams, register_method, stop_when_forgotten
+from dormant.unlearn.base import StoppableHparams, Strength, register_method, stop_when_forgotten
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class SalUnHparams(StoppableHparams):
     momentum cannot move them. Authors: SGD momentum 0.9, wd 5e-4, lr 0.013, 10 epochs; the
     budget here follows the seed paper (Adam lr 1e-5, 39,100 steps).
     """
+
+    # random labels on the salient half of the weights, as random_label
+    strength: ClassVar[Strength | None] = Strength("lr", (0.03, 0.1, 0.3, 1.0))
 
     ratio: float = 0.5
 

@@ -1,4 +1,5 @@
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -6,7 +7,7 @@ from torch import nn
 from dormant.engine import fit
 from dormant.engine.grads import Grads, batch_grad_importance
 from dormant.errors import DormantError
-from dormant.unlearn.base import StepHparams, UnlearnData, register_method, subsample
+from dormant.unlearn.base import StepHparams, Strength, UnlearnData, register_method, subsample
 
 VARIANTS = ("original", "seed")
 
@@ -36,6 +37,11 @@ class SSDHparams(StepHparams):
     variant) at a seeded random subset; None uses all of it, as both originals do. BatchNorm
     buffers are never touched.
     """
+
+    # lower alpha selects more weights for dampening; the original variant trains nothing,
+    # so its learning rate cannot be the knob
+    strength: ClassVar[Strength | None] = Strength("selection_weighting",
+                                                   (0.3, 1.0, 3.0, 10.0))
 
     selection_weighting: float = 10.0
     dampening_constant: float = 1.0

@@ -1,5 +1,6 @@
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -8,7 +9,7 @@ from dormant.engine import to_float, train_loop
 from dormant.engine.augment import augment
 from dormant.errors import DormantError
 from dormant.models.features import forward_with
-from dormant.unlearn.base import StepHparams, register_method
+from dormant.unlearn.base import StepHparams, Strength, register_method
 from dormant.unlearn.circuit_breakers import layer_mse, representation_setup
 
 
@@ -33,6 +34,9 @@ class TARHparams(StepHparams):
     tamper term for LLMs. The seed starts TAR from another method's checkpoint (an "initial
     safeguard"); here it starts from the model passed in, so chain it after a method for that.
     """
+
+    # its own retain term and adversaries hold it, so the grid spans both sides
+    strength: ClassVar[Strength | None] = Strength("lr", (0.1, 0.3, 1.0, 3.0))
 
     steps: int = 9_775
     adversaries: int = 4

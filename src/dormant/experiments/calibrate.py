@@ -1,0 +1,102 @@
+"""``calibrate: oracle``: every method at a strength that forgets as much as the oracle.
+
+A fixed learning rate is not a like-for-like budget: one method forgets nothing at it and
+another wipes the forget set out, and neither says anything about resistance. So before the
+study, each method's declared strength hyper-parameter (``Strength``, next to its defaults)
+is chosen from a grid of at most 4 values, each run for the method's *full* budget:
+
+- ``target="leakable"``: the value whose accuracy on the **leakable** forget ids is closest
+  to the oracle's;
+- ``target="distance"``: the smallest value whose L2 distance from theta_pre reaches the
+  oracle's (the remedies, whose job is to move the weights).
+
+Only the first seed of each forget set is calibrated, and only on the leakable ids (the
+first 20% of the permuted forget set, which the attacker may see anyway). The held-out
+split, on which every reported forget accuracy is measured, is never read here. Candidates go
+through the model cache, so the chosen one is not trained again for that seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from dormant.engine import Diverged, evaluate
+from dormant.experiments.pipeline import Pipeline
+from dormant.experiments.prepare import Prepared
+from dormant.metrics import l2_distance
+from dormant.unlearn import get_method, make_hparams
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The choice for one stage of a pipeline, with every candidate's score."""
+
+    stage: int
+    method: str
+    param: str
+    target: str
+    goal: float
+    """The oracle's accuracy on the leakable ids, or its L2 distance from theta_pre."""
+    values: tuple[float, ...]
+    scores: tuple[float, ...]
+    chosen: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _pick(target: str, goal: float, values: list[float], scores: list[float],
+          base: float) -> float:
+    ok = [(v, s) for v, s in zip(values, scores, strict=True) if math.isfinite(s)]
+    if not ok:  # every candidate diverged: the base value runs, and fails as a row
+        return base
+    values, scores = [v for v, _ in ok], [s for _, s in ok]
+    if target == "distance":
+        reached = [v for v, s in sorted(zip(values, scores, strict=True)) if s >= goal]
+        return reached[0] if reached else max(values)
+    # ties go to the weaker value: the least damage for the same forgetting
+    best = min(zip(values, scores, strict=True), key=lambda vs: (abs(vs[1] - goal), vs[0]))
+    return best[0]
+
+
+TrainStages = Callable[[Pipeline, list[dict]], nn.Module]
+"""``train(pipeline, stage_hps) -> model``: the study's cached way to run a pipeline."""
+
+
+def calibrate(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], user: list[dict],
+              train: TrainStages) -> tuple[list[dict], list[Calibration]]:
+    """``stage_hps`` with each stage's strength chosen, stage by stage (a chain's later stage
+    is calibrated on top of its calibrated first stage). A stage whose strength the user set
+    (``user[i]`` names it) or whose method declares none keeps its value."""
+    hps = [dict(h) for h in stage_hps]
+    found: list[Calibration] = []
+    x, y = prep.x, prep.y
+    leakable = prep.split.leakable.to(x.device)
+    for i, stage in enumerate(pipe.stages):
+        strength = get_method(stage.method).strength
+        if strength is None or strength.param in user[i]:
+            continue
+        base = getattr(make_hparams(stage.method, hps[i]), strength.param)
+        values = [base * f for f in strength.factors]
+        scores = []
+        for v in values:
+            try:
+                model = train(Pipeline(pipe.name, pipe.stages[:i + 1]),
+                              [*hps[:i], {**hps[i], strength.param: v}])
+            except Diverged:  # too strong a value; the others still compete
+                scores.append(math.nan)
+                continue
+            scores.append(evaluate(model, x, y, leakable).acc if strength.target == "leakable"
+                          else l2_distance(model, prep.original))
+        goal = (prep.oracle_monitor_acc if strength.target == "leakable"
+                else l2_distance(prep.oracle, prep.original))
+        chosen = _pick(strength.target, goal, values, scores, base)
+        hps[i][strength.param] = chosen
+        found.append(Calibration(i, stage.method, strength.param, strength.target,
+                                 round(goal, 4), tuple(values),
+                                 tuple(round(s, 4) for s in scores), chosen))
+    return hps, found
