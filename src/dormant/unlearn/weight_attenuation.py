@@ -1,7 +1,8 @@
 from dataclasses import dataclass
+from typing import ClassVar
 
 from dormant.errors import DormantError
-from dormant.unlearn.base import StepHparams, register_method
+from dormant.unlearn.base import StepHparams, Strength, register_method
 from dormant.unlearn.perturb import perturb_then_finetune
 
 
@@ -13,9 +14,17 @@ class WeightAttenuationHparams(StepHparams):
     ``a = 0.5`` is the seed's `weight_attenuation` (scripts/train.sh, `unlearning_alpha`).
     BatchNorm running statistics are not scaled. The fine-tune is the seed's: CE on the
     retain set, a fresh Adam, lr 1e-5, wd 0, 39,100 steps.
+
+    Calibration turns ``a`` against the oracle's accuracy on the leakable ids, as for weight
+    distortion: the shrinking is what disturbs the forget set's fit. A smaller ``a`` is the
+    stronger setting, and the factors 0.25-1.5 keep ``a`` a shrink (0 < a < 1) for any
+    ``a`` below 2/3, the default's 0.5 giving 0.125-0.75; ``a`` itself is an absolute, not a
+    per-model, quantity (a ratio of each weight to itself), so it transfers as it is.
     """
 
     a: float = 0.5
+
+    strength: ClassVar[Strength | None] = Strength("a", (0.25, 0.5, 1.0, 1.5), "leakable")
 
     def __post_init__(self) -> None:
         if self.a < 0:
@@ -24,7 +33,7 @@ class WeightAttenuationHparams(StepHparams):
 
 def attenuate(a: float):
     """The perturbation ``theta <- a * theta`` (deterministic)."""
-    return lambda p, _g: p * a
+    return lambda p, _g, _s: p * a
 
 
 @register_method("weight_attenuation", WeightAttenuationHparams)

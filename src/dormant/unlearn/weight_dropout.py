@@ -1,9 +1,10 @@
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from dormant.errors import DormantError
-from dormant.unlearn.base import StepHparams, register_method
+from dormant.unlearn.base import StepHparams, Strength, register_method
 from dormant.unlearn.perturb import draw, perturb_then_finetune
 
 
@@ -16,9 +17,17 @@ class WeightDropoutHparams(StepHparams):
     the seed's `drop_model_parameters` the survivors are not rescaled by 1/(1-p), and
     BatchNorm running statistics are untouched. The fine-tune is the seed's: CE on the
     retain set, a fresh Adam, lr 1e-5, wd 0, 39,100 steps.
+
+    Calibration turns ``p`` against the oracle's accuracy on the leakable ids, as for weight
+    distortion: the dropped weights are what disturbs the forget set's fit. The factors
+    0.5-3 keep ``p`` a probability below 1 for any ``p`` up to 1/3 (the default's 0.2 gives
+    0.1-0.6); ``p`` is a fraction of each tensor's entries, so it transfers across model sizes
+    as it is.
     """
 
     p: float = 0.2
+
+    strength: ClassVar[Strength | None] = Strength("p", (0.5, 1.0, 2.0, 3.0), "leakable")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.p <= 1.0:
@@ -27,7 +36,7 @@ class WeightDropoutHparams(StepHparams):
 
 def drop(p: float):
     """The perturbation ``theta <- theta * b``, ``b_i ~ Bernoulli(1 - p)``, no rescaling."""
-    return lambda w, g: w * (draw(w, torch.rand, g) >= p)
+    return lambda w, g, _s: w * (draw(w, torch.rand, g) >= p)
 
 
 @register_method("weight_dropout", WeightDropoutHparams)
