@@ -55,10 +55,58 @@ def test_every_evaluation_a_method_makes_is_on_monitor_ids(name, digits_setup, m
         assert len(seen) >= 4  # the stop rule really ran, so the check above could fail
 
 
+def test_calibration_reads_only_the_leakable_ids(digits_setup, tmp_path, monkeypatch):
+    """``calibrate: oracle`` scores every candidate strength of every kind of method (an
+    lr, a noise scale, a distance-calibrated remedy, a chain) while a spy records the ids of
+    every evaluation: none is held out, and the choice is the candidate nearest the oracle."""
+    from dormant.experiments.calibrate import calibrate
+    from dormant.experiments.pipeline import resolve
+    from dormant.experiments.relearn import unlearned_model
+    from dormant.store import ModelCache
+
+    prep = digits_setup
+    seen: list[torch.Tensor] = []
+    real = evaluate_module.predict
+
+    def spy(model, x, ids=None, batch_size=1024):
+        seen.append(torch.arange(len(x)) if ids is None else ids.detach().cpu())
+        return real(model, x, ids, batch_size)
+
+    spec = RelearnSpec(dataset="digits", methods=[
+        "gradient_ascent", "weight_distortion",
+        {"name": "ga+wdr", "method": "gradient_ascent", "then": "weight_dist_reg"}],
+        unlearn_steps=30)
+    cache = ModelCache(tmp_path)
+    monkeypatch.setattr(evaluate_module, "predict", spy)
+    chosen = {}
+    for pipe in resolve(spec)[2:]:
+        hps = [method_hparams(spec, prep, s.method, s.hparams) for s in pipe.stages]
+        chosen[pipe.name] = calibrate(prep, pipe, hps, [{} for _ in pipe.stages],
+                                      lambda p, h: unlearned_model(prep, p, h, cache, None))
+    heldout = set(prep.split.heldout.tolist())
+    # 4 candidates each: ga, weight_distortion, the chain's ga (its wdr stage is scored by
+    # distance, which evaluates nothing)
+    assert len(seen) >= 4 + 4 + 4
+    for ids in seen:
+        assert not heldout & set(ids.tolist()), "calibration evaluated held-out forget ids"
+    monkeypatch.undo()
+    hps, (cal,) = chosen["gradient_ascent"]
+    leak = [abs(s - cal.goal) for s in cal.scores]
+    assert cal.goal == pytest.approx(prep.oracle_monitor_acc, abs=1e-4)
+    assert hps[0]["lr"] == cal.chosen == cal.values[leak.index(min(leak))]
+    _, (first, second) = chosen["ga+wdr"]
+    assert first.chosen == cal.chosen  # the chain's first stage is the method's own choice
+    assert second.target == "distance" and second.param == "alpha"
+
+
 def test_the_study_stop_target_is_the_oracles_leakable_accuracy(digits_setup):
     prep = digits_setup
-    hp = method_hparams(RelearnSpec(dataset="digits"), prep, "gradient_ascent", {})
+    hp = method_hparams(RelearnSpec(dataset="digits", stop="oracle-leakable"), prep,
+                        "gradient_ascent", {})
     leak = evaluate(prep.oracle, prep.x, prep.y, prep.split.leakable).acc
     held = evaluate(prep.oracle, prep.x, prep.y, prep.split.heldout).acc
     assert hp["stop_acc"] == leak
     assert leak != held  # on digits the two differ, so the equality above is informative
+    # the default runs the full budget: no stop target at all
+    assert "stop_acc" not in method_hparams(RelearnSpec(dataset="digits"), prep,
+                                            "gradient_ascent", {})

@@ -13,8 +13,8 @@ import pytest
 
 from dormant.report import (
     failed_frame,
+    main_verdicts,
     paper_table,
-    relearning_verdict,
     summary_frame,
     write_relearn_report,
 )
@@ -104,8 +104,14 @@ def test_paper_table_numbers_are_the_hand_computed_means(rows):
     assert scrub["n"] == 2
     assert scrub["forget"] == pytest.approx((40 + 50) / 2)
     assert scrub["forget_std"] == pytest.approx(math.sqrt(50))  # sample std of 40, 50
-    assert scrub["forget_k0"] == pytest.approx((90 + 94) / 2)
-    assert scrub["forget_k5"] == pytest.approx((96 + 100) / 2)
+    # the end of the attack: the mean of the curve's last 3 of 4 points, forget + 2/3 of
+    # the way to the best point: 40 + 50 * 2/3 and 50 + 44 * 2/3
+    assert scrub["forget_k0"] == pytest.approx((73 + 1 / 3 + 79 + 1 / 3) / 2)
+    assert scrub["forget_k5"] == pytest.approx((40 + 56 * 2 / 3 + 50 + 50 * 2 / 3) / 2)
+    # minus the oracle's end in the same seed: 50 + 2 * 2/3 and 60 - 4 * 2/3
+    assert scrub["excess_k0"] == pytest.approx(22.0)
+    assert scrub["excess_k0_std"] == pytest.approx(0.0)
+    assert _line(df, "retrain")["excess_k0"] == 0.0
     assert scrub["test"] == pytest.approx(95.5)
     assert scrub["l2_to_oracle"] == pytest.approx(3.5)
     assert scrub["barrier"] == pytest.approx(0.15)
@@ -123,7 +129,8 @@ def test_paper_markdown_shows_mean_and_std(rows):
     line = dict(zip(table.headers, next(r for r in table.rows if r[0] == "scrub"),
                     strict=True))
     assert line["forget"] == "45.0 ± 7.1"
-    assert line["forget after attack k=0"] == "92.0 ± 2.8"
+    assert line["forget after attack k=0 (end)"] == "76.3 ± 4.2"
+    assert line["excess k=0"] == "+22.0 ± 0.0"
     assert line["L2 to oracle"] == "3.500 ± 0.707"
     tar = next(r for r in table.rows if r[0] == "tar")
     assert tar[1] == "0" and set(tar[2:]) == {"-"}
@@ -159,15 +166,19 @@ def test_summary_groups_by_relearn_set_and_attack_setting(rows):
     assert list(s["method"][:4]) == ["original", "retrain", "scrub", "cbft"]
 
 
-def test_verdict_reads_only_retain_rows_at_the_main_setting(rows):
-    v = relearning_verdict(rows)
-    # oracle: (52 - 50 + 56 - 60)/2 = -1; scrub (50 + 44)/2 = 47; cbft (10 + 4)/2 = 7
-    assert v["oracle_recovery"] == pytest.approx(-1.0)
-    assert v["dormant"] == [("scrub", pytest.approx(47.0))]
-    assert v["shown"] is False  # one dormant method is not "a wide variety"
-    both = rows + [dict(r, method="salun", cell=r["cell"] + "s") for r in rows
-                   if r["method"] == "scrub"]
-    assert relearning_verdict(both)["shown"] is True
+def test_verdicts_read_only_retain_rows_at_the_main_setting(rows):
+    found = {(v.method, v.k): v for v in main_verdicts(rows)}
+    # the stray lr 1e-3 scrub row (forget 1.0) and the test relearn set stay out
+    assert {v.attack_lr for v in found.values()} == {1e-5}
+    assert {v.relearn_set for v in found.values()} == {"retain"}
+    assert found["scrub", 0].verdict == "relearns" and found["scrub", 0].excess == 22.0
+    assert found["scrub", 0].forget_gap == -10.0
+    # cbft ends 1/3 point above the oracle: it resists
+    assert found["cbft", 0].verdict == "resists"
+    assert found["cbft", 0].excess == pytest.approx(1 / 3, abs=1e-3)
+    assert found["original", 0].verdict == "does-not-forget"
+    assert found["retrain", 0].verdict == "resists" and found["retrain", 0].excess == 0.0
+    assert "tar" not in {m for m, _ in found}  # it failed everywhere: no verdict
 
 
 def test_lmc_means_average_seeds_elementwise(rows):
@@ -197,6 +208,8 @@ def test_report_files_and_self_contained_html(rows, tmp_path):
     assert pngs[0] == paths["png"].read_bytes()
     assert "Diverged: loss became nan at step 17" in page and "<table>" in page
     assert "45.0 ± 7.1" in page
+    assert "relearns: scrub (+22.0)" in page and "| scrub | 0 | 2 | -10.0 | +22.0" in \
+        paths["md"].read_text()
     md = paths["md"].read_text()
     for name in ("recovery.png", "scatter.png", "lmc.png", "recovery-test.png"):
         assert f"]({name})" in md
@@ -223,7 +236,7 @@ def test_only_k0_and_a_method_that_always_failed(rows, tmp_path):
     k0 = [r for r in rows if r["k"] == 0 and r.get("relearn_set") == "retain"]
     df = paper_table(k0)
     assert df["forget_k5"].isna().all()
-    assert _line(df, "scrub")["forget_k0"] == pytest.approx(92)
+    assert _line(df, "scrub")["forget_k0"] == pytest.approx(76 + 1 / 3)
     paths = write_relearn_report(k0, tmp_path)
     md = paths["md"].read_text()
     assert "| tar | 0 | - |" in md
@@ -233,7 +246,7 @@ def test_only_k0_and_a_method_that_always_failed(rows, tmp_path):
 def test_every_cell_failed(tmp_path):
     rows = [failed_row("scrub", 0, 0, "boom"), failed_row("retrain", 0, 0, "bang")]
     paths = write_relearn_report(rows, tmp_path)
-    assert relearning_verdict(rows)["oracle_recovery"] is None
+    assert main_verdicts(rows) == []
     page = paths["html"].read_text()
     assert "boom" in page and "bang" in page
     assert len(_embedded_pngs(page)) == 3  # placeholders saying there is nothing to plot

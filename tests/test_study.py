@@ -113,7 +113,7 @@ def test_a_chain_continues_from_the_first_stage_and_anchors_on_the_original(digi
 
 
 def test_a_diverging_cell_is_a_failed_row_and_the_study_goes_on(tmp_path):
-    spec = RelearnSpec(dataset="digits", device="cpu", k=[0], stop_at_oracle=False,
+    spec = RelearnSpec(dataset="digits", device="cpu", k=[0], calibrate="none",
                        analysis=False, methods=["gradient_ascent", "finetune"],
                        hparams={"gradient_ascent": {"lr": 1e30, "steps": 60},
                                 "finetune": {"steps": 10}})

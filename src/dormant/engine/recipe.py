@@ -63,6 +63,9 @@ class Recipe:
             )
 
     def with_(self, **changes) -> Recipe:
+        """A copy with ``changes``; a new step count drops an early stop made for the old one."""
+        if "steps" in changes:
+            changes.setdefault("stop_after", None)
         return replace(self, **changes)
 
     def to_dict(self) -> dict:

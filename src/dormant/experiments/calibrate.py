@@ -81,7 +81,8 @@ def calibrate(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], user: list[
         if strength is None or strength.param in user[i]:
             continue
         base = getattr(make_hparams(stage.method, hps[i]), strength.param)
-        values = [base * f for f in strength.factors]
+        # 6 significant digits: 3e-4, not 0.00030000000000000003, in rows and cache keys
+        values = [float(f"{base * f:.6g}") for f in strength.factors]
         scores = []
         for v in values:
             try:

@@ -26,6 +26,7 @@ SUMMARY = {
     "excess": "excess",
     "forget_acc_attacked": "forget after attack (max)",
     "excess_max": "excess (max)",
+    "forget_acc_attacked_last": "forget after attack (last)",
     "recovery": "recovery (own start)",
     "l2_to_original": "L2 to original",
 }
