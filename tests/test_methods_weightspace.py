@@ -507,7 +507,7 @@ def test_input_untouched_and_deterministic(digits_setup, bn_digits, method):
 
 @pytest.mark.parametrize("method,param,target", [
     ("weight_distortion", "sigma", "leakable"), ("weight_dist_reg", "alpha", "distance"),
-    ("cbft", "alpha", "distance"), ("weight_attenuation", "a", "leakable"),
+    ("cbft", "alpha", "leakable"), ("weight_attenuation", "a", "leakable"),
     ("weight_dropout", "p", "leakable"),
 ])
 def test_strength_factors_keep_the_knob_valid(method, param, target):

@@ -48,8 +48,10 @@ class WeightDistRegHparams(StepHparams):
     """``None``: the form's default, ~8.95e-8 (per_weight) or 1.0 (seed)."""
     form: Literal["per_weight", "seed"] = "per_weight"
 
-    strength: ClassVar[Strength | None] = Strength("alpha", (1.0, 10.0, 100.0, 1000.0),
-                                                   "distance")
+    # measured on MNIST (mlp, 6,000 images, 400 steps at 1e-4): 1x..1000x the default reached
+    # 3.2, 4.5, 5.7 and 7.1 against the oracle's 11.0, about +1.2 per decade, so the ladder
+    # spans six decades; under Adam the distance saturates near lr * steps * sqrt(n)
+    strength: ClassVar[Strength | None] = Strength("alpha", (10.0, 1e3, 1e5, 1e7), "distance")
 
     def __post_init__(self) -> None:
         if self.alpha is None:
