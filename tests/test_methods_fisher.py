@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from dormant.engine import Recipe, evaluate, fit, to_float
+from dormant.engine import Recipe, evaluate, fit, grads, to_float
 from dormant.errors import DormantError
 from dormant.models import ModelSpec, create_model
 from dormant.unlearn import fisher_forgetting, make_hparams, ssd, unlearn
@@ -245,3 +245,34 @@ def test_fisher_forgetting_never_touches_batchnorm_buffers(digits_setup, bn_mode
         assert torch.equal(b, buffers[n]), n
     for n, p in model.named_parameters():
         assert not torch.equal(p.detach(), before[n]), n
+
+
+def test_fisher_forgetting_defaults_to_the_whole_retain_set_in_chunks(digits_setup,
+                                                                      monkeypatch):
+    prep = digits_setup
+    data = _small(prep, 120)
+    calls = []
+    real = fisher_forgetting.diag_fisher
+
+    def spy(model, x, y, ids, **kw):
+        out = real(model, x, y, ids, **kw)
+        calls.append((ids.clone(), kw, out))
+        return out
+
+    monkeypatch.setattr(fisher_forgetting, "diag_fisher", spy)
+    a = _params(unlearn("fisher_forgetting", prep.original, data, prep.context(None)))
+    # every retain id, each once: the original's Fisher, not a subsample
+    (ids, kw, fisher), = calls
+    assert torch.equal(ids.sort().values, data.retain.sort().values)
+    assert kw == {"kind": "expected", "reduce": "mean"}
+    # chunks of 120 / 32 (the CPU default) / 50 samples: one Fisher up to float rounding
+    for chunk in (len(ids), 50):
+        other = real(prep.original, prep.x, prep.y, ids, kind="expected", batch_size=chunk)
+        for n, f in fisher.items():
+            torch.testing.assert_close(other[n], f, rtol=1e-5, atol=1e-12)
+    # and so one unlearned model: the chunk bounds memory, it does not change the result
+    monkeypatch.setattr(grads, "CPU_MAX_CHUNK", 50)
+    b = _params(unlearn("fisher_forgetting", prep.original, data, prep.context(None)))
+    assert len(calls) == 2 and torch.equal(calls[1][0], ids)
+    for n in a:
+        torch.testing.assert_close(b[n], a[n], rtol=1e-5, atol=1e-7)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from dormant.engine import Recipe, evaluate, fit, predict, to_float
 from dormant.errors import DormantError
 from dormant.models import ModelSpec, create_model
 from dormant.unlearn import available_methods, make_hparams, unlearn
+from dormant.unlearn.bad_teacher import incompetent_seed
 from dormant.unlearn.boundary_expand import last_linear, widen
 from dormant.unlearn.boundary_shrink import neighbour_labels
 from dormant.unlearn.l1_sparse import l1_norm
@@ -66,6 +68,9 @@ def test_methods_are_registered_with_original_defaults():
     assert (bt.tau, bt.retain_fraction, bt.stop_acc) == (1.0, 0.3, None)
     sc = make_hparams("scrub")
     assert (sc.T, sc.alpha, sc.gamma, sc.max_cycles) == (1.0, 1.0, 1.0, None)
+    assert sc.kl_reduction == "mean"  # the seed's KLDivLoss()
+    with pytest.raises(DormantError, match="kl_reduction"):
+        make_hparams("scrub", {"kl_reduction": "sum"})
     assert make_hparams("salun").ratio == 0.5
     l1 = make_hparams("l1_sparse")
     assert (l1.alpha, l1.reduction, l1.decay) == (1.0, "mean", False)
@@ -126,8 +131,9 @@ def test_bad_teacher_pulls_forget_towards_the_random_teacher(digits_setup, monke
     n_retain = torch.isin(pool, prep.split.retain).sum().item()
     assert n_retain == round(0.3 * len(prep.split.retain))
     assert len(torch.unique(pool)) == len(pool) == len(prep.split.forget) + n_retain
-    # the incompetent teacher is ctx.init(): the student's forget outputs move to it
-    incompetent = prep.context(None).init()
+    # the student's forget outputs move to the incompetent teacher
+    ctx = prep.context(None)
+    incompetent = ctx.init(incompetent_seed(ctx.seed))
     kl_before = _kl(prep, incompetent, prep.original, prep.split.forget)
     kl_after = _kl(prep, incompetent, model, prep.split.forget)
     assert kl_after < 0.4 * kl_before  # measured 5.9 -> 1.4
@@ -138,11 +144,11 @@ def test_bad_teacher_pulls_forget_towards_the_random_teacher(digits_setup, monke
 def test_bad_teacher_on_a_batchnorm_model(digits_setup, cnn_setup):
     prep = digits_setup
     ctx = prep.context(None)
-    ctx = dataclasses.replace(ctx, pretrained=cnn_setup, init=lambda: create_model(
-        ModelSpec("cnn-small", 1, 10, 8), seed=0))
+    ctx = dataclasses.replace(ctx, pretrained=cnn_setup, init=lambda s=None: create_model(
+        ModelSpec("cnn-small", 1, 10, 8), seed=0 if s is None else s))
     stats = cnn_setup[0][1].running_mean.clone()
     model = unlearn("bad_teacher", cnn_setup, prep.unlearn_data(), ctx, steps=30, lr=1e-3)
-    incompetent = ctx.init()
+    incompetent = ctx.init(incompetent_seed(ctx.seed))
     kl_before = _kl(prep, incompetent, cnn_setup, prep.split.forget)
     assert _kl(prep, incompetent, model, prep.split.forget) < 0.5 * kl_before
     # the frozen teacher was a copy in eval mode: theta_pre's BN statistics are untouched
@@ -150,17 +156,74 @@ def test_bad_teacher_on_a_batchnorm_model(digits_setup, cnn_setup):
     assert _acc(prep, model, prep.split.retain) > _acc(prep, cnn_setup, prep.split.retain) - 3
 
 
+def test_bad_teacher_incompetent_teacher_is_an_independent_seeded_init(digits_setup):
+    prep = digits_setup
+    base = prep.context(None)
+    asked = []
+
+    def init(s=None):
+        asked.append(s)
+        return base.init(s)
+
+    teachers = []
+    for seed in (0, 0, 1):
+        asked.clear()
+        ctx = dataclasses.replace(base, init=init, seed=seed)
+        _run(prep, "bad_teacher", ctx, steps=1, lr=1e-3)
+        (s,) = asked  # one init, and not the victim's: ctx.init() would ask for None
+        assert s == incompetent_seed(seed) and s is not None and s != seed
+        teachers.append(dict(base.init(s).named_parameters()))
+    for k, v in base.init().named_parameters():  # the victim's initialisation
+        assert (teachers[0][k] == v).float().mean() < 0.01, k  # independent draws
+        assert torch.equal(teachers[0][k], teachers[1][k]), k  # one seed, one teacher
+        assert not torch.equal(teachers[0][k], teachers[2][k]), k
+    # a hash, not the next integer: no small seed's teacher is another run's victim init
+    assert min(incompetent_seed(s) for s in range(1000)) > 2**20
+
+
+def test_scrub_kl_is_the_seeds_element_mean_kldivloss(digits_setup, monkeypatch):
+    prep = digits_setup
+    calls = []
+    real = dormant.unlearn.scrub.kl_t
+
+    def spy(student, teacher, T, reduction="mean"):
+        out = real(student, teacher, T, reduction)
+        calls.append((student.detach(), teacher.detach(), T, reduction, out.detach()))
+        return out
+
+    monkeypatch.setattr(dormant.unlearn.scrub, "kl_t", spy)
+    # one cycle: 1 forget batch, then 11 retain batches
+    _run(prep, "scrub", steps=12, lr=1e-3)
+    assert len(calls) == 12 and {(c[2], c[3]) for c in calls} == {(1.0, "mean")}
+    seed_kl = nn.KLDivLoss()  # vision_unlearner.py: default reduction, the element mean
+    assert seed_kl.reduction == "mean"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch: 'mean' is not the true KL
+        for student, teacher, _, _, out in calls:
+            expected = seed_kl(F.log_softmax(student.float(), 1), F.softmax(teacher.float(), 1))
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-9)
+    assert calls[-1][4] > 0  # the student moved, so the term is not a trivial 0
+    # "batchmean" is the official DistillKL: C = 10 times the seed's term, T^2-scaled
+    s, t = calls[-1][0], calls[-1][1]
+    official = F.kl_div(F.log_softmax(s / 4, 1), F.softmax(t / 4, 1), reduction="sum") * 16 / len(s)
+    torch.testing.assert_close(real(s, t, 4.0, "batchmean"), official)
+    torch.testing.assert_close(real(s, t, 4.0, "mean") * 10, official)
+
+
 def test_scrub_moves_away_from_the_teacher_on_forget_only(digits_setup):
     prep = digits_setup
-    # cycles of 1 forget batch (44 < 128) + 11 retain batches: 72 steps = 6 max passes
-    model = _run(prep, "scrub", steps=72, lr=1e-3)
-    no_max = _run(prep, "scrub", steps=72, lr=1e-3, max_cycles=0)
+    # cycles of 1 forget batch (44 < 128) + 11 retain batches: 72 steps = 6 max passes. The
+    # seed's element-mean KL, a tenth of the batchmean one, moves less per step: at lr 1e-3
+    # the KL on D_f reached only 0.71 and forget accuracy 55% (measured), hence lr 3e-3
+    model = _run(prep, "scrub", steps=72, lr=3e-3)
+    no_max = _run(prep, "scrub", steps=72, lr=3e-3, max_cycles=0)
     kl_forget = _kl(prep, prep.original, model, prep.split.forget)
-    # measured: KL on D_f 3.0 (0 at the start), on D_r 0.04
+    # measured: KL on D_f 1.54 (0 at the start; 0.20 without max passes), on D_r 0.05
     assert kl_forget > 1.0
     assert _kl(prep, prep.original, model, prep.split.retain) < 0.1 * kl_forget
-    assert kl_forget > 10 * _kl(prep, prep.original, no_max, prep.split.forget)
-    assert _acc(prep, model, prep.split.forget) < 40.0
+    assert kl_forget > 5 * _kl(prep, prep.original, no_max, prep.split.forget)
+    # measured: forget 100 -> 43%, retain 99.0 -> 98.6%
+    assert _acc(prep, model, prep.split.forget) < 60.0
     assert _acc(prep, model, prep.split.retain) > _acc(prep, prep.original, prep.split.retain) - 3
 
 

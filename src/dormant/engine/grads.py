@@ -26,6 +26,9 @@ GRAD_BUDGET = 2**26
 """Float32 gradient entries one vmap chunk may hold at once off CUDA (256 MiB); on CUDA a
 sixteenth of the free memory (a chunk holds a few copies: gradients, squares, sums)."""
 MAX_CHUNK = 256
+CPU_MAX_CHUNK = 32
+"""Off CUDA, larger chunks only cost cache misses: cnn-small's expected Fisher on 512 MNIST
+images took 2.7-3.3 s of CPU time with chunks of 16, 32 or 64 and 5.2 s with 256 (1 thread)."""
 
 
 @contextmanager
@@ -110,10 +113,10 @@ def per_sample_grads(
 
 def _auto_chunk(params: Grads, device: torch.device) -> int:
     numel = sum(p.numel() for p in params.values())
-    budget = GRAD_BUDGET
+    budget, cap = GRAD_BUDGET, CPU_MAX_CHUNK
     if device.type == "cuda":
-        budget = torch.cuda.mem_get_info(device)[0] // 16 // 4
-    return max(1, min(MAX_CHUNK, budget // max(1, numel)))
+        budget, cap = torch.cuda.mem_get_info(device)[0] // 16 // 4, MAX_CHUNK
+    return max(1, min(cap, budget // max(1, numel)))
 
 
 def diag_fisher(

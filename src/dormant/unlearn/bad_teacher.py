@@ -1,4 +1,5 @@
 import copy
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -17,7 +18,12 @@ class BadTeacherHparams(StoppableHparams):
     Per sample the target is softmax(T_inc(x)/tau) on forget samples and softmax(T_comp(x)/tau)
     on retain samples, and the loss is KL(target || softmax(student(x)/tau)) averaged per sample
     (`batchmean`, the true KL; the reference's element-mean `F.kl_div` is this divided by C).
-    T_comp is theta_pre and T_inc is ``ctx.init()``, both frozen in eval mode. tau = 1 and
+    T_comp is theta_pre and T_inc a network of the same architecture, both frozen in eval mode.
+    T_inc is an initialisation independent of the victim's, as in the authors' notebook
+    (CIFARSuper20_Rocket_Unlearn.ipynb builds ``unlearning_teacher`` as a fresh
+    ``ResNet18(pretrained=False)``): ``ctx.init(incompetent_seed(ctx.seed))``, a 56-bit hash of
+    the run's seed that is never the seed itself, so one seed always gives one teacher and the
+    victim's own initialisation (``ctx.init()``) is not reused. tau = 1 and
     ``retain_fraction`` = 0.3 (a seeded random 30% of D_r, shuffled with D_f into one stream)
     are the authors' defaults. The authors ran Adam lr 1e-4 for 1 epoch of that stream with
     batch 256; the budget here follows the seed paper (Adam lr 1e-5, 39,100 steps).
@@ -25,6 +31,14 @@ class BadTeacherHparams(StoppableHparams):
 
     tau: float = 1.0
     retain_fraction: float = 0.3
+
+
+def incompetent_seed(seed: int) -> int:
+    """The incompetent teacher's initialisation seed for a run with ``seed``: a hash, so that
+    it depends on nothing but the seed (not on torch's generator), and never ``seed``."""
+    digest = hashlib.sha256(f"bad_teacher/incompetent/{seed}".encode()).digest()
+    derived = int.from_bytes(digest[:7], "big")
+    return derived + 1 if derived == seed else derived
 
 
 def _frozen(model, device):
@@ -37,7 +51,7 @@ def bad_teacher(model, data, hp, ctx):
     g = torch.Generator().manual_seed(ctx.seed)
     device = data.x.device
     competent = _frozen(copy.deepcopy(ctx.pretrained), device)
-    incompetent = _frozen(ctx.init(), device)
+    incompetent = _frozen(ctx.init(incompetent_seed(ctx.seed)), device)
     n_keep = round(hp.retain_fraction * len(data.retain))
     pick = torch.randperm(len(data.retain), generator=g)[:n_keep].to(data.retain.device)
     stream = BatchStream(torch.cat([data.forget, data.retain[pick]]), recipe.batch_size, g)

@@ -7,7 +7,10 @@ import torch.nn.functional as F
 
 from dormant.engine import BatchStream, prepare_model, to_float, train_loop
 from dormant.engine.augment import augment
+from dormant.errors import DormantError
 from dormant.unlearn.base import StoppableHparams, register_method, stop_when_forgotten
+
+KL_REDUCTIONS = ("mean", "batchmean")
 
 
 @dataclass(frozen=True)
@@ -17,26 +20,44 @@ class ScrubHparams(StoppableHparams):
 
     Seed alternating form (Siddiqui et al. 2025 `alternating_scrub`): each cycle is a full
     forget pass minimising -KL_T(teacher || student), then a full retain pass minimising
-    alpha * KL_T + gamma * CE. KL_T is the official T^2-scaled, per-sample (`batchmean`) KL;
-    the seed's element-mean `KLDivLoss` is that divided by C. Defaults are the seed's train.sh
-    values, T = 1 and alpha = gamma = 1, with max passes in every cycle (``max_cycles`` None)
-    and the seed budget (Adam lr 1e-5, 39,100 steps). The teacher is theta_pre, frozen in eval
-    mode as in the official code (the seed keeps it in train mode).
+    alpha * KL_T + gamma * CE. Defaults are the seed's train.sh values, T = 1 and
+    alpha = gamma = 1, with max passes in every cycle (``max_cycles`` None) and the seed budget
+    (Adam lr 1e-5, 39,100 steps). The teacher is theta_pre, frozen in eval mode as in the
+    official code (the seed keeps it in train mode).
 
-    Official large-scale values: T = 4, gamma = 0.99, alpha = 0.001, max passes in the first 2
-    of 3 epochs (``max_cycles=2``), SGD lr 5e-4, momentum 0.9, wd 5e-4, forget batch 32.
+    ``kl_reduction`` is how KL_T = T^2 * KL(softmax(t/T) || softmax(s/T)) is reduced, in both
+    passes. ``"mean"`` (default) divides the summed KL by batch x classes: the seed's
+    ``torch.nn.KLDivLoss()`` (default reduction; vision_unlearner.py ``compute_retain_loss``
+    and ``compute_forget_loss``), so that the seed's alpha = 1 weighs the retain KL against CE
+    as the seed does. ``"batchmean"`` divides by the batch only: the official
+    ``DistillKL`` (meghdadk/SCRUB, thirdparty/repdistiller), C times larger, which the
+    official alpha values below assume.
+
+    Official large-scale values: ``kl_reduction="batchmean"``, T = 4, gamma = 0.99,
+    alpha = 0.001, max passes in the first 2 of 3 epochs (``max_cycles=2``), SGD lr 5e-4,
+    momentum 0.9, wd 5e-4, forget batch 32.
     """
 
     T: float = 1.0
     alpha: float = 1.0
     gamma: float = 1.0
     max_cycles: int | None = None
+    kl_reduction: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.kl_reduction not in KL_REDUCTIONS:
+            raise DormantError(f"scrub: kl_reduction must be one of {', '.join(KL_REDUCTIONS)}, "
+                               f"got {self.kl_reduction!r}")
 
 
-def kl_t(student: torch.Tensor, teacher: torch.Tensor, T: float) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over the batch."""
+def kl_t(student: torch.Tensor, teacher: torch.Tensor, T: float,
+         reduction: str = "mean") -> torch.Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), summed over classes and divided by
+    the batch (``"batchmean"``) or by batch x classes (``"mean"``, torch's element mean)."""
     log_s = F.log_softmax(student.float() / T, dim=1)
-    return F.kl_div(log_s, F.softmax(teacher.float() / T, dim=1), reduction="batchmean") * T * T
+    kl = F.kl_div(log_s, F.softmax(teacher.float() / T, dim=1), reduction="batchmean") * T * T
+    # F.kl_div's own "mean" warns that it is not the true KL; dividing is the same number
+    return kl / student.shape[1] if reduction == "mean" else kl
 
 
 @register_method("scrub", ScrubHparams)
@@ -58,9 +79,10 @@ def scrub(model, data, hp, ctx):
         with torch.no_grad():
             t = teacher(xb)
         s = model(xb)
+        kl = kl_t(s, t, hp.T, hp.kl_reduction)
         if maximising:
-            return -kl_t(s, t, hp.T)
-        return hp.alpha * kl_t(s, t, hp.T) + hp.gamma * F.cross_entropy(s, data.y[b])
+            return -kl
+        return hp.alpha * kl + hp.gamma * F.cross_entropy(s, data.y[b])
 
     train_loop(model, recipe, loss, hook=stop_when_forgotten(data, hp),
                progress=ctx.progress, label="scrub")
