@@ -23,10 +23,12 @@ from dormant.data import load_dataset
 METRIC_KEYS = (
     "dataset", "model", "forget", "method", "seed", "k", "retain_acc", "test_acc", "forget_acc",
     "retain_acc_attacked", "test_acc_attacked", "forget_acc_attacked",
-    "forget_acc_attacked_last", "recovery", "train_fit_acc", "l2_to_original", "seconds",
+    "forget_acc_attacked_last", "forget_acc_attacked_end", "recovery", "train_fit_acc",
+    "train_steps", "calibration", "l2_to_original", "seconds",
 )
 ACC_KEYS = ("retain_acc", "test_acc", "forget_acc", "retain_acc_attacked", "test_acc_attacked",
-            "forget_acc_attacked", "forget_acc_attacked_last", "train_fit_acc")
+            "forget_acc_attacked", "forget_acc_attacked_last", "forget_acc_attacked_end",
+            "train_fit_acc")
 TIMING_KEYS = {"seconds", "unlearn_seconds", "attack_seconds"}
 DEMO_METHODS = ("original", "retrain", "finetune", "gradient_ascent", "neggrad_plus")
 
@@ -85,6 +87,7 @@ def test_demo_rows(demo_out: Path) -> None:
         assert r["recovery"] == pytest.approx(r["forget_acc_attacked"] - r["forget_acc"],
                                               abs=1e-3)
         assert r["forget_acc_attacked"] >= r["forget_acc_attacked_last"] - 1e-9  # best >= last
+        assert r["forget_acc_attacked"] >= r["forget_acc_attacked_end"] - 1e-9  # best >= end
         assert r["train_fit_acc"] >= 99.0
         assert r["l2_to_original"] >= 0.0 and r["seconds"] >= 0.0
     by = {(r["method"], r["k"]): r for r in got}
@@ -95,28 +98,40 @@ def test_demo_rows(demo_out: Path) -> None:
 
 
 def test_demo_shows_dormant_knowledge(demo_out: Path) -> None:
-    """The issue's acceptance criterion, measured: the oracle barely relearns the held-out
-    forget set at k=0, while at least two approximate methods recover >= 20 points more."""
-    k0 = {r["method"]: r["recovery"] for r in rows(demo_out) if r["k"] == 0}
-    assert k0["retrain"] <= 10.0, k0
-    dormant_methods = [m for m, rec in k0.items()
-                       if m not in ("original", "retrain") and rec >= k0["retrain"] + 20.0]
-    assert len(dormant_methods) >= 2, k0
+    """The verdict issue's acceptance criterion, measured: against the oracle attacked in the
+    same cell, the oracle's excess is 0 and at least two methods relearn; every method ran
+    its full budget at a calibrated strength."""
+    from dormant.experiments.verdicts import verdicts
+
+    found = {v.method: v for v in verdicts(rows(demo_out)) if v.k == 0}
+    assert found["retrain"].excess == 0.0 and found["retrain"].verdict == "resists"
+    relearns = [m for m, v in found.items() if v.verdict == "relearns"]
+    assert len(relearns) >= 2, {m: (v.excess, v.verdict) for m, v in found.items()}
+    assert all(found[m].excess >= 10 for m in relearns)
+    for r in rows(demo_out):
+        if r["method"] not in ("original", "retrain"):
+            (cal,) = r["calibration"]
+            assert cal["param"] == "lr" and r["hparams"]["lr"] == cal["chosen"]
+            assert r["hparams"]["steps"] == 1500 and "stop_acc" not in r["hparams"]
 
 
 def test_demo_report_files(demo_out: Path) -> None:
     with open(demo_out / "results.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows(demo_out)) == 10
+    assert {r["verdict"] for r in table} <= {"does-not-forget", "over-forgets", "relearns",
+                                             "resists"}
     assert {r["method"] for r in table} == set(DEMO_METHODS)
     report = (demo_out / "report.md").read_text()
-    assert "| method | seeds | forget | forget after attack k=0 | forget after attack k=5 |" \
+    assert "| method | seeds | forget | forget after attack k=0 (end) | excess k=0 |" \
         in report and "|---|" in report
+    assert "| method | k | seeds | forget − oracle after unlearning | excess (end) |" in report
     for m in DEMO_METHODS:
         assert f"| {m} | 1 | " in report  # the paper's table: one line per method
         for k in (0, 5):
             assert f"| {m} | retain | 0.0001 | 150 | {k} |" in report
-    assert "Relearning effect shown: yes" in report
+    assert "Relearning shown (two or more methods relearn): yes" in report
+    assert "| retrain | 0 | 1 | +0.0 | +0.0 |" in report
     html = (demo_out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3 and "http" not in html
     png = (demo_out / "recovery.png").read_bytes()
@@ -326,7 +341,7 @@ def test_relearn_cifar10_resnet18_end_to_end(tmp_path: Path, shared_datasets: Pa
         "train_size: 160\ntest_size: 50\ndevice: cpu\nforget: random:10\n"
         "methods: [gradient_ascent, weight_distortion]\nk: [0]\n"
         "train_steps: 2\nunlearn_steps: 1\nattack_steps: 2\n"
-        "lmc_points: 3\nanalysis_size: 32\n"
+        "lmc_points: 3\nanalysis_size: 32\ncalibrate: none\n"
     )
     dormant("relearn", study, "--out", out, cache=cifar_jpeg_cache, timeout=600)
     got = rows(out)
@@ -337,7 +352,8 @@ def test_relearn_cifar10_resnet18_end_to_end(tmp_path: Path, shared_datasets: Pa
         assert r["forget"] == "random:10" and r["forget_size"] == 10
         assert r["attack"]["steps"] == 2 and 0.0 <= r["mia_auc"] <= 1.0
     wd = next(r for r in got if r["method"] == "weight_distortion" and r["k"] == 0)
-    # sigma = 0.02 on 11.2M weights moves them ~0.02 * sqrt(n) = 67 before the fine-tune step
+    # relative sigma 1.7 x each tensor's RMS is L2-matched to the paper's 0.02 on ResNet-18
+    # (docs/remedies.md): ~0.02 * sqrt(11.2M) = 67 before the fine-tune step
     assert 55.0 < wd["l2_to_original"] < 80.0
     assert wd["lmc"]["t"] == [0.0, 0.5, 1.0]
     specs = [json.loads(p.read_text())["model"]

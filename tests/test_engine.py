@@ -94,10 +94,39 @@ def test_learning_speed_is_a_per_sample_share(digits):
 
 
 def test_default_digits_recipe_memorises(digits_setup):
-    """The issue's bar: the original fits >= 99% of its own training set."""
-    assert digits_setup.train_fit_acc >= 99.0
+    """The issue's bar: the original fits >= 99% of its own training set, and it stops there
+    (checked once per epoch) rather than running the whole cap; the oracle's recipe stops
+    after exactly as many steps, on the same schedule."""
+    prep = digits_setup
+    assert prep.train_fit_acc >= 99.0
     prof = profile_for("digits", 1437, (1, 8, 8))
-    assert digits_setup.recipe == prof.train
+    assert prep.recipe.with_(stop_after=None) == prof.train
+    epoch = math.ceil(1437 / prof.train.batch_size)
+    assert prep.train_steps_taken % epoch == 0 and prep.train_steps_taken < prof.train.steps
+    assert prep.recipe.stop_after == prep.train_steps_taken
+
+
+def test_until_fit_stops_at_the_first_epoch_that_fits(digits):
+    x, y = digits.x_train, digits.y_train
+    ids = torch.arange(len(y))
+    recipe = Recipe(steps=900, lr=1e-3, augment="none", final_lr=1e-5)
+    model = create_model(ModelSpec("mlp", 1, 10, 8), seed=0)
+    res = fit(model, x, y, ids, recipe, generator=torch.Generator().manual_seed(0),
+              until_fit=99.0)
+    epoch = math.ceil(len(y) / recipe.batch_size)
+    assert res.steps % epoch == 0 and res.steps < 900
+    assert evaluate(model, x, y).acc >= 99.0
+    # one epoch earlier it did not fit yet: the same run stopped one epoch short
+    short = create_model(ModelSpec("mlp", 1, 10, 8), seed=0)
+    fit(short, x, y, ids, recipe.with_(stop_after=res.steps - epoch),
+        generator=torch.Generator().manual_seed(0))
+    assert evaluate(short, x, y).acc < 99.0
+    # stop_after follows the same cosine curve: the same weights as the until_fit run
+    again = create_model(ModelSpec("mlp", 1, 10, 8), seed=0)
+    fit(again, x, y, ids, recipe.with_(stop_after=res.steps),
+        generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 again.state_dict().values(), strict=True))
 
 
 def test_evaluate_restores_train_mode_and_handles_empty(digits):

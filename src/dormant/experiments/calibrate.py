@@ -6,7 +6,8 @@ study, each method's declared strength hyper-parameter (``Strength``, next to it
 is chosen from a grid of at most 4 values, each run for the method's *full* budget:
 
 - ``target="leakable"``: the value whose accuracy on the **leakable** forget ids is closest
-  to the oracle's;
+  to the oracle's, among the values that keep retain accuracy within ``UTILITY_MARGIN``
+  points of the oracle's;
 - ``target="distance"``: the smallest value whose L2 distance from theta_pre reaches the
   oracle's (the remedies, whose job is to move the weights).
 
@@ -43,23 +44,36 @@ class Calibration:
     """The oracle's accuracy on the leakable ids, or its L2 distance from theta_pre."""
     values: tuple[float, ...]
     scores: tuple[float, ...]
+    retain: tuple[float, ...]
+    """Each candidate's retain accuracy: those more than ``UTILITY_MARGIN`` points below the
+    oracle's are out of the running (unless every one is)."""
     chosen: float
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+UTILITY_MARGIN = 20.0
+"""Points of retain accuracy below the oracle's at which a candidate no longer counts: a
+model that sends every image to one class scores 100% on a one-class forget set, and Fisher
+forgetting's noise did exactly that on the MNIST study (retain accuracy 6%), so "closest to
+the oracle on the leakable ids" alone picked a broken model."""
+
+
 def _pick(target: str, goal: float, values: list[float], scores: list[float],
-          base: float) -> float:
-    ok = [(v, s) for v, s in zip(values, scores, strict=True) if math.isfinite(s)]
+          usable: list[bool], base: float) -> float:
+    ok = [(v, s) for v, s, u in zip(values, scores, usable, strict=True) if u]
     if not ok:  # every candidate diverged: the base value runs, and fails as a row
         return base
     values, scores = [v for v, _ in ok], [s for _, s in ok]
     if target == "distance":
         reached = [v for v, s in sorted(zip(values, scores, strict=True)) if s >= goal]
         return reached[0] if reached else max(values)
-    # ties go to the weaker value: the least damage for the same forgetting
-    best = min(zip(values, scores, strict=True), key=lambda vs: (abs(vs[1] - goal), vs[0]))
+    # ties go to the weaker value, the least damage for the same forgetting; distances are
+    # compared at 0.01 points so that two candidates one leakable image either side of the
+    # oracle tie instead of being split by float rounding
+    best = min(zip(values, scores, strict=True),
+               key=lambda vs: (round(abs(vs[1] - goal), 2), vs[0]))
     return best[0]
 
 
@@ -76,6 +90,8 @@ def calibrate(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], user: list[
     found: list[Calibration] = []
     x, y = prep.x, prep.y
     leakable = prep.split.leakable.to(x.device)
+    retain = prep.split.retain.to(x.device)
+    floor = evaluate(prep.oracle, x, y, retain).acc - UTILITY_MARGIN
     for i, stage in enumerate(pipe.stages):
         strength = get_method(stage.method).strength
         if strength is None or strength.param in user[i]:
@@ -83,21 +99,27 @@ def calibrate(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], user: list[
         base = getattr(make_hparams(stage.method, hps[i]), strength.param)
         # 6 significant digits: 3e-4, not 0.00030000000000000003, in rows and cache keys
         values = [float(f"{base * f:.6g}") for f in strength.factors]
-        scores = []
+        scores, kept = [], []
         for v in values:
             try:
                 model = train(Pipeline(pipe.name, pipe.stages[:i + 1]),
                               [*hps[:i], {**hps[i], strength.param: v}])
             except Diverged:  # too strong a value; the others still compete
                 scores.append(math.nan)
+                kept.append(math.nan)
                 continue
             scores.append(evaluate(model, x, y, leakable).acc if strength.target == "leakable"
                           else l2_distance(model, prep.original))
+            kept.append(evaluate(model, x, y, retain).acc)
         goal = (prep.oracle_monitor_acc if strength.target == "leakable"
                 else l2_distance(prep.oracle, prep.original))
-        chosen = _pick(strength.target, goal, values, scores, base)
+        finite = [math.isfinite(s) for s in scores]
+        usable = [f and r >= floor for f, r in zip(finite, kept, strict=True)]
+        chosen = _pick(strength.target, goal, values, scores,
+                       usable if any(usable) else finite, base)
         hps[i][strength.param] = chosen
         found.append(Calibration(i, stage.method, strength.param, strength.target,
                                  round(goal, 4), tuple(values),
-                                 tuple(round(s, 4) for s in scores), chosen))
+                                 tuple(round(s, 4) for s in scores),
+                                 tuple(round(r, 4) for r in kept), chosen))
     return hps, found

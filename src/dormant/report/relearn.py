@@ -87,8 +87,9 @@ def _calibration_blocks(rows: list[dict]) -> list[Block]:
                 continue
             seen.add(key)
             unit = "% on the leakable ids" if c["target"] == "leakable" else " L2 from θ_pre"
-            tried = ", ".join(f"{v:.3g} → {s:.3g}" for v, s in zip(c["values"], c["scores"],
-                                                                   strict=True))
+            kept = c.get("retain") or [None] * len(c["values"])
+            tried = ", ".join(f"{v:.3g} → {s:.3g}" + ("" if r is None else f" (retain {r:.0f})")
+                              for v, s, r in zip(c["values"], c["scores"], kept, strict=True))
             lines.append([r["method"], c["method"], c["param"], f"{c['chosen']:.3g}",
                           f"{c['goal']:.3g}{unit}", tried])
     if not lines:
@@ -97,7 +98,9 @@ def _calibration_blocks(rows: list[dict]) -> list[Block]:
             Block("p", "`calibrate: oracle`: each method's declared strength, chosen on the "
                        "first seed from its grid, run at the full budget, to match the oracle "
                        "on the leakable forget ids (never the held-out split) or to reach the "
-                       "oracle's distance from θ_pre; the same value runs on every seed."),
+                       "oracle's distance from θ_pre, among candidates whose retain accuracy "
+                       "stays within 20 points of the oracle's; the same value runs on every "
+                       "seed."),
             Block("table", table=Table(["method", "stage", "strength", "chosen", "oracle",
                                         "candidates → reached"], lines))]
 
