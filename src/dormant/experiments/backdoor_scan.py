@@ -83,7 +83,8 @@ class Scanner:
         half = min(self.d.cd_images // 2, len(others) // 2)
         clean = self.x_eval[others[:half]]
         triggered = trigger.stamp(self.x_eval[others[half : 2 * half]])
-        cfg = CognitiveDistillationConfig(steps=self.d.cd_steps)
+        cfg = CognitiveDistillationConfig.for_resolution(*clean.shape[2:],
+                                                         steps=self.d.cd_steps)
         m_clean = distil_masks(model, clean, cfg=cfg, seed=self.v.seed)
         m_bad = distil_masks(model, triggered, cfg=cfg, seed=self.v.seed + 1)
         # a small mask is the suspect sign, so poisoned inputs should score higher on -norm

@@ -22,6 +22,26 @@ CONDITIONS = ("attack", "random-clean", "unpoisoned", "none", "badnets", "blende
 ASR_ACTIVE = 60.0
 ASR_RISE = 40.0
 CLEAN_DROP_MAX = 5.0
+# positive controls (issue 11): each defense must catch the BadNets baseline the same run
+# trains and scans before its result on the clean-unlearning attack counts as evidence
+IBAU_ASR_DROP_MIN = 50.0
+IBAU_CLEAN_DROP_MAX = 5.0
+CD_AUROC_MIN = 0.9
+NC_SHARE_MIN = 2 / 3  # of the seeds scanned: 2 of 3
+NOT_EVIDENCE = "not evidence"
+DEFENSES = {"ibau": "I-BAU", "cd": "Cognitive Distillation", "nc": "Neural Cleanse"}
+CONTROL_RULES = {
+    "ibau": f"BadNets ASR falls by >= {IBAU_ASR_DROP_MIN:g} points with a clean-accuracy drop "
+            f"<= {IBAU_CLEAN_DROP_MAX:g}, on every seed",
+    "cd": f"AUROC >= {CD_AUROC_MIN:g} on BadNets-triggered vs clean inputs, on every seed",
+    "nc": "flags the BadNets target on >= 2 of 3 seeds (2/3 of the seeds scanned)",
+}
+# the defense columns of the conditions table, and the conditions whose models come from the
+# clean-unlearning attack (the baselines are the controls themselves)
+DEFENSE_COLUMNS = {"ibau": ("ibau_asr", "ibau_clean_acc"),
+                   "cd": ("cd_auroc_before", "cd_auroc_after"),
+                   "nc": ("nc_flag_before", "nc_flag_after", "nc_index_after")}
+ATTACK_CONDITIONS = ("attack", "random-clean", "unpoisoned", "none")
 
 METRICS = {
     "clean_acc_before": "clean before",
@@ -111,13 +131,26 @@ def backdoor_table(rows: list[dict]) -> pd.DataFrame:
     return out.reset_index()[columns]
 
 
-def backdoor_display(df: pd.DataFrame) -> Table:
-    """:func:`backdoor_table` for display: mean ± std, NC flags as "hits/scanned"."""
+def _hidden(controls: dict | None) -> set[str]:
+    """The defense columns whose values on the attack's models are not evidence."""
+    if controls is None:
+        return set()
+    return {col for d, x in controls["defenses"].items() if not x["evidence"]
+            for col in DEFENSE_COLUMNS[d]}
+
+
+def backdoor_display(df: pd.DataFrame, controls: dict | None = None) -> Table:
+    """:func:`backdoor_table` for display: mean ± std, NC flags as "hits/scanned". With
+    ``controls`` (:func:`positive_controls`), a defense that failed its positive control has
+    its columns printed as "not evidence" on every model of the attack's conditions."""
+    hidden = _hidden(controls)
     rows = []
     for r in df.to_dict("records"):
         cells = [str(r["method"]), str(r["condition"])]
         for m in METRICS:
-            if m in FLAGS:
+            if m in hidden and r["condition"] in ATTACK_CONDITIONS:
+                cells.append(NOT_EVIDENCE)
+            elif m in FLAGS:
                 cells.append(f"{r[f'{m}_hits']}/{r[f'{m}_n']}" if r[f"{m}_n"] else "-")
             else:
                 cells.append(plus_minus(r[m], r[f"{m}_std"], m))
@@ -158,6 +191,120 @@ def paired_display(df: pd.DataFrame) -> Table:
     return Table(["method", "paired seeds", *PAIRED.values()], rows)
 
 
+def _seed_controls(r: pd.Series) -> dict:
+    """One seed's BadNets row as control values (None where the defense was off)."""
+    def num(key):
+        v = r.get(key)
+        return None if v is None or pd.isna(v) else float(v)
+
+    asr, clean = num("asr_before"), num("clean_acc_before")
+    ibau_asr, ibau_clean = num("ibau_asr"), num("ibau_clean_acc")
+    drop = None if asr is None or ibau_asr is None else asr - ibau_asr
+    cdrop = None if clean is None or ibau_clean is None else clean - ibau_clean
+    flag = num("nc_flag_before")
+    return {
+        "asr": asr, "clean_acc": clean, "ibau_asr": ibau_asr, "ibau_clean_acc": ibau_clean,
+        "ibau_asr_drop": drop, "ibau_clean_drop": cdrop,
+        "ibau_pass": None if drop is None or cdrop is None
+        else drop >= IBAU_ASR_DROP_MIN and cdrop <= IBAU_CLEAN_DROP_MAX,
+        "cd_auroc": num("cd_auroc_before"),
+        "cd_pass": None if num("cd_auroc_before") is None
+        else num("cd_auroc_before") >= CD_AUROC_MIN,
+        "nc_flag": None if flag is None else bool(flag),
+        "nc_index": num("nc_index_before"),
+    }
+
+
+def positive_controls(rows: list[dict]) -> dict:
+    """Each defense on the BadNets baseline (condition ``badnets``) of the same run.
+
+    ``seeds`` maps each seed with an ok BadNets row to its control values (see
+    :func:`_seed_controls`). Per defense: ``status`` "pass", "fail" or "not run" (no BadNets
+    row, or the defense was off), ``evidence`` (True only on "pass") and ``reached`` (what it
+    reached, in words). I-BAU and CD are judged strictly, per seed: every seed must pass, since
+    a mean can hide a seed where the defense missed. NC passes when it flags the target on at
+    least two thirds of the seeds scanned (2 of 3)."""
+    df = frame(ok_rows(rows))
+    bad = df[df["condition"] == "badnets"].drop_duplicates("seed").sort_values("seed")
+    seeds = {int(r["seed"]): _seed_controls(r) for _, r in bad.iterrows()}
+    out = {}
+    for d in DEFENSES:
+        if d == "nc":
+            flags = [v["nc_flag"] for v in seeds.values() if v["nc_flag"] is not None]
+            n, hits = len(flags), sum(flags)
+            ok = None if not n else hits >= math.ceil(NC_SHARE_MIN * n - 1e-9)
+            reached = f"target flagged on {hits}/{n} seeds" if n else "no BadNets scan"
+        else:
+            passes = [v[f"{d}_pass"] for v in seeds.values() if v[f"{d}_pass"] is not None]
+            n = len(passes)
+            ok = None if not n else all(passes)
+            if d == "ibau":
+                drops = [v["ibau_asr_drop"] for v in seeds.values()
+                         if v["ibau_asr_drop"] is not None]
+                cdrops = [v["ibau_clean_drop"] for v in seeds.values()
+                          if v["ibau_clean_drop"] is not None]
+                reached = (f"ASR drop {_range(drops)} points, clean drop {_range(cdrops)}; "
+                           f"{sum(passes)}/{n} seeds pass" if n else "no BadNets scan")
+            else:
+                aurocs = [v["cd_auroc"] for v in seeds.values() if v["cd_auroc"] is not None]
+                reached = (f"AUROC {_range(aurocs, 3)}; {sum(passes)}/{n} seeds pass" if n
+                           else "no BadNets scan")
+        status = "not run" if ok is None else "pass" if ok else "fail"
+        out[d] = {"name": DEFENSES[d], "status": status, "evidence": status == "pass",
+                  "rule": CONTROL_RULES[d], "reached": reached, "seeds": n}
+    return {"seeds": seeds, "defenses": out,
+            "thresholds": {"ibau_asr_drop_min": IBAU_ASR_DROP_MIN,
+                           "ibau_clean_drop_max": IBAU_CLEAN_DROP_MAX,
+                           "cd_auroc_min": CD_AUROC_MIN, "nc_share_min": NC_SHARE_MIN}}
+
+
+def _range(values: list[float], decimals: int = 1) -> str:
+    if not values:
+        return "-"
+    lo, hi = min(values), max(values)
+    return f"{lo:.{decimals}f}" if lo == hi else f"{lo:.{decimals}f} to {hi:.{decimals}f}"
+
+
+def controls_display(c: dict) -> Table:
+    """One line per defense: its rule, what it did on each seed's BadNets model, and the
+    result; a defense that fails or was not run is marked "not evidence"."""
+    seeds = sorted(c["seeds"])
+    rows = []
+    for d, x in c["defenses"].items():
+        cells = []
+        for s in seeds:
+            v = c["seeds"][s]
+            if d == "ibau":
+                cells.append("-" if v["ibau_pass"] is None else
+                             f"ASR {fmt(v['asr'])} → {fmt(v['ibau_asr'])}, clean "
+                             f"{fmt(v['clean_acc'])} → {fmt(v['ibau_clean_acc'])}")
+            elif d == "cd":
+                cells.append("-" if v["cd_auroc"] is None else f"AUROC {v['cd_auroc']:.3f}")
+            else:
+                cells.append("-" if v["nc_flag"] is None else
+                             ("flagged" if v["nc_flag"] else "missed")
+                             + ("" if v["nc_index"] is None else
+                                f" (index {v['nc_index']:.2f})"))
+        result = {"pass": "pass", "fail": f"FAIL: its attack results are {NOT_EVIDENCE}",
+                  "not run": f"not run: its attack results are {NOT_EVIDENCE}"}[x["status"]]
+        rows.append([x["name"], x["rule"], *cells, result])
+    return Table(["defense", "must", *(f"seed {s}" for s in seeds), "positive control"], rows)
+
+
+def _controls_sentence(c: dict) -> str:
+    failing = [x["name"] for x in c["defenses"].values() if not x["evidence"]]
+    parts = [f"{x['name']} {x['status']} ({x['reached']})" for x in c["defenses"].values()]
+    text = "Positive controls on BadNets: " + "; ".join(parts) + ". "
+    if failing:
+        text += ("A defense that misses the backdoor it was built for says nothing about the "
+                 "woken one: the attack results of " + ", ".join(failing)
+                 + f" are {NOT_EVIDENCE}, and \"the defenses miss the woken backdoor\" is not "
+                 "shown for " + ("them" if len(failing) > 1 else "it") + ". ")
+    else:
+        text += "Every defense caught BadNets, so its results on the attack count. "
+    return text
+
+
 def backdoor_verdict(rows: list[dict]) -> dict:
     """The done-when check from the ok rows. ``dormant_asr`` is the poisoned model's mean ASR
     before any deletion (condition none; the attack rows' asr_before when there is no none
@@ -190,18 +337,25 @@ def backdoor_verdict(rows: list[dict]) -> dict:
                           and drop <= CLEAN_DROP_MAX),
         }
     activated = [m for m, v in methods.items() if v["activated"]]
+    controls = positive_controls(rows)
     return {"dormant_asr": dormant, "dormant_flagged": (int(flags.sum()), len(flags)),
             "methods": methods, "activated": activated, "shown": bool(activated),
+            "controls": controls,
+            "evidence": [d for d, x in controls["defenses"].items() if x["evidence"]],
+            "not_evidence": [d for d, x in controls["defenses"].items() if not x["evidence"]],
             "thresholds": {"asr_active": ASR_ACTIVE, "asr_rise": ASR_RISE,
                            "clean_drop_max": CLEAN_DROP_MAX}}
 
 
 def verdict_text(v: dict) -> str:
-    """:func:`backdoor_verdict` as one paragraph (for the report and the CLI)."""
+    """:func:`backdoor_verdict` as one paragraph (for the report and the CLI): the positive
+    controls first, then the attack, with a failing defense's findings marked not evidence."""
     hits, scanned = v["dormant_flagged"]
-    text = (f"Poisoned model before any deletion: ASR {fmt(v['dormant_asr'])}%"
-            + (f", Neural Cleanse flagged the target in {hits}/{scanned} seeds" if scanned
-               else "") + ". ")
+    nc_note = "" if "nc" in v.get("evidence", ["nc"]) else f" ({NOT_EVIDENCE})"
+    text = (_controls_sentence(v["controls"]) if "controls" in v else "") + (
+        f"Poisoned model before any deletion: ASR {fmt(v['dormant_asr'])}%"
+        + (f", Neural Cleanse flagged the target in {hits}/{scanned} seeds{nc_note}" if scanned
+           else "") + ". ")
     if not v["methods"]:
         return text + "No attack cell succeeded, so there is no verdict."
     parts = [f"{m} {fmt(x['asr_after'])}% (clean drop {fmt(x['clean_drop'])})"
@@ -214,12 +368,14 @@ def verdict_text(v: dict) -> str:
 
 
 def verdict_display(v: dict) -> Table:
+    nc_ok = "nc" in v.get("evidence", ["nc"])
     rows = []
     for m, x in v["methods"].items():
         flagged = x["nc_flagged_after"]
         rows.append([m, str(x["n"]), fmt(x["asr_before"]), fmt(x["asr_after"]),
                      fmt(x["asr_rise"]), fmt(x["clean_drop"]), fmt(x["random_clean_asr_after"]),
                      fmt(x["unpoisoned_asr_rise"]),
+                     NOT_EVIDENCE if not nc_ok else
                      f"{flagged[0]}/{flagged[1]}" if flagged[1] else "-",
                      "yes" if x["activated"] else "no"])
     return Table(["method", "seeds", "ASR dormant", "ASR after attack", "rise", "clean drop",
@@ -394,9 +550,18 @@ def _failed(rows: list[dict]) -> Table:
 
 def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
     verdict = backdoor_verdict(rows)
+    controls = verdict["controls"]
     paired = paired_table(rows)
     blocks = [
         Block("h1", title),
+        Block("h2", "Positive controls"),
+        Block("p", "Before any defense's result on the clean-unlearning attack counts, the "
+                   "defense must catch the backdoor it was built for: the BadNets baseline "
+                   "(3x3 patch, 10% of the training set) that this run trains and scans beside "
+                   "the attack, per seed. I-BAU: ASR and clean accuracy before → after I-BAU. "
+                   "A defense that fails, or was not run, has its results on the attack "
+                   f"printed as \"{NOT_EVIDENCE}\" below."),
+        Block("table", table=controls_display(controls)),
         Block("p", _describe(rows)),
         Block("p", verdict_text(verdict)),
         Block("h2", "Conditions"),
@@ -409,7 +574,7 @@ def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
                    "separating poisoned from clean inputs. *I-BAU*: ASR and clean accuracy "
                    "after I-BAU repaired the model after unlearning. \"-\": the defense was "
                    "off or the cell failed."),
-        Block("table", table=backdoor_display(backdoor_table(rows))),
+        Block("table", table=backdoor_display(backdoor_table(rows), controls)),
         Block("h2", "Attack vs random clean request"),
         Block("p", "Per seed, ASR after the attacker's clean request minus ASR after a random "
                    "clean request of matched strength; mean ± std over the seeds that have "
