@@ -110,12 +110,16 @@ def _results_table(rows: list[dict], title: str) -> Table:
     table = verdict_table(main_verdicts(rows))
     seeds = max((int(r[2]) for r in table.rows), default=0)
     t = Table(title=f"{title} ({seeds} seed{'s' * (seeds != 1)})",
-              caption="against the retrain oracle in the same cell: forget accuracy after "
-                      "unlearning minus the oracle's; excess = attacked forget accuracy at "
-                      "the attack's end minus the oracle's (points), mean ± std, paired 95% "
-                      "interval; the curves' maxima for comparison")
-    for i, head in enumerate(table.headers):
-        t.add_column(head, justify="left" if i in (0, 7) else "right", no_wrap=True)
+              caption="against the retrain oracle in the same cell, points: gap = forget "
+                      "accuracy after unlearning minus the oracle's; excess = attacked forget "
+                      "accuracy at the attack's end minus the oracle's (mean ± std over seeds, "
+                      "paired 95% interval); max = the same with the curves' maxima")
+    # short headers: the report spells them out; here every column must survive 80 columns
+    for head, left in (("method", True), ("k", False), ("n", False), ("gap", False),
+                       ("excess", False), ("95% CI", False), ("max", False),
+                       ("verdict", True)):
+        t.add_column(head, justify="left" if left else "right", no_wrap=not left,
+                     overflow="fold")
     for r in table.rows:
         t.add_row(*r)
     return t
