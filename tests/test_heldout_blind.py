@@ -25,11 +25,8 @@ def test_unlearn_data_does_not_name_the_heldout_split():
     assert fields == {"x", "y", "forget", "retain", "monitor", "num_classes"}
 
 
-@pytest.mark.parametrize("name", [m for m in available_methods() if m != "retrain"])
-def test_every_evaluation_a_method_makes_is_on_monitor_ids(name, digits_setup, monkeypatch):
-    """Stop rules run every step (stop_acc = 0 never triggers) while a spy records the ids
-    of every evaluation: all lie in the leakable monitor split, none in the held-out one."""
-    prep = digits_setup
+def _spy_evaluations(monkeypatch) -> list[torch.Tensor]:
+    """Every evaluation from now on appends the ids it reads to the returned list."""
     seen: list[torch.Tensor] = []
     real = evaluate_module.predict
 
@@ -38,6 +35,15 @@ def test_every_evaluation_a_method_makes_is_on_monitor_ids(name, digits_setup, m
         return real(model, x, ids, batch_size)
 
     monkeypatch.setattr(evaluate_module, "predict", spy)
+    return seen
+
+
+@pytest.mark.parametrize("name", [m for m in available_methods() if m != "retrain"])
+def test_every_evaluation_a_method_makes_is_on_monitor_ids(name, digits_setup, monkeypatch):
+    """Stop rules run every step (stop_acc = 0 never triggers) while a spy records the ids
+    of every evaluation: all lie in the leakable monitor split, none in the held-out one."""
+    prep = digits_setup
+    seen = _spy_evaluations(monkeypatch)
     info = get_method(name)
     hp = dict(CHEAP.get(name, {}))
     if "steps" in info.defaults():
@@ -65,19 +71,12 @@ def test_calibration_reads_only_the_leakable_ids(digits_setup, tmp_path, monkeyp
     from dormant.store import ModelCache
 
     prep = digits_setup
-    seen: list[torch.Tensor] = []
-    real = evaluate_module.predict
-
-    def spy(model, x, ids=None, batch_size=1024):
-        seen.append(torch.arange(len(x)) if ids is None else ids.detach().cpu())
-        return real(model, x, ids, batch_size)
-
     spec = RelearnSpec(dataset="digits", methods=[
         "gradient_ascent", "weight_distortion",
         {"name": "ga+wdr", "method": "gradient_ascent", "then": "weight_dist_reg"}],
         unlearn_steps=30)
     cache = ModelCache(tmp_path)
-    monkeypatch.setattr(evaluate_module, "predict", spy)
+    seen = _spy_evaluations(monkeypatch)
     chosen = {}
     for pipe in resolve(spec)[2:]:
         hps = [method_hparams(spec, prep, s.method, s.hparams) for s in pipe.stages]
