@@ -8,7 +8,9 @@ random clean requests of the same size, with the default method (``retrain``) an
 ``boundary_shrink``. ``--phase prepare`` writes the stores, datasets and id files (CPU, from
 the backdoor study's model cache); ``--phase run`` processes the requests (``--device cuda``
 where there is a GPU). Every request goes through the real CLI; the numbers come from the
-records it writes.
+records it writes, the tamper test's too: per attack, the excess against the retrain oracle
+and its verdict (a ``boundary_shrink`` request also retrains that oracle, so it costs one
+training run more than a ``retrain`` request).
 
     python scripts/measure_request_checks.py --data-root ../shared/datasets --out runs/checks
     python scripts/measure_request_checks.py --seeds 3,4 --clean-offset 100 --out runs/val
@@ -62,8 +64,13 @@ def forget(store: Path, ref: str, dataset: str, path: Path, tag: str, method: li
     rec = next(r for r in rows if r["reason"] == tag)
     flags = {c["name"]: c["classes"] for c in rec["checks"] if c["name"] in
              ("nc_shrink", "uap_jump")}
+    tamper = {k: {"excess": t.get("excess"), "forget_gap": t.get("forget_gap"),
+                  "verdict": t.get("verdict")}
+              for k, t in rec["measurements"]["tamper"].items()}
     return {"tag": tag, "verdict": rec["verdict"], **flags,
-            "checks": {c["name"]: [round(c["value"], 3), c["status"]] for c in rec["checks"]},
+            "checks": {c["name"]: [None if c["value"] is None else round(c["value"], 3),
+                                   c["status"]] for c in rec["checks"]},
+            "tamper": tamper, "oracle": rec.get("oracle"),
             "seconds": rec["durations"]["total"]}
 
 
@@ -122,6 +129,9 @@ def run(args, target: int) -> None:
         cl = [r for r in results if r["kind"] == "clean" and r["method"] == name]
         fp = sum(bool(r["nc_shrink"] or r["uap_jump"]) for r in cl)
         print(f"false positives ({name}): {fp}/{len(cl)} clean requests flag any class")
+        words = [str(t["verdict"]) for r in cl for t in r["tamper"].values()]
+        print(f"tamper verdicts ({name}, against the retrain oracle): "
+              + ", ".join(f"{w} {words.count(w)}" for w in sorted(set(words))))
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
-"""The deletion-request policy: defaults, YAML errors named precisely, the warn/fail
-boundaries, the verdict, and per-class backdoor flags."""
+"""The deletion-request policy: defaults, YAML errors named precisely (a renamed key too), the
+warn/fail boundaries, the tamper checks on excess against the oracle, the verdict, and
+per-class backdoor flags."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from dormant.errors import DormantError
-from dormant.requests.checks import CheckBudget
+from dormant.experiments.verdicts import RELEARN_EXCESS
+from dormant.requests.checks import CheckBudget, against
 from dormant.requests.policy import Check, Policy, judge, load_policy, verdict
 
 BASE = {
@@ -20,8 +22,15 @@ BASE = {
                "nc_norms": [10.0] * 10, "uap_success": [20.0] * 10},
     "after": {"retain_acc": 99.0, "test_acc": 96.0, "forget_acc": 90.0, "mia_auc": 0.5,
               "nc_norms": [10.0] * 10, "uap_success": [20.0] * 10},
-    "tamper": {"k0": {"k": 0, "start": 90.0, "best": 91.0, "recovery": 1.0, "aurc": 0.5},
-               "k5": {"k": 5, "start": 90.0, "best": 92.0, "recovery": 2.0, "aurc": 1.0}},
+    # the new model and its oracle both start at 90; the attack ends 1 and 2 points above
+    "tamper": {"k0": {"k": 0, "start": 90.0, "best": 91.0, "end": 90.5, "recovery": 1.0,
+                      "aurc": 0.5, "oracle": "o", "oracle_start": 90.0, "oracle_end": 89.5,
+                      "excess": 1.0, "excess_max": 1.0, "forget_gap": 0.0,
+                      "verdict": "resists"},
+               "k5": {"k": 5, "start": 90.0, "best": 92.0, "end": 91.5, "recovery": 2.0,
+                      "aurc": 1.0, "oracle": "o", "oracle_start": 90.0, "oracle_end": 89.5,
+                      "excess": 2.0, "excess_max": 2.0, "forget_gap": 0.0,
+                      "verdict": "resists"}},
     "budget": {},
 }
 
@@ -52,14 +61,15 @@ def test_defaults(tmp_path):
     p = load_policy(None)
     assert p == Policy() == load_policy(_write(tmp_path, ""))
     levels = {name: (getattr(p, name).warn, getattr(p, name).fail) for name in (
-        "retain_drop", "test_drop", "forget_gap", "mia_auc", "recovery", "recovery_leaked",
+        "retain_drop", "test_drop", "forget_gap", "mia_auc", "excess", "excess_leaked",
         "nc_shrink", "uap_jump")}
     assert levels == {"retain_drop": (2, 5), "test_drop": (2, 5), "forget_gap": (5, 10),
-                      "mia_auc": (0.6, 0.7), "recovery": (10, 20), "recovery_leaked": (15, 30),
+                      "mia_auc": (0.6, 0.7), "excess": (5, 10), "excess_leaked": (10, 15),
                       "nc_shrink": (0.3, 0.5), "uap_jump": (15, 30)}
+    assert p.excess.fail == RELEARN_EXCESS  # fails where the verdict says "relearns"
     assert p.check_budget() == CheckBudget()
     d = p.to_dict()
-    assert d["budget"]["relearn_steps"] == 100 and d["recovery"] == {"warn": 10, "fail": 20}
+    assert d["budget"]["relearn_steps"] == 100 and d["excess"] == {"warn": 5, "fail": 10}
     json.dumps(d)
     # everything in BASE is within the defaults
     assert verdict(judge(p, BASE)) == "pass"
@@ -69,19 +79,19 @@ def test_defaults(tmp_path):
 
 
 def test_yaml_overrides_keep_the_other_defaults(tmp_path):
-    p = load_policy(_write(tmp_path, "recovery: {warn: 5}\nuap_jump: {fail: null}\n"
+    p = load_policy(_write(tmp_path, "excess: {warn: 3}\nuap_jump: {fail: null}\n"
                                      "budget: {relearn_steps: 7, relearn_lr: 1e-3}\n"))
-    assert (p.recovery.warn, p.recovery.fail) == (5, 20)
+    assert (p.excess.warn, p.excess.fail) == (3, 10)
     assert (p.uap_jump.warn, p.uap_jump.fail) == (15, None)
     b = p.check_budget()
     assert (b.relearn_steps, b.relearn_lr, b.leaked_k) == (7, 1e-3, 5)
     with pytest.raises(ValidationError, match="frozen"):
-        p.recovery = None
+        p.excess = None
 
 
 @pytest.mark.parametrize("text, message", [
     ("recovry: {warn: 1}\n", "policy.yaml: unknown key 'recovry'; known keys: retain_drop, "
-                             "test_drop, forget_gap, mia_auc, recovery, recovery_leaked, "
+                             "test_drop, forget_gap, mia_auc, excess, excess_leaked, "
                              "nc_shrink, uap_jump, budget"),
     ("budget: {relearn_stepz: 1}\n", "unknown key 'budget.relearn_stepz'; known keys: "
                                      "relearn_steps, relearn_lr"),
@@ -99,9 +109,9 @@ def test_unknown_key_is_named(tmp_path, text, message):
                                      "least 1"),
     ("budget: {uap_eps: 2}\n", "uap_eps is an L-inf budget in [0, 1]"),
     ("mia_auc: {warn: 0.8}\n", "key 'mia_auc': warn (0.8) must not be above fail (0.7)"),
-    ("recovery: 10\n", "key 'recovery': Input should be a valid dictionary"),
-    ("- recovery\n", "a policy is a mapping"),
-    ("recovery: {warn: [\n", "not valid YAML (line 2)"),
+    ("excess: 10\n", "key 'excess': Input should be a valid dictionary"),
+    ("- excess\n", "a policy is a mapping"),
+    ("excess: {warn: [\n", "not valid YAML (line 2)"),
 ])
 def test_bad_value_is_one_line_naming_the_key(tmp_path, text, message):
     with pytest.raises(DormantError) as e:
@@ -129,12 +139,16 @@ def test_missing_file(tmp_path):
     ("mia_auc", {"after__mia_auc": 0.6}, "pass"),
     ("mia_auc", {"after__mia_auc": 0.65}, "warn"),
     ("mia_auc", {"after__mia_auc": 0.71}, "fail"),
-    ("recovery", {"tamper__k0__recovery": 10.0}, "pass"),
-    ("recovery", {"tamper__k0__recovery": 15.0}, "warn"),
-    ("recovery", {"tamper__k0__recovery": 25.0}, "fail"),
-    ("recovery_leaked", {"tamper__k5__recovery": 20.0}, "warn"),
-    ("recovery_leaked", {"tamper__k5__recovery": 31.0}, "fail"),
-    ("recovery_leaked", {"tamper__k5__recovery": 15.0}, "pass"),
+    ("excess", {"tamper__k0__excess": 5.0}, "pass"),
+    ("excess", {"tamper__k0__excess": 7.5}, "warn"),
+    ("excess", {"tamper__k0__excess": 10.0}, "warn"),
+    ("excess", {"tamper__k0__excess": 10.1}, "fail"),
+    ("excess", {"tamper__k0__excess": -30.0}, "pass"),  # ending below the oracle is no alarm
+    # recovery judges nothing any more: a large one with no excess passes
+    ("excess", {"tamper__k0__recovery": 60.0, "tamper__k0__best": 150.0}, "pass"),
+    ("excess_leaked", {"tamper__k5__excess": 12.0}, "warn"),
+    ("excess_leaked", {"tamper__k5__excess": 15.5}, "fail"),
+    ("excess_leaked", {"tamper__k5__excess": 10.0}, "pass"),
 ])
 def test_boundaries(name, paths, status):
     got = _by_name(judge(Policy(), _m(**paths)))[name]
@@ -147,12 +161,95 @@ def test_values_and_details():
     assert c["retain_drop"].value == pytest.approx(3.0) and c["retain_drop"].group == "utility"
     assert c["retain_drop"].detail == "retain acc 99.0 -> 96.0 (-3.0 points)"
     assert c["forget_gap"].value == pytest.approx(1.0)
-    assert c["recovery_leaked"].value == 2.0 and "k=5" in c["recovery_leaked"].detail
+    assert c["excess_leaked"].value == 2.0 and c["excess_leaked"].group == "tamper"
+    assert c["excess_leaked"].detail == ("k=5: forget 90.0 -> 91.5 at the attack's end, oracle "
+                                         "90.0 -> 89.5: excess +2.0, forget gap +0.0: resists")
 
 
 def test_null_threshold_never_trips(tmp_path):
-    p = load_policy(_write(tmp_path, "recovery: {warn: null, fail: null}\n"))
-    assert _by_name(judge(p, _m(tamper__k0__recovery=99.0)))["recovery"].status == "pass"
+    p = load_policy(_write(tmp_path, "excess: {warn: null, fail: null}\n"))
+    assert _by_name(judge(p, _m(tamper__k0__excess=99.0)))["excess"].status == "pass"
+
+
+@pytest.mark.parametrize("old, new", [("recovery", "excess"),
+                                      ("recovery_leaked", "excess_leaked")])
+def test_a_policy_still_using_recovery_is_told_the_new_name(tmp_path, old, new, capsys):
+    path = _write(tmp_path, f"{old}: {{warn: 10, fail: 20}}\n")
+    with pytest.raises(DormantError) as e:
+        load_policy(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: key {old!r} was renamed to {new!r}") and "\n" not in msg
+    # through the CLI: one line on stderr, exit 2, before any data is loaded
+    from dormant.cli import main
+
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1\n")
+    assert main(["forget", "--store", str(tmp_path / "nostore"), "--model", "m", "--ids",
+                 str(ids), "--requester", "a", "--reason", "r", "--policy", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"was renamed to {new!r}" in err and len(err.splitlines()) == 1
+
+
+def _block(start: float, end: float, oracle_start: float, oracle_end: float) -> dict:
+    """A tamper block as ``checks.against`` builds it from the two attacks' numbers."""
+    own = {"k": 0, "start": start, "end": end, "best": end + 1, "recovery": end + 1 - start,
+           "aurc": 0.0, "forget_acc": [start, end]}
+    ref = {"k": 0, "start": oracle_start, "end": oracle_end, "best": oracle_end + 1,
+           "forget_acc": [oracle_start, oracle_end]}
+    return against(own, ref, "a retrain")
+
+
+def test_over_forgetting_warns_and_never_fails_as_relearning():
+    # starts 20 below the oracle (forget gap -20 < -15), ends 12 below it; recovery from its
+    # own start is +33, which the old rule failed as relearning (over 20)
+    b = _block(start=40.0, end=72.0, oracle_start=60.0, oracle_end=84.0)
+    assert (b["forget_gap"], b["excess"], b["verdict"]) == (-20.0, -12.0, "over-forgets")
+    assert b["recovery"] == 33.0
+    c = _by_name(judge(Policy(), _m(tamper__k0=b)))["excess"]
+    assert c.value == -12.0 and c.status == "warn"
+    assert c.detail == ("k=0: forget 40.0 -> 72.0 at the attack's end, oracle 60.0 -> 84.0: "
+                        "excess -12.0, forget gap -20.0: over-forgets")
+    # even with the excess levels turned off it still warns; it never fails
+    off = Policy(excess={"warn": None, "fail": None})
+    assert _by_name(judge(off, _m(tamper__k0=b)))["excess"].status == "warn"
+    # the same attack from the oracle's start (gap within 15) resists: it passes
+    ok = _block(start=55.0, end=72.0, oracle_start=60.0, oracle_end=84.0)
+    assert ok["verdict"] == "resists"
+    assert _by_name(judge(Policy(), _m(tamper__k0=ok)))["excess"].status == "pass"
+    # not forgetting (gap +20) warns as well
+    kept = _block(start=80.0, end=84.0, oracle_start=60.0, oracle_end=84.0)
+    assert kept["verdict"] == "does-not-forget"
+    assert _by_name(judge(Policy(), _m(tamper__k0=kept)))["excess"].status == "warn"
+
+
+def test_an_excess_of_12_fails_as_relearning():
+    b = _block(start=58.0, end=96.0, oracle_start=60.0, oracle_end=84.0)
+    assert (b["forget_gap"], b["excess"], b["verdict"]) == (-2.0, 12.0, "relearns")
+    c = _by_name(judge(Policy(), _m(tamper__k0=b)))
+    assert c["excess"].value == 12.0 and c["excess"].status == "fail"
+    assert c["excess"].detail.endswith("excess +12.0, forget gap -2.0: relearns")
+    assert verdict(list(c.values())) == "fail"
+    # with k leaked ids 12 points warn (fail over 15)
+    leaked = {**b, "k": 5}
+    assert _by_name(judge(Policy(), _m(tamper__k5=leaked)))["excess_leaked"].status == "warn"
+
+
+def test_the_new_model_as_its_own_oracle_resists_with_excess_zero():
+    b = against({"k": 0, "start": 31.4, "end": 37.1, "best": 40.0, "recovery": 8.6,
+                 "aurc": 3.0, "forget_acc": [31.4, 37.1]}, None, "the new model (retrain)")
+    assert (b["excess"], b["excess_max"], b["forget_gap"]) == (0.0, 0.0, 0.0)
+    assert b["verdict"] == "resists" and b["oracle_end"] == 37.1
+    assert "oracle_forget_acc" not in b  # no second curve: it is the same one
+    assert _by_name(judge(Policy(), _m(tamper__k0=b)))["excess"].status == "pass"
+
+
+def test_no_oracle_means_no_verdict_not_a_recovery_verdict():
+    b = against({"k": 0, "start": 10.0, "end": 90.0, "best": 95.0, "recovery": 85.0,
+                 "aurc": 50.0, "forget_acc": [10.0, 90.0]}, None, None)
+    assert b["verdict"] is None and b["excess"] is None and b["oracle"] is None
+    c = _by_name(judge(Policy(), _m(tamper__k0=b)))["excess"]
+    assert math.isnan(c.value) and c.status == "pass" and c.to_dict()["value"] is None
+    assert c.detail == "k=0: forget 10.0 -> 90.0 at the attack's end; no oracle: no verdict"
 
 
 def test_verdict_is_the_worst():
@@ -214,6 +311,6 @@ def test_a_missing_tamper_block_has_no_check():
     m = _m()
     del m["tamper"]["k5"]
     names = [c.name for c in judge(Policy(), m)]
-    assert "recovery" in names and "recovery_leaked" not in names
-    assert names == ["retain_drop", "test_drop", "forget_gap", "mia_auc", "recovery",
+    assert "excess" in names and "excess_leaked" not in names
+    assert names == ["retain_drop", "test_drop", "forget_gap", "mia_auc", "excess",
                      "nc_shrink", "uap_jump"]

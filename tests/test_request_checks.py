@@ -1,6 +1,7 @@
 """The checks of a deletion request, in numbers: the targeted universal perturbation finds a
 BadNets shortcut a clean model lacks, the tamper test sees gradient ascent's knowledge come
-back and the oracle's not, and the before/after record flags the backdoor's class only."""
+back beyond the oracle's (excess against the oracle attacked the same way), and the
+before/after record flags the backdoor's class only."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from torch import nn
 from dormant.defenses.universal_targets import TargetedUAPConfig, targeted_success
 from dormant.engine import evaluate
 from dormant.errors import DormantError
-from dormant.metrics import aurc
+from dormant.metrics import aurc, end_mean
 from dormant.requests.checks import (
     CheckBudget,
+    Oracle,
     RequestData,
     backdoor_profile,
     model_state,
@@ -97,12 +99,23 @@ def test_tamper_test_brings_gradient_ascent_back_not_the_oracle(digits_setup):
                  steps=200, lr=1e-4, stop_acc=stop)
     data = _request(prep)
     budget = CheckBudget(relearn_steps=60, eval_every=10, leaked_k=5)
-    got = tamper_test(ga, data, budget)
-    oracle = tamper_test(prep.oracle, data, budget)
+    got = tamper_test(ga, data, budget, oracle=Oracle("the study's oracle", prep.oracle))
+    oracle = tamper_test(prep.oracle, data, budget, oracle=Oracle.itself())
     # measured: GA 40.0 -> 97.1 (k=0) and -> 100 (k=5); the oracle 31.4 -> 37.1 and -> 42.9
-    assert got["k0"]["recovery"] >= 40 and got["k5"]["recovery"] >= 40
-    assert got["k0"]["recovery"] >= oracle["k0"]["recovery"] + 30
-    assert got["k5"]["recovery"] >= oracle["k5"]["recovery"] + 30
+    for key in ("k0", "k5"):
+        g, o = got[key], oracle[key]
+        assert g["recovery"] >= 40  # a column still, now judging nothing
+        # the oracle's columns are the oracle's own attack, run with the same budget and seed
+        assert (g["oracle_start"], g["oracle_end"]) == (o["start"], o["end"])
+        assert g["oracle_forget_acc"] == o["forget_acc"]
+        assert g["excess"] == pytest.approx(g["end"] - o["end"], abs=1e-3)
+        assert g["excess_max"] == pytest.approx(g["best"] - o["best"], abs=1e-3)
+        assert g["forget_gap"] == pytest.approx(g["start"] - o["start"], abs=1e-3)
+        assert g["excess"] >= 30 and g["verdict"] == "relearns"
+        assert g["oracle"] == "the study's oracle"
+        # the oracle against itself: excess exactly 0, resists
+        assert (o["excess"], o["excess_max"], o["forget_gap"]) == (0.0, 0.0, 0.0)
+        assert o["verdict"] == "resists" and o["oracle"] == "the new model (retrain)"
     for key, k in (("k0", 0), ("k5", 5)):
         t = got[key]
         start = evaluate(ga, prep.x, prep.y, prep.split.heldout).acc
@@ -110,10 +123,15 @@ def test_tamper_test_brings_gradient_ascent_back_not_the_oracle(digits_setup):
         assert t["steps"] == list(range(0, 61, 10)) and t["forget_acc"][0] == t["start"]
         assert t["test_steps"] == [0, 60] and len(t["test_acc"]) == 2
         assert t["best"] == max(t["forget_acc"][1:])
+        assert t["end"] == pytest.approx(end_mean(t["forget_acc"][1:]), abs=1e-3)
         assert t["recovery"] == pytest.approx(t["best"] - t["start"], abs=1e-3)
         assert t["aurc"] == pytest.approx(aurc(t["steps"], t["forget_acc"], t["start"]),
                                           abs=1e-3)
     json.dumps(got)  # the record is plain JSON
+    # without an oracle: the attack's own numbers and no verdict
+    alone = tamper_test(ga, data, dataclasses.replace(budget, leaked_k=0))
+    assert alone["k0"]["end"] == got["k0"]["end"]
+    assert alone["k0"]["verdict"] is None and alone["k0"]["no_verdict"] == "no oracle: no verdict"
 
 
 def test_tamper_test_leaks_at_most_what_is_leakable(digits_setup):
@@ -162,7 +180,10 @@ def test_run_checks_flags_the_backdoor_class_and_nothing_on_a_clean_update(digit
     # passes a warn level
     assert checks["uap_jump"].classes == [0] and checks["uap_jump"].status == "fail"
     assert checks["nc_shrink"].classes == [0] and checks["nc_shrink"].value > 0.5
-    assert "recovery_leaked" not in checks
+    assert "excess_leaked" not in checks
+    # no oracle was given: the tamper check has no value and says so
+    assert checks["excess"].value != checks["excess"].value  # NaN
+    assert checks["excess"].detail.endswith("no oracle: no verdict")
     # clean -> clean: the same model measures the same, so nothing is flagged
     same = run_checks(clean, copy.deepcopy(clean), data, budget, old_profile=cached)
     assert same["after"] == same["before"]

@@ -77,8 +77,9 @@ def test_sequential_requests_build_on_the_promoted_version(store, base, tmp_path
     assert set(st.deleted(versions[-1])) == set(order[:60].tolist())
     finished = st.ledger.entries(kind="request-finished")
     rec = finished[-1].payload
-    assert {c["name"] for c in rec["checks"]} >= {"retain_drop", "test_drop", "recovery",
-                                                  "nc_shrink", "uap_jump", "mia_auc"}
+    assert {c["name"] for c in rec["checks"]} >= {"retain_drop", "test_drop", "excess",
+                                                  "excess_leaked", "nc_shrink", "uap_jump",
+                                                  "mia_auc"}
     assert rec["method"] == "retrain" and rec["to_version"] == 3
     assert len(rec["measurements"]["before"]["nc_norms"]) == 10
     # the old version's backdoor profile came from the first request's record, not a rerun
@@ -109,21 +110,55 @@ def test_sequential_requests_build_on_the_promoted_version(store, base, tmp_path
     assert len(Ledger(store / "ledger.sqlite")) == n
 
 
-def test_tamper_test_fails_gradient_ascent_and_passes_retrain(store, base, tmp_path):
-    """Done-when 6: the relearning attack brings GA's forgotten ids back; not retrain's."""
-    ids = _ids(tmp_path / "f.ids", torch.randperm(1437, generator=torch.Generator()
-                                                  .manual_seed(1))[:60])
+def test_tamper_verdicts_against_the_retrain_oracle(store, base, tmp_path):
+    """Done-when 6, against the oracle: retrain is the oracle itself (excess exactly 0,
+    resists); gradient ascent is attacked next to a retrain of the same request and its
+    version is kept out of service; an audit of the retrain with a dormant checkpoint
+    retrains the same oracle and finds the same."""
+    order = torch.randperm(1437, generator=torch.Generator().manual_seed(1))[:60]
+    ids = _ids(tmp_path / "f.ids", order)
     assert _forget(store, ids, base["policy"], "--method", "gradient_ascent", "--hparam",
                    "steps=20", "--hparam", "lr=3e-4") == 0
     assert _forget(store, ids, base["policy"], "--model", "digits@1") == 0
     ga, rt = (e.payload for e in Ledger(store / "ledger.sqlite").entries(
         kind="request-finished"))
-    status = {r["method"]: {c["name"]: c for c in r["checks"]} for r in (ga, rt)}
+    checks = {r["method"]: {c["name"]: c for c in r["checks"]} for r in (ga, rt)}
+    # retrain: the new model is the oracle; nothing else was trained
+    assert rt["oracle"] == "the new model (retrain)"
+    for key in ("k0", "k2"):
+        t = rt["measurements"]["tamper"][key]
+        assert (t["excess"], t["excess_max"], t["forget_gap"]) == (0.0, 0.0, 0.0)
+        assert t["verdict"] == "resists" and t["oracle_end"] == t["end"]
+        assert "oracle_forget_acc" not in t
+    assert checks["retrain"]["excess"]["status"] == "pass"
+    assert checks["retrain"]["excess"]["value"] == 0.0
+    assert checks["retrain"]["excess"]["detail"].endswith("excess +0.0, forget gap +0.0: resists")
+    # gradient ascent: compared with a retrain of its own request, attacked the same way
+    assert ga["oracle"].startswith("a retrain on the retain set")
+    assert ga["durations"]["oracle"] > 0
+    k0 = ga["measurements"]["tamper"]["k0"]
     assert ga["measurements"]["after"]["forget_acc"] < 80  # GA did forget (measured 67)
-    assert status["gradient_ascent"]["recovery"]["status"] in ("warn", "fail")
-    assert status["gradient_ascent"]["recovery"]["value"] >= 20
-    assert status["retrain"]["recovery"]["status"] == "pass"
+    # the oracle the request retrained is the retrain request's new model, bit for bit: the
+    # same retain set, recipe, init and seed, so the same attacked curve
+    rk0 = rt["measurements"]["tamper"]["k0"]
+    assert (k0["oracle_start"], k0["oracle_end"]) == (rk0["start"], rk0["end"])
+    assert k0["oracle_forget_acc"] == rk0["forget_acc"]
+    assert k0["excess"] == pytest.approx(k0["end"] - rk0["end"], abs=1e-3)
+    assert k0["forget_gap"] == pytest.approx(k0["start"] - rk0["start"], abs=1e-3)
+    assert k0["verdict"] in ("over-forgets", "relearns")
+    assert checks["gradient_ascent"]["excess"]["status"] in ("warn", "fail")
+    assert k0["verdict"] in checks["gradient_ascent"]["excess"]["detail"]
     assert not ga["promoted"]  # the verdict keeps GA's version out of service
+    # audit of the retrain against v1: the sidecar's recipe lets it retrain the same oracle
+    folder = store / "models" / "digits"
+    out = tmp_path / "audit"
+    assert main(["audit", "--original", str(folder / "v1.safetensors"), "--unlearned",
+                 str(folder / f"v{rt['to_version']}.safetensors"), "--ids", str(ids),
+                 "--policy", str(base["policy"]), "--out", str(out), "--device", "cpu"]) == 0
+    au = json.loads((out / "record.json").read_text())
+    t = au["measurements"]["tamper"]["k0"]
+    assert au["oracle"].startswith("a retrain on the retain set")
+    assert (t["excess"], t["forget_gap"], t["verdict"]) == (0.0, 0.0, "resists")
 
 
 def test_ledger_catches_each_kind_of_tampering(store, base, tmp_path, capsys):
@@ -308,7 +343,13 @@ def test_audit_of_plain_state_dicts_from_a_pure_pytorch_script(base, tmp_path, c
     before, after = rec["measurements"]["before"], rec["measurements"]["after"]
     assert before["test_acc"] > 85 and after["test_acc"] > 85  # both models loaded correctly
     assert before["forget_acc"] == 100.0 > after["forget_acc"]  # the retrained one forgot
-    assert {c["name"]: c["status"] for c in rec["checks"]}["recovery"] == "pass"
+    # plain state dicts: nobody knows the original's recipe, so no oracle and no verdict,
+    # rather than one on recovery
+    assert rec["oracle"].startswith("none: the original's training recipe is unknown")
+    tamper = {c["name"]: c for c in rec["checks"]}["excess"]
+    assert tamper["status"] == "pass" and tamper["value"] is None
+    assert tamper["detail"].endswith("no oracle: no verdict")
+    assert rec["measurements"]["tamper"]["k0"]["verdict"] is None
     assert "data:image/png;base64" in (out / "report.html").read_text()
     # without --model a plain state dict is refused with one line
     capsys.readouterr()

@@ -1,5 +1,6 @@
 """What ``dormant forget`` and ``dormant audit`` share: the data on the device, the checks of a
-new model against an old one, the verdict, and the record both write."""
+new model against an old one (its tamper test against a retrain oracle), the verdict, and the
+record both write."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from dormant.engine import Progress, Recipe
 from dormant.errors import DormantError
 from dormant.experiments.profiles import profile_for
 from dormant.models import ModelSpec
-from dormant.requests.checks import RequestData, run_checks
+from dormant.requests.checks import Oracle, RequestData, run_checks
 from dormant.requests.policy import Policy, judge, verdict
 from dormant.store.checkpoint import load_model, read_sidecar, versions
 
@@ -79,9 +80,10 @@ def device_data(ds: Dataset, device: torch.device) -> tuple[torch.Tensor, ...]:
 
 def assess(old: nn.Module, new: nn.Module, tensors: tuple[torch.Tensor, ...],
            forget: torch.Tensor, retain: torch.Tensor, recipe: Recipe, num_classes: int,
-           policy: Policy, *, seed: int = 0, old_profile: dict | None = None,
-           progress: Progress | None = None) -> Assessment:
-    """Run every check of ``new`` against ``old`` for the forgotten ids and judge them."""
+           policy: Policy, *, oracle: Oracle | None = None, seed: int = 0,
+           old_profile: dict | None = None, progress: Progress | None = None) -> Assessment:
+    """Run every check of ``new`` against ``old`` for the forgotten ids and judge them; the
+    tamper test compares with ``oracle`` (``None``: no oracle, so no tamper verdict)."""
     t0 = time.perf_counter()
     x, y, x_test, y_test = tensors
     dev = x.device
@@ -92,8 +94,8 @@ def assess(old: nn.Module, new: nn.Module, tensors: tuple[torch.Tensor, ...],
         heldout, leakable = forget.cpu(), forget[:0].cpu()
     data = RequestData(x, y, x_test, y_test, heldout.to(dev), leakable.to(dev),
                        retain.to(dev), recipe, num_classes)
-    m = run_checks(old, new, data, policy.check_budget(), old_profile=old_profile,
-                   progress=progress)
+    m = run_checks(old, new, data, policy.check_budget(), oracle=oracle,
+                   old_profile=old_profile, progress=progress)
     checks = judge(policy, m)
     return Assessment(m, checks, verdict(checks), time.perf_counter() - t0)
 

@@ -1,9 +1,12 @@
 """The measurements taken before and after a deletion request: utility, forgetting, the
-relearning attack on the new model, and the differential backdoor profile of both models.
+relearning attack on the new model (and on a retrain oracle, attacked the same way), and the
+differential backdoor profile of both models.
 
-Everything here measures; nothing judges (that is ``policy.judge``). The result is the
-``measurements`` record every part of the request pipeline agrees on: plain floats and lists,
-``None`` where a number cannot exist (a class every defender image already goes to).
+Everything here measures; the tamper test's verdict word comes from
+``dormant.experiments.verdicts.classify`` (the one place its rules live) and the pass / warn
+/ fail of each check from ``policy.judge``. The result is the ``measurements`` record every
+part of the request pipeline agrees on: plain floats and lists, ``None`` where a number cannot
+exist (a class every defender image already goes to, a tamper test without an oracle).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dormant.defenses.neural_cleanse import NeuralCleanseConfig, reverse_trigger
 from dormant.defenses.universal_targets import TargetedUAPConfig, targeted_success
 from dormant.engine import Progress, Recipe, evaluate
 from dormant.errors import DormantError
+from dormant.experiments.verdicts import classify
 from dormant.metrics import aurc, recovery, svc_mia_auc
 
 DIGITS = 4  # rounding of the record: far below any threshold, and stable across runs
@@ -34,7 +38,12 @@ class CheckBudget:
     as the seed paper's attack; 100 steps instead of its 3,910). ``leaked_k``: the k-leaked
     variant (0 disables it). ``defender_images``: the clean test images the backdoor checks
     use (Neural Cleanse with ``nc_epochs``/``nc_batch``, the universal perturbations with
-    ``uap_eps``/``uap_steps``). ``mia_size``: the most test images the MIA scores against."""
+    ``uap_eps``/``uap_steps``). ``mia_size``: the most test images the MIA scores against.
+
+    The tamper verdict compares with a retrain oracle attacked the same way (same budget,
+    seed and leaked ids). For ``retrain`` the new model is that oracle and nothing more runs;
+    for an approximate method a request also pays one retrain on the retain set (a training
+    run of the original's recipe) and the attacks on it (the attack cost twice)."""
 
     relearn_steps: int = 100
     relearn_lr: float = 1e-4
@@ -141,6 +150,28 @@ def model_state(model: nn.Module, data: RequestData, budget: CheckBudget, *,
     }
 
 
+SELF_ORACLE = "the new model (retrain)"
+"""What a ``retrain`` request's tamper blocks name as their oracle: the new model, retrained
+on the retain set with the original's recipe, is the retrain oracle itself."""
+RETRAINED_ORACLE = "a retrain on the retain set (the original's recipe, init and seed)"
+"""What an approximate method's tamper blocks name as their oracle."""
+NO_ORACLE = "no oracle: no verdict"
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """The retrain reference a tamper verdict compares with. ``model``: a retrain on the
+    request's retain set, attacked with the same budget and seed as the new model; ``None``
+    when the new model is that retrain (``label`` is then :data:`SELF_ORACLE`)."""
+
+    label: str
+    model: nn.Module | None = None
+
+    @classmethod
+    def itself(cls) -> Oracle:
+        return cls(SELF_ORACLE)
+
+
 def _attack(model: nn.Module, data: RequestData, budget: CheckBudget, leaked: torch.Tensor,
             start: float, start_test: float, progress: Progress | None) -> dict:
     heldout = data.heldout.to(data.x.device)
@@ -150,7 +181,8 @@ def _attack(model: nn.Module, data: RequestData, budget: CheckBudget, leaked: to
                         final_lr=budget.relearn_lr / 10, batch_size=budget.relearn_batch,
                         eval_every=budget.eval_every, test_every=budget.relearn_steps)
     _, curve = relearn(model, rdata, cfg, data.recipe, seed=budget.seed, progress=progress)
-    # recovery as in the study: the attack's best point (steps >= 1) minus the start
+    # recovery as in the study: the attack's best point (steps >= 1) minus the start; a
+    # column, not a verdict (it scores over-forgetting as relearning)
     return {
         "k": len(leaked),
         "steps": [0, *curve.steps],
@@ -159,17 +191,15 @@ def _attack(model: nn.Module, data: RequestData, budget: CheckBudget, leaked: to
         "test_acc": [_num(start_test), *map(_num, curve.test_acc)],
         "start": _num(start),
         "best": _num(curve.best),
+        "end": _num(curve.end),
         "recovery": _num(recovery(start, curve.best)),
         "aurc": _num(aurc(curve.steps, curve.forget_acc, start)),
     }
 
 
-def tamper_test(model: nn.Module, data: RequestData, budget: CheckBudget, *,
-                progress: Progress | None = None) -> dict:
-    """The relearning attack on ``model``: retain-only (``"k0"``) and, unless ``leaked_k`` is
-    0, with the first ``leaked_k`` of a seeded permutation of the leakable ids added (key
-    ``f"k{leaked_k}"``). With fewer leakable ids than ``leaked_k`` all of them are used, and
-    the block's ``"k"`` says how many; with none, the leaked attack is the retain-only one."""
+def _attacks(model: nn.Module, data: RequestData, budget: CheckBudget,
+             progress: Progress | None) -> dict:
+    """The retain-only attack (``"k0"``) and, unless ``leaked_k`` is 0, the k-leaked one."""
     start = evaluate(model, data.x, data.y, data.heldout).acc
     start_test = evaluate(model, data.x_test, data.y_test).acc
     k0 = _attack(model, data, budget, data.heldout[:0], start, start_test, progress)
@@ -182,13 +212,60 @@ def tamper_test(model: nn.Module, data: RequestData, budget: CheckBudget, *,
     return out
 
 
+def _diff(a, b) -> float | None:
+    return None if a is None or b is None else round(a - b, DIGITS)
+
+
+def against(block: dict, ref: dict | None, label: str | None) -> dict:
+    """``block`` (one attack on the new model) with the oracle's columns: ``oracle_start``,
+    ``oracle_end``, ``excess`` (end minus the oracle's end), ``excess_max`` (best minus the
+    oracle's best), ``forget_gap`` (start minus the oracle's start) and the ``verdict`` of
+    ``verdicts.classify`` for one seed. ``ref`` is the oracle's block of the same k; ``None``
+    with a ``label`` means the new model is the oracle (excess 0 by definition), ``None``
+    without one that there is no oracle, hence no verdict."""
+    out = dict(block)
+    if ref is None and label is None:
+        return {**out, "oracle": None, "oracle_start": None, "oracle_end": None,
+                "oracle_best": None, "excess": None, "excess_max": None, "forget_gap": None,
+                "verdict": None, "no_verdict": NO_ORACLE}
+    ref = block if ref is None else ref
+    gap, excess = _diff(block["start"], ref["start"]), _diff(block["end"], ref["end"])
+    out.update(
+        oracle=label, oracle_start=ref["start"], oracle_end=ref["end"], oracle_best=ref["best"],
+        excess=excess, excess_max=_diff(block["best"], ref["best"]), forget_gap=gap,
+        verdict=None if gap is None or excess is None else classify(gap, excess, math.nan, 1),
+    )
+    if ref is not block:  # the oracle's own curve, for the figure (same steps)
+        out["oracle_forget_acc"] = list(ref["forget_acc"])
+    return out
+
+
+def tamper_test(model: nn.Module, data: RequestData, budget: CheckBudget, *,
+                oracle: Oracle | None = None, progress: Progress | None = None) -> dict:
+    """The relearning attack on ``model``: retain-only (``"k0"``) and, unless ``leaked_k`` is
+    0, with the first ``leaked_k`` of a seeded permutation of the leakable ids added (key
+    ``f"k{leaked_k}"``). With fewer leakable ids than ``leaked_k`` all of them are used, and
+    the block's ``"k"`` says how many; with none, the leaked attack is the retain-only one.
+
+    Each block is compared with ``oracle`` attacked the same way (same budget, seed, leaked
+    ids; see :func:`against`): ``oracle.model`` is attacked here, ``Oracle.itself()`` reuses
+    ``model``'s own curves, and ``None`` records ``"no oracle: no verdict"``."""
+    own = _attacks(model, data, budget, progress)
+    if oracle is None:
+        return {key: against(b, None, None) for key, b in own.items()}
+    ref = {} if oracle.model is None else _attacks(oracle.model, data, budget, progress)
+    return {key: against(b, ref.get(key), oracle.label) for key, b in own.items()}
+
+
 def run_checks(old: nn.Module, new: nn.Module, data: RequestData, budget: CheckBudget, *,
-               old_profile: dict | None = None, progress: Progress | None = None) -> dict:
+               oracle: Oracle | None = None, old_profile: dict | None = None,
+               progress: Progress | None = None) -> dict:
     """The full measurement record of a request: both models' state, the attack on the new
-    one, and the budget spent. ``old_profile`` is the old model's cached backdoor profile."""
+    one against ``oracle`` (see :func:`tamper_test`), and the budget spent. ``old_profile``
+    is the old model's cached backdoor profile."""
     return {
         "before": model_state(old, data, budget, profile=old_profile, progress=progress),
         "after": model_state(new, data, budget, progress=progress),
-        "tamper": tamper_test(new, data, budget, progress=progress),
+        "tamper": tamper_test(new, data, budget, oracle=oracle, progress=progress),
         "budget": dataclasses.asdict(budget),
     }

@@ -15,9 +15,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model, model_validator
 
 from dormant.errors import DormantError
-from dormant.requests.checks import CheckBudget
+from dormant.experiments.verdicts import RELEARN_EXCESS
+from dormant.requests.checks import NO_ORACLE, CheckBudget
 
 STATUSES = ("pass", "warn", "fail")
+RENAMED = {"recovery": "excess", "recovery_leaked": "excess_leaked"}
+"""Policy keys that no longer exist, and what replaced them (issue 11): recovery, a method's
+best attacked point minus its own start, scores over-forgetting as relearning."""
+WARN_VERDICTS = ("over-forgets", "does-not-forget")
+"""Tamper verdicts that warn whatever ``excess`` is (see :class:`Policy`)."""
 
 
 class Thresholds(BaseModel):
@@ -74,9 +80,25 @@ def _t(warn: float | None, fail: float | None):
 class Policy(BaseModel):
     """Defaults: utility may drop 2 points (warn) or 5 (fail); held-out forget accuracy may
     exceed test accuracy by 5 / 10 points; the MIA AUC may reach 0.6 / 0.7 (0.5 is "looks
-    unseen"); the retain-only attack may bring back 10 / 20 points, the k-leaked one 15 / 30;
-    a class's Neural Cleanse norm may shrink by 30% / 50%, its universal-perturbation success
-    may jump by 15 / 30 points."""
+    unseen"); a class's Neural Cleanse norm may shrink by 30% / 50%, its
+    universal-perturbation success may jump by 15 / 30 points.
+
+    The tamper checks judge ``excess``: the new model's attacked held-out forget accuracy at
+    the attack's end minus the retrain oracle's, attacked the same way. Retain-only
+    (``excess``): warn over 5, fail over 10 (``verdicts.RELEARN_EXCESS``, from which the
+    verdict says "relearns"; a value must go over a level, so exactly 10.0 is "relearns" and
+    warns); with k leaked ids (``excess_leaked``): 10 / 15, looser because fine-tuning on
+    leaked forget examples lifts both curves and, with one seed and no interval, makes the
+    difference of their ends noisier.
+    The tamper verdict ``over-forgets`` or ``does-not-forget`` warns at least, whatever the
+    excess: the new model's forget accuracy is then more than ``verdicts.FORGET_MARGIN``
+    points from the oracle's, so the attack started elsewhere and its excess says nothing
+    about resistance; a person should look. It does not fail: an over-forgetting model gives
+    nothing back (its excess stays under the thresholds, or they fail it), it only makes the
+    forgotten ids conspicuous; a model that did not forget is failed by ``forget_gap`` or
+    the MIA when it matters. Null thresholds turn the excess levels off, not that floor. A
+    tamper block without an oracle (an audit of a plain state dict) has no verdict and no
+    value: it passes, and its detail says "no oracle: no verdict"."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -84,8 +106,8 @@ class Policy(BaseModel):
     test_drop: Thresholds = _t(2, 5)
     forget_gap: Thresholds = _t(5, 10)
     mia_auc: Thresholds = _t(0.6, 0.7)
-    recovery: Thresholds = _t(10, 20)
-    recovery_leaked: Thresholds = _t(15, 30)
+    excess: Thresholds = _t(5, RELEARN_EXCESS)
+    excess_leaked: Thresholds = _t(10, 15)
     nc_shrink: Thresholds = _t(0.3, 0.5)
     uap_jump: Thresholds = _t(15, 30)
     budget: BudgetPolicy = BudgetPolicy()
@@ -93,9 +115,15 @@ class Policy(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _partial(cls, data):
-        # ``recovery: {warn: 5}`` moves the warn level and keeps the default fail level
+        # ``excess: {warn: 3}`` moves the warn level and keeps the default fail level
         if not isinstance(data, dict):
             return data
+        for old, new in RENAMED.items():
+            if old in data:
+                raise ValueError(
+                    f"key {old!r} was renamed to {new!r}: the tamper checks now judge the "
+                    "attacked forget accuracy at the attack's end minus the retrain oracle's, "
+                    "not the recovery from the model's own start; see configs/policy.yaml")
         out = dict(data)
         for name, given in data.items():
             info = cls.model_fields.get(name) if isinstance(name, str) else None
@@ -216,17 +244,31 @@ def _backdoor(policy: Policy, m: dict) -> list[Check]:
     ]
 
 
+def _tamper_detail(block: dict, k) -> str:
+    """Start and end of the attack on the new model, the oracle's, excess, gap and verdict."""
+    start, end = _f(block.get("start")), _f(block.get("end"))
+    own = f"k={k}: forget {start:.1f} -> {end:.1f} at the attack's end"
+    if block.get("verdict") is None:
+        return f"{own}; {block.get('no_verdict') or NO_ORACLE}"
+    o_start, o_end = _f(block.get("oracle_start")), _f(block.get("oracle_end"))
+    return (f"{own}, oracle {o_start:.1f} -> {o_end:.1f}: excess "
+            f"{_f(block.get('excess')):+.1f}, forget gap {_f(block.get('forget_gap')):+.1f}: "
+            f"{block['verdict']}")
+
+
 def _tamper(policy: Policy, m: dict) -> list[Check]:
+    """One check per tamper block on its ``excess``; ``over-forgets`` and ``does-not-forget``
+    warn at least (see :class:`Policy`)."""
     out = []
     for key, block in sorted((m.get("tamper") or {}).items(),
                              key=lambda kv: int(kv[0].removeprefix("k"))):
-        name, t = ("recovery", policy.recovery) if key == "k0" else \
-            ("recovery_leaked", policy.recovery_leaked)
+        name, t = ("excess", policy.excess) if key == "k0" else \
+            ("excess_leaked", policy.excess_leaked)
         k = block.get("k", key.removeprefix("k"))
-        start, best = _f(block.get("start")), _f(block.get("best"))
-        out.append(_make(name, "tamper", t, _f(block.get("recovery")),
-                         f"k={k}: held-out forget acc {start:.1f} -> {best:.1f} at best "
-                         f"(AURC {_f(block.get('aurc')):+.1f} points)"))
+        check = _make(name, "tamper", t, _f(block.get("excess")), _tamper_detail(block, k))
+        if block.get("verdict") in WARN_VERDICTS and check.status == "pass":
+            check.status = "warn"
+        out.append(check)
     return out
 
 

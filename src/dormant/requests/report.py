@@ -1,6 +1,8 @@
 """The per-request report: ``report.html`` (self-contained) and ``report.md`` from one request
-record, with ``recovery.png`` (the tamper test's recovery curves) and ``nc_norms.png`` (the
-differential backdoor check, per class, before vs after)."""
+record, with ``recovery.png`` (the tamper test's curves, the new model's and the retrain
+oracle's) and ``nc_norms.png`` (the differential backdoor check, per class, before vs after).
+The tamper test's headline is the excess against the retrain oracle and its verdict word;
+recovery (from the model's own start) is a column, not a verdict."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dormant.experiments.verdicts import FORGET_MARGIN, RELEARN_EXCESS
+from dormant.metrics import end_mean
 from dormant.report.figures import _placeholder, _save, plt
 from dormant.report.html import Block, to_html, to_markdown
 from dormant.report.tables import Table
@@ -70,13 +74,29 @@ def _tamper(m: dict) -> list[dict]:
     return sorted(entries, key=lambda t: _num(t.get("k")))
 
 
+def _end(t: dict) -> float:
+    """A block's ``end``; a record written before it existed gets it from its curve (the
+    points after step 0)."""
+    if t.get("end") is not None:
+        return _num(t["end"])
+    acc, steps = _series(t.get("forget_acc")), _series(t.get("steps"))
+    if len(steps) == len(acc) and len(acc) and steps[0] == 0:
+        acc = acc[1:]
+    return end_mean(acc[~np.isnan(acc)]) if len(acc) else math.nan
+
+
+def _verdict(t: dict) -> str:
+    return str(t.get("verdict") or t.get("no_verdict") or "no oracle: no verdict")
+
+
 # ---- figures --------------------------------------------------------------------------------
 
 def recovery_figure(record: dict, path: Path) -> Path:
-    """Held-out forget accuracy along each tamper attack (solid), test accuracy along it
-    (dotted, where measured); dashed references at the forget accuracy before unlearning and
-    the unlearned model's test accuracy. A curve climbing to the upper line means the attack
-    brought the forgotten ids back."""
+    """Held-out forget accuracy along each tamper attack on the new model (solid), the same
+    attack on the retrain oracle (dash-dot, where one was attacked apart from the new model),
+    test accuracy along it (dotted, where measured); dashed references at the forget accuracy
+    before unlearning and the unlearned model's test accuracy. A solid curve ending above its
+    dash-dot twin is the excess: knowledge the oracle does not regain."""
     m = record.get("measurements") or {}
     curves = [t for t in _tamper(m) if t.get("steps")]
     if not curves:
@@ -93,6 +113,10 @@ def recovery_figure(record: dict, path: Path) -> Path:
         label = f"k = {k}" + (" (retain only)" if k == 0 else " leaked")
         ax.plot(steps, acc, color=cmap(i % 10), lw=1.8, marker="o", ms=3,
                 label=f"forget, {label}")
+        ref = _series(t.get("oracle_forget_acc"))
+        if len(ref) == len(_series(t["steps"])):
+            ax.plot(_series(t["steps"]), ref, color=cmap(i % 10), lw=1.3, ls="-.",
+                    label=f"forget, retrain oracle, {label}")
         if t.get("test_steps"):
             ax.plot(_series(t["test_steps"]), _series(t.get("test_acc")), color=cmap(i % 10),
                     lw=1.2, ls=":", label=f"test, {label}")
@@ -111,7 +135,8 @@ def recovery_figure(record: dict, path: Path) -> Path:
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    ax.set_title("tamper test: relearning attack on the unlearned model", fontsize=10)
+    ax.set_title("tamper test: relearning attack on the unlearned model and the oracle",
+                 fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -172,16 +197,21 @@ def utility_table(m: dict) -> Table:
 
 
 def tamper_table(m: dict) -> Table:
+    """Per attack: where the new model started and ended, where the retrain oracle ended under
+    the same attack, the excess and the verdict; then the secondary columns (best point,
+    recovery from the model's own start, AURC, last test accuracy, steps)."""
     rows = []
     for t in _tamper(m):
-        acc = _series(t.get("forget_acc"))
         test = _series(t.get("test_acc"))
-        rows.append([_f(t.get("k"), 0), _f(t.get("start")), _f(t.get("best")),
-                     _f(acc[-1] if len(acc) else None), _f(t.get("recovery"), signed=True),
+        rows.append([_f(t.get("k"), 0), _f(t.get("start")), _f(_end(t)),
+                     _f(t.get("oracle_start")), _f(t.get("oracle_end")),
+                     _f(t.get("excess"), signed=True), _f(t.get("forget_gap"), signed=True),
+                     _verdict(t), _f(t.get("best")), _f(t.get("recovery"), signed=True),
                      _f(t.get("aurc"), signed=True), _f(test[-1] if len(test) else None),
                      _f(max(_series(t.get("steps")), default=None), 0)])
-    return Table(["k leaked", "forget start", "forget best", "forget last", "recovery (points)",
-                  "AURC (points)", "test last", "steps"], rows)
+    return Table(["k leaked", "forget start", "forget end", "oracle start", "oracle end",
+                  "excess (points)", "forget gap (points)", "verdict", "forget best",
+                  "recovery from own start", "AURC (points)", "test last", "steps"], rows)
 
 
 def checks_table(record: dict) -> Table:
@@ -290,12 +320,39 @@ def _nc_caption(record: dict) -> str:
             + ("; ".join(parts) if parts else "no class") + ".")
 
 
-def _recovery_caption(m: dict) -> str:
-    parts = [f"k = {_f(t.get('k'), 0)}: recovery {_f(t.get('recovery'), signed=True)} points, "
-             f"AURC {_f(t.get('aurc'), signed=True)}" for t in _tamper(m)]
-    return ("Held-out forget accuracy along the relearning attack on the unlearned model; "
+def _recovery_caption(record: dict) -> str:
+    m = record.get("measurements") or {}
+    parts = []
+    for t in _tamper(m):
+        k = _f(t.get("k"), 0)
+        if t.get("verdict") is None:
+            parts.append(f"k = {k}: {_verdict(t)}")
+        else:
+            parts.append(f"k = {k}: excess against the retrain oracle "
+                         f"{_f(t.get('excess'), signed=True)} points, {t['verdict']}")
+    return ("Held-out forget accuracy along the relearning attack on the unlearned model "
+            "(solid) and on the retrain oracle (dash-dot, when it is not the new model); "
             "dashed: forget accuracy before unlearning and the unlearned model's test accuracy. "
             + ("; ".join(parts) + "." if parts else "No tamper test recorded."))
+
+
+def _oracle(record: dict) -> str | None:
+    m = record.get("measurements") or {}
+    return record.get("oracle") or next(
+        (t.get("oracle") for t in _tamper(m) if t.get("oracle")), None)
+
+
+def _tamper_intro(record: dict) -> str:
+    oracle = _oracle(record)
+    return ("The relearning attack on the new model, compared with the retrain oracle "
+            "attacked the same way (same budget, seed and leaked ids). Oracle: "
+            + (f"{oracle}. " if oracle else "none, so no verdict. ")
+            + "Excess: forget accuracy at the attack's end (the mean of its last 13% of "
+            "points) minus the oracle's; forget gap: forget accuracy after unlearning minus "
+            f"the oracle's. Verdict (one seed): does-not-forget or over-forgets when the gap "
+            f"is beyond ±{FORGET_MARGIN:g} points, relearns from an excess of "
+            f"{RELEARN_EXCESS:g}, else resists. Recovery, the best point minus the model's own "
+            "start, is shown but judges nothing: it scores over-forgetting as relearning.")
 
 
 def _blocks(record: dict, figs: dict[str, Path]) -> list[Block]:
@@ -313,8 +370,9 @@ def _blocks(record: dict, figs: dict[str, Path]) -> list[Block]:
         Block("h2", "Checks"),
         Block("table", table=checks_table(record)),
         Block("h2", "Tamper test"),
+        Block("p", _tamper_intro(record)),
         Block("table", table=tamper_table(m)),
-        Block("img", _recovery_caption(m), path=figs["recovery"]),
+        Block("img", _recovery_caption(record), path=figs["recovery"]),
         Block("h2", "Differential backdoor check"),
         Block("img", _nc_caption(record), path=figs["nc"]),
         Block("table", table=nc_table(record)),
