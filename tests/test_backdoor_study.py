@@ -17,6 +17,9 @@ from dormant.experiments.prepare import load_study_data
 from dormant.metrics import auroc
 from dormant.store import ModelCache
 
+# whole backdoor studies through the CLI; `make test-quick` leaves them out
+pytestmark = pytest.mark.slow
+
 REQUIRED = ["dataset", "model", "method", "condition", "seed", "trigger", "amplitude",
             "poisons", "clean_acc_before", "asr_before", "clean_acc_after", "asr_after",
             "nc_index_before", "nc_index_after", "nc_flag_before", "nc_flag_after",

@@ -20,6 +20,9 @@ import pytest
 
 from dormant.data import load_dataset
 
+# real CLI subprocesses on real data: minutes; `make test-quick` leaves them out
+pytestmark = pytest.mark.slow
+
 METRIC_KEYS = (
     "dataset", "model", "forget", "method", "seed", "k", "retain_acc", "test_acc", "forget_acc",
     "retain_acc_attacked", "test_acc_attacked", "forget_acc_attacked",

@@ -63,6 +63,7 @@ def store(base, tmp_path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_sequential_requests_build_on_the_promoted_version(store, base, tmp_path, capsys):
     g = torch.Generator().manual_seed(0)
     order = torch.randperm(1437, generator=g)
@@ -110,6 +111,7 @@ def test_sequential_requests_build_on_the_promoted_version(store, base, tmp_path
     assert len(Ledger(store / "ledger.sqlite")) == n
 
 
+@pytest.mark.slow
 def test_tamper_verdicts_against_the_retrain_oracle(store, base, tmp_path):
     """Done-when 6, against the oracle: retrain is the oracle itself (excess exactly 0,
     resists); gradient ascent is attacked next to a retrain of the same request and its
@@ -209,6 +211,7 @@ def test_ledger_catches_each_kind_of_tampering(store, base, tmp_path, capsys):
     assert "replaced" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_concurrent_requests_serialise(store, base, tmp_path):
     procs = [subprocess.Popen(
         [sys.executable, "-m", "dormant", "forget", "--store", str(store), "--model", "digits",
@@ -228,6 +231,7 @@ def test_two_concurrent_requests_serialise(store, base, tmp_path):
         (1, 2), (2, 3)]
 
 
+@pytest.mark.slow
 def test_kill_9_at_three_points_then_rerun_leaves_a_valid_ledger(store, base, tmp_path):
     """Killed after the started row, after the checkpoint is written, and after the report;
     each rerun resumes the same request, and the last one finishes it."""
