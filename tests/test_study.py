@@ -158,3 +158,31 @@ def test_rows_carry_the_analysis_columns(tmp_path):
     assert ga["aurc"] <= ga["recovery"] + 1e-9  # a mean over the curve never beats its best
     assert torch.tensor(ga["curve_forget_acc"]).max().item() == pytest.approx(
         ga["forget_acc_attacked"], abs=1e-3)
+
+
+def test_each_seed_stops_at_its_own_oracle_and_shares_the_calibrated_strength(tmp_path):
+    """Calibration picks a strength on the first seed only; the stop target (and every
+    other per-seed budget) is still each seed's own."""
+    spec = RelearnSpec(dataset="digits", device="cpu", k=[0], seeds=[0, 1], analysis=False,
+                       stop="oracle-leakable", methods=["gradient_ascent"], unlearn_steps=20,
+                       attack_steps=10)
+    rows = run_relearn(spec, tmp_path / "out", cache_dir=tmp_path / "cache")
+    ga = {r["seed"]: r for r in rows if r["method"] == "gradient_ascent"}
+    assert ga[0]["hparams"]["lr"] == ga[1]["hparams"]["lr"] == ga[0]["calibration"][0]["chosen"]
+    # seed 1's split and oracle differ, so must its stop target
+    assert ga[0]["hparams"]["stop_acc"] != ga[1]["hparams"]["stop_acc"]
+    assert ga[0]["hparams"]["stop_acc"] == pytest.approx(ga[0]["calibration"][0]["goal"],
+                                                         abs=1e-4)
+
+
+def test_near_ties_go_to_the_weaker_value_in_either_direction():
+    from dormant.experiments.calibrate import _pick
+    from dormant.unlearn import Strength
+
+    values, scores, usable = [1.0, 2.0, 3.0], [62.5, 79.1667, 95.0], [True] * 3
+    # 62.5 and 79.1667 are one leakable image either side of 70.8333
+    assert _pick(Strength("lr"), 70.8333, values, scores, usable, 2.0) == 1.0
+    assert _pick(Strength("alpha", weaker="higher"), 70.8333, values, scores, usable,
+                 2.0) == 2.0
+    # a candidate out of the running (retain accuracy collapsed) is never picked
+    assert _pick(Strength("lr"), 70.8333, values, scores, [False, True, True], 2.0) == 2.0

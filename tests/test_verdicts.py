@@ -25,11 +25,10 @@ def _row(method, seed, forget, curve, k=0, **extra):
 
 
 def test_end_mean_is_the_last_13_percent_with_at_least_three_points():
-    # 391 points, as the seed's 3,910 steps evaluated every 10: the last 51 (ceil 13%)
-    curve = [0.0] * 340 + [100.0] * 51
-    assert end_mean(curve) == 100.0
-    assert end_mean([0.0] * 339 + [100.0] * 52) == 100.0
-    assert end_mean([0.0] * 341 + [100.0] * 50) == pytest.approx(100 * 50 / 51)
+    # 391 points, as the seed's 3,910 steps evaluated every 10: exactly the last 50
+    assert end_mean([0.0] * 341 + [100.0] * 50) == 100.0
+    assert end_mean([0.0] * 342 + [100.0] * 49) == pytest.approx(100 * 49 / 50)
+    assert end_mean([0.0] * 340 + [50.0] + [100.0] * 50) == 100.0
     # short curves: at least 3 points, and never more than there are
     assert end_mean([10.0, 20.0, 30.0, 40.0, 50.0]) == pytest.approx(40.0)
     assert end_mean([7.0, 9.0]) == pytest.approx(8.0)

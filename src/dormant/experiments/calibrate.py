@@ -29,7 +29,7 @@ from dormant.engine import Diverged, evaluate
 from dormant.experiments.pipeline import Pipeline
 from dormant.experiments.prepare import Prepared
 from dormant.metrics import l2_distance
-from dormant.unlearn import get_method, make_hparams
+from dormant.unlearn import Strength, get_method, make_hparams
 
 
 @dataclass(frozen=True)
@@ -60,20 +60,21 @@ forgetting's noise did exactly that on the MNIST study (retain accuracy 6%), so 
 the oracle on the leakable ids" alone picked a broken model."""
 
 
-def _pick(target: str, goal: float, values: list[float], scores: list[float],
+def _pick(strength: Strength, goal: float, values: list[float], scores: list[float],
           usable: list[bool], base: float) -> float:
     ok = [(v, s) for v, s, u in zip(values, scores, usable, strict=True) if u]
     if not ok:  # every candidate diverged: the base value runs, and fails as a row
         return base
     values, scores = [v for v, _ in ok], [s for _, s in ok]
-    if target == "distance":
+    if strength.target == "distance":
         reached = [v for v, s in sorted(zip(values, scores, strict=True)) if s >= goal]
         return reached[0] if reached else max(values)
     # ties go to the weaker value, the least damage for the same forgetting; distances are
     # compared at 0.01 points so that two candidates one leakable image either side of the
     # oracle tie instead of being split by float rounding
+    sign = 1 if strength.weaker == "lower" else -1
     best = min(zip(values, scores, strict=True),
-               key=lambda vs: (round(abs(vs[1] - goal), 2), vs[0]))
+               key=lambda vs: (round(abs(vs[1] - goal), 2), sign * vs[0]))
     return best[0]
 
 
@@ -94,8 +95,9 @@ def calibrate(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], user: list[
     floor = evaluate(prep.oracle, x, y, retain).acc - UTILITY_MARGIN
     for i, stage in enumerate(pipe.stages):
         strength = get_method(stage.method).strength
-        if strength is None or strength.param in user[i]:
-            continue
+        if strength is None or strength.param in user[i] or (
+                strength.target == "leakable" and len(leakable) == 0):
+            continue  # no knob, the user's own value, or nothing to match on
         base = getattr(make_hparams(stage.method, hps[i]), strength.param)
         # 6 significant digits: 3e-4, not 0.00030000000000000003, in rows and cache keys
         values = [float(f"{base * f:.6g}") for f in strength.factors]
@@ -115,7 +117,7 @@ def calibrate(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], user: list[
                 else l2_distance(prep.oracle, prep.original))
         finite = [math.isfinite(s) for s in scores]
         usable = [f and r >= floor for f, r in zip(finite, kept, strict=True)]
-        chosen = _pick(strength.target, goal, values, scores,
+        chosen = _pick(strength, goal, values, scores,
                        usable if any(usable) else finite, base)
         hps[i][strength.param] = chosen
         found.append(Calibration(i, stage.method, strength.param, strength.target,

@@ -128,7 +128,7 @@ def run_relearn(
     pipelines = check_spec(spec, ds)
     profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
 
-    chosen: dict[tuple[str, str], tuple[list[dict], list[Calibration]]] = {}
+    chosen: dict[tuple[str, str], list[Calibration]] = {}
     for seed in spec.seeds:
         for forget_text in forget_sets(spec, profile):
             prep = prepare(spec, ds, seed, cache, progress, forget_text)
@@ -138,19 +138,20 @@ def run_relearn(
             for pipe in pipelines:
                 if pipe.is_reference:
                     stage_hps, cal = [{}], []
-                elif (forget_text, pipe.name) in chosen:
-                    stage_hps, cal = chosen[forget_text, pipe.name]
                 else:
+                    # each seed's own budgets and stop target, then the strengths
                     stage_hps = [method_hparams(spec, prep, s.method, s.hparams)
                                  for s in pipe.stages]
-                    cal = []
-                    if spec.calibrate == "oracle":
+                    cal = chosen.get((forget_text, pipe.name), [])
+                    if spec.calibrate == "oracle" and (forget_text, pipe.name) not in chosen:
                         # the first seed picks every method's strength, for all seeds
                         stage_hps, cal = calibrate(
                             prep, pipe, stage_hps, [s.hparams for s in pipe.stages],
                             lambda p, h, prep=prep: unlearned_model(prep, p, h, cache,
                                                                     progress))
-                    chosen[forget_text, pipe.name] = stage_hps, cal
+                        chosen[forget_text, pipe.name] = cal
+                    for c in cal:
+                        stage_hps[c.stage][c.param] = c.chosen
                 missing = [c for c in _cells(spec, prep, pipe, stage_hps)
                            if c["cell"] not in log]
                 if missing:

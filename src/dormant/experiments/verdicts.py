@@ -54,9 +54,15 @@ def _cell(row: dict) -> tuple:
 
 
 def with_excess(rows: list[dict]) -> list[dict]:
-    """Copies of the ok rows with ``excess``, ``excess_max`` and ``forget_gap`` (forget
-    accuracy after unlearning minus the oracle's) against the oracle's row of the same cell;
-    ``None`` where that cell has no ok oracle row. Failed rows come back unchanged."""
+    """Copies of the rows, the newest one per (method, cell), the ok ones with ``excess``,
+    ``excess_max`` and ``forget_gap`` (forget accuracy after unlearning minus the oracle's)
+    against the oracle's row of the same cell; ``None`` where that cell has no ok oracle row.
+    Failed rows come back unchanged."""
+    # a study rerun into the same folder with other settings appends rows for cells it
+    # already had: the newest row of a (method, cell) is the one that counts, so a seed is
+    # never counted twice and two settings never share one verdict
+    newest = {(r.get("method"), _cell(r)): i for i, r in enumerate(rows)}
+    rows = [r for i, r in enumerate(rows) if newest[r.get("method"), _cell(r)] == i]
     ok = [r for r in rows if r.get("status", "ok") == "ok"]
     oracle = {_cell(r): r for r in ok if r.get("method") == "retrain"}
     out = []

@@ -33,19 +33,20 @@ def aurc(steps: Sequence[float], forget_acc: Sequence[float], start_acc: float) 
     return area / width
 
 
-END_FRACTION = 0.13
+END_FRACTION = 50 / 391
 """The seed paper's summary of a relearning run: the mean of its last 50 evaluation points
-(``wandb_utils/get_wandb_relearn_grid.py``) out of 391 (3,910 steps, one every 10): 13%."""
+(``wandb_utils/get_wandb_relearn_grid.py``) out of 391 (3,910 steps, one every 10): 12.8%."""
 END_MIN_POINTS = 3
 
 
 def end_mean(values: Sequence[float], fraction: float = END_FRACTION,
              min_points: int = END_MIN_POINTS) -> float:
-    """The mean of the last ``fraction`` of a curve's points, at least ``min_points`` (or all
+    """The mean of the last ``fraction`` of a curve's points (rounded: 50 of 391, as the seed
+    paper), at least ``min_points`` (or all
     of them when the curve is shorter): where the attack ends, not its luckiest point, so one
     noisy evaluation cannot make a method look relearned. An empty curve gives NaN."""
     v = np.asarray(values, dtype=np.float64)
     if len(v) == 0:
         return float("nan")
-    n = max(min_points, int(np.ceil(fraction * len(v))))
+    n = max(min_points, round(fraction * len(v)))
     return float(v[-n:].mean())

@@ -82,7 +82,7 @@ def _calibration_blocks(rows: list[dict]) -> list[Block]:
     seen, lines = set(), []
     for r in ok_rows(rows):
         for c in r.get("calibration") or []:
-            key = (r["method"], c["stage"])
+            key = (r.get("forget"), r["method"], c["stage"])
             if key in seen:
                 continue
             seen.add(key)
@@ -90,7 +90,8 @@ def _calibration_blocks(rows: list[dict]) -> list[Block]:
             kept = c.get("retain") or [None] * len(c["values"])
             tried = ", ".join(f"{v:.3g} → {s:.3g}" + ("" if r is None else f" (retain {r:.0f})")
                               for v, s, r in zip(c["values"], c["scores"], kept, strict=True))
-            lines.append([r["method"], c["method"], c["param"], f"{c['chosen']:.3g}",
+            lines.append([r["method"], str(r.get("forget", "-")), c["method"], c["param"],
+                          f"{c['chosen']:.3g}",
                           f"{c['goal']:.3g}{unit}", tried])
     if not lines:
         return []
@@ -101,8 +102,8 @@ def _calibration_blocks(rows: list[dict]) -> list[Block]:
                        "oracle's distance from θ_pre, among candidates whose retain accuracy "
                        "stays within 20 points of the oracle's; the same value runs on every "
                        "seed."),
-            Block("table", table=Table(["method", "stage", "strength", "chosen", "oracle",
-                                        "candidates → reached"], lines))]
+            Block("table", table=Table(["method", "forget set", "stage", "strength", "chosen",
+                                        "oracle", "candidates → reached"], lines))]
 
 
 def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:

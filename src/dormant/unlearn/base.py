@@ -68,6 +68,9 @@ class Strength:
     param: str
     factors: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     target: Literal["leakable", "distance"] = "leakable"
+    weaker: Literal["lower", "higher"] = "lower"
+    """Which way the knob weakens the method: near-ties in calibration go to the weaker
+    value (SSD's selection threshold and attenuation's factor weaken as they grow)."""
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.factors) <= 4 or any(f <= 0 for f in self.factors):

@@ -41,7 +41,7 @@ class SSDHparams(StepHparams):
     # lower alpha selects more weights for dampening; the original variant trains nothing,
     # so its learning rate cannot be the knob
     strength: ClassVar[Strength | None] = Strength("selection_weighting",
-                                                   (0.3, 1.0, 3.0, 10.0))
+                                                   (0.3, 1.0, 3.0, 10.0), weaker="higher")
 
     selection_weighting: float = 10.0
     dampening_constant: float = 1.0

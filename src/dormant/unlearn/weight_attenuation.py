@@ -24,7 +24,8 @@ class WeightAttenuationHparams(StepHparams):
 
     a: float = 0.5
 
-    strength: ClassVar[Strength | None] = Strength("a", (0.25, 0.5, 1.0, 1.5), "leakable")
+    strength: ClassVar[Strength | None] = Strength("a", (0.25, 0.5, 1.0, 1.5), "leakable",
+                                                   weaker="higher")
 
     def __post_init__(self) -> None:
         if self.a < 0:
