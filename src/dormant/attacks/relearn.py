@@ -134,7 +134,7 @@ class Curve:
 
     @property
     def end(self) -> float:
-        """Where the attack ends: the mean of the last 13% of points, as the seed paper
+        """Where the attack ends: the mean of the last 12.8% of points, as the seed paper
         summarises a run (:func:`dormant.metrics.end_mean`)."""
         return end_mean(self.forget_acc)
 

@@ -5,7 +5,7 @@ The rules and thresholds live here and nowhere else; reports, the CLI, the demo 
 ``dormant forget`` only print what this module decides.
 
 - ``excess`` is the headline: a method's attacked forget accuracy where the attack *ends*
-  (``forget_acc_attacked_end``, the mean of the curve's last 13% of points, as the seed
+  (``forget_acc_attacked_end``, the mean of the curve's last 12.8% of points, as the seed
   paper's ``get_wandb_relearn_grid.py`` averages its last 50 evaluations) minus the retrain
   oracle's, in the same cell: seed, forget set, k, relearn set, attack lr and steps. The
   oracle's own excess is 0 by definition.

@@ -119,7 +119,7 @@ def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
         Block("h2", "Verdicts"),
         Block("p", f"Each method against the retrain oracle in the same cell (seed, forget "
                    f"set, k, relearn set, attack), retain relearn set at the main attack "
-                   f"setting. *excess (end)*: the mean of the last 13% of the attack curve's "
+                   f"setting. *excess (end)*: the mean of the last 12.8% of the attack curve's "
                    f"points (as the seed paper averages its last 50), minus the oracle's; "
                    f"mean ± std over seeds and a paired 95% t-interval. *does-not-forget* / "
                    f"*over-forgets*: forget accuracy after unlearning more than "
@@ -132,7 +132,7 @@ def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
         Block("p", "Accuracies in %; *forget* is the held-out forget split. From ok cells "
                    "relearning on the retain set at the main attack setting; mean ± std over "
                    "seeds. *forget after attack (end)* is the mean of the attack curve's last "
-                   "13% of points, and *excess* that minus the oracle's. ToW = "
+                   "12.8% of points, and *excess* that minus the oracle's. ToW = "
                    "retain × (1 − forget) × test. L2 distances over weights and biases. The "
                    "barrier is the retain-loss barrier on the straight line from the original "
                    "to the model. MIA AUC: SVC membership inference of the forget set against "

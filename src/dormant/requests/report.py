@@ -347,7 +347,7 @@ def _tamper_intro(record: dict) -> str:
     return ("The relearning attack on the new model, compared with the retrain oracle "
             "attacked the same way (same budget, seed and leaked ids). Oracle: "
             + (f"{oracle}. " if oracle else "none, so no verdict. ")
-            + "Excess: forget accuracy at the attack's end (the mean of its last 13% of "
+            + "Excess: forget accuracy at the attack's end (the mean of its last 12.8% of "
             "points) minus the oracle's; forget gap: forget accuracy after unlearning minus "
             f"the oracle's. Verdict (one seed): does-not-forget or over-forgets when the gap "
             f"is beyond ±{FORGET_MARGIN:g} points, relearns from an excess of "
