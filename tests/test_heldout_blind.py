@@ -89,11 +89,11 @@ def test_calibration_reads_only_the_leakable_ids(digits_setup, tmp_path, monkeyp
     for ids in seen:
         assert not heldout & set(ids.tolist()), "calibration evaluated held-out forget ids"
     monkeypatch.undo()
-    hps, (cal,) = chosen["gradient_ascent"]
+    (cal,) = chosen["gradient_ascent"]
     leak = [abs(s - cal.goal) for s in cal.scores]
     assert cal.goal == pytest.approx(prep.oracle_monitor_acc, abs=1e-4)
-    assert hps[0]["lr"] == cal.chosen == cal.values[leak.index(min(leak))]
-    _, (first, second) = chosen["ga+wdr"]
+    assert cal.chosen == cal.values[leak.index(min(leak))]
+    first, second = chosen["ga+wdr"]
     assert first.chosen == cal.chosen  # the chain's first stage is the method's own choice
     assert second.target == "distance" and second.param == "alpha"
 

@@ -83,10 +83,10 @@ TrainStages = Callable[[Pipeline, list[dict]], nn.Module]
 
 
 def calibrate(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], user: list[dict],
-              train: TrainStages) -> tuple[list[dict], list[Calibration]]:
-    """``stage_hps`` with each stage's strength chosen, stage by stage (a chain's later stage
-    is calibrated on top of its calibrated first stage). A stage whose strength the user set
-    (``user[i]`` names it) or whose method declares none keeps its value."""
+              train: TrainStages) -> list[Calibration]:
+    """Each stage's chosen strength, stage by stage (a chain's later stage is calibrated on
+    top of its calibrated first stage). A stage whose strength the user set (``user[i]``
+    names it) or whose method declares none gets no entry and keeps its value."""
     hps = [dict(h) for h in stage_hps]
     found: list[Calibration] = []
     x, y = prep.x, prep.y
@@ -124,4 +124,4 @@ def calibrate(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], user: list[
                                  round(goal, 4), tuple(values),
                                  tuple(round(s, 4) for s in scores),
                                  tuple(round(r, 4) for r in kept), chosen))
-    return hps, found
+    return found

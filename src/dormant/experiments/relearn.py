@@ -145,7 +145,7 @@ def run_relearn(
                     cal = chosen.get((forget_text, pipe.name), [])
                     if spec.calibrate == "oracle" and (forget_text, pipe.name) not in chosen:
                         # the first seed picks every method's strength, for all seeds
-                        stage_hps, cal = calibrate(
+                        cal = calibrate(
                             prep, pipe, stage_hps, [s.hparams for s in pipe.stages],
                             lambda p, h, prep=prep: unlearned_model(prep, p, h, cache,
                                                                     progress))

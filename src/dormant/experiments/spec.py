@@ -93,8 +93,9 @@ class RelearnSpec(BaseModel):
     (``dormant.experiments.calibrate``); ``none`` runs the values as given."""
     stop: Literal["budget", "oracle-leakable"] = "budget"
     """``budget``: every method runs its full budget, as in the seed code. ``oracle-leakable``:
-    a method stops once its accuracy on the leakable ids reaches the oracle's (checked every
-    ``stop_every`` steps); it measures a method at its shallowest point."""
+    a method with a stopping rule (``StoppableHparams``) stops once its accuracy on the
+    leakable ids reaches the oracle's, checked every step; it measures a method at its
+    shallowest point."""
     fit_target: float | None = Field(default=99.0, gt=0, le=100)
     """The original trains until it fits this % of its training set, checked once per epoch,
     up to ``train_steps`` (the cap); the oracle trains as many steps. ``None``: the whole cap."""
