@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dormant.experiments.calibrate import UTILITY_MARGIN
 from dormant.experiments.verdicts import (
     FORGET_MARGIN,
+    GROUP,
     RELEARN_EXCESS,
     VERDICTS,
     Verdict,
@@ -88,8 +90,8 @@ def _calibration_blocks(rows: list[dict]) -> list[Block]:
             seen.add(key)
             unit = "% on the leakable ids" if c["target"] == "leakable" else " L2 from θ_pre"
             kept = c.get("retain") or [None] * len(c["values"])
-            tried = ", ".join(f"{v:.3g} → {s:.3g}" + ("" if r is None else f" (retain {r:.0f})")
-                              for v, s, r in zip(c["values"], c["scores"], kept, strict=True))
+            tried = ", ".join(f"{v:.3g} → {s:.3g}" + ("" if k is None else f" (retain {k:.0f})")
+                              for v, s, k in zip(c["values"], c["scores"], kept, strict=True))
             lines.append([r["method"], str(r.get("forget", "-")), c["method"], c["param"],
                           f"{c['chosen']:.3g}",
                           f"{c['goal']:.3g}{unit}", tried])
@@ -100,8 +102,8 @@ def _calibration_blocks(rows: list[dict]) -> list[Block]:
                        "first seed from its grid, run at the full budget, to match the oracle "
                        "on the leakable forget ids (never the held-out split) or to reach the "
                        "oracle's distance from θ_pre, among candidates whose retain accuracy "
-                       "stays within 20 points of the oracle's; the same value runs on every "
-                       "seed."),
+                       f"stays within {UTILITY_MARGIN:g} points of the oracle's; the same "
+                       "value runs on every seed."),
             Block("table", table=Table(["method", "forget set", "stage", "strength", "chosen",
                                         "oracle", "candidates → reached"], lines))]
 
@@ -168,10 +170,8 @@ def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
 
 def _with_verdicts(rows: list[dict]) -> list[dict]:
     """Each ok row with its (method, cell)'s verdict, so results.csv carries the column."""
-    found = {(v.method, v.forget, v.k, v.relearn_set, v.attack_lr, v.attack_steps): v.verdict
-             for v in verdicts(rows)}
-    return [{**r, "verdict": found.get((r["method"], r.get("forget"), r["k"], r["relearn_set"],
-                                        r["attack_lr"], r["attack_steps"]))} for r in rows]
+    found = {tuple(getattr(v, k) for k in GROUP): v.verdict for v in verdicts(rows)}
+    return [{**r, "verdict": found.get(tuple(r.get(k) for k in GROUP))} for r in rows]
 
 
 def write_relearn_report(rows: list[dict], out: Path, title: str = "Relearning study") -> dict:
