@@ -26,8 +26,8 @@ class WeightDistortionHparams(StepHparams):
     ``sigma`` times its RMS, per output filter where a normalisation layer follows (see
     ``perturb.Scale``), so the move is about ``sigma * ||W||`` per tensor on any model.
     ``sigma`` then defaults to 1.7, the seed's 0.02 restated relative to the CIFAR ResNet-18
-    the paper ran it on (``RELATIVE_SIGMA``). The paper's literal absolute 0.02 is 2.35x the
-    RMS of layer4's tensors (63% of the weights) but only 0.1-0.78x of a trained
+    the paper ran it on (``RELATIVE_SIGMA``). The paper's literal absolute 0.02 is up to 2.35x the
+    RMS of layer4's tensors (75% of the weights) but only 0.1-0.78x of a trained
     ``cnn-small``'s, so the same number nearly re-initialises the one and barely touches the
     other. Normalisation layers' affine parameters (gamma ~ 1, beta) get the absolute
     ``norm_sigma = 0.02``, the seed's value for them: their scale is fixed by the
@@ -41,7 +41,7 @@ class WeightDistortionHparams(StepHparams):
 
     Calibration turns ``sigma`` against the oracle's accuracy on the leakable ids: the noise
     is what destroys the forget set's fit (the fine-tune only repairs the retain set), and
-    the factors span 0.5-4x RMS on the default, from a mild jolt to a re-initialisation.
+    the factors span 0.43-3.4x RMS on the default, from a mild jolt to a re-initialisation.
     """
 
     sigma: float | None = None
