@@ -33,7 +33,7 @@ STUDY = {
     "contribution": 0.3,
     "hparams": {"bad_teacher": {"steps": 30, "lr": 1e-3},
                 "boundary_shrink": {"steps": 10, "lr": 1e-3}},
-    "defenses": {"nc_epochs": 5, "cd_steps": 20, "cd_images": 60, "ibau_rounds": 1,
+    "defenses": {"nc": {"epochs": 5}, "cd": {"steps": 20, "images": 60}, "ibau": {"rounds": 1},
                  "defense_size": 100},
     "device": "cpu",
 }

@@ -53,8 +53,8 @@ def test_additive_triggers_move_pixels_by_at_most_the_amplitude():
 
 @pytest.mark.parametrize("trigger, needle", [
     (dict(kind="patch", size=9), "does not fit 8x8"),
-    (dict(amplitude=1.5), "amplitude must be in [0, 1]"),
-    (dict(amplitude=-0.1), "amplitude must be in [0, 1]"),
+    (dict(amplitude=1.5), "trigger: key 'amplitude': "),
+    (dict(amplitude=-0.1), "trigger: key 'amplitude': "),
     (dict(kind="star"), "unknown trigger 'star'"),
 ])
 def test_bad_triggers_are_one_clear_error(trigger, needle):
@@ -91,7 +91,7 @@ def test_clean_label_poisons_keep_every_label(digits):
     (dict(target=10), "target class 10 does not exist"),
     (dict(target=0, sources=(0, 1)), "source class 0"),
     (dict(target=0, per_class=1000), "1000 poisons asked of class 1"),
-    (dict(target=0, label_mode="sneaky"), "label mode"),
+    (dict(target=0, label_mode="sneaky"), "key 'label_mode': Input should be 'dirty' or"),
 ])
 def test_bad_poison_specs_are_one_clear_error(digits, spec, needle):
     full = {"trigger": Trigger("patch", size=2), "per_class": 5, **spec}

@@ -85,6 +85,9 @@ def test_yaml_overrides_keep_the_other_defaults(tmp_path):
     assert (p.uap_jump.warn, p.uap_jump.fail) == (15, None)
     b = p.check_budget()
     assert (b.relearn_steps, b.relearn_lr, b.leaked_k) == (7, 1e-3, 5)
+    # a defense's budget is that defense's own config, layered over the cpu preset
+    nc = load_policy(_write(tmp_path, "budget: {nc: {epochs: 5}}\n")).check_budget().nc
+    assert (nc.epochs, nc.batch_size, nc.images) == (5, 32, 200)
     with pytest.raises(ValidationError, match="frozen"):
         p.excess = None
 
@@ -93,9 +96,11 @@ def test_yaml_overrides_keep_the_other_defaults(tmp_path):
     ("recovry: {warn: 1}\n", "policy.yaml: unknown key 'recovry'; known keys: retain_drop, "
                              "test_drop, forget_gap, mia_auc, excess, excess_leaked, "
                              "nc_shrink, uap_jump, budget"),
-    ("budget: {relearn_stepz: 1}\n", "unknown key 'budget.relearn_stepz'; known keys: "
-                                     "relearn_steps, relearn_lr"),
-    ("retain_drop: {wrn: 1}\n", "unknown key 'retain_drop.wrn'; known keys: warn, fail"),
+    ("budget: {relearn_stepz: 1}\n", "key 'budget.relearn_stepz': unknown key"),
+    ("retain_drop: {wrn: 1}\n", "key 'retain_drop.wrn': unknown key"),
+    # the budgets of the defenses are their own configs now, nested (issue 12)
+    ("budget: {nc_epochs: 30}\n", "key 'budget.nc_epochs': unknown key"),
+    ("budget: {nc: {epoch: 30}}\n", "key 'budget.nc.epoch': unknown key"),
 ])
 def test_unknown_key_is_named(tmp_path, text, message):
     with pytest.raises(DormantError) as e:
@@ -105,13 +110,18 @@ def test_unknown_key_is_named(tmp_path, text, message):
 
 @pytest.mark.parametrize("text, message", [
     ("retain_drop: {warn: abc}\n", "key 'retain_drop.warn': Input should be a valid number"),
-    ("budget: {relearn_steps: 0}\n", "key 'budget': check budget: relearn_steps must be at "
-                                     "least 1"),
-    ("budget: {uap_eps: 2}\n", "uap_eps is an L-inf budget in [0, 1]"),
+    ("budget: {relearn_steps: 0}\n", "key 'budget.relearn_steps': Input should be greater "
+                                     "than or equal to 1"),
+    ("budget: {uap: {eps: 2}}\n", "key 'budget.uap.eps': Input should be less than or equal "
+                                  "to 1"),
+    ("budget: {nc: {epochs: 0}}\n", "key 'budget.nc.epochs': Input should be greater than or "
+                                    "equal to 1"),
+    ("retain_drop: {warn: .nan}\n", "key 'retain_drop.warn': Input should be a finite number"),
     ("mia_auc: {warn: 0.8}\n", "key 'mia_auc': warn (0.8) must not be above fail (0.7)"),
     ("excess: 10\n", "key 'excess': Input should be a valid dictionary"),
     ("- excess\n", "a policy is a mapping"),
-    ("excess: {warn: [\n", "not valid YAML (line 2)"),
+    ("excess: {warn: [\n", "policy.yaml is not valid YAML"),
+    ("excess: {warn: 1}\nexcess: {warn: 2}\n", "key 'excess' appears twice (line 2)"),
 ])
 def test_bad_value_is_one_line_naming_the_key(tmp_path, text, message):
     with pytest.raises(DormantError) as e:
@@ -178,7 +188,8 @@ def test_a_policy_still_using_recovery_is_told_the_new_name(tmp_path, old, new, 
     with pytest.raises(DormantError) as e:
         load_policy(path)
     msg = str(e.value)
-    assert msg.startswith(f"{path}: key {old!r} was renamed to {new!r}") and "\n" not in msg
+    assert msg.startswith(f"policy file {path}: key {old!r} was renamed to {new!r}")
+    assert "\n" not in msg
     # through the CLI: one line on stderr, exit 2, before any data is loaded
     from dormant.cli import main
 

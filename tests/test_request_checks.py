@@ -6,7 +6,6 @@ before/after record flags the backdoor's class only."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 
 import pytest
@@ -129,7 +128,7 @@ def test_tamper_test_brings_gradient_ascent_back_not_the_oracle(digits_setup):
                                           abs=1e-3)
     json.dumps(got)  # the record is plain JSON
     # without an oracle: the attack's own numbers and no verdict
-    alone = tamper_test(ga, data, dataclasses.replace(budget, leaked_k=0))
+    alone = tamper_test(ga, data, budget.model_copy(update={"leaked_k": 0}))
     assert alone["k0"]["end"] == got["k0"]["end"]
     assert alone["k0"]["verdict"] is None and alone["k0"]["no_verdict"] == "no oracle: no verdict"
 
@@ -168,11 +167,11 @@ def test_run_checks_flags_the_backdoor_class_and_nothing_on_a_clean_update(digit
     prep = digits_setup
     data = _request(prep)
     clean, bad = digits_backdoor["clean"], digits_backdoor["badnets"]
-    budget = CheckBudget(relearn_steps=20, leaked_k=0, uap_eps=0.2, nc_epochs=30)
+    budget = CheckBudget(relearn_steps=20, leaked_k=0, uap={"eps": 0.2}, nc={"epochs": 30})
     cached = backdoor_profile(clean, data, budget)
     m = run_checks(clean, bad, data, budget, old_profile=cached)
     assert set(m) == {"before", "after", "tamper", "budget"}
-    assert m["budget"] == dataclasses.asdict(budget) and set(m["tamper"]) == {"k0"}
+    assert m["budget"] == budget.model_dump() and set(m["tamper"]) == {"k0"}
     assert len(m["before"]["nc_norms"]) == len(m["after"]["uap_success"]) == 10
     json.dumps(m)
     checks = {c.name: c for c in judge(Policy(), m)}

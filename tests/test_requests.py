@@ -23,7 +23,8 @@ from dormant.requests import Ledger, ModelStore
 
 POLICY = """\
 budget: {relearn_steps: 30, relearn_lr: 1.0e-3, eval_every: 5, leaked_k: 2,
-         defender_images: 60, nc_epochs: 3, nc_batch: 30, uap_steps: 10, mia_size: 200}
+         defender_images: 60, nc: {epochs: 3, batch_size: 30}, uap: {steps: 10},
+         mia_size: 200}
 """
 
 

@@ -23,17 +23,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pydantic
 import torch
+from pydantic import ConfigDict, Field, field_validator
 from torch import nn
 
 from dormant.attacks.poison import Poisoned, PoisonSpec, poison
+from dormant.defenses.registry import one_line
 from dormant.engine import predict
 from dormant.errors import DormantError
 
 STRATEGIES = ("margin", "stamped-margin", "random")
 
 
-@dataclass(frozen=True)
+@one_line("clean-unlearning attack")
+@pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class CleanUnlearningSpec:
     """The attack's knobs. Defaults are the setting measured to work best on MNIST
     (see the backdoor study's report); ``contribution`` is the attacker's share of the
@@ -44,20 +48,18 @@ class CleanUnlearningSpec:
     trigger stamped on, ``random`` picks at random (the unranked control)."""
 
     poison: PoisonSpec
-    contribution: float = 0.2
-    request: int = 300
+    contribution: float = Field(0.2, gt=0.0, le=1.0)
+    """The attacker's share of the training set, in (0, 1]."""
+    request: int = Field(300, ge=1)
+    """Images in the deletion request, at least 1."""
     strategy: str = "margin"
 
-    def __post_init__(self) -> None:
-        if not 0.0 < self.contribution <= 1.0:
-            raise DormantError(f"the attacker's contribution must be a share in (0, 1], got "
-                               f"{self.contribution}")
-        if self.request < 1:
-            raise DormantError(f"the deletion request must hold at least 1 image, got "
-                               f"{self.request}")
-        if self.strategy not in STRATEGIES:
-            raise DormantError(f"unknown request strategy {self.strategy!r}; use "
-                               f"{', '.join(STRATEGIES)}")
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, v: str) -> str:
+        if v not in STRATEGIES:
+            raise ValueError(f"unknown request strategy {v!r}; use {', '.join(STRATEGIES)}")
+        return v
 
 
 @dataclass(frozen=True)

@@ -9,21 +9,27 @@ wrong label.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
+import pydantic
 import torch
+from pydantic import ConfigDict, Field
 
 from dormant.attacks.triggers import Trigger
+from dormant.defenses.registry import one_line
 from dormant.engine import predict
 from dormant.errors import DormantError
 
 
-@dataclass(frozen=True)
+@one_line("poison spec")
+@pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class PoisonSpec:
-    target: int
+    target: Annotated[int, Field(ge=0)]
     trigger: Trigger
-    per_class: int
+    per_class: Annotated[int, Field(ge=1)]
+    """Poisons per source class, at least 1."""
     sources: tuple[int, ...] | None = None  # None: every class but the target
-    label_mode: str = "dirty"
+    label_mode: Literal["dirty", "clean"] = "dirty"
 
     def source_classes(self, num_classes: int) -> list[int]:
         if not 0 <= self.target < num_classes:
@@ -35,10 +41,6 @@ class PoisonSpec:
         if bad:
             raise DormantError(f"source class {bad[0]} is not a class other than the target "
                                f"{self.target}")
-        if self.label_mode not in ("dirty", "clean"):
-            raise DormantError(f"label mode must be dirty or clean, got {self.label_mode!r}")
-        if self.per_class < 1:
-            raise DormantError(f"poisons per class must be at least 1, got {self.per_class}")
         return sources
 
 

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from dormant.defenses.registry import one_line
 from dormant.engine import (
     BatchStream,
     Progress,
@@ -23,30 +25,24 @@ from dormant.engine import (
 from dormant.engine.augment import augment
 from dormant.errors import DormantError
 from dormant.metrics.curves import end_mean
+from dormant.settings import Settings
 
 
-@dataclass(frozen=True)
-class RelearnConfig:
+@one_line("relearning attack")
+class RelearnConfig(Settings):
     """Seed-paper defaults: a fresh Adam, lr 1e-5 with cosine decay to 1e-6, wd 0, batch 128,
     3,910 steps (10 epochs of the CIFAR-10 loader, the grid mode); held-out forget accuracy
     every 10 steps. The test set is evaluated only every ``test_every`` steps: it is the
     expensive part and the curve does not need it densely."""
 
-    k: int = 0
-    steps: int = 3_910
+    k: int = Field(0, ge=0)
+    steps: int = Field(3_910, gt=0)
     lr: float = 1e-5
     final_lr: float = 1e-6
-    batch_size: int = 128
+    batch_size: int = Field(128, gt=0)
     weight_decay: float = 0.0
-    eval_every: int = 10
-    test_every: int = 100
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "eval_every", "test_every", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise DormantError(f"relearning attack: {name} must be positive")
-        if self.k < 0:
-            raise DormantError("relearning attack: k must be >= 0")
+    eval_every: int = Field(10, gt=0)
+    test_every: int = Field(100, gt=0)
 
     def recipe(self, base: Recipe) -> Recipe:
         return Recipe(

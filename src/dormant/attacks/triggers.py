@@ -14,30 +14,33 @@ Four kinds, each with an ``amplitude`` in [0, 1]:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
+from pydantic import ConfigDict, Field, field_validator
+from pydantic.dataclasses import dataclass
 
+from dormant.defenses.registry import one_line
 from dormant.errors import DormantError
 
 KINDS = ("patch", "blend", "noise", "sinusoid")
 
 
-@dataclass(frozen=True)
+@one_line("trigger")
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class Trigger:
     kind: str = "patch"
-    amplitude: float = 1.0
-    size: int = 3
-    frequency: float = 6.0
+    amplitude: float = Field(1.0, ge=0.0, le=1.0)
+    """In [0, 1]."""
+    size: int = Field(3, ge=1)
+    frequency: float = Field(6.0, gt=0)
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise DormantError(f"unknown trigger {self.kind!r}; use one of {', '.join(KINDS)}")
-        if not 0.0 <= self.amplitude <= 1.0:
-            raise DormantError(f"trigger amplitude must be in [0, 1], got {self.amplitude}")
-        if self.size < 1:
-            raise DormantError(f"trigger size must be at least 1, got {self.size}")
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in KINDS:
+            raise ValueError(f"unknown trigger {v!r}; use one of {', '.join(KINDS)}")
+        return v
 
     def check(self, image_shape: tuple[int, int, int]) -> None:
         _, h, w = image_shape

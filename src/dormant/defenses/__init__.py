@@ -1,4 +1,6 @@
-"""Backdoor defenses: Neural Cleanse (more to come with the backdoor study)."""
+"""Backdoor defenses: Neural Cleanse, Cognitive Distillation, I-BAU and the targeted universal
+perturbations. Each defense is one file that registers itself (``register_defense``); see
+``dormant.defenses.registry``."""
 
 from dormant.defenses.cognitive_distillation import (
     CognitiveDistillationConfig,
@@ -16,6 +18,13 @@ from dormant.defenses.neural_cleanse import (
     mitigate,
     reverse_triggers,
 )
+from dormant.defenses.registry import (
+    Control,
+    DefenseInfo,
+    available_defenses,
+    get_defense,
+    register_defense,
+)
 from dormant.defenses.universal_targets import TargetedUAPConfig, targeted_success
 
 __all__ = ["NeuralCleanseConfig", "Reversed", "mad_outliers", "reverse_triggers"]
@@ -24,3 +33,4 @@ __all__ += ["CognitiveDistillationConfig", "cd_flags", "cd_scores", "detection_a
 __all__ += ["IBAUConfig", "NCMitigationConfig", "hypergradient", "ibau", "mitigate",
             "universal_perturbation"]
 __all__ += ["TargetedUAPConfig", "targeted_success"]
+__all__ += ["Control", "DefenseInfo", "available_defenses", "get_defense", "register_defense"]

@@ -9,14 +9,17 @@ is element-wise: a batch gives each image what a run of its own gives, up to the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from dormant.defenses.registry import Control, one_line, register_defense, span
 from dormant.engine import Progress, frozen, to_float
 from dormant.errors import DormantError
 from dormant.metrics.detection import auroc
+from dormant.settings import Settings
 
 # keeps every mask value representable strictly inside (0, 1) in float32: (tanh(w) + 1) / 2
 # rounds to exactly 0 or 1 once |w| > ~9, which 100 Adam steps of lr 0.1 can reach
@@ -25,20 +28,27 @@ EPS = 1e-6
 REF_GAMMA, REF_PIXELS = 0.01, 32 * 32
 
 
-@dataclass(frozen=True)
-class CognitiveDistillationConfig:
+@one_line("cognitive distillation")
+class CognitiveDistillationConfig(Settings):
     """Defaults from the authors' code (HanxunH/CognitiveDistillation) and BackdoorBench's CD
     config: 100 Adam steps at lr 0.1 with betas (0.1, 0.1), L1 mask norm (``p`` = 1) weighted by
     ``gamma`` = 0.01 (the paper's alpha), total-variation weight ``beta`` = 10 (the README's and
-    BackdoorBench's value; the authors' class defaults to 1.0), batches of 256 images."""
+    BackdoorBench's value; the authors' class defaults to 1.0), batches of 256 images.
 
-    steps: int = 100
-    lr: float = 0.1
-    betas: tuple[float, float] = (0.1, 0.1)
-    gamma: float = 0.01
-    beta: float = 10.0
-    p: int = 1
-    batch_size: int = 256
+    ``images``: how many inputs the backdoor study scores for its detection AUROC (half
+    clean, half triggered; ``None``: every evaluation image it has). :func:`distil_masks`
+    takes its inputs from the caller. The study scales ``gamma`` to its image size as
+    :meth:`for_resolution` does (``gamma`` is then the value at 32 x 32)."""
+
+    steps: int = Field(100, ge=1)
+    lr: float = Field(0.1, gt=0)
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] \
+        = (0.1, 0.1)
+    gamma: float = Field(0.01, ge=0)
+    beta: float = Field(10.0, ge=0)
+    p: Literal[1, 2] = 1
+    batch_size: int = Field(256, ge=1)
+    images: int | None = Field(None, ge=2)
 
     @classmethod
     def for_resolution(cls, height: int, width: int, **overrides) -> CognitiveDistillationConfig:
@@ -52,20 +62,13 @@ class CognitiveDistillationConfig:
                                f"{height}x{width}")
         return cls(**{"gamma": REF_GAMMA * REF_PIXELS / (height * width), **overrides})
 
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1:
-            raise DormantError("cognitive distillation: steps and batch_size must be at least 1, "
-                               f"got steps={self.steps}, batch_size={self.batch_size}")
-        if not self.lr > 0:
-            raise DormantError(f"cognitive distillation: lr must be positive, got {self.lr}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise DormantError("cognitive distillation: betas must be two numbers in [0, 1), "
-                               f"got {self.betas}")
-        if self.gamma < 0 or self.beta < 0:
-            raise DormantError("cognitive distillation: gamma and beta must be non-negative, "
-                               f"got gamma={self.gamma}, beta={self.beta}")
-        if self.p not in (1, 2):
-            raise DormantError(f"cognitive distillation: p must be 1 or 2, got {self.p}")
+
+PRESETS = {
+    "paper": CognitiveDistillationConfig(),
+    "cpu": CognitiveDistillationConfig(images=200),
+}
+"""``cpu``: the paper's optimisation on 200 inputs (100 clean, 100 triggered) per scan, what
+the backdoor study scores unless told otherwise (configs/cifar10-backdoor.yaml: 100)."""
 
 
 def _squash(w: torch.Tensor) -> torch.Tensor:
@@ -168,3 +171,45 @@ def cd_flags(clean_ref_scores: torch.Tensor, scores: torch.Tensor,
     mu, sigma = ref.mean(), ref.std()
     z = (mu - scores.detach().double().cpu()) / sigma
     return (z > threshold) & (z > 0)
+
+
+CONTROL_AUROC_MIN = 0.9
+"""Positive control: AUROC on BadNets-triggered vs clean inputs, on every seed."""
+
+
+def _control_seed(num) -> dict:
+    a = num("cd_auroc_before")
+    return {"auroc": a, "pass": None if a is None else a >= CONTROL_AUROC_MIN,
+            "shown": "-" if a is None else f"AUROC {a:.3f}"}
+
+
+def _control_reached(seeds: list[dict]) -> str:
+    passes = [v["pass"] for v in seeds]
+    return f"AUROC {span([v['auroc'] for v in seeds], 3)}; {sum(passes)}/{len(passes)} seeds pass"
+
+
+@register_defense(
+    "cd", CognitiveDistillationConfig, label="Cognitive Distillation", presets=PRESETS,
+    columns=("cd_auroc",), rank=1,
+    report={"cd_auroc_before": "CD AUROC before", "cd_auroc_after": "CD AUROC after"},
+    control=Control(f"AUROC >= {CONTROL_AUROC_MIN:g} on BadNets-triggered vs clean inputs, on "
+                    "every seed", _control_seed, _control_reached,
+                    thresholds={"cd_auroc_min": CONTROL_AUROC_MIN}))
+def study_scan(cfg: CognitiveDistillationConfig, ctx, model: nn.Module, trigger
+               ) -> tuple[dict, dict]:
+    """The backdoor study's scan: masks of ``cfg.images`` / 2 clean and as many triggered
+    non-target evaluation images; the AUROC of -norm (a small mask is the suspect sign)."""
+    others = torch.nonzero(ctx.y_eval != ctx.target).flatten()
+    n = len(others) if cfg.images is None else cfg.images
+    half = min(n // 2, len(others) // 2)
+    clean = ctx.x_eval[others[:half]]
+    triggered = trigger.stamp(ctx.x_eval[others[half : 2 * half]])
+    h, w = clean.shape[2:]
+    cfg = cfg.model_copy(update={"gamma": cfg.gamma * REF_PIXELS / (h * w)})
+    m_clean = distil_masks(model, clean, cfg=cfg, seed=ctx.seed)
+    m_bad = distil_masks(model, triggered, cfg=cfg, seed=ctx.seed + 1)
+    score = auroc(-cd_scores(m_clean), -cd_scores(m_bad))
+    shown = ctx.shown
+    return ({"cd_auroc": round(score, 4)},
+            {"cd_inputs_clean": clean[:shown].cpu(), "cd_masks_clean": m_clean[:shown],
+             "cd_inputs_poisoned": triggered[:shown].cpu(), "cd_masks_poisoned": m_bad[:shown]})

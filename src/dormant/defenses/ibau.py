@@ -7,20 +7,22 @@ from implicit differentiation of the inner problem's fixed point.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from dormant.defenses.registry import Control, one_line, register_defense, span
 from dormant.engine import Progress, to_float
 from dormant.errors import DormantError
+from dormant.settings import Settings
 
 TOL = 1e-10  # the original stops the fixed-point iteration once v moves less than this
 
 
-@dataclass(frozen=True)
-class IBAUConfig:
+@one_line("i-bau")
+class IBAUConfig(Settings):
     """I-BAU's hyper-parameters.
 
     Both sources agree on ``rounds`` 5 (the original's README example runs 3),
@@ -34,29 +36,29 @@ class IBAUConfig:
     lr 1e-3 and batch 100: BackdoorBench's pair, on the study's 500 clean images, made 10
     steps that left MNIST BadNets at 99.5% ASR, while the original's pair removes it once it
     has taken 35-50 steps (docs/positive-controls.md). ``rounds`` stays the original's; a
-    caller with fewer clean images than 5,000 raises it to keep the step count (the backdoor
-    study's ``ibau_rounds``).
+    caller with fewer clean images than 5,000 raises it to keep the step count (the ``cpu``
+    preset, the backdoor study's default).
     """
 
-    rounds: int = 5
-    lr: float = 1e-3
-    fixed_point_steps: int = 5
-    inner_lr: float = 10.0
-    l2: float = 1e-3
-    batch_size: int = 100
-    portion: float = 0.01
-    fixed_point_lr: float = 0.1
+    rounds: int = Field(5, ge=1)
+    lr: float = Field(1e-3, ge=0)
+    fixed_point_steps: int = Field(5, ge=1)
+    inner_lr: float = Field(10.0, gt=0)
+    l2: float = Field(1e-3, ge=0)
+    batch_size: int = Field(100, ge=1)
+    portion: float = Field(0.01, ge=0, le=1)
+    """The share of each batch that carries delta, in [0, 1]."""
+    fixed_point_lr: float = Field(0.1, gt=0)
 
-    def __post_init__(self) -> None:
-        if self.rounds < 1 or self.fixed_point_steps < 1 or self.batch_size < 1:
-            raise DormantError("i-bau: rounds, fixed_point_steps and batch_size must be at "
-                               "least 1")
-        if self.lr < 0 or self.inner_lr <= 0 or self.fixed_point_lr <= 0 or self.l2 < 0:
-            raise DormantError("i-bau: inner_lr and fixed_point_lr must be positive, lr and l2 "
-                               "non-negative")
-        if not 0 <= self.portion <= 1:
-            raise DormantError(f"i-bau: portion is a share of each batch in [0, 1], got "
-                               f"{self.portion}")
+
+PRESETS = {
+    "paper": IBAUConfig(),
+    "cpu": IBAUConfig(rounds=20),
+}
+"""``cpu``: 20 rounds over the backdoor study's 500 defender images: at batch 100 a round is
+5 Adam steps, so 20 rounds are 100 steps at lr 1e-3, 40% of the original's 250 (5 rounds over
+5,000 images), where MNIST BadNets is already removed (about 35-50 steps; the old 5 rounds,
+25 steps, left it at 99.6% ASR; docs/positive-controls.md). About 50 s per model on one core."""
 
 
 def _batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, ids: torch.Tensor,
@@ -175,3 +177,49 @@ def ibau(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
             progress("i-bau", r + 1, cfg.rounds)
     net.train(was_training)
     return net
+
+
+CONTROL_ASR_DROP_MIN = 50.0
+CONTROL_CLEAN_DROP_MAX = 5.0
+"""Positive control: BadNets ASR falls by at least 50 points at a clean-accuracy cost of at
+most 5, on every seed."""
+
+
+def _control_seed(num) -> dict:
+    asr, clean = num("asr_before"), num("clean_acc_before")
+    after, clean_after = num("ibau_asr"), num("ibau_clean_acc")
+    drop = None if asr is None or after is None else asr - after
+    cdrop = None if clean is None or clean_after is None else clean - clean_after
+    ok = None if drop is None or cdrop is None else (
+        drop >= CONTROL_ASR_DROP_MIN and cdrop <= CONTROL_CLEAN_DROP_MAX)
+
+    def f(v):
+        return "-" if v is None else f"{v:.1f}"
+
+    return {"asr": after, "clean_acc": clean_after, "asr_drop": drop, "clean_drop": cdrop,
+            "pass": ok, "shown": "-" if ok is None else
+            f"ASR {f(asr)} → {f(after)}, clean {f(clean)} → {f(clean_after)}"}
+
+
+def _control_reached(seeds: list[dict]) -> str:
+    drops = [v["asr_drop"] for v in seeds if v["asr_drop"] is not None]
+    cdrops = [v["clean_drop"] for v in seeds if v["clean_drop"] is not None]
+    return (f"ASR drop {span(drops)} points, clean drop {span(cdrops)}; "
+            f"{sum(v['pass'] for v in seeds)}/{len(seeds)} seeds pass")
+
+
+@register_defense(
+    "ibau", IBAUConfig, label="I-BAU", presets=PRESETS, stage="mitigate", rank=0,
+    columns=("ibau_asr", "ibau_clean_acc"),
+    report={"ibau_asr": "I-BAU ASR", "ibau_clean_acc": "I-BAU clean"},
+    control=Control(f"BadNets ASR falls by >= {CONTROL_ASR_DROP_MIN:g} points with a "
+                    f"clean-accuracy drop <= {CONTROL_CLEAN_DROP_MAX:g}, on every seed",
+                    _control_seed, _control_reached,
+                    thresholds={"ibau_asr_drop_min": CONTROL_ASR_DROP_MIN,
+                                "ibau_clean_drop_max": CONTROL_CLEAN_DROP_MAX}))
+def study_mitigation(cfg: IBAUConfig, ctx, model: nn.Module, trigger) -> tuple[dict, dict]:
+    """The backdoor study's mitigation: I-BAU with all the defender's clean images; the ASR
+    and clean accuracy it leaves."""
+    fixed = ibau(model, ctx.x_def, ctx.y_def, torch.arange(len(ctx.y_def)), cfg, seed=ctx.seed)
+    m = ctx.metrics(fixed, trigger)
+    return {"ibau_asr": m["asr"], "ibau_clean_acc": m["clean_acc"]}, {}

@@ -16,34 +16,47 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import nn
 
+from dormant.defenses.registry import Control, one_line, register_defense
 from dormant.engine import Progress, Recipe, fit, frozen, to_float
 from dormant.engine.recipe import AUGMENTATIONS
 from dormant.errors import DormantError
+from dormant.settings import Settings
 
 EPS = 1e-7
 
 
-@dataclass(frozen=True)
-class NeuralCleanseConfig:
+@one_line("neural cleanse")
+class NeuralCleanseConfig(Settings):
     """Defaults from BackdoorBench's NC config: up to 80 epochs (``epochs``) over a 5% clean
     subset, batch 256, Adam lr 0.1 with betas (0.5, 0.9), initial cost 1e-3, attack success
     threshold 98%, cost patience 5 (x2 up, /2^1.5 down), early stop after 25 epochs without a
-    1% gain once the cost has moved both ways; MAD threshold 2."""
+    1% gain once the cost has moved both ways; MAD threshold 2.
 
-    epochs: int = 80
-    batch_size: int = 256
-    lr: float = 0.1
-    init_cost: float = 1e-3
-    success: float = 0.98
-    patience: int = 5
-    early_stop_patience: int = 25
+    ``images``: how many of the defender's clean images the triggers are reversed on (the
+    first ones; ``None``: all it is given). :func:`reverse_triggers` takes its ids from the
+    caller; the backdoor study and the request checks read ``images``."""
+
+    epochs: int = Field(80, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(0.1, gt=0)
+    init_cost: float = Field(1e-3, ge=0)
+    success: float = Field(0.98, gt=0, le=1)
+    patience: int = Field(5, ge=1)
+    early_stop_patience: int = Field(25, ge=1)
     mad_threshold: float = 2.0
+    images: int | None = Field(None, ge=10)
 
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise DormantError("neural cleanse: epochs and batch_size must be at least 1")
+
+PRESETS = {
+    "paper": NeuralCleanseConfig(),
+    "cpu": NeuralCleanseConfig(epochs=30, batch_size=32, images=200),
+}
+"""``cpu``: what the backdoor study and the request checks run unless told otherwise: 30 of
+the 80 epochs, batches of 32 (200 images make 7 steps an epoch instead of one) on 200 of the
+defender's clean images, a budget that fits a CPU (a scan takes seconds on MNIST cnn-small)."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +92,7 @@ def reverse_triggers(
     y: torch.Tensor,
     ids: torch.Tensor,
     num_classes: int,
-    cfg: NeuralCleanseConfig = NeuralCleanseConfig(),
+    cfg: NeuralCleanseConfig = PRESETS["paper"],
     *,
     classes: Sequence[int] | None = None,
     seed: int = 0,
@@ -168,8 +181,8 @@ def reverse_triggers(
                     index, flagged)
 
 
-@dataclass(frozen=True)
-class NCMitigationConfig:
+@one_line("nc mitigation")
+class NCMitigationConfig(Settings):
     """Neural Cleanse's mitigation by unlearning: fine-tune on a clean set in which the last
     ``unlearning_ratio`` carry each flagged class's reversed trigger under their TRUE labels.
 
@@ -182,26 +195,21 @@ class NCMitigationConfig:
     per epoch; ours steps per batch. ``augment`` is the engine's training augmentation
     (BackdoorBench fine-tunes under its own training transform); "none" for digits."""
 
-    epochs: int = 100
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    unlearning_ratio: float = 0.2
+    epochs: int = Field(100, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: int = Field(256, ge=1)
+    unlearning_ratio: float = Field(0.2, gt=0, lt=1)
+    """A share in (0, 1)."""
     augment: str = "flip-crop"
 
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise DormantError("nc mitigation: epochs and batch_size must be at least 1")
-        if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0:
-            raise DormantError("nc mitigation: lr must be positive, momentum and weight_decay "
-                               "non-negative")
-        if not 0 < self.unlearning_ratio < 1:
-            raise DormantError(f"nc mitigation: unlearning_ratio is a share in (0, 1), got "
-                               f"{self.unlearning_ratio}")
-        if self.augment not in AUGMENTATIONS:
-            raise DormantError(f"nc mitigation: unknown augment {self.augment!r}; use one of "
-                               f"{', '.join(AUGMENTATIONS)}")
+    @field_validator("augment")
+    @classmethod
+    def _known_augment(cls, v: str) -> str:
+        if v not in AUGMENTATIONS:
+            raise ValueError(f"unknown augment {v!r}; use one of {', '.join(AUGMENTATIONS)}")
+        return v
 
 
 def mitigate(
@@ -210,7 +218,7 @@ def mitigate(
     y: torch.Tensor,
     ids: torch.Tensor,
     reversed: Reversed,
-    cfg: NCMitigationConfig = NCMitigationConfig(),
+    cfg: NCMitigationConfig = NCMitigationConfig(),  # noqa: B008 - frozen
     *,
     seed: int = 0,
     progress: Progress | None = None,
@@ -250,3 +258,39 @@ def mitigate(
         progress=progress, label="nc mitigation")
     net.train(was_training)
     return net
+
+
+CONTROL_SHARE_MIN = 2 / 3
+"""Positive control: the BadNets target flagged on at least 2 of 3 seeds scanned."""
+
+
+def _control_seed(num) -> dict:
+    flag, index = num("nc_flag_before"), num("nc_index_before")
+    flag = None if flag is None else bool(flag)
+    shown = "-" if flag is None else ("flagged" if flag else "missed") + (
+        "" if index is None else f" (index {index:.2f})")
+    return {"flag": flag, "index": index, "pass": flag, "shown": shown}
+
+
+def _control_reached(seeds: list[dict]) -> str:
+    return f"target flagged on {sum(v['flag'] for v in seeds)}/{len(seeds)} seeds"
+
+
+@register_defense(
+    "nc", NeuralCleanseConfig, label="Neural Cleanse", presets=PRESETS, rank=2,
+    columns=("nc_index", "nc_flag", "nc_flagged"),
+    report={"nc_flag_before": "NC flagged before", "nc_flag_after": "NC flagged after",
+            "nc_index_after": "NC index after"}, flags=("nc_flag_before", "nc_flag_after"),
+    control=Control("flags the BadNets target on >= 2 of 3 seeds (2/3 of the seeds scanned)",
+                    _control_seed, _control_reached,
+                    judge=lambda p: sum(p) >= math.ceil(CONTROL_SHARE_MIN * len(p) - 1e-9),
+                    thresholds={"nc_share_min": CONTROL_SHARE_MIN}))
+def study_scan(cfg: NeuralCleanseConfig, ctx, model: nn.Module, trigger) -> tuple[dict, dict]:
+    """The backdoor study's scan: triggers reversed on the first ``cfg.images`` defender
+    images; the target's anomaly index, whether it is flagged, and every flagged class."""
+    n = len(ctx.y_def) if cfg.images is None else min(cfg.images, len(ctx.y_def))
+    r = reverse_triggers(model, ctx.x_def, ctx.y_def, torch.arange(n), ctx.num_classes, cfg,
+                         seed=ctx.seed, progress=ctx.progress)
+    return ({"nc_index": round(float(r.class_index[ctx.target]), 4),
+             "nc_flag": ctx.target in r.flagged, "nc_flagged": r.flagged},
+            {"nc_masks": r.masks, "nc_patterns": r.patterns, "nc_norms": r.norms})

@@ -12,18 +12,19 @@ comparable between two versions of a model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from dormant.defenses.registry import one_line
 from dormant.engine import BatchStream, Progress, frozen, to_float
 from dormant.errors import DormantError
+from dormant.settings import Settings
 
 
-@dataclass(frozen=True)
-class TargetedUAPConfig:
+@one_line("universal perturbation")
+class TargetedUAPConfig(Settings):
     """Sign-gradient PGD (Madry et al. 2018) on one delta per class, in [0, 1] pixel space.
 
     ``eps`` = 0.1 is half of MNIST's customary L-inf budget of 0.3 and about three times
@@ -33,23 +34,13 @@ class TargetedUAPConfig:
     delta cross the whole ball several times. Each step draws ``batch_size`` images from a
     seeded ``fit_fraction`` of the ids; success is measured on the others."""
 
-    eps: float = 0.1
-    steps: int = 100
-    step_size: float | None = None
-    batch_size: int = 64
-    fit_fraction: float = 0.5
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.eps <= 1.0:
-            raise DormantError(f"universal perturbation: eps is an L-inf budget in [0, 1] "
-                               f"pixel space, got {self.eps}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise DormantError("universal perturbation: steps and batch_size must be at least 1")
-        if self.step_size is not None and self.step_size <= 0:
-            raise DormantError("universal perturbation: step_size must be positive")
-        if not 0.0 < self.fit_fraction < 1.0:
-            raise DormantError(f"universal perturbation: fit_fraction is a share in (0, 1), "
-                               f"got {self.fit_fraction}")
+    eps: float = Field(0.1, ge=0.0, le=1.0)
+    """An L-inf budget in [0, 1] pixel space."""
+    steps: int = Field(100, ge=1)
+    step_size: float | None = Field(None, gt=0)
+    batch_size: int = Field(64, ge=1)
+    fit_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    """A share in (0, 1)."""
 
     @property
     def alpha(self) -> float:

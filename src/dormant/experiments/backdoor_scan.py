@@ -1,9 +1,11 @@
 """What the backdoor study measures on every model: clean accuracy and ASR on the evaluation
-half of the test set, and the three defenses run with the defender's clean half.
+half of the test set, and the registered defenses (``dormant.defenses.registry``) run with the
+defender's clean half.
 
 The defender never sees the evaluation images, and no metric is computed on the defender's:
 Neural Cleanse and I-BAU use ``defense_size`` clean test images, Cognitive Distillation's
-AUROC is measured on evaluation images (clean vs. triggered).
+AUROC is measured on evaluation images (clean vs. triggered). The scanner is the context
+each defense's study function gets (see the registry's docstring).
 """
 
 from __future__ import annotations
@@ -14,20 +16,11 @@ import torch
 from safetensors.torch import save
 from torch import nn
 
+import dormant.defenses  # noqa: F401 - the built-in defenses register themselves
 from dormant.attacks import Trigger, attack_success_rate
 from dormant.data import Dataset
-from dormant.defenses import (
-    CognitiveDistillationConfig,
-    IBAUConfig,
-    NeuralCleanseConfig,
-    cd_scores,
-    distil_masks,
-    ibau,
-    reverse_triggers,
-)
 from dormant.engine import Progress, evaluate
 from dormant.errors import DormantError
-from dormant.metrics import auroc
 from dormant.store.files import atomic_write_bytes
 
 SHOWN = 6  # inputs per kind whose CD masks the report shows
@@ -64,54 +57,45 @@ class Scanner:
                 "asr": round(attack_success_rate(model, self.x_eval, self.y_eval, trigger,
                                                  self.target), 4)}
 
+    # -- what a defense reads (see dormant.defenses.registry) --------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.v.num_classes
+
+    @property
+    def seed(self) -> int:
+        return self.v.seed
+
+    shown = SHOWN
+
+    def metrics(self, model: nn.Module, trigger: Trigger | None = None) -> dict:
+        return self._metrics(model, trigger or self.trigger)
+
     # -- the defenses --------------------------------------------------------------------
-    def _nc(self, model: nn.Module) -> tuple[dict, dict]:
-        if not self.d.nc:
-            return {"nc_index": None, "nc_flag": None, "nc_flagged": None}, {}
-        cfg = NeuralCleanseConfig(epochs=self.d.nc_epochs, batch_size=self.d.nc_batch)
-        ids = torch.arange(min(self.d.nc_images, len(self.y_def)))
-        r = reverse_triggers(model, self.x_def, self.y_def, ids,
-                             self.v.num_classes, cfg, seed=self.v.seed, progress=self.progress)
-        return ({"nc_index": round(float(r.class_index[self.target]), 4),
-                 "nc_flag": self.target in r.flagged, "nc_flagged": r.flagged},
-                {"nc_masks": r.masks, "nc_patterns": r.patterns, "nc_norms": r.norms})
+    def _run(self, stage: str, model: nn.Module, trigger: Trigger) -> tuple[dict, dict]:
+        values, tensors = {}, {}
+        for info, cfg in self.d.active(stage):
+            if cfg is None:
+                values.update(dict.fromkeys(info.columns))
+                continue
+            v, t = info.run(cfg, self, model, trigger)
+            values.update(v)
+            tensors.update(t)
+        return values, tensors
 
-    def _cd(self, model: nn.Module, trigger: Trigger) -> tuple[dict, dict]:
-        if not self.d.cd:
-            return {"cd_auroc": None}, {}
-        others = torch.nonzero(self.y_eval != self.target).flatten()
-        half = min(self.d.cd_images // 2, len(others) // 2)
-        clean = self.x_eval[others[:half]]
-        triggered = trigger.stamp(self.x_eval[others[half : 2 * half]])
-        cfg = CognitiveDistillationConfig.for_resolution(*clean.shape[2:],
-                                                         steps=self.d.cd_steps)
-        m_clean = distil_masks(model, clean, cfg=cfg, seed=self.v.seed)
-        m_bad = distil_masks(model, triggered, cfg=cfg, seed=self.v.seed + 1)
-        # a small mask is the suspect sign, so poisoned inputs should score higher on -norm
-        score = auroc(-cd_scores(m_clean), -cd_scores(m_bad))
-        return ({"cd_auroc": round(score, 4)},
-                {"cd_inputs_clean": clean[:SHOWN].cpu(), "cd_masks_clean": m_clean[:SHOWN],
-                 "cd_inputs_poisoned": triggered[:SHOWN].cpu(),
-                 "cd_masks_poisoned": m_bad[:SHOWN]})
+    def mitigate(self, model: nn.Module, trigger: Trigger | None) -> dict:
+        """What each mitigation (I-BAU) leaves of ``model`` after repairing it with the
+        defender's clean images: its columns (ASR, clean accuracy), ``None`` when off."""
+        return self._run("mitigate", model, trigger or self.trigger)[0]
 
-    def ibau(self, model: nn.Module, trigger: Trigger | None) -> dict:
-        """ASR and clean accuracy left after I-BAU mitigates ``model`` with the defender's
-        clean images."""
-        if not self.d.ibau:
-            return {"ibau_asr": None, "ibau_clean_acc": None}
-        cfg = IBAUConfig(rounds=self.d.ibau_rounds)
-        fixed = ibau(model, self.x_def, self.y_def, torch.arange(len(self.y_def)), cfg,
-                     seed=self.v.seed)
-        m = self._metrics(fixed, trigger or self.trigger)
-        return {"ibau_asr": m["asr"], "ibau_clean_acc": m["clean_acc"]}
+    ibau = mitigate  # the study runner's name for it
 
     def _scan(self, name: str, model: nn.Module, trigger: Trigger | None, when: str) -> dict:
         trigger = trigger or self.trigger
-        nc, nc_t = self._nc(model)
-        cd, cd_t = self._cd(model, trigger)
-        values = {**self._metrics(model, trigger), **nc, **cd}
+        found, tensors = self._run("scan", model, trigger)
+        values = {**self._metrics(model, trigger), **found}
         row = {f"{k}_{when}": v for k, v in values.items()}
-        row[f"artefact_{when}"] = self._save(f"seed{self.v.seed}-{name}-{when}", {**nc_t, **cd_t})
+        row[f"artefact_{when}"] = self._save(f"seed{self.v.seed}-{name}-{when}", tensors)
         return row
 
     def before(self, name: str, model: nn.Module, trigger: Trigger | None) -> dict:

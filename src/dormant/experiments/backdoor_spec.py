@@ -6,7 +6,9 @@ every method; ``none``, ``badnets`` and ``blended`` involve no unlearning and ru
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dormant.attacks import PoisonSpec, Trigger
 from dormant.attacks.clean_unlearning import STRATEGIES, CleanUnlearningSpec
@@ -56,26 +58,56 @@ class TriggerSpec(BaseModel):
 
 
 class DefenseSpec(BaseModel):
-    """Budgets of the three scans. The papers' own defaults live in each defense's config;
-    these trade a little of them for a study that fits a CPU."""
+    """The defenses the study runs, one key per registered defense (``dormant.defenses``:
+    ``nc``, ``cd``, ``ibau``), each holding that defense's own config. A key left out runs the
+    defense's ``cpu`` preset (sized for a CPU; the paper's defaults live in each defense's
+    config and its ``paper`` preset); a mapping is layered over that preset key by key
+    (``nc: {epochs: 5}``); ``false`` switches the defense off, ``true`` runs the preset.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    ``defense_size``: clean test images held by the defender (NC reverses on the first
+    ``nc.images`` of them, I-BAU uses them all); never used for the metrics."""
 
-    nc: bool = True
-    nc_epochs: int = Field(default=30, ge=1)
-    nc_images: int = Field(default=200, ge=10)
-    """Of the defender's images, how many Neural Cleanse reverses triggers on."""
-    nc_batch: int = Field(default=32, ge=1)
-    cd: bool = True
-    cd_images: int = Field(default=200, ge=2)
-    cd_steps: int = Field(default=100, ge=1)
-    ibau: bool = True
-    ibau_rounds: int = Field(default=20, ge=1)
-    """I-BAU rounds over the ``defense_size`` clean images: at the default batch 100, 500 images
-    make 5 Adam steps a round, so 20 rounds are 100 steps at lr 1e-3, 40% of the original's 250
-    (5 rounds over 5,000 images), where MNIST BadNets is already removed (about 35-50 steps)."""
+    model_config = ConfigDict(extra="allow", frozen=True)
+
     defense_size: int = Field(default=500, ge=10)
-    """Clean test images held by the defender (NC, I-BAU); never used for the metrics."""
+
+    MOVED: ClassVar[dict[str, str]] = {
+        "nc_epochs": "nc.epochs", "nc_images": "nc.images", "nc_batch": "nc.batch_size",
+        "cd_images": "cd.images", "cd_steps": "cd.steps", "ibau_rounds": "ibau.rounds"}
+    """The flat keys of the study files before the defenses' settings were nested."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registered(cls, data):
+        from dormant.defenses.registry import available_defenses, defense_config, get_defense
+
+        if not isinstance(data, dict):
+            return data
+        known = available_defenses()
+        unknown = [k for k in data if k != "defense_size" and k not in known]
+        if unknown and unknown[0] in cls.MOVED:
+            d, key = cls.MOVED[unknown[0]].split(".")
+            raise ValueError(f"key {unknown[0]!r} moved into its defense's own settings: write "
+                             f"{d}: {{{key}: {data[unknown[0]]}}}")
+        if unknown:
+            raise ValueError(f"unknown defense {unknown[0]!r}; the registered defenses are "
+                             f"{', '.join(known)} (and defense_size)")
+        out = {k: v for k, v in data.items() if k == "defense_size"}
+        for name in known:
+            out[name] = (defense_config(name, data[name]) if name in data
+                         else get_defense(name).study_default())
+        return out
+
+    def config(self, name: str):
+        """Defense ``name``'s config, or ``None`` when it is off."""
+        return (self.model_extra or {}).get(name)
+
+    def active(self, stage: str) -> list[tuple[object, object]]:
+        """``(DefenseInfo, config or None)`` of every registered defense of ``stage``."""
+        from dormant.defenses.registry import available_defenses, get_defense
+
+        return [(get_defense(n), self.config(n)) for n in available_defenses()
+                if get_defense(n).stage == stage]
 
 
 class BackdoorSpec(BaseModel):

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from safetensors.torch import load_file
 
+from dormant.defenses.registry import available_defenses, get_defense, span
 from dormant.report.figures import _placeholder, _save, plt
 from dormant.report.html import Block, to_html, to_markdown
 from dormant.report.tables import Table, fmt, normalize_row, ok_rows, plus_minus, write_csv
@@ -23,27 +24,13 @@ ASR_ACTIVE = 60.0
 ASR_RISE = 40.0
 CLEAN_DROP_MAX = 5.0
 # positive controls (issue 11): each defense must catch the BadNets baseline the same run
-# trains and scans before its result on the clean-unlearning attack counts as evidence
-IBAU_ASR_DROP_MIN = 50.0
-IBAU_CLEAN_DROP_MAX = 5.0
-CD_AUROC_MIN = 0.9
-NC_SHARE_MIN = 2 / 3  # of the seeds scanned: 2 of 3
+# trains and scans before its result on the clean-unlearning attack counts as evidence; each
+# registered defense brings its own rule, thresholds and table columns
+# (dormant.defenses.registry)
 NOT_EVIDENCE = "not evidence"
-DEFENSES = {"ibau": "I-BAU", "cd": "Cognitive Distillation", "nc": "Neural Cleanse"}
-CONTROL_RULES = {
-    "ibau": f"BadNets ASR falls by >= {IBAU_ASR_DROP_MIN:g} points with a clean-accuracy drop "
-            f"<= {IBAU_CLEAN_DROP_MAX:g}, on every seed",
-    "cd": f"AUROC >= {CD_AUROC_MIN:g} on BadNets-triggered vs clean inputs, on every seed",
-    "nc": "flags the BadNets target on >= 2 of 3 seeds (2/3 of the seeds scanned)",
-}
-# the defense columns of the conditions table, and the conditions whose models come from the
-# clean-unlearning attack (the baselines are the controls themselves)
-DEFENSE_COLUMNS = {"ibau": ("ibau_asr", "ibau_clean_acc"),
-                   "cd": ("cd_auroc_before", "cd_auroc_after"),
-                   "nc": ("nc_flag_before", "nc_flag_after", "nc_index_after")}
 ATTACK_CONDITIONS = ("attack", "random-clean", "unpoisoned", "none")
 
-METRICS = {
+BASE_METRICS = {
     "clean_acc_before": "clean before",
     "clean_acc_after": "clean after",
     "asr_before": "ASR before",
@@ -51,16 +38,31 @@ METRICS = {
     "asr_delta": "ΔASR",
     "forget_acc_before": "forget before",
     "forget_acc_after": "forget after",
-    "nc_flag_before": "NC flagged before",
-    "nc_flag_after": "NC flagged after",
-    "nc_index_after": "NC index after",
-    "cd_auroc_before": "CD AUROC before",
-    "cd_auroc_after": "CD AUROC after",
-    "ibau_asr": "I-BAU ASR",
-    "ibau_clean_acc": "I-BAU clean",
 }
-FLAGS = ("nc_flag_before", "nc_flag_after")
-NUMERIC = [m for m in METRICS if m not in FLAGS and m != "asr_delta"] + ["matched_drop"]
+
+
+def _defenses() -> list:
+    return [get_defense(n) for n in available_defenses()]
+
+
+def metrics() -> dict[str, str]:
+    """The conditions table's columns: the base metrics, then each defense's, in the order
+    NC, CD, I-BAU of the report (the registry's order reversed: mitigations last)."""
+    out = dict(BASE_METRICS)
+    for info in reversed(_defenses()):
+        out.update(info.report)
+    return out
+
+
+def flags() -> tuple[str, ...]:
+    return tuple(f for info in _defenses() for f in info.flags)
+
+
+def numeric() -> list[str]:
+    fl = flags()
+    return [m for m in metrics() if m not in fl and m != "asr_delta"] + ["matched_drop"]
+
+
 PAIRED = {"diff": "ASR after: attack − random clean", "attack_drop": "attack forget drop",
           "random_drop": "random-clean forget drop", "matched_drop": "random clean matched to"}
 MAX_CLASSES = 20
@@ -85,9 +87,9 @@ def frame(rows: list[dict]) -> pd.DataFrame:
     for col in ("method", "condition", "seed"):
         if col not in df:
             df[col] = pd.Series(dtype=object)
-    for col in NUMERIC:
+    for col in numeric():
         df[col] = pd.to_numeric(df[col], errors="coerce") if col in df else math.nan
-    for col in FLAGS:
+    for col in flags():
         df[col] = df[col].map(_flag).astype(float) if col in df else math.nan
     df["asr_delta"] = df["asr_after"] - df["asr_before"]
     df["forget_drop"] = df["forget_acc_before"] - df["forget_acc_after"]
@@ -115,9 +117,10 @@ def backdoor_table(rows: list[dict]) -> pd.DataFrame:
     line with ``n`` = 0."""
     rows = [normalize_row(r) for r in rows]
     order = cell_order(rows)
-    values = [m for m in METRICS if m not in FLAGS]
+    fl = flags()
+    values = [m for m in metrics() if m not in fl]
     columns = (["method", "condition", "n"] + [c for m in values for c in (m, f"{m}_std")]
-               + [c for f in FLAGS for c in (f"{f}_hits", f"{f}_n")])
+               + [c for f in fl for c in (f"{f}_hits", f"{f}_n")])
     if not order:
         return pd.DataFrame(columns=columns)
     g = frame(ok_rows(rows)).groupby(["method", "condition"], sort=False)
@@ -125,7 +128,7 @@ def backdoor_table(rows: list[dict]) -> pd.DataFrame:
     out = pd.concat([g[values].mean(), g[values].std().add_suffix("_std")], axis=1)
     out = out.reindex(index)
     out["n"] = g["seed"].nunique().reindex(index).fillna(0).astype(int)
-    for f in FLAGS:
+    for f in fl:
         out[f"{f}_hits"] = g[f].sum().reindex(index).fillna(0).astype(int)
         out[f"{f}_n"] = g[f].count().reindex(index).fillna(0).astype(int)
     return out.reset_index()[columns]
@@ -136,7 +139,7 @@ def _hidden(controls: dict | None) -> set[str]:
     if controls is None:
         return set()
     return {col for d, x in controls["defenses"].items() if not x["evidence"]
-            for col in DEFENSE_COLUMNS[d]}
+            for col in get_defense(d).report}
 
 
 def backdoor_display(df: pd.DataFrame, controls: dict | None = None) -> Table:
@@ -144,18 +147,19 @@ def backdoor_display(df: pd.DataFrame, controls: dict | None = None) -> Table:
     ``controls`` (:func:`positive_controls`), a defense that failed its positive control has
     its columns printed as "not evidence" on every model of the attack's conditions."""
     hidden = _hidden(controls)
+    shown, fl = metrics(), flags()
     rows = []
     for r in df.to_dict("records"):
         cells = [str(r["method"]), str(r["condition"])]
-        for m in METRICS:
+        for m in shown:
             if m in hidden and r["condition"] in ATTACK_CONDITIONS:
                 cells.append(NOT_EVIDENCE)
-            elif m in FLAGS:
+            elif m in fl:
                 cells.append(f"{r[f'{m}_hits']}/{r[f'{m}_n']}" if r[f"{m}_n"] else "-")
             else:
                 cells.append(plus_minus(r[m], r[f"{m}_std"], m))
         rows.append([*cells, str(r["n"])])
-    return Table(["method", "condition", *METRICS.values(), "seeds"], rows)
+    return Table(["method", "condition", *shown.values(), "seeds"], rows)
 
 
 def paired_table(rows: list[dict]) -> pd.DataFrame:
@@ -192,77 +196,50 @@ def paired_display(df: pd.DataFrame) -> Table:
 
 
 def _seed_controls(r: pd.Series) -> dict:
-    """One seed's BadNets row as control values (None where the defense was off)."""
+    """One seed's BadNets row as control values: its ASR and clean accuracy, and each
+    defense's own values prefixed by its name (``ibau_pass``, ``cd_auroc``, ``nc_flag``; a
+    ``pass`` of None where the defense was off)."""
     def num(key):
         v = r.get(key)
         return None if v is None or pd.isna(v) else float(v)
 
-    asr, clean = num("asr_before"), num("clean_acc_before")
-    ibau_asr, ibau_clean = num("ibau_asr"), num("ibau_clean_acc")
-    drop = None if asr is None or ibau_asr is None else asr - ibau_asr
-    cdrop = None if clean is None or ibau_clean is None else clean - ibau_clean
-    flag = num("nc_flag_before")
-    return {
-        "asr": asr, "clean_acc": clean, "ibau_asr": ibau_asr, "ibau_clean_acc": ibau_clean,
-        "ibau_asr_drop": drop, "ibau_clean_drop": cdrop,
-        "ibau_pass": None if drop is None or cdrop is None
-        else drop >= IBAU_ASR_DROP_MIN and cdrop <= IBAU_CLEAN_DROP_MAX,
-        "cd_auroc": num("cd_auroc_before"),
-        "cd_pass": None if num("cd_auroc_before") is None
-        else num("cd_auroc_before") >= CD_AUROC_MIN,
-        "nc_flag": None if flag is None else bool(flag),
-        "nc_index": num("nc_index_before"),
-    }
+    out = {"asr": num("asr_before"), "clean_acc": num("clean_acc_before")}
+    for info in _defenses():
+        if info.control is not None:
+            out.update({f"{info.name}_{k}": v for k, v in info.control.seed(num).items()})
+    return out
 
 
 def positive_controls(rows: list[dict]) -> dict:
     """Each defense on the BadNets baseline (condition ``badnets``) of the same run.
 
     ``seeds`` maps each seed with an ok BadNets row to its control values (see
-    :func:`_seed_controls`). Per defense: ``status`` "pass", "fail" or "not run" (no BadNets
-    row, or the defense was off), ``evidence`` (True only on "pass") and ``reached`` (what it
-    reached, in words). I-BAU and CD are judged strictly, per seed: every seed must pass, since
-    a mean can hide a seed where the defense missed. NC passes when it flags the target on at
-    least two thirds of the seeds scanned (2 of 3)."""
+    :func:`_seed_controls`). Per defense with a control: ``status`` "pass", "fail" or "not
+    run" (no BadNets row, or the defense was off), ``evidence`` (True only on "pass") and
+    ``reached`` (what it reached, in words). Each defense's control judges the seeds' passes:
+    I-BAU and CD strictly, every seed, since a mean can hide a seed where the defense missed;
+    NC on at least two thirds of the seeds scanned (2 of 3)."""
     df = frame(ok_rows(rows))
     bad = df[df["condition"] == "badnets"].drop_duplicates("seed").sort_values("seed")
     seeds = {int(r["seed"]): _seed_controls(r) for _, r in bad.iterrows()}
-    out = {}
-    for d in DEFENSES:
-        if d == "nc":
-            flags = [v["nc_flag"] for v in seeds.values() if v["nc_flag"] is not None]
-            n, hits = len(flags), sum(flags)
-            ok = None if not n else hits >= math.ceil(NC_SHARE_MIN * n - 1e-9)
-            reached = f"target flagged on {hits}/{n} seeds" if n else "no BadNets scan"
-        else:
-            passes = [v[f"{d}_pass"] for v in seeds.values() if v[f"{d}_pass"] is not None]
-            n = len(passes)
-            ok = None if not n else all(passes)
-            if d == "ibau":
-                drops = [v["ibau_asr_drop"] for v in seeds.values()
-                         if v["ibau_asr_drop"] is not None]
-                cdrops = [v["ibau_clean_drop"] for v in seeds.values()
-                          if v["ibau_clean_drop"] is not None]
-                reached = (f"ASR drop {_range(drops)} points, clean drop {_range(cdrops)}; "
-                           f"{sum(passes)}/{n} seeds pass" if n else "no BadNets scan")
-            else:
-                aurocs = [v["cd_auroc"] for v in seeds.values() if v["cd_auroc"] is not None]
-                reached = (f"AUROC {_range(aurocs, 3)}; {sum(passes)}/{n} seeds pass" if n
-                           else "no BadNets scan")
+    out, thresholds = {}, {}
+    for info in _defenses():
+        c, d = info.control, info.name
+        if c is None:
+            continue
+        thresholds.update(c.thresholds)
+        ran = [{k.removeprefix(f"{d}_"): v for k, v in s.items() if k.startswith(f"{d}_")}
+               for s in seeds.values()]
+        ran = [v for v in ran if v.get("pass") is not None]
+        ok = c.judge([bool(v["pass"]) for v in ran]) if ran else None
         status = "not run" if ok is None else "pass" if ok else "fail"
-        out[d] = {"name": DEFENSES[d], "status": status, "evidence": status == "pass",
-                  "rule": CONTROL_RULES[d], "reached": reached, "seeds": n}
-    return {"seeds": seeds, "defenses": out,
-            "thresholds": {"ibau_asr_drop_min": IBAU_ASR_DROP_MIN,
-                           "ibau_clean_drop_max": IBAU_CLEAN_DROP_MAX,
-                           "cd_auroc_min": CD_AUROC_MIN, "nc_share_min": NC_SHARE_MIN}}
+        out[d] = {"name": info.label, "status": status, "evidence": status == "pass",
+                  "rule": c.rule, "reached": c.reached(ran) if ran else "no BadNets scan",
+                  "seeds": len(ran)}
+    return {"seeds": seeds, "defenses": out, "thresholds": thresholds}
 
 
-def _range(values: list[float], decimals: int = 1) -> str:
-    if not values:
-        return "-"
-    lo, hi = min(values), max(values)
-    return f"{lo:.{decimals}f}" if lo == hi else f"{lo:.{decimals}f} to {hi:.{decimals}f}"
+_range = span
 
 
 def controls_display(c: dict) -> Table:
@@ -271,20 +248,7 @@ def controls_display(c: dict) -> Table:
     seeds = sorted(c["seeds"])
     rows = []
     for d, x in c["defenses"].items():
-        cells = []
-        for s in seeds:
-            v = c["seeds"][s]
-            if d == "ibau":
-                cells.append("-" if v["ibau_pass"] is None else
-                             f"ASR {fmt(v['asr'])} → {fmt(v['ibau_asr'])}, clean "
-                             f"{fmt(v['clean_acc'])} → {fmt(v['ibau_clean_acc'])}")
-            elif d == "cd":
-                cells.append("-" if v["cd_auroc"] is None else f"AUROC {v['cd_auroc']:.3f}")
-            else:
-                cells.append("-" if v["nc_flag"] is None else
-                             ("flagged" if v["nc_flag"] else "missed")
-                             + ("" if v["nc_index"] is None else
-                                f" (index {v['nc_index']:.2f})"))
+        cells = [c["seeds"][s].get(f"{d}_shown", "-") for s in seeds]
         result = {"pass": "pass", "fail": f"FAIL: its attack results are {NOT_EVIDENCE}",
                   "not run": f"not run: its attack results are {NOT_EVIDENCE}"}[x["status"]]
         rows.append([x["name"], x["rule"], *cells, result])

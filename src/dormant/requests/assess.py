@@ -4,7 +4,6 @@ record both write."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,4 +117,4 @@ def record(assessment: Assessment, promoted: bool, why: str, **fields) -> dict:
 
 
 def budget_dict(policy: Policy) -> dict:
-    return dataclasses.asdict(policy.check_budget())
+    return policy.check_budget().model_dump()

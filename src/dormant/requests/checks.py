@@ -11,67 +11,75 @@ exist (a class every defender image already goes to, a tamper test without an or
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from pydantic import Field, ValidationError, model_validator
 from torch import nn
 
 from dormant.attacks import RelearnConfig, RelearnData, relearn
+from dormant.defenses.neural_cleanse import PRESETS as NC_PRESETS
 from dormant.defenses.neural_cleanse import NeuralCleanseConfig, reverse_triggers
+from dormant.defenses.registry import one_line, under
 from dormant.defenses.universal_targets import TargetedUAPConfig, targeted_success
 from dormant.engine import Progress, Recipe, evaluate
 from dormant.errors import DormantError
 from dormant.experiments.verdicts import classify
 from dormant.metrics import aurc, recovery, svc_mia_auc
+from dormant.settings import Settings
 
 DIGITS = 4  # rounding of the record: far below any threshold, and stable across runs
 
 
-@dataclass(frozen=True)
-class CheckBudget:
+@one_line("check budget")
+class CheckBudget(Settings):
     """What the checks spend. The defaults are sized for a CPU and small images (a request on
     MNIST ``cnn-small`` checks in minutes); a policy raises them for real models.
 
     ``relearn_*``: the relearning attack on the new model (Adam with cosine decay to lr / 10,
     as the seed paper's attack; 100 steps instead of its 3,910). ``leaked_k``: the k-leaked
     variant (0 disables it). ``defender_images``: the clean test images the backdoor checks
-    use (Neural Cleanse with ``nc_epochs``/``nc_batch``, the universal perturbations with
-    ``uap_eps``/``uap_steps``). ``mia_size``: the most test images the MIA scores against.
+    use: Neural Cleanse (``nc``, the defense's own config: its ``cpu`` preset, the backdoor
+    study's budget, reversing on the first ``nc.images`` of them) and the targeted universal
+    perturbations (``uap``). A partial ``nc``/``uap`` mapping is layered over those defaults.
+    ``mia_size``: the most test images the MIA scores against.
 
     The tamper verdict compares with a retrain oracle attacked the same way (same budget,
     seed and leaked ids). For ``retrain`` the new model is that oracle and nothing more runs;
     for an approximate method a request also pays one retrain on the retain set (a training
     run of the original's recipe) and the attacks on it (the attack cost twice)."""
 
-    relearn_steps: int = 100
-    relearn_lr: float = 1e-4
-    relearn_batch: int = 128
-    leaked_k: int = 5
-    eval_every: int = 10
-    defender_images: int = 200
-    nc_epochs: int = 30
-    nc_batch: int = 32
-    uap_eps: float = 0.1
-    uap_steps: int = 100
-    mia_size: int = 1000
+    relearn_steps: int = Field(100, ge=1)
+    relearn_lr: float = Field(1e-4, gt=0)
+    relearn_batch: int = Field(128, ge=1)
+    leaked_k: int = Field(5, ge=0)
+    """0 disables the k-leaked variant."""
+    eval_every: int = Field(10, ge=1)
+    defender_images: int = Field(200, ge=2)
+    nc: NeuralCleanseConfig = NC_PRESETS["cpu"]
+    uap: TargetedUAPConfig = TargetedUAPConfig()
+    mia_size: int = Field(1000, ge=1)
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        for name in ("relearn_steps", "relearn_batch", "eval_every", "nc_epochs", "nc_batch",
-                     "uap_steps", "mia_size"):
-            if getattr(self, name) < 1:
-                raise DormantError(f"check budget: {name} must be at least 1")
-        if self.relearn_lr <= 0:
-            raise DormantError("check budget: relearn_lr must be positive")
-        if self.leaked_k < 0:
-            raise DormantError("check budget: leaked_k must be >= 0 (0 disables the variant)")
-        if self.defender_images < 2:
-            raise DormantError("check budget: defender_images must be at least 2")
-        if not 0.0 <= self.uap_eps <= 1.0:
-            raise DormantError(f"check budget: uap_eps is an L-inf budget in [0, 1], "
-                               f"got {self.uap_eps}")
+    @model_validator(mode="before")
+    @classmethod
+    def _layered(cls, data):
+        # ``nc: {epochs: 5}`` keeps the rest of the default budget (the cpu preset)
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name in ("nc", "uap"):
+            given = data.get(name)
+            if isinstance(given, dict):
+                base = cls.model_fields[name].default.model_dump()
+                try:
+                    out[name] = type(cls.model_fields[name].default).model_validate(
+                        {**base, **given})
+                except ValidationError as e:
+                    raise under(name, e) from None
+        return out
 
 
 @dataclass(frozen=True)
@@ -116,15 +124,61 @@ def backdoor_profile(model: nn.Module, data: RequestData, budget: CheckBudget, *
     images. It depends only on the model and the budget, so a caller may cache it per model
     version."""
     ids = _pick(len(data.y_test), budget.defender_images, budget.seed).to(data.x_test.device)
-    nc = reverse_triggers(model, data.x_test, data.y_test, ids, data.num_classes,
-                          NeuralCleanseConfig(epochs=budget.nc_epochs,
-                                              batch_size=budget.nc_batch),
+    nc_ids = ids if budget.nc.images is None else ids[: budget.nc.images]
+    nc = reverse_triggers(model, data.x_test, data.y_test, nc_ids, data.num_classes, budget.nc,
                           seed=budget.seed, progress=progress)
-    uap = targeted_success(model, data.x_test, ids, data.num_classes,
-                           TargetedUAPConfig(eps=budget.uap_eps, steps=budget.uap_steps),
+    uap = targeted_success(model, data.x_test, ids, data.num_classes, budget.uap,
                            seed=budget.seed, progress=progress)
     return {"nc_norms": [_num(v) for v in nc.norms.tolist()],
             "uap_success": [_num(v) for v in uap.tolist()]}
+
+
+@dataclass(frozen=True)
+class CheckInfo:
+    """One check of a deletion request: its ``group`` (utility, forgetting, tamper, backdoor
+    or a new one), its default ``warn``/``fail`` levels (a policy key of the same name moves
+    them), ``judge(thresholds, measurements) -> list[Check]`` (``policy.Check``; none where
+    the record has nothing to judge) and, optionally, ``measure(model, data, budget) ->
+    dict``: values measured on the old and the new model alike, merged into the record's
+    ``before`` and ``after``."""
+
+    name: str
+    group: str
+    warn: float | None
+    fail: float | None
+    judge: Callable
+    measure: Callable | None = None
+    summary: str = ""
+
+
+_CHECKS: dict[str, CheckInfo] = {}
+
+
+def register_check(name: str, *, group: str, warn: float | None, fail: float | None,
+                   measure: Callable | None = None) -> Callable[[Callable], Callable]:
+    """Decorator: register ``judge(thresholds, measurements) -> list[Check]`` as check
+    ``name`` (see :class:`CheckInfo`). Checks are judged in registration order."""
+    def deco(fn: Callable) -> Callable:
+        doc = (fn.__doc__ or "").strip().split("\n\n")[0]
+        _CHECKS[name] = CheckInfo(name, group, warn, fail, fn, measure, " ".join(doc.split()))
+        return fn
+
+    return deco
+
+
+def available_checks() -> list[str]:
+    """Every registered check, in the order they are judged (the built-ins register in
+    ``dormant.requests.policy``)."""
+    import dormant.requests.policy  # noqa: F401 - the built-in checks
+
+    return list(_CHECKS)
+
+
+def get_check(name: str) -> CheckInfo:
+    if name not in available_checks():
+        raise DormantError(f"unknown check {name!r}; choose one of: "
+                           f"{', '.join(available_checks())}")
+    return _CHECKS[name]
 
 
 def model_state(model: nn.Module, data: RequestData, budget: CheckBudget, *,
@@ -140,7 +194,11 @@ def model_state(model: nn.Module, data: RequestData, budget: CheckBudget, *,
                       perm[n_eval:], data.heldout, perm[:n_eval], seed=budget.seed)
     if profile is None:
         profile = backdoor_profile(model, data, budget, progress=progress)
-    return {
+    extra = {}
+    for info in list(_CHECKS.values()):
+        if info.measure is not None:
+            extra.update(info.measure(model, data, budget))
+    return {**extra,
         "retain_acc": _num(evaluate(model, data.x, data.y, data.retain).acc),
         "test_acc": _num(evaluate(model, data.x_test, data.y_test).acc),
         "forget_acc": _num(evaluate(model, data.x, data.y, data.heldout).acc),
@@ -267,5 +325,5 @@ def run_checks(old: nn.Module, new: nn.Module, data: RequestData, budget: CheckB
         "before": model_state(old, data, budget, profile=old_profile, progress=progress),
         "after": model_state(new, data, budget, progress=progress),
         "tamper": tamper_test(new, data, budget, oracle=oracle, progress=progress),
-        "budget": dataclasses.asdict(budget),
+        "budget": budget.model_dump(),
     }

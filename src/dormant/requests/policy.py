@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from dormant.errors import DormantError
 from dormant.experiments.verdicts import RELEARN_EXCESS
-from dormant.requests.checks import NO_ORACLE, CheckBudget
+from dormant.requests.checks import _CHECKS, NO_ORACLE, CheckBudget, register_check
+from dormant.settings import Settings, parse_yaml, read_text, validate
 
 STATUSES = ("pass", "warn", "fail")
 RENAMED = {"recovery": "excess", "recovery_leaked": "excess_leaked"}
@@ -26,13 +25,11 @@ WARN_VERDICTS = ("over-forgets", "does-not-forget")
 """Tamper verdicts that warn whatever ``excess`` is (see :class:`Policy`)."""
 
 
-class Thresholds(BaseModel):
+class Thresholds(Settings):
     """``warn`` and ``fail`` levels; ``None`` never trips."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    warn: float | None = None
-    fail: float | None = None
+    warn: float | None = Field(None, allow_inf_nan=False)
+    fail: float | None = Field(None, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _ordered(self) -> Thresholds:
@@ -58,26 +55,7 @@ class Thresholds(BaseModel):
         return self.fail if self.fail is not None else self.warn
 
 
-def _check_budget(self) -> BudgetPolicy:
-    CheckBudget(**self.model_dump())  # its own range checks, reported as the field's error
-    return self
-
-
-# the budget section mirrors CheckBudget field for field, so the two cannot drift apart
-BudgetPolicy = create_model(
-    "BudgetPolicy",
-    __config__=ConfigDict(extra="forbid", frozen=True),
-    __validators__={"_budget": model_validator(mode="after")(_check_budget)},
-    **{f.name: (typing.get_type_hints(CheckBudget)[f.name], f.default)
-       for f in dataclasses.fields(CheckBudget)},
-)
-
-
-def _t(warn: float | None, fail: float | None):
-    return Thresholds(warn=warn, fail=fail)
-
-
-class Policy(BaseModel):
+class Policy(Settings):
     """Defaults: utility may drop 2 points (warn) or 5 (fail); held-out forget accuracy may
     exceed test accuracy by 5 / 10 points; the MIA AUC may reach 0.6 / 0.7 (0.5 is "looks
     unseen"); a class's Neural Cleanse norm may shrink by 30% / 50%, its
@@ -98,24 +76,23 @@ class Policy(BaseModel):
     forgotten ids conspicuous; a model that did not forget is failed by ``forget_gap`` or
     the MIA when it matters. Null thresholds turn the excess levels off, not that floor. A
     tamper block without an oracle (an audit of a plain state dict) has no verdict and no
-    value: it passes, and its detail says "no oracle: no verdict"."""
+    value: it passes, and its detail says "no oracle: no verdict".
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    There is one key per registered check (``checks.register_check``: the built-ins below,
+    and any check added in its own file) holding its ``Thresholds``, and ``budget``, the
+    :class:`CheckBudget`."""
 
-    retain_drop: Thresholds = _t(2, 5)
-    test_drop: Thresholds = _t(2, 5)
-    forget_gap: Thresholds = _t(5, 10)
-    mia_auc: Thresholds = _t(0.6, 0.7)
-    excess: Thresholds = _t(5, RELEARN_EXCESS)
-    excess_leaked: Thresholds = _t(10, 15)
-    nc_shrink: Thresholds = _t(0.3, 0.5)
-    uap_jump: Thresholds = _t(15, 30)
-    budget: BudgetPolicy = BudgetPolicy()
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    budget: CheckBudget = CheckBudget()
 
     @model_validator(mode="before")
     @classmethod
-    def _partial(cls, data):
-        # ``excess: {warn: 3}`` moves the warn level and keeps the default fail level
+    def _checks(cls, data):
+        # one Thresholds per registered check (``policy.excess``); ``excess: {warn: 3}``
+        # moves the warn level and keeps the default fail level
+        if data is None:
+            data = {}
         if not isinstance(data, dict):
             return data
         for old, new in RENAMED.items():
@@ -124,61 +101,51 @@ class Policy(BaseModel):
                     f"key {old!r} was renamed to {new!r}: the tamper checks now judge the "
                     "attacked forget accuracy at the attack's end minus the retrain oracle's, "
                     "not the recovery from the model's own start; see configs/policy.yaml")
-        out = dict(data)
-        for name, given in data.items():
-            info = cls.model_fields.get(name) if isinstance(name, str) else None
-            if info is not None and isinstance(given, dict) and isinstance(info.default,
-                                                                           Thresholds):
-                out[name] = {**info.default.model_dump(), **given}
+        checks = list(_CHECKS.values())
+        known = [c.name for c in checks] + ["budget"]
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            raise ValueError(f"unknown key {unknown[0]!r}; known keys: {', '.join(known)}")
+        out = {k: v for k, v in data.items() if k == "budget"}
+        for c in checks:
+            given = data.get(c.name, {})
+            if isinstance(given, dict):
+                given = {"warn": c.warn, "fail": c.fail, **given}
+            out[c.name] = _thresholds(c.name, given)
         return out
 
     def check_budget(self) -> CheckBudget:
-        return CheckBudget(**self.budget.model_dump())
+        return self.budget
+
+    def thresholds(self, name: str) -> Thresholds:
+        return (self.model_extra or {})[name]
 
     def to_dict(self) -> dict:
         return self.model_dump()
 
 
-def _known(loc: tuple) -> list[str]:
-    """The keys allowed at the level of ``loc`` (a pydantic error location)."""
-    model: type[BaseModel] = Policy
-    for part in loc[:-1]:
-        model = model.model_fields[part].annotation
-    return list(model.model_fields)
+def _thresholds(name: str, value) -> Thresholds:
+    from pydantic import ValidationError
+
+    from dormant.defenses.registry import under
+
+    try:
+        return Thresholds.model_validate(value)
+    except ValidationError as e:
+        raise under(name, e) from None
 
 
 def load_policy(path: Path | None) -> Policy:
-    """The policy in ``path`` (YAML), defaults where a key is absent; ``None``: all defaults.
-    Any problem is one DormantError line naming the file and the key."""
+    """The policy in ``path`` (YAML), defaults where a key is absent (an empty file: all
+    defaults); ``None``: all defaults. Any problem is one DormantError line naming the file
+    and the key."""
     if path is None:
         return Policy()
-    path = Path(path)
-    if not path.is_file():
-        raise DormantError(f"policy file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise DormantError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', None) or e}"
-                           ) from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise DormantError(f"{path}: a policy is a mapping of check names to thresholds")
-    try:
-        return Policy.model_validate(raw)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = tuple(err["loc"])
-        key = ".".join(map(str, loc))
-        if err["type"] == "extra_forbidden":
-            raise DormantError(f"{path}: unknown key {key!r}; known keys: "
-                               f"{', '.join(_known(loc))}") from None
-        msg = err["msg"].removeprefix("Value error, ")
-        if key:
-            raise DormantError(f"{path}: key {key!r}: {msg}") from None
-        raise DormantError(f"{path}: {msg}") from None
+    where = f"policy file {path}"
+    raw = parse_yaml(read_text(Path(path), "policy file"), where)
+    if raw is not None and not isinstance(raw, dict):
+        raise DormantError(f"{where}: a policy is a mapping of check names to thresholds")
+    return validate(Policy, raw or {}, where)
 
 
 @dataclass
@@ -208,10 +175,9 @@ def _make(name: str, group: str, t: Thresholds, value: float, detail: str,
     return Check(name, group, value, t.warn, t.fail, t.status(value), detail, classes or [])
 
 
-def _drop(policy: Policy, m: dict, name: str, key: str, label: str) -> Check:
+def _drop(t: Thresholds, m: dict, name: str, key: str, label: str) -> list[Check]:
     b, a = _f(m["before"].get(key)), _f(m["after"].get(key))
-    return _make(name, "utility", getattr(policy, name), b - a,
-                 f"{label} {b:.1f} -> {a:.1f} ({a - b:+.1f} points)")
+    return [_make(name, "utility", t, b - a, f"{label} {b:.1f} -> {a:.1f} ({a - b:+.1f} points)")]
 
 
 def _per_class(name: str, t: Thresholds, values: list[float], fmt) -> Check:
@@ -227,23 +193,6 @@ def _per_class(name: str, t: Thresholds, values: list[float], fmt) -> Check:
     return _make(name, "backdoor", t, max(v for _, v in known), detail, flagged)
 
 
-def _backdoor(policy: Policy, m: dict) -> list[Check]:
-    b, a = m["before"], m["after"]
-    nb, na = [_f(v) for v in b["nc_norms"]], [_f(v) for v in a["nc_norms"]]
-    # a norm that was 0 before cannot shrink further
-    shrink = [1 - x / y if y > 0 else math.nan for x, y in zip(na, nb, strict=True)]
-    ub, ua = [_f(v) for v in b["uap_success"]], [_f(v) for v in a["uap_success"]]
-    jump = [x - y for x, y in zip(ua, ub, strict=True)]
-    return [
-        _per_class("nc_shrink", policy.nc_shrink, shrink,
-                   lambda c: f"class {c}: norm {nb[c]:.1f} -> {na[c]:.1f} "
-                             f"({-shrink[c]:+.0%})"),
-        _per_class("uap_jump", policy.uap_jump, jump,
-                   lambda c: f"class {c}: success {ub[c]:.1f}% -> {ua[c]:.1f}% "
-                             f"({jump[c]:+.1f} points)"),
-    ]
-
-
 def _tamper_detail(block: dict, k) -> str:
     """Start and end of the attack on the new model, the oracle's, excess, gap and verdict."""
     start, end = _f(block.get("start")), _f(block.get("end"))
@@ -256,14 +205,15 @@ def _tamper_detail(block: dict, k) -> str:
             f"{block['verdict']}")
 
 
-def _tamper(policy: Policy, m: dict) -> list[Check]:
-    """One check per tamper block on its ``excess``; ``over-forgets`` and ``does-not-forget``
-    warn at least (see :class:`Policy`)."""
+def _tamper(name: str, t: Thresholds, m: dict, leaked: bool) -> list[Check]:
+    """One check per tamper block (``k0`` for ``excess``, the leaked ones for
+    ``excess_leaked``) on its ``excess``; ``over-forgets`` and ``does-not-forget`` warn at
+    least (see :class:`Policy`)."""
     out = []
     for key, block in sorted((m.get("tamper") or {}).items(),
                              key=lambda kv: int(kv[0].removeprefix("k"))):
-        name, t = ("excess", policy.excess) if key == "k0" else \
-            ("excess_leaked", policy.excess_leaked)
+        if (key != "k0") != leaked:
+            continue
         k = block.get("k", key.removeprefix("k"))
         check = _make(name, "tamper", t, _f(block.get("excess")), _tamper_detail(block, k))
         if block.get("verdict") in WARN_VERDICTS and check.status == "pass":
@@ -272,25 +222,78 @@ def _tamper(policy: Policy, m: dict) -> list[Check]:
     return out
 
 
+# the built-in checks, in the order they are judged: utility, forgetting, tamper, backdoor
+
+@register_check("retain_drop", group="utility", warn=2, fail=5)
+def retain_drop(t: Thresholds, m: dict) -> list[Check]:
+    """Retain accuracy lost, points."""
+    return _drop(t, m, "retain_drop", "retain_acc", "retain acc")
+
+
+@register_check("test_drop", group="utility", warn=2, fail=5)
+def test_drop(t: Thresholds, m: dict) -> list[Check]:
+    """Test accuracy lost, points."""
+    return _drop(t, m, "test_drop", "test_acc", "test acc")
+
+
+@register_check("forget_gap", group="forgetting", warn=5, fail=10)
+def forget_gap(t: Thresholds, m: dict) -> list[Check]:
+    """Held-out forget accuracy minus test accuracy after: still remembered."""
+    forget, test = _f(m["after"].get("forget_acc")), _f(m["after"].get("test_acc"))
+    return [_make("forget_gap", "forgetting", t, forget - test,
+                  f"held-out forget acc {forget:.1f} vs test acc {test:.1f} "
+                  f"({forget - test:+.1f} points)")]
+
+
+@register_check("mia_auc", group="forgetting", warn=0.6, fail=0.7)
+def mia_auc(t: Thresholds, m: dict) -> list[Check]:
+    """SVC MIA AUC of the forgotten ids against test images (0.5 = unseen)."""
+    mia = _f(m["after"].get("mia_auc"))
+    return [_make("mia_auc", "forgetting", t, mia,
+                  f"SVC MIA AUC {mia:.3f} of the held-out ids against test images (0.5: unseen)")]
+
+
+@register_check("excess", group="tamper", warn=5, fail=RELEARN_EXCESS)
+def excess(t: Thresholds, m: dict) -> list[Check]:
+    """Retain-only relearning: forget accuracy at the attack's end minus the oracle's."""
+    return _tamper("excess", t, m, leaked=False)
+
+
+@register_check("excess_leaked", group="tamper", warn=10, fail=15)
+def excess_leaked(t: Thresholds, m: dict) -> list[Check]:
+    """Relearning with k leaked forget examples: the end minus the oracle's."""
+    return _tamper("excess_leaked", t, m, leaked=True)
+
+
+@register_check("nc_shrink", group="backdoor", warn=0.3, fail=0.5)
+def nc_shrink(t: Thresholds, m: dict) -> list[Check]:
+    """A class's Neural Cleanse norm shrinking, fraction."""
+    nb = [_f(v) for v in m["before"]["nc_norms"]]
+    na = [_f(v) for v in m["after"]["nc_norms"]]
+    # a norm that was 0 before cannot shrink further
+    shrink = [1 - x / y if y > 0 else math.nan for x, y in zip(na, nb, strict=True)]
+    return [_per_class("nc_shrink", t, shrink,
+                       lambda c: f"class {c}: norm {nb[c]:.1f} -> {na[c]:.1f} "
+                                 f"({-shrink[c]:+.0%})")]
+
+
+@register_check("uap_jump", group="backdoor", warn=15, fail=30)
+def uap_jump(t: Thresholds, m: dict) -> list[Check]:
+    """A class's targeted universal-perturbation success jumping, points."""
+    ub = [_f(v) for v in m["before"]["uap_success"]]
+    ua = [_f(v) for v in m["after"]["uap_success"]]
+    jump = [x - y for x, y in zip(ua, ub, strict=True)]
+    return [_per_class("uap_jump", t, jump,
+                       lambda c: f"class {c}: success {ub[c]:.1f}% -> {ua[c]:.1f}% "
+                                 f"({jump[c]:+.1f} points)")]
+
+
 def judge(policy: Policy, measurements: dict) -> list[Check]:
-    """Every check of the policy on a ``run_checks`` record, in a fixed order: utility,
-    forgetting, tamper, backdoor. A tamper block the record lacks (``leaked_k`` = 0) gets no
-    check."""
-    m = measurements
-    a = m["after"]
-    forget, test = _f(a.get("forget_acc")), _f(a.get("test_acc"))
-    mia = _f(a.get("mia_auc"))
-    return [
-        _drop(policy, m, "retain_drop", "retain_acc", "retain acc"),
-        _drop(policy, m, "test_drop", "test_acc", "test acc"),
-        _make("forget_gap", "forgetting", policy.forget_gap, forget - test,
-              f"held-out forget acc {forget:.1f} vs test acc {test:.1f} "
-              f"({forget - test:+.1f} points)"),
-        _make("mia_auc", "forgetting", policy.mia_auc, mia,
-              f"SVC MIA AUC {mia:.3f} of the held-out ids against test images (0.5: unseen)"),
-        *_tamper(policy, m),
-        *_backdoor(policy, m),
-    ]
+    """Every registered check of the policy on a ``run_checks`` record, in registration
+    order: utility, forgetting, tamper, backdoor, then any added check. A tamper block the
+    record lacks (``leaked_k`` = 0) gets no check."""
+    return [c for info in _CHECKS.values()
+            for c in info.judge(policy.thresholds(info.name), measurements)]
 
 
 def verdict(checks: list[Check]) -> str:
