@@ -81,7 +81,7 @@ def test_calibration_reads_only_the_leakable_ids(digits_setup, tmp_path, monkeyp
     for pipe in resolve(spec)[2:]:
         hps = [method_hparams(spec, prep, s.method, s.hparams) for s in pipe.stages]
         chosen[pipe.name] = calibrate(prep, pipe, hps, [{} for _ in pipe.stages],
-                                      lambda p, h: unlearned_model(prep, p, h, cache, None))
+                                      lambda p, h: unlearned_model(prep, p, h, cache, None)[0])
     heldout = set(prep.split.heldout.tolist())
     # 4 candidates each: ga, weight_distortion, the chain's ga (its wdr stage is scored by
     # distance, which evaluates nothing)

@@ -27,7 +27,7 @@ STEPS = [10, 20, 50, 100]
 # seed 1 adds 10 to forget after unlearning and 4 to the attacked values
 BASE = {"original": (100.0, 100.0, 100.0), "retrain": (50.0, 52.0, 60.0),
         "scrub": (40.0, 90.0, 96.0), "cbft": (45.0, 55.0, 70.0)}
-NEW_KEYS = ("status", "reason", "relearn_set", "attack_lr", "attack_steps", "aurc",
+NEW_KEYS = ("status", "error", "relearn_set", "attack_lr", "attack_steps", "aurc",
             "l2_to_oracle", "barrier", "mia_auc", "mia_auc_attacked", "mia_loss_auc",
             "mia_loss_auc_attacked", "lmc")
 
@@ -66,11 +66,11 @@ def make_row(method: str, seed: int, k: int, relearn_set: str = "retain", attack
     return row
 
 
-def failed_row(method: str, seed: int, k: int, reason: str, relearn_set: str = "retain",
+def failed_row(method: str, seed: int, k: int, error: str, relearn_set: str = "retain",
                **extra) -> dict:
     return {"dataset": "digits", "model": "mlp", "forget": "class:1:atypical:0.3",
             "method": method, "seed": seed, "k": k, "relearn_set": relearn_set, **MAIN,
-            "status": "failed", "reason": reason, "cell": f"{method}-{seed}-{k}-fail",
+            "status": "failed", "error": error, "cell": f"{method}-{seed}-{k}-fail",
             "hparams": {}, **extra}
 
 
@@ -138,11 +138,11 @@ def test_paper_markdown_shows_mean_and_std(rows):
 
 def test_failed_cells_are_listed_and_left_out_of_the_means(rows):
     failed = failed_frame(rows)
-    assert list(failed.columns) == ["method", "seed", "k", "relearn_set", "reason"]
+    assert list(failed.columns) == ["method", "seed", "k", "relearn_set", "error"]
     assert len(failed) == 5
     first = failed.iloc[0].to_dict()
     assert first == {"method": "scrub", "seed": 2, "k": 0, "relearn_set": "retain",
-                     "reason": "Diverged: loss became nan at step 17"}
+                     "error": "Diverged: loss became nan at step 17"}
     s = summary_frame(rows)
     assert "tar" not in set(s["method"])
     scrub0 = s[(s["method"] == "scrub") & (s["k"] == 0) & (s["relearn_set"] == "retain")

@@ -1,3 +1,4 @@
 from dormant.cli import entry
 
-entry()
+if __name__ == "__main__":  # worker processes re-import this module under another name
+    entry()

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 class ProgressBars:
-    """One bar per task label; a finished bar is removed so long studies stay readable."""
+    """One bar per task label; a finished bar is removed so long studies stay readable. The
+    study's ``cells`` bar (every executor drives it) carries the ETA of the whole study."""
 
     def __init__(self, console: Console) -> None:
         self.bars = Progress(
             TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=console, transient=True,
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+            transient=True,
         )
         self.tasks: dict[str, int] = {}
 

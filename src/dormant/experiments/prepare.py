@@ -43,6 +43,7 @@ class Prepared:
     forget_text: str = ""
     train_steps_taken: int = 0
     """Steps the original trained (it stops at ``fit_target``); the oracle trains as many."""
+    oracle_key: str = ""
 
     def unlearn_data(self) -> UnlearnData:
         dev = self.x.device
@@ -73,16 +74,11 @@ def forget_sets(spec: RelearnSpec, profile: Profile) -> list[str]:
     return list(spec.forget) if spec.forget else [profile.forget]
 
 
-def cached_fit(cache, key, spec, device, train: Callable[[], tuple[nn.Module, dict]],
-                meta: dict):
-    """Load ``key`` or train and store it; ``meta`` (data fingerprint, split hash, recipe,
-    seed, method) goes into the checkpoint's sidecar."""
-    hit = cache.load(key, spec, device)
-    if hit is not None:
-        return hit[0], hit[2]
-    model, extras = train()
-    cache.save(key, model, spec, meta, extras)
-    return model, extras
+def cached_fit(cache: ModelCache, key: str, spec: ModelSpec, device,
+               train: Callable[[], tuple[nn.Module, dict]], meta: dict):
+    """Load ``key`` or train and store it, once however many workers ask (a lock per key);
+    ``meta`` (data fingerprint, split hash, recipe, seed, method) goes into the sidecar."""
+    return cache.build_model(key, spec, device, train, meta)
 
 
 def prepare(
@@ -132,7 +128,7 @@ def prepare(
     rkey = cache_key(kind="retrain", original=okey, split=split.hash)
     prep = Prepared(ds, profile, mspec, recipe, seed, x, y, ds.x_test.to(device),
                     ds.y_test.to(device), split, original, original,
-                    float(fitted.float().mean() * 100), okey, fspec.text, taken)
+                    float(fitted.float().mean() * 100), okey, fspec.text, taken, rkey)
     prep.oracle, _ = cached_fit(
         cache, rkey, mspec, device,
         lambda: (unlearn("retrain", original, prep.unlearn_data(), prep.context(progress)), {}),

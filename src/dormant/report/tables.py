@@ -62,7 +62,7 @@ PAPER = {
     "mia_auc_attacked": ("mia_auc_attacked", 0, "MIA AUC after attack k=0"),
     "aurc_k0": ("aurc", 0, "AURC k=0"),
 }
-FAILED = ["method", "seed", "k", "relearn_set", "reason"]
+FAILED = ["method", "seed", "k", "relearn_set", "error"]
 _SIGNED = {"signed", "excess", "excess_max", "recovery", "excess_k0", "excess_k5", "forget_gap"}
 _DECIMALS = {"l2_to_original": 3, "l2_to_oracle": 3, "barrier": 3, "mia_auc": 3,
              "mia_auc_attacked": 3, "mia_loss_auc": 3, "mia_loss_auc_attacked": 3}

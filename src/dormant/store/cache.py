@@ -1,10 +1,24 @@
-"""Content-addressed model cache: the original and oracle are trained once per
-(data, split, model, recipe, seed) and reused by every later run."""
+"""Content-addressed artefact cache: models (the original, the oracle, every unlearned model)
+and JSON records (a calibration, an analysis) are built once per key and reused by every
+later cell, run and worker.
+
+Many workers may ask for the same key at once, on one machine or on a cluster's shared
+storage: ``build_model`` / ``build_record`` take a per-key lock (``fcntl.flock`` on
+``locks/KEY.lock``, released by the kernel if the holder dies), look again, and only then
+build. Every completed build appends one line to ``builds.jsonl`` (key, kind, seconds, pid),
+which is how a test proves each artefact was built exactly once and how ``dormant plan``
+reads measured build times.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import safetensors.torch
@@ -14,7 +28,7 @@ from torch import nn
 from dormant.errors import DormantError
 from dormant.models import ModelSpec
 from dormant.store.checkpoint import load_model, save_checkpoint
-from dormant.store.files import atomic_write_bytes
+from dormant.store.files import atomic_write_bytes, atomic_write_text
 
 
 def cache_key(**parts) -> str:
@@ -22,12 +36,50 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+def append_line(path: Path, line: str) -> None:
+    """One ``line`` appended under an exclusive lock, so concurrent writers never interleave;
+    a torn tail left by a writer that died mid-line is cut off first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            if size:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    f.seek(0)
+                    data = f.read()
+                    f.truncate(data.rfind(b"\n") + 1)
+            f.seek(0, os.SEEK_END)
+            f.write(line.encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class ModelCache:
     def __init__(self, root: Path) -> None:
-        self.root = Path(root) / "models"
+        self.base = Path(root)
+        self.root = self.base / "models"
+        self.records = self.base / "records"
+        self.builds = self.base / "builds.jsonl"
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.safetensors"
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Exclusive while held, across processes and machines sharing the folder."""
+        path = self.base / "locks" / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def load(
         self, key: str, spec: ModelSpec, device: torch.device | str = "cpu"
@@ -58,3 +110,60 @@ class ModelCache:
             atomic_write_bytes(path.with_suffix(".extra.safetensors"), blob)
         # weights last: their presence is what marks the entry complete
         return save_checkpoint(path, model, spec, {**meta, "cache_key": key})
+
+    def build_model(self, key: str, spec: ModelSpec, device: torch.device | str,
+                    train: Callable[[], tuple[nn.Module, dict]], meta: dict
+                    ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+        """``(model, extras)`` for ``key``: loaded, or trained by ``train()`` exactly once
+        however many workers ask at the same time."""
+        hit = self.load(key, spec, device)
+        if hit is None:
+            with self.lock(key):
+                hit = self.load(key, spec, device)  # another worker may have built it
+                if hit is None:
+                    t0 = time.perf_counter()
+                    model, extras = train()
+                    self.save(key, model, spec, meta, extras)
+                    self._built(key, meta.get("kind", "model"), time.perf_counter() - t0,
+                                meta.get("method"))
+                    return model, extras
+        return hit[0], hit[2]
+
+    def record_path(self, key: str) -> Path:
+        return self.records / f"{key}.json"
+
+    def build_record(self, key: str, kind: str, make: Callable[[], dict | list]) -> dict | list:
+        """A JSON record (a calibration, an analysis) for ``key``, made exactly once."""
+        path = self.record_path(key)
+        hit = _read_json(path)
+        if hit is None:
+            with self.lock(key):
+                hit = _read_json(path)
+                if hit is None:
+                    t0 = time.perf_counter()
+                    value = make()
+                    atomic_write_text(path, json.dumps({"kind": kind, "value": value}))
+                    self._built(key, kind, time.perf_counter() - t0)
+                    return value
+        return hit["value"]
+
+    def _built(self, key: str, kind: str, seconds: float, method: str | None = None) -> None:
+        append_line(self.builds, json.dumps({"key": key, "kind": kind, "method": method,
+                                             "seconds": round(seconds, 3), "pid": os.getpid()}))
+
+    def build_log(self) -> list[dict]:
+        """Every completed build so far (a torn last line, from a killed writer, is skipped)."""
+        if not self.builds.is_file():
+            return []
+        out = []
+        for line in self.builds.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                out.append(json.loads(line))
+        return out
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None

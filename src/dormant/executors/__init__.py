@@ -1,0 +1,78 @@
+"""Executors: how a study's cells are run. ``execute(cells, log, ...)`` hands every cell not
+yet in the results log to the chosen executor and appends each row as it comes back; only
+this process writes ``results.jsonl``, so no row is ever written twice.
+
+- ``serial``: in this process, one cell after another, with the engine's progress bars;
+- ``local``: a pool of worker processes on this machine (``--workers N``), a dead worker's
+  cell tried again on a fresh one;
+- ``ray``: tasks on a Ray cluster (``pip install 'dormant[ray]'``), retried by Ray when a
+  worker dies.
+
+An executor is ``fn(cells, cfg, opts, emit)``, registered by name in ``EXECUTORS``; ``emit``
+takes each finished row (a dict) and the cell it belongs to.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from dormant.cells import Cell, Workspace, run_cell
+from dormant.engine import Progress
+from dormant.executors.options import ExecutorOptions
+from dormant.executors.worker import WorkerConfig
+from dormant.store import ResultsLog
+
+Emit = Callable[[Cell, dict], None]
+Executor = Callable[[list[Cell], WorkerConfig, ExecutorOptions, Emit, Progress | None], None]
+
+
+def _serial(cells: list[Cell], cfg: WorkerConfig, opts: ExecutorOptions, emit: Emit,
+            progress: Progress | None) -> None:
+    ws = Workspace(Path(cfg.cache_dir), Path(cfg.out), progress)
+    for cell in cells:
+        emit(cell, run_cell(cell, ws).model_dump(mode="json"))
+
+
+def _local(cells, cfg, opts, emit, progress) -> None:
+    from dormant.executors.local import run_local
+
+    run_local(cells, cfg, opts, emit)
+
+
+def _ray(cells, cfg, opts, emit, progress) -> None:
+    from dormant.executors.ray import run_ray
+
+    run_ray(cells, cfg, opts, emit)
+
+
+EXECUTORS: dict[str, Executor] = {"serial": _serial, "local": _local, "ray": _ray}
+
+
+def execute(cells: list[Cell], log: ResultsLog, cache_dir: Path, out: Path,
+            opts: ExecutorOptions, progress: Progress | None = None) -> None:
+    """Run every cell of ``cells`` that ``log`` does not hold yet; rows go to ``log``.
+    ``progress`` gets ``("cells", done, total)`` after each row (and, serially, the engine's
+    own step events)."""
+    todo = [c for c in cells if c.key not in log]
+    total, done = len(todo), 0
+    if not todo:
+        return
+    if progress:
+        progress("cells", 0, total)
+
+    def emit(cell: Cell, row: dict) -> None:
+        nonlocal done
+        log.emit(row)
+        done += 1
+        if progress:
+            progress("cells", done, total)
+
+    cfg = WorkerConfig(cache_dir=str(Path(cache_dir).resolve()), out=str(Path(out).resolve()),
+                       threads=opts.threads)
+    EXECUTORS[opts.executor](todo, cfg, opts, emit, progress)
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

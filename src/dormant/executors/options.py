@@ -1,0 +1,28 @@
+"""How a study's cells are run: where, on how many workers, with how much of a GPU each."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from dormant.settings import Settings
+
+
+class ExecutorOptions(Settings):
+    """``serial`` runs every cell in this process; ``local`` on a pool of ``workers``
+    processes on this machine; ``ray`` on a Ray cluster (``ray_address``: ``auto`` joins a
+    running one, none starts a local one). None of these changes a row: they are not part
+    of any cell's key."""
+
+    executor: Literal["serial", "local", "ray"] = "serial"
+    workers: int | None = Field(default=None, ge=1)
+    """``local``: processes (default: the CPU count); ``ray``: cells in flight at once
+    (default: as many as the cluster's resources admit)."""
+    ray_address: str | None = None
+    gpus_per_cell: float | None = Field(default=None, gt=0)
+    """A fraction packs cells onto one GPU: 0.25 runs four small-model cells per device."""
+    retries: int = Field(default=3, ge=0)
+    """Times a cell whose worker died is tried again before it becomes a failed row."""
+    threads: int | None = Field(default=None, ge=1)
+    """Torch CPU threads per worker (default: the CPU count divided among the workers)."""

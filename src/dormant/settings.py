@@ -1,0 +1,215 @@
+"""The one settings layer: every settings object is a pydantic model validated declaratively
+(``Field``, ``Literal``), files are read by one loader and every validation error becomes one
+line through one formatter.
+
+- ``Settings``: the base of every settings model: frozen, unknown keys are errors.
+- ``validate(cls, data, where)``: ``cls`` from ``data``, or a ``DormantError`` naming the key.
+- ``load_yaml(path, what)``: a YAML mapping from a UTF-8 file; empty files, duplicate keys
+  and anything but a mapping are refused by name. YAML tags that build objects never run.
+- ``apply_sets(data, ["a.b=1", ...])``: the ``--set key.sub=value`` overrides, values parsed
+  as YAML scalars (``1e-4``, ``[0, 5]``, ``none``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationError,
+    WrapValidator,
+)
+
+from dormant.errors import DormantError
+
+T = TypeVar("T")
+
+
+class Settings(BaseModel):
+    """Frozen, and an unknown key is an error that names it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _listify(v: Any) -> list:
+    return v if isinstance(v, list) else [v]
+
+
+def _non_empty(v: list) -> list:
+    if not v:
+        raise ValueError("must not be empty: the grid would have no cells")
+    return v
+
+
+Axis = Annotated[list[T], BeforeValidator(_listify), AfterValidator(_non_empty)]
+"""One axis of a study's grid: a non-empty list of ``T``; a scalar is a list of one."""
+
+
+def choice(noun: str, *choices: str) -> Any:
+    """``Literal[choices]`` whose error says ``unknown NOUN 'x'; use a, b, c``."""
+
+    def check(v: Any, handler: Any) -> Any:
+        try:
+            return handler(v)
+        except ValidationError:
+            raise ValueError(f"unknown {noun} {v!r}; use {', '.join(choices)}") from None
+
+    return Annotated[Literal[choices], WrapValidator(check)]
+
+
+_SHOWS_INPUT = {"greater_than", "greater_than_equal", "less_than", "less_than_equal",
+                "literal_error", "int_parsing", "int_from_float", "float_parsing",
+                "bool_parsing"}
+
+
+def error_line(e: ValidationError, where: str, flags: dict[str, str] | None = None) -> str:
+    """One line for the first error: ``WHERE: key 'a.b': message``, or ``--flag: message``
+    when ``flags`` maps the key's dotted path to the command-line flag that set it."""
+    errs = e.errors()
+    # a union (a method entry is a name or a mapping) reports its mapping's complaint
+    err = next((x for x in errs if len(x["loc"]) > 1 and not isinstance(x["loc"][-1], str)
+                or "MethodEntry" in x["loc"]), errs[0])
+    loc = [str(p) for p in err["loc"] if p not in ("MethodEntry", "str")
+           and not str(p).startswith(("function-", "list[", "dict["))]
+    msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key; check its spelling against the documented keys"
+    if err["type"] in _SHOWS_INPUT and not isinstance(err.get("input"), (dict, list)):
+        if err["type"] == "greater_than" and err.get("ctx", {}).get("gt") == 0:
+            msg = "must be positive"
+        msg = f"{msg}, got {err['input']!r}"
+    dotted = ".".join(loc)
+    for i in range(len(loc), 0, -1):
+        flag = (flags or {}).get(".".join(loc[:i]))
+        if flag:
+            return f"{flag}: {msg}"
+    # a check of a whole mapping: name the flags that set keys inside it
+    inside = [f for k, f in (flags or {}).items() if dotted and k.startswith(dotted + ".")]
+    if inside:
+        return f"{where}: key {dotted!r} (with {', '.join(dict.fromkeys(inside))}): {msg}"
+    return f"{where}: key {dotted!r}: {msg}" if dotted else f"{where}: {msg}"
+
+
+def validate(cls: type[T], data: Any, where: str, flags: dict[str, str] | None = None) -> T:
+    """``cls`` built from ``data`` (a model or a pydantic dataclass), or one clear line."""
+    try:
+        if isinstance(cls, type) and issubclass(cls, BaseModel):
+            return cls.model_validate(data)
+        from pydantic import TypeAdapter
+
+        return TypeAdapter(cls).validate_python(data)
+    except ValidationError as e:
+        raise DormantError(error_line(e, where, flags)) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with the same key twice (PyYAML keeps the last)."""
+
+
+def _mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise DormantError(f"key {key!r} appears twice (line {mark.line + 1}); "
+                               "keep one")
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+# YAML 1.2 floats: PyYAML (YAML 1.1) reads 1e-4 as the string '1e-4', wanting 1.0e-4
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"""^(?:
+    [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)? | [-+]?(?:[0-9][0-9_]*)[eE][-+]?[0-9]+
+    | \.[0-9_]+(?:[eE][-+]?[0-9]+)? | [-+]?\.(?:inf|Inf|INF) | \.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file, or one line saying what is wrong with it."""
+    path = Path(path)
+    if not path.exists():
+        raise DormantError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise DormantError(f"{what} {path} is not a file")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DormantError(f"{what} {path} is not UTF-8 text (byte {e.start}); save it as "
+                           "UTF-8") from None
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DormantError as e:
+        raise DormantError(f"{where}: {e}") from None
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0]
+        raise DormantError(f"{where} is not valid YAML: {first}") from None
+
+
+def load_yaml(path: Path, what: str = "study file") -> dict:
+    """A non-empty YAML mapping from a UTF-8 file."""
+    data = parse_yaml(read_text(path, what), f"{what} {path}")
+    if data is None:
+        raise DormantError(f"{what} {path} is empty; give at least one key (or no file)")
+    if not isinstance(data, dict):
+        raise DormantError(f"{what} {path} must be a mapping of keys to values")
+    _check_finite(data, f"{what} {path}")
+    return data
+
+
+def _check_finite(value: Any, where: str, path: str = "") -> None:
+    """NaN and infinity are refused wherever a number is read (YAML spells them .nan, .inf)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DormantError(f"{where}: key {path!r}: {value} is not a finite number")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, where, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, where, f"{path}.{i}")
+
+
+def apply_sets(data: dict, sets: list[str] | None) -> dict:
+    """``data`` with each ``key.sub=value`` applied (a new dict; ``data`` is not changed)."""
+    out = _copy(data)
+    for item in sets or []:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip() or any(not p for p in key.strip().split(".")):
+            raise DormantError(f"--set {item!r}: write KEY=VALUE, e.g. --set "
+                               "hparams.finetune.lr=1e-4")
+        value = parse_yaml(raw, f"--set {item!r}") if raw.strip() else ""
+        _check_finite(value, "--set", key.strip())
+        put(out, key.strip(), value)
+    return out
+
+
+def put(data: dict, key: str, value: Any) -> None:
+    """Set the dotted ``key`` of ``data`` in place, making the mappings on its way."""
+    node = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[p] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
