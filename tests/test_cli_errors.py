@@ -375,9 +375,9 @@ def test_damaged_results_file(capsys, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("body, needles", [
     ("methods: [finetune, nope]\n", ["unknown method 'nope'"]),
-    ("methods: [finetune]\nlearning_rate: 3\n", ["key 'learning_rate'", "Extra inputs"]),
+    ("methods: [finetune]\nlearning_rate: 3\n", ["key 'learning_rate'", "unknown key"]),
     ("methods:\n  - {name: a, method: finetune, steps: 3}\n",
-     ["key 'methods.0.steps'", "Extra inputs"]),
+     ["key 'methods.0.steps'", "unknown key"]),
     ("methods:\n  - {name: a, method: finetune, hparams: {lr: fast}}\n",
      ["entry 'a'", "hyper-parameter 'lr'"]),
     ("methods: [finetune]\nhparams: {finetune: {steps: 2.5}}\n", ["hyper-parameter 'steps'"]),
@@ -385,8 +385,8 @@ def test_damaged_results_file(capsys, tmp_path: Path) -> None:
     ("methods: [finetune]\nseeds: []\n", ["key 'seeds'", "must not be empty"]),
     ("methods:\n  - {name: a, method: finetune, then: b}\n"
      "  - {name: b, method: scrub, then: a}\n", ["then: chain loops: a -> b -> a"]),
-    ("relearn_sets: [retain, train]\n", ["key 'relearn_sets'", "'train'"]),
-    ("attack_lr: [1e-4, -1]\n", ["key 'attack_lr'", "must be positive, got -1"]),
+    ("relearn_sets: [retain, train]\n", ["key 'relearn_sets.1'", "'train'"]),
+    ("attack_lr: [1e-4, -1]\n", ["key 'attack_lr.1'", "must be positive, got -1"]),
 ], ids=["unknown-method", "unknown-key", "unknown-entry-key", "entry-hparam-type",
         "hparam-type", "empty-methods", "empty-seeds", "then-loop", "relearn-set", "attack-lr"])
 def test_bad_study_file(capsys, tmp_path: Path, body: str, needles: list[str]) -> None:
@@ -425,3 +425,118 @@ def test_backdoor_study_file_key_is_named(capsys, tmp_path: Path) -> None:
     study.write_text("dataset: digits\ntrigger: {kind: noise, amplitude: 2}\n")
     _fails(capsys, ["backdoor", study, "--out", tmp_path / "o"], "key 'trigger.amplitude'",
            "less than or equal to 1")
+
+
+# --- one loader: --set, file encoding and duplicate keys, executor flags -----------------------
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Stops relearn and backdoor right where the study would start, keeping what they would
+    have run: the spec and the executor options the flags and ``--set`` built."""
+    import dormant.experiments
+    from dormant.errors import DormantError
+
+    got: dict = {}
+
+    def run(spec, out, *, executor=None, **_):
+        got.update(spec=spec, executor=executor)
+        raise DormantError("stopped before the study ran")
+
+    monkeypatch.setattr(dormant.experiments, "run_relearn", run)
+    monkeypatch.setattr(dormant.experiments, "run_backdoor", run)
+    return got
+
+
+def test_set_reaches_nested_keys_of_the_spec(capsys, tmp_path: Path, captured: dict) -> None:
+    study = tmp_path / "s.yaml"
+    study.write_text("dataset: digits\nk: [0, 5]\nhparams: {finetune: {steps: 3}}\n")
+    _fails(capsys, ["relearn", study, "--k", "1", "--set", "hparams.finetune.lr=1e-4",
+                    "--set", "train_recipe.augment=none", "--set", "seeds=[2, 3]",
+                    "--out", tmp_path / "o"], "stopped")
+    spec = captured["spec"]
+    assert spec.hparams == {"finetune": {"steps": 3, "lr": 1e-4}}  # merged into the file's
+    assert spec.train_recipe == {"augment": "none"} and spec.seeds == [2, 3] and spec.k == [1]
+    _fails(capsys, _backdoor(tmp_path / "o", "--set", "defenses.nc=false", "--scans", "cd",
+                             "--set", "trigger.amplitude=0.3", "--trigger", "patch"), "stopped")
+    spec = captured["spec"]
+    on = {n: getattr(spec.defenses, n) not in (None, False) for n in ("nc", "cd", "ibau")}
+    assert on == {"nc": False, "cd": True, "ibau": False}
+    assert (spec.trigger.kind, spec.trigger.amplitude) == ("patch", 0.3)
+
+
+def test_executor_flags_reach_the_study(capsys, tmp_path: Path, captured: dict) -> None:
+    _fails(capsys, _relearn(tmp_path / "o", "--executor", "local", "--workers", "2"), "stopped")
+    ex = captured["executor"]
+    assert (ex.executor, ex.workers, ex.ray_address) == ("local", 2, None)
+    _fails(capsys, _backdoor(tmp_path / "o", "--executor", "ray", "--ray-address", "auto",
+                             "--gpus-per-cell", "0.25"), "stopped")
+    ex = captured["executor"]
+    assert (ex.executor, ex.ray_address, ex.gpus_per_cell) == ("ray", "auto", 0.25)
+
+
+@pytest.mark.parametrize(("extra", "needles"), [
+    (["--executor", "mpi"], ["--executor", "'mpi'"]),
+    (["--workers", "0"], ["--workers", "greater than or equal to 1"]),
+    (["--gpus-per-cell", "0"], ["--gpus-per-cell", "must be positive"]),
+])
+def test_bad_executor_flags(capsys, tmp_path: Path, extra: list[str], needles) -> None:
+    _fails(capsys, _relearn(tmp_path / "o", *extra), *needles)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("command", "item", "needles"), [
+    ("backdoor", "trigger.amplitude=2", ["--set trigger.amplitude=2",
+                                         "less than or equal to 1"]),
+    ("backdoor", "defenses.defense_size=5", ["--set defenses.defense_size=5",
+                                             "greater than or equal to 10"]),
+    ("relearn", "seeds=[0, -1]", ["--set seeds=[0, -1]", "greater than or equal to 0"]),
+    ("relearn", "hparams.gradient_ascent.lr=fast", ["hyper-parameter 'lr'"]),
+    ("relearn", "attack_stepz=3", ["--set attack_stepz=3", "unknown key"]),
+    ("relearn", "hparams", ["--set 'hparams'", "KEY=VALUE"]),
+    ("relearn", "=3", ["--set '=3'", "KEY=VALUE"]),
+    ("relearn", "hparams..lr=3", ["--set 'hparams..lr=3'", "KEY=VALUE"]),
+    ("relearn", "k=[0", ["--set 'k=[0'", "YAML"]),
+    ("relearn", "attack_lr=.nan", ["--set", "not a finite number"]),
+], ids=["nested-bound", "nested-defense", "list-item", "hparam-reaches-the-study",
+        "unknown-key", "no-equals", "no-key", "empty-part", "bad-yaml", "nan"])
+def test_bad_set(capsys, tmp_path: Path, command: str, item: str, needles) -> None:
+    args = _relearn(tmp_path / "o") if command == "relearn" else _backdoor(tmp_path / "o")
+    _fails(capsys, [*args, "--set", item], *needles)
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+
+
+def test_set_on_a_file_key_names_the_set(capsys, tmp_path: Path) -> None:
+    """The file's value is fine; the ``--set`` that replaced it is what the error names."""
+    study = tmp_path / "s.yaml"
+    study.write_text("dataset: digits\nlmc_points: 5\n")
+    _fails(capsys, ["relearn", study, "--set", "lmc_points=1", "--out", tmp_path / "o"],
+           "--set lmc_points=1", "greater than or equal to 2")
+
+
+@pytest.mark.parametrize(("content", "needles"), [
+    (b"dataset: digits\nk: [0]\nk: [5]\n", ["s.yaml", "key 'k' appears twice", "line 3"]),
+    (b"dataset: digits\n# caf\xe9\n", ["s.yaml", "not UTF-8"]),
+    (b"", ["s.yaml", "is empty"]),
+    (b"dataset: digits\nattack_lr: [.inf]\n", ["s.yaml", "attack_lr.0", "not a finite"]),
+], ids=["duplicate-key", "not-utf8", "empty", "infinite"])
+@pytest.mark.parametrize("command", ["relearn", "backdoor"])
+def test_study_file_refused_by_the_loader(capsys, tmp_path: Path, command: str,
+                                          content: bytes, needles) -> None:
+    study = tmp_path / "s.yaml"
+    study.write_bytes(content)
+    _fails(capsys, [command, study, "--out", tmp_path / "o"], *needles)
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_lists_the_global_debug_option(capsys) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--debug" in out and "traceback" in out
+
+
+def test_debug_anywhere_raises_instead_of_one_line(tmp_path: Path) -> None:
+    from dormant.errors import DormantError
+
+    with pytest.raises(DormantError, match="KEY=VALUE"):
+        main(_relearn(tmp_path / "o", "--set", "oops", "--debug"))

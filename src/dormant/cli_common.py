@@ -1,14 +1,30 @@
-"""What the command-line modules share: the console, option types and input checks."""
+"""What the command-line modules share: the console, option types, input checks, and the
+study commands' flags, derived from the settings models they set.
+
+A study command (``relearn``, ``backdoor``) is a list of ``Flag``s, each naming the key of the
+spec it sets; its type, default and choices come from the spec's field. ``study_command``
+turns them into a typer command with the study file, ``--set KEY=VALUE``, the executor flags
+(from ``ExecutorOptions``) and ``--out``. Every value then goes through one loader
+(``load_spec``) and one error formatter (``dormant.settings``): a bad value names the flag,
+the ``--set`` or the file's key that gave it.
+"""
 
 from __future__ import annotations
 
+import inspect
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 
 from dormant.errors import DormantError
+from dormant.settings import apply_sets, load_yaml, put, validate
 
 console = Console()
 
@@ -19,15 +35,187 @@ Download = Annotated[bool, typer.Option(help="let torchvision download the datas
 TrainSize = Annotated[int | None, typer.Option(help="seeded stratified subset of the train set")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="model name (default: per dataset)")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda")]
-StudyFile = Annotated[Path | None, typer.Argument(help="YAML study file; flags override it")]
-StudyDataset = Annotated[str | None, typer.Option(help="dataset (see dormant demo --help)")]
-StudyDownload = Annotated[bool | None, typer.Option(help="let torchvision download")]
-TestSize = Annotated[int | None, typer.Option(help="seeded stratified test subset")]
-Methods = Annotated[str | None, typer.Option(help="comma-separated method names")]
-Seeds = Annotated[str | None, typer.Option(help="e.g. 0,1,2")]
 Forget = Annotated[str | None, typer.Option(
     "--forget", help="random:N, class:C, class:C:atypical:F, class:C:typical:F, canary:N, "
     "ids:PATH (default: per dataset)")]
+
+# help of the study flags, by flag name; type, default and choices come from the spec
+HELP = {
+    "dataset": Dataset.__metadata__[0].help,
+    "data_root": "folder holding torchvision datasets",
+    "download": "let torchvision download",
+    "train_size": "seeded stratified subset of the train set",
+    "test_size": "seeded stratified test subset",
+    "model": "model name (default: per dataset)",
+    "forget": Forget.__metadata__[0].help,
+    "cscores": "C-score .npz for atypical sets",
+    "methods": "comma-separated method names",
+    "k": "leaked examples, e.g. 0,5",
+    "seeds": "e.g. 0,1,2",
+    "relearn_sets": "comma-separated relearn sets",
+    "train_steps": "training steps (default: per dataset)",
+    "unlearn_steps": "unlearning steps (default: per dataset)",
+    "attack_steps": "attack budgets, e.g. 100,400",
+    "attack_lr": "attack learning rates, e.g. 1e-5,1e-4",
+    "calibrate": "oracle: pick each method's strength so it forgets as much as the oracle on "
+                 "the leakable ids; none: run the values as given",
+    "stop": "budget: every method runs its full budget; oracle-leakable: stop once the "
+            "leakable ids reach the oracle's accuracy",
+    "analysis": "linear mode connectivity and membership inference for every model",
+    "lmc_points": "points on each LMC line",
+    "analysis_size": "retain and test images the analysis evaluates",
+    "device": "auto, cpu or cuda",
+    "conditions": "comma-separated conditions",
+    "trigger": "the trigger's kind",
+    "amplitude": "trigger amplitude in [0, 1]",
+    "trigger_size": "patch side in pixels",
+    "target": "the backdoor's target class",
+    "poisons": "poisoned images per source class",
+    "request": "clean images in the deletion request",
+    "strategy": "how the request's images are picked",
+    "match_budget": "times the attack's steps the matched random control may run",
+    "scans": "defenses run on every model: comma-separated nc, cd, ibau, or none",
+    "executor": "where the study's cells run: serial (this process), local (a process pool) "
+                "or ray (a Ray cluster)",
+    "workers": "local: processes (default: the CPU count); ray: cells in flight at once",
+    "ray_address": "ray: the cluster to join (auto: a running one; default: start a local one)",
+    "gpus_per_cell": "a GPU share per cell: 0.25 packs four cells onto one GPU",
+}
+
+
+@dataclass(frozen=True)
+class Flag:
+    """``--NAME`` sets the settings key ``key`` (dotted for a nested key); ``parse`` turns
+    the flag's text into the key's value (a mapping sets each of its keys under ``key``)."""
+
+    key: str
+    name: str = ""
+    parse: Callable[[Any], Any] | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.name or self.key.rsplit(".", 1)[-1]
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.dest.replace("_", "-")
+
+
+def flags(*names: str, **renamed: str) -> list[Flag]:
+    """``Flag``s named as their keys, then ``flag_name="key"`` ones."""
+    return [Flag(n) for n in names] + [Flag(k, n) for n, k in renamed.items()]
+
+
+def _field(cls: type[BaseModel], key: str):
+    *outer, last = key.split(".")
+    for part in outer:
+        cls = _plain(cls.model_fields[part].annotation)
+    return cls.model_fields[last]
+
+
+def _plain(tp: Any) -> Any:
+    """A field's type without ``Annotated``, ``None`` and the later members of a union."""
+    while True:
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+        elif get_origin(tp) in (Union, types.UnionType):
+            tp = next(a for a in get_args(tp) if a is not type(None))
+        else:
+            return tp
+
+
+def _option(cls: type[BaseModel], f: Flag) -> tuple[inspect.Parameter, Callable]:
+    """The typer parameter of ``f`` and the function from its value to the key's value."""
+    field = _field(cls, f.key)
+    tp = _plain(field.annotation)
+    item = _plain(get_args(tp)[0]) if get_origin(tp) is list else None
+    help_ = HELP.get(f.dest, "")
+    choices = get_args(item or tp) if get_origin(item or tp) is Literal else ()
+    if choices and not all(c in help_ for c in choices):
+        help_ = f"{help_}: {', '.join(choices)}" if help_ else ", ".join(choices)
+    default = field.get_default(call_default_factory=True)
+    shown = (",".join(map(str, default)) if isinstance(default, list) else str(default))
+    if f.parse is not None or item is not None or choices or tp not in (bool, int, float):
+        kind: type = str
+    else:
+        kind = tp
+    show = False if default is None or f.parse is not None else shown
+    names = f"{f.flag}/--no-{f.flag[2:]}" if kind is bool else f.flag
+    option = typer.Option(names, help=help_, show_default=show)
+    param = inspect.Parameter(f.dest, inspect.Parameter.KEYWORD_ONLY, default=None,
+                              annotation=Annotated[kind | None, option])
+    if f.parse is not None:
+        return param, f.parse
+    if item in (int, float):
+        return param, lambda text: _numbers(text, f.flag[2:], item)
+    if item is not None:
+        return param, lambda text: [t.strip() for t in text.split(",")]
+    return param, lambda v: v
+
+
+def load_spec(cls: type, study: Path | None = None, given: dict | None = None,
+              sets: list[str] | None = None) -> Any:
+    """``cls`` from the study file, then ``given`` (``{key: (flag, value)}``, ``None`` values
+    skipped), then ``--set`` items; a bad value names the flag, the ``--set`` or the key."""
+    data = load_yaml(study, "study file") if study is not None else {}
+    names = {}
+    for key, (flag, value) in (given or {}).items():
+        if value is None:
+            continue
+        items = value.items() if isinstance(value, dict) else [("", value)]
+        for sub, v in items:
+            put(data, f"{key}.{sub}" if sub else key, v)
+            names[f"{key}.{sub}" if sub else key] = flag
+    data = apply_sets(data, sets)
+    names.update({s.partition("=")[0].strip(): f"--set {s}" for s in sets or []})
+    return validate(cls, data, f"study file {study}" if study else "options", names)
+
+
+def flag_values(**values: Any) -> dict:
+    """``{key: (--key, value)}``: what ``load_spec`` takes from a command's own options."""
+    return {k: ("--" + k.replace("_", "-"), v) for k, v in values.items()}
+
+
+StudyFile = Annotated[Path | None, typer.Argument(help="YAML study file; flags override it")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", metavar="KEY=VALUE", help="set any key of the study, nested ones dotted, e.g. "
+    "hparams.finetune.lr=1e-4 (a YAML value; overrides the file and the flags); repeat it")]
+OutOpt = Annotated[Path | None, typer.Option(help="output folder (default runs/NAME-TIME)")]
+EXECUTOR_FLAGS = flags("executor", "workers", "ray_address", "gpus_per_cell")
+
+
+def study_command(app: typer.Typer, name: str, cls: type[BaseModel], study_flags: list[Flag]):
+    """Register ``fn(spec, out, executor)`` as the command ``name``: a study file, a flag per
+    ``study_flags`` (typed from ``cls``), ``--set``, the executor flags and ``--out``."""
+    from dormant.executors.options import ExecutorOptions
+
+    spec_opts = [(f, *_option(cls, f)) for f in study_flags]
+    exec_opts = [(f, *_option(ExecutorOptions, f)) for f in EXECUTOR_FLAGS]
+    kw_only = inspect.Parameter.KEYWORD_ONLY
+
+    def deco(fn: Callable) -> Callable:
+        def command(**kw: Any) -> None:
+            def given(opts: list) -> dict:
+                return {f.key: (f.flag, None if kw[f.dest] is None else parse(kw[f.dest]))
+                        for f, _, parse in opts}
+
+            spec = load_spec(cls, kw["study"], given(spec_opts), kw["set_"])
+            executor = load_spec(ExecutorOptions, None, given(exec_opts))
+            out = kw["out"] or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            _check_out(out)
+            fn(spec, out, executor)
+
+        params = [inspect.Parameter("study", kw_only, default=None, annotation=StudyFile),
+                  *(p for _, p, _ in spec_opts),
+                  inspect.Parameter("set_", kw_only, default=None, annotation=SetOpt),
+                  *(p for _, p, _ in exec_opts),
+                  inspect.Parameter("out", kw_only, default=None, annotation=OutOpt)]
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__doc__ = fn.__doc__
+        app.command(name)(command)
+        return fn
+
+    return deco
 
 
 def _numbers(text: str | None, what: str, kind: type = int) -> list | None:
@@ -44,9 +232,11 @@ def _numbers(text: str | None, what: str, kind: type = int) -> list | None:
         ) from None
 
 
-def _check_data_root(data_root: Path | None) -> None:
-    if data_root is not None and not data_root.exists():
-        raise DormantError(f"--data-root {data_root} does not exist")
+def _check_data_root(data_root: Path | str | None, flag: str = "--data-root") -> str | None:
+    """``data_root`` as text, or an error if it does not exist."""
+    if data_root is not None and not Path(data_root).exists():
+        raise DormantError(f"{flag} {data_root} does not exist")
+    return None if data_root is None else str(data_root)
 
 
 def _check_out(out: Path) -> None:

@@ -6,13 +6,22 @@ every method; ``none``, ``badnets`` and ``blended`` involve no unlearning and ru
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from dormant.attacks import PoisonSpec, Trigger
 from dormant.attacks.clean_unlearning import STRATEGIES, CleanUnlearningSpec
 from dormant.attacks.triggers import KINDS
+from dormant.experiments.spec import NonNegative
+from dormant.settings import Axis, choice
 
 CONDITIONS = ("attack", "random-clean", "unpoisoned", "none", "badnets", "blended")
 UNLEARNING_CONDITIONS = ("attack", "random-clean", "unpoisoned")
@@ -31,10 +40,6 @@ DEFAULT_HPARAMS = {
     "gradient_ascent": {"steps": 10, "lr": 1e-4},
     "neggrad_plus": {"steps": 50, "lr": 1e-4},
 }
-
-
-def _listify(v):
-    return v if isinstance(v, list) else [v]
 
 
 class TriggerSpec(BaseModel):
@@ -110,6 +115,17 @@ class DefenseSpec(BaseModel):
                 if get_defense(n).stage == stage]
 
 
+def _matched(v: list[str]) -> list[str]:
+    if "random-clean" in v and "attack" not in v:
+        raise ValueError("random-clean is strength-matched to the attack's request: add the "
+                         "attack condition too")
+    return v
+
+
+Conditions = Annotated[Axis[choice("condition", *CONDITIONS)], AfterValidator(_matched)]
+Strategy = choice("request strategy", *STRATEGIES)
+
+
 class BackdoorSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -121,11 +137,11 @@ class BackdoorSpec(BaseModel):
     model: str | None = None
     train_steps: int | None = Field(default=None, gt=0)
     train_recipe: dict = Field(default_factory=dict)
-    methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS))
+    methods: Axis[str] = Field(default_factory=lambda: list(DEFAULT_METHODS))
     hparams: dict[str, dict] = Field(default_factory=dict)
     """Per-method hyper-parameters, over ``DEFAULT_HPARAMS`` key by key."""
-    conditions: list[str] = Field(default_factory=lambda: list(CONDITIONS[:4]))
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    conditions: Conditions = Field(default_factory=lambda: list(CONDITIONS[:4]))
+    seeds: Axis[NonNegative] = Field(default_factory=lambda: [0, 1, 2])
     trigger: TriggerSpec = Field(default_factory=TriggerSpec)
     target: int = Field(default=0, ge=0)
     poisons_per_class: int = Field(default=3, ge=1)
@@ -133,7 +149,7 @@ class BackdoorSpec(BaseModel):
     label_mode: str = "dirty"
     contribution: float = 0.2
     request: int = Field(default=300, ge=1)
-    strategy: str = "margin"
+    strategy: Strategy = "margin"
     strength_match: bool = True
     match_budget: float = Field(default=4.0, ge=1.0)
     """The strength-matched control may run this many times the attack's step budget to
@@ -142,36 +158,6 @@ class BackdoorSpec(BaseModel):
     """Share of the training set poisoned by the BadNets and Blended baselines."""
     defenses: DefenseSpec = Field(default_factory=DefenseSpec)
     device: str = "auto"
-
-    @field_validator("seeds", "conditions", "methods", mode="before")
-    @classmethod
-    def _scalar_to_list(cls, v):
-        return _listify(v)
-
-    @field_validator("conditions")
-    @classmethod
-    def _known_conditions(cls, v: list[str]) -> list[str]:
-        bad = [c for c in v if c not in CONDITIONS]
-        if bad:
-            raise ValueError(f"unknown condition {bad[0]!r}; use {', '.join(CONDITIONS)}")
-        if "random-clean" in v and "attack" not in v:
-            raise ValueError("random-clean is strength-matched to the attack's request: add "
-                             "the attack condition too")
-        return v
-
-    @field_validator("strategy")
-    @classmethod
-    def _known_strategy(cls, v: str) -> str:
-        if v not in STRATEGIES:
-            raise ValueError(f"unknown request strategy {v!r}; use {', '.join(STRATEGIES)}")
-        return v
-
-    @field_validator("seeds", "conditions", "methods")
-    @classmethod
-    def _non_empty(cls, v):
-        if not v:
-            raise ValueError("must not be empty: the grid would have no cells")
-        return v
 
     def method_hparams(self, method: str) -> dict:
         return {**DEFAULT_HPARAMS.get(method, {}), **self.hparams.get(method, {})}

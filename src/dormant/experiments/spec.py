@@ -7,15 +7,18 @@ x forget sets x k x relearn sets x attack learning rates x attack step budgets.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from dormant.engine import Recipe
 from dormant.errors import DormantError
+from dormant.settings import Axis, choice, validate
 
 DEFAULT_METHODS = ["finetune", "gradient_ascent", "neggrad_plus"]
 RELEARN_SETS = ("retain", "forget-only", "test", "test+retain-class")
+NonNegative = Annotated[int, Field(ge=0)]
+RelearnSet = choice("relearn set", *RELEARN_SETS)
 
 
 class MethodEntry(BaseModel):
@@ -37,10 +40,6 @@ class MethodEntry(BaseModel):
         return self.method or self.name
 
 
-def _listify(v):
-    return v if isinstance(v, list) else [v]
-
-
 def override_recipe(base: Recipe, overrides: dict, steps: int | None = None) -> Recipe:
     """``base`` with a study's ``train_recipe`` overrides (and ``train_steps``), validated."""
     fields = {f.name for f in dataclasses.fields(Recipe)}
@@ -48,17 +47,8 @@ def override_recipe(base: Recipe, overrides: dict, steps: int | None = None) -> 
     if unknown:
         raise DormantError(f"train_recipe has no key {unknown[0]!r}; it takes: "
                            f"{', '.join(sorted(fields))}")
-    changes = dict(overrides)
-    if steps:
-        changes["steps"] = steps
-    try:
-        return TypeAdapter(Recipe).validate_python({**base.to_dict(), **changes})
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(map(str, err["loc"]))
-        msg = err["msg"].removeprefix("Value error, ")
-        raise DormantError(f"train_recipe: key {key!r}: {msg}" if key
-                           else f"train_recipe: {msg}") from None
+    steps_ = {"steps": steps} if steps else {}
+    return validate(Recipe, {**base.to_dict(), **overrides, **steps_}, "train_recipe")
 
 
 class RelearnSpec(BaseModel):
@@ -72,20 +62,20 @@ class RelearnSpec(BaseModel):
     train_size: int | None = Field(default=None, gt=0)
     test_size: int | None = Field(default=None, gt=0)
     model: str | None = None
-    forget: list[str] | None = None
+    forget: Axis[str] | None = None
     cscores: str | None = None
-    methods: list[str | MethodEntry] = Field(default_factory=lambda: list(DEFAULT_METHODS))
+    methods: Axis[str | MethodEntry] = Field(default_factory=lambda: list(DEFAULT_METHODS))
     hparams: dict[str, dict] = Field(default_factory=dict)
-    k: list[int] = Field(default_factory=lambda: [0, 5])
-    seeds: list[int] = Field(default_factory=lambda: [0])
-    relearn_sets: list[str] = Field(default_factory=lambda: ["retain"])
+    k: Axis[NonNegative] = Field(default_factory=lambda: [0, 5])
+    seeds: Axis[NonNegative] = Field(default_factory=lambda: [0])
+    relearn_sets: Axis[RelearnSet] = Field(default_factory=lambda: ["retain"])
     train_steps: int | None = Field(default=None, gt=0)
     train_recipe: dict = Field(default_factory=dict)
     """Overrides of the profile's training recipe, e.g. ``{augment: none, lr: 1e-3}``."""
     unlearn_steps: int | None = Field(default=None, gt=0)
     unlearn_lr: float | None = Field(default=None, gt=0)
-    attack_steps: list[int] | None = None
-    attack_lr: list[float] | None = None
+    attack_steps: Axis[Annotated[int, Field(gt=0)]] | None = None
+    attack_lr: Axis[Annotated[float, Field(gt=0)]] | None = None
     eval_every: int | None = Field(default=None, gt=0)
     calibrate: Literal["oracle", "none"] = "oracle"
     """``oracle``: before the study, each method's declared strength hyper-parameter is picked
@@ -104,50 +94,6 @@ class RelearnSpec(BaseModel):
     analysis_size: int = Field(default=2000, gt=0)
     device: str = "auto"
 
-    @field_validator("forget", "attack_steps", "attack_lr", "k", "seeds", "relearn_sets",
-                     mode="before")
-    @classmethod
-    def _scalar_to_list(cls, v):
-        return None if v is None else _listify(v)
-
     def recipe(self, profile_recipe: Recipe) -> Recipe:
         """The original's (and oracle's) training recipe: the profile's, then the overrides."""
         return override_recipe(profile_recipe, self.train_recipe, self.train_steps)
-
-    @field_validator("k")
-    @classmethod
-    def _k_non_negative(cls, v: list[int]) -> list[int]:
-        if any(k < 0 for k in v):
-            raise ValueError("k must be a list of integers >= 0")
-        return v
-
-    @field_validator("seeds")
-    @classmethod
-    def _seeds_non_negative(cls, v: list[int]) -> list[int]:
-        if any(s < 0 for s in v):
-            raise ValueError("seeds must be integers >= 0")
-        return v
-
-    @field_validator("attack_steps", "attack_lr")
-    @classmethod
-    def _positive(cls, v):
-        bad = [a for a in v or [] if a <= 0]
-        if bad:
-            raise ValueError(f"must be positive, got {bad[0]}")
-        return v
-
-    @field_validator("relearn_sets")
-    @classmethod
-    def _known_sets(cls, v: list[str]) -> list[str]:
-        bad = [s for s in v if s not in RELEARN_SETS]
-        if bad:
-            raise ValueError(f"unknown relearn set {bad[0]!r}; use {', '.join(RELEARN_SETS)}")
-        return v
-
-    @field_validator("seeds", "methods", "k", "relearn_sets", "forget", "attack_steps",
-                     "attack_lr")
-    @classmethod
-    def _non_empty(cls, v):
-        if v is not None and not v:
-            raise ValueError("must not be empty: the grid would have no cells")
-        return v
