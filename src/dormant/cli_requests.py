@@ -8,13 +8,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
-from dormant.cli_common import DataRoot, Device, TrainSize, _check_data_root, _check_out, console
+from dormant.cli_common import (
+    DataRoot,
+    Device,
+    TrainSize,
+    _check_data_root,
+    _check_out,
+    console,
+    flag_values,
+    load_spec,
+)
 from dormant.cli_progress import ProgressBars
 from dormant.errors import DormantError
+from dormant.settings import parse_yaml
 
 store_app = typer.Typer(no_args_is_help=True, help="The model store: add and list versions.")
 ledger_app = typer.Typer(no_args_is_help=True,
@@ -34,11 +43,8 @@ def _dataset(dataset: str, data_root: Path | None, train_size: int | None):
     from dormant.experiments.prepare import load_study_data
     from dormant.experiments.spec import RelearnSpec
 
-    _check_data_root(data_root)
-    if train_size is not None and train_size <= 0:
-        raise DormantError(f"--train-size must be a positive integer, got {train_size}")
-    spec = RelearnSpec(dataset=dataset, data_root=str(data_root) if data_root else None,
-                       train_size=train_size)
+    spec = load_spec(RelearnSpec, given=flag_values(
+        dataset=dataset, data_root=_check_data_root(data_root), train_size=train_size))
     return load_study_data(spec, default_cache_dir())
 
 
@@ -48,7 +54,7 @@ def _hparams(items: list[str] | None) -> dict:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise DormantError(f"--hparam takes key=value, e.g. steps=200; got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = parse_yaml(value, f"--hparam {item!r}")
     return out
 
 
