@@ -52,7 +52,8 @@ def test_paper_defaults():
 def test_unknown_hparam_is_named():
     with pytest.raises(DormantError, match="no hyper-parameter 'alpha'"):
         make_hparams("gradient_ascent", {"alpha": 1})
-    with pytest.raises(DormantError, match="steps must be positive"):
+    with pytest.raises(DormantError, match="^method 'finetune': hyper-parameter 'steps': "
+                       "must be positive, got 0$"):
         make_hparams("finetune", {"steps": 0})
 
 

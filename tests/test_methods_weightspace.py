@@ -486,7 +486,8 @@ def test_paper_defaults():
         hp = make_hparams(name)
         assert (hp.lr, hp.weight_decay, hp.optimizer) == (1e-5, 0.0, "adam")
         assert name == "tar" or hp.steps == 39_100
-    with pytest.raises(DormantError, match="p must be in"):
+    with pytest.raises(DormantError, match="hyper-parameter 'p': Input should be less than or "
+                       "equal to 1, got 1.5"):
         make_hparams("weight_dropout", {"p": 1.5})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -206,6 +207,8 @@ def unlearn_cmd(
     cscores: Annotated[Path | None, typer.Option(help="C-score .npz for atypical sets")] = None,
     steps: Annotated[int | None, typer.Option(help="unlearning steps")] = None,
     lr: Annotated[float | None, typer.Option(help="unlearning learning rate")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="the method's preset, see dormant methods --preset (default: paper)")] = None,
     seed: int = 0,
     device: Device = "auto",
 ) -> None:
@@ -223,24 +226,57 @@ def unlearn_cmd(
     overrides = {k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None}
     with ProgressBars(console) as bars:
         path, m = unlearn_checkpoint(spec, checkpoint, method, out, seed=seed,
-                                     overrides=overrides, progress=bars)
+                                     overrides=overrides, preset=preset, progress=bars)
     console.print(f"saved {path}: held-out forget {m['forget_acc_before']:.1f} -> "
                   f"{m['forget_acc']:.1f}%, retain {m['retain_acc']:.1f}%, "
                   f"test {m['test_acc']:.1f}%")
 
 
 @app.command()
-def methods() -> None:
-    """List the unlearning methods with their defaults and sources."""
-    from dormant.unlearn import available_methods, get_method
+def methods(
+    preset: Annotated[str | None, typer.Option(
+        help="show the values each method runs under this preset, as every command resolves "
+             "it (relearn: the dataset's, e.g. digits; backdoor and forget: backdoor; "
+             "unlearn and the API: paper)")] = None,
+    n_train: Annotated[int | None, typer.Option(
+        help="training-set size, to turn a preset's epochs into steps")] = None,
+) -> None:
+    """List the unlearning methods with their defaults and sources, or with --preset the
+    values each one runs under that preset and where they come from."""
+    from dormant.unlearn import (
+        PAPER,
+        available_methods,
+        get_method,
+        get_preset,
+        make_hparams,
+        resolve_hparams,
+    )
 
-    t = Table(title="unlearning methods")
-    for col in ("name", "defaults", "what and source"):
+    _check_positive(n_train=n_train)
+    if preset is None:
+        t = Table(title="unlearning methods")
+        for col in ("name", "defaults", "what and source"):
+            t.add_column(col)
+        for name in available_methods():
+            info = get_method(name)
+            defaults = ", ".join(f"{k}={v}" for k, v in info.defaults().items()) or "-"
+            t.add_row(name, defaults, info.summary)
+        console.print(t)
+        return
+    t = Table(title=f"unlearning methods under preset {preset}")
+    for col in ("name", f"values under {preset}", "where they come from"):
         t.add_column(col)
     for name in available_methods():
-        info = get_method(name)
-        defaults = ", ".join(f"{k}={v}" for k, v in info.defaults().items()) or "-"
-        t.add_row(name, defaults, info.summary)
+        p = get_preset(name, preset)
+        if p.epochs is not None and n_train is None:
+            values = dataclasses.asdict(make_hparams(name, p.values))
+            values["steps"] = f"{p.epochs:g} epochs (pass --n-train for steps)"
+        else:
+            values = dataclasses.asdict(make_hparams(name, resolve_hparams(
+                name, preset, n_train=n_train)))
+        own = preset == PAPER or preset in get_method(name).presets
+        source = p.doc if own else f"no {preset} preset: the class defaults"
+        t.add_row(name, ", ".join(f"{k}={v}" for k, v in values.items()) or "-", source)
     console.print(t)
 
 

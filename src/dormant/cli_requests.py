@@ -95,6 +95,8 @@ def forget(
         help="unlearning method (default: retrain, the most tamper-resistant)")] = None,
     hparam: Annotated[list[str] | None, typer.Option(
         help="a method hyper-parameter, key=value; repeat it")] = None,
+    preset: Annotated[str | None, typer.Option(
+        help="the method's preset, see dormant methods --preset (default: backdoor)")] = None,
     policy: PolicyOpt = None,
     accept_warnings: Annotated[bool, typer.Option(
         help="promote a new version whose verdict is warn")] = False,
@@ -112,18 +114,19 @@ def forget(
         parse_ref,
         process_request,
     )
-    from dormant.requests.forget import method_hparams
+    from dormant.unlearn import get_preset, make_hparams
 
     name, version = parse_ref(model)
     pol = load_policy(policy)
     method = method or DEFAULT_METHOD
     hp = _hparams(hparam)
-    method_hparams(method, hp)  # a bad method or hyper-parameter fails before any data loads
+    get_preset(method, preset)  # a bad method, preset or hyper-parameter fails before any
+    make_hparams(method, hp)  # data loads; the preset is resolved once the data is there
     st = ModelStore(store, ledger)
     st.resolve(name, version)
     ds = _dataset(dataset, data_root, train_size)
     req = Request(name, read_ids(ids, len(ds.y_train)), requester, reason, version, method, hp,
-                  accept_warnings, seed)
+                  accept_warnings, seed, preset)
     with ProgressBars(console) as bars:
         rec, out = process_request(
             st, ds, req, pol, device=device, progress=bars,

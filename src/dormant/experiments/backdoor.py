@@ -47,7 +47,7 @@ from dormant.unlearn import (
     unlearn,
 )
 
-GRID_KEYS = {"methods", "hparams", "conditions", "seeds", "device", "defenses"}
+GRID_KEYS = {"methods", "hparams", "preset", "conditions", "seeds", "device", "defenses"}
 
 
 @dataclass

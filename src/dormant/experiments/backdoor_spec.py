@@ -22,24 +22,12 @@ from dormant.attacks.clean_unlearning import STRATEGIES, CleanUnlearningSpec
 from dormant.attacks.triggers import KINDS
 from dormant.experiments.spec import NonNegative
 from dormant.settings import Axis, choice
+from dormant.unlearn import PresetName, resolve_hparams
 
 CONDITIONS = ("attack", "random-clean", "unpoisoned", "none", "badnets", "blended")
 UNLEARNING_CONDITIONS = ("attack", "random-clean", "unpoisoned")
 DEFAULT_METHODS = ["retrain", "bad_teacher", "fisher_forgetting", "boundary_shrink",
                    "boundary_expand", "gradient_ascent", "neggrad_plus"]
-
-
-# Unlearning budgets picked on MNIST seed 0 (10,000 images, cnn-small): Adam lr 1e-4, as many
-# steps as keep clean accuracy within a few points there. The methods' own defaults (the
-# seed paper's 39,100 steps at 1e-5) are sized for CIFAR ResNets on a GPU.
-DEFAULT_HPARAMS = {
-    "bad_teacher": {"steps": 100, "lr": 1e-4},
-    "fisher_forgetting": {"max_samples": 1000},
-    "boundary_shrink": {"steps": 15, "lr": 1e-4},
-    "boundary_expand": {"steps": 60, "lr": 1e-4},
-    "gradient_ascent": {"steps": 10, "lr": 1e-4},
-    "neggrad_plus": {"steps": 50, "lr": 1e-4},
-}
 
 
 class TriggerSpec(BaseModel):
@@ -139,7 +127,10 @@ class BackdoorSpec(BaseModel):
     train_recipe: dict = Field(default_factory=dict)
     methods: Axis[str] = Field(default_factory=lambda: list(DEFAULT_METHODS))
     hparams: dict[str, dict] = Field(default_factory=dict)
-    """Per-method hyper-parameters, over ``DEFAULT_HPARAMS`` key by key."""
+    """Per-method hyper-parameters, over the preset's values key by key."""
+    preset: PresetName = None
+    """The methods' preset (``dormant methods --preset``); None: ``backdoor``, the budgets
+    picked for this study on a CPU (methods without one run their class defaults)."""
     conditions: Conditions = Field(default_factory=lambda: list(CONDITIONS[:4]))
     seeds: Axis[NonNegative] = Field(default_factory=lambda: [0, 1, 2])
     trigger: TriggerSpec = Field(default_factory=TriggerSpec)
@@ -159,8 +150,11 @@ class BackdoorSpec(BaseModel):
     defenses: DefenseSpec = Field(default_factory=DefenseSpec)
     device: str = "auto"
 
-    def method_hparams(self, method: str) -> dict:
-        return {**DEFAULT_HPARAMS.get(method, {}), **self.hparams.get(method, {})}
+    def method_hparams(self, method: str, n_train: int | None = None) -> dict:
+        """``resolve_hparams`` under ``preset`` (None: ``backdoor``) with ``hparams[method]``
+        on top; a preset in epochs counts ``n_train`` images (default ``train_size``)."""
+        return resolve_hparams(method, self.preset or "backdoor", self.hparams.get(method, {}),
+                               n_train=n_train or self.train_size)
 
     def attack(self) -> CleanUnlearningSpec:
         """The clean-unlearning attack; bad values raise ``DormantError`` naming them."""

@@ -1,4 +1,5 @@
-"""Per-dataset defaults: a model, a recipe that trains to memorisation, and budgets.
+"""Per-dataset defaults: a model, a recipe that trains to memorisation, the attack's budget
+and the name of the unlearning methods' preset.
 
 The seed paper trains CIFAR ResNets for 300 epochs so that the original model fits its
 whole training set; there is nothing to unlearn or relearn in examples never learned. Small
@@ -7,7 +8,9 @@ the original once it fits 99% (``fit_target``), so the recipe's steps are a cap.
 
 Budgets keep the seed's proportions: unlearning runs 10x the attack's steps at the same base
 learning rate (the seed: 100 epochs of unlearning and 10 of relearning, both at 1e-5), so an
-unlearned model has moved further than the attack can move it back.
+unlearned model has moved further than the attack can move it back. The unlearning budgets
+are the methods' presets of the profile's name (``StepHparams.presets`` in
+``dormant.unlearn.base``, resolved by ``resolve_hparams``); no method value lives here.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ class Profile:
     model: str
     forget: str
     train: Recipe
-    unlearn_steps: int
-    unlearn_lr: float
+    preset: str
+    """The unlearning methods' preset this profile's studies run (``dormant methods
+    --preset``)."""
     attack_steps: int
     attack_lr: float
     eval_every: int
@@ -42,7 +46,7 @@ def _digits(n: int) -> Profile:
     return Profile(
         model="mlp", forget="class:1:atypical:0.3",
         train=Recipe(steps=_epochs(n, 60), lr=1e-3, augment="none", final_lr=1e-5),
-        unlearn_steps=1500, unlearn_lr=1e-4,
+        preset="digits",
         attack_steps=150, attack_lr=1e-4, eval_every=5, test_every=25,
     )
 
@@ -51,18 +55,19 @@ def _grey28(n: int) -> Profile:
     return Profile(
         model="cnn-small", forget="class:0:atypical:0.1",
         train=Recipe(steps=_epochs(n, 30), lr=1e-3, augment="crop", pad=2, final_lr=1e-5),
-        unlearn_steps=_epochs(n, 20), unlearn_lr=1e-4,
+        preset="grey28",
         attack_steps=_epochs(n, 2), attack_lr=1e-4, eval_every=10, test_every=100,
     )
 
 
 def _cifar(n: int) -> Profile:
     """The seed paper's recipe: ResNet-18, Adam 1e-4, wd 1e-4, cosine to 0.1 lr, 300 epochs;
-    unlearning 100 epochs at 1e-5; attack 10 epochs at 1e-5 -> 1e-6, eval every 10 steps."""
+    unlearning 100 epochs at 1e-5 (preset ``cifar``); attack 10 epochs at 1e-5 -> 1e-6, eval
+    every 10 steps."""
     return Profile(
         model="resnet18", forget="class:0:atypical:0.1",
         train=Recipe(steps=_epochs(n, 300), lr=1e-4, weight_decay=1e-4),
-        unlearn_steps=_epochs(n, 100), unlearn_lr=1e-5,
+        preset="cifar",
         attack_steps=_epochs(n, 10), attack_lr=1e-5, eval_every=10, test_every=100,
     )
 

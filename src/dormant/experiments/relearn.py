@@ -39,25 +39,26 @@ from dormant.experiments.spec import RelearnSpec
 from dormant.metrics import aurc, l2_distance, recovery, tow
 from dormant.models import ModelSpec, create_model
 from dormant.store import ModelCache, ResultsLog, cache_key
-from dormant.unlearn import StoppableHparams, get_method, make_hparams, unlearn
+from dormant.unlearn import StoppableHparams, get_method, resolve_hparams, unlearn
 
-GRID_KEYS = {"methods", "hparams", "k", "seeds", "forget", "relearn_sets", "attack_lr",
+GRID_KEYS = {"methods", "hparams", "preset", "k", "seeds", "forget", "relearn_sets", "attack_lr",
              "attack_steps", "device", "calibrate", "stop"}
 
 
 def method_hparams(spec: RelearnSpec, prep: Prepared, method: str, user: dict) -> dict:
-    """Profile budgets, the oracle-matched stop target (``stop: oracle-leakable`` only),
-    then the user's own overrides."""
+    """``resolve_hparams`` under ``spec.preset`` (None: the dataset profile's preset), with
+    ``unlearn_steps``/``unlearn_lr`` (step-based methods), the oracle-matched stop target
+    (``stop: oracle-leakable`` only), then the user's own overrides on top; checked."""
     info = get_method(method)
-    hp: dict = {}
+    over: dict = {}
     if "steps" in info.defaults():
-        hp["steps"] = spec.unlearn_steps or prep.profile.unlearn_steps
-        hp["lr"] = spec.unlearn_lr or prep.profile.unlearn_lr
+        over.update({k: v for k, v in (("steps", spec.unlearn_steps), ("lr", spec.unlearn_lr))
+                     if v})
     if issubclass(info.hparams, StoppableHparams) and spec.stop == "oracle-leakable":
-        hp["stop_acc"] = prep.oracle_monitor_acc
-    hp.update(user)
-    make_hparams(method, hp)  # validate before any work
-    return hp
+        over["stop_acc"] = prep.oracle_monitor_acc
+    over.update(user)
+    return resolve_hparams(method, spec.preset or prep.profile.preset, over,
+                           n_train=len(prep.dataset.y_train))
 
 
 def attack_settings(spec: RelearnSpec, profile: Profile) -> list[tuple[float, int]]:

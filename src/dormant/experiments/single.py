@@ -22,7 +22,14 @@ from dormant.models import ModelSpec, create_model
 from dormant.store import load_model, save_checkpoint
 from dormant.store.checkpoint import read_sidecar
 from dormant.store.files import atomic_write_bytes, atomic_write_text, sha256_file
-from dormant.unlearn import UnlearnContext, UnlearnData, make_hparams, unlearn
+from dormant.unlearn import (
+    UnlearnContext,
+    UnlearnData,
+    get_preset,
+    make_hparams,
+    resolve_hparams,
+    unlearn,
+)
 
 
 def train_model(spec: RelearnSpec, out: Path, *, seed: int = 0,
@@ -68,10 +75,16 @@ def train_model(spec: RelearnSpec, out: Path, *, seed: int = 0,
 
 def unlearn_checkpoint(spec: RelearnSpec, checkpoint: Path, method: str, out: Path, *,
                        seed: int = 0, overrides: dict | None = None,
+                       preset: str | None = None,
                        progress: Progress | None = None) -> tuple[Path, dict]:
-    """Apply ``method`` to a saved model for the forget set ``spec.forget``."""
-    hp = make_hparams(method, overrides)
+    """Apply ``method`` to a saved model for the forget set ``spec.forget``, with
+    ``resolve_hparams`` under ``preset`` (None: ``paper``, the method's class defaults) and
+    ``overrides`` on top."""
+    get_preset(method, preset)  # bad names and values fail before any data loads
+    make_hparams(method, overrides)
     ds = load_study_data(spec, default_cache_dir())
+    hp = make_hparams(method, resolve_hparams(method, preset, overrides,
+                                              n_train=len(ds.y_train)))
     device = resolve_device(spec.device)
     c, h, _ = ds.image_shape
     profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
@@ -125,7 +138,8 @@ def unlearn_checkpoint(spec: RelearnSpec, checkpoint: Path, method: str, out: Pa
     out.mkdir(parents=True, exist_ok=True)
     path = out / "unlearned.safetensors"
     save_checkpoint(path, result, mspec, {
-        "kind": "unlearned", "method": method, "hparams": dataclasses.asdict(hp),
+        "kind": "unlearned", "method": method, "preset": preset or "paper",
+        "hparams": dataclasses.asdict(hp),
         "source_checkpoint": str(checkpoint), "source_sha256": sha256_file(Path(checkpoint)),
         "dataset": spec.dataset, "train_size": spec.train_size,
         "data_fingerprint": ds.fingerprint, "forget": fspec.text, "split": split.hash,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dormant.engine import Recipe
 from dormant.errors import DormantError
 from dormant.settings import Axis, choice, validate
+from dormant.unlearn import PresetName
 
 DEFAULT_METHODS = ["finetune", "gradient_ascent", "neggrad_plus"]
 RELEARN_SETS = ("retain", "forget-only", "test", "test+retain-class")
@@ -72,8 +73,12 @@ class RelearnSpec(BaseModel):
     train_steps: int | None = Field(default=None, gt=0)
     train_recipe: dict = Field(default_factory=dict)
     """Overrides of the profile's training recipe, e.g. ``{augment: none, lr: 1e-3}``."""
+    preset: PresetName = None
+    """The methods' preset (``dormant methods --preset``); None: the dataset profile's."""
     unlearn_steps: int | None = Field(default=None, gt=0)
     unlearn_lr: float | None = Field(default=None, gt=0)
+    """``unlearn_steps``/``unlearn_lr`` override the preset's steps and lr of every step-based
+    method (``hparams`` override them per method)."""
     attack_steps: Axis[Annotated[int, Field(gt=0)]] | None = None
     attack_lr: Axis[Annotated[float, Field(gt=0)]] | None = None
     eval_every: int | None = Field(default=None, gt=0)

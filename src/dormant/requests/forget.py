@@ -23,7 +23,6 @@ import torch
 from dormant.data import Dataset
 from dormant.engine import Progress, resolve_device
 from dormant.errors import DormantError
-from dormant.experiments.backdoor_spec import DEFAULT_HPARAMS
 from dormant.models import create_model
 from dormant.requests.assess import (
     assess,
@@ -38,7 +37,7 @@ from dormant.requests.checks import RETRAINED_ORACLE, Oracle
 from dormant.requests.policy import Policy
 from dormant.requests.store import ModelStore, Version
 from dormant.store.files import atomic_write_text
-from dormant.unlearn import UnlearnContext, UnlearnData, make_hparams, unlearn
+from dormant.unlearn import UnlearnContext, UnlearnData, make_hparams, resolve_hparams, unlearn
 
 DEFAULT_METHOD = "retrain"
 """Retraining without the request: it is the retrain oracle the tamper verdict compares every
@@ -58,6 +57,8 @@ class Request:
     hparams: dict = field(default_factory=dict)
     accept_warnings: bool = False
     seed: int = 0
+    preset: str | None = None
+    """The method's preset (``dormant methods --preset``); None: ``DEFAULT_PRESET``."""
 
 
 def _failpoint(name: str) -> None:
@@ -66,10 +67,17 @@ def _failpoint(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def method_hparams(method: str, overrides: dict) -> dict:
-    """CPU-sized budgets (those of the backdoor study) under the user's overrides, checked."""
-    hp = make_hparams(method, {**DEFAULT_HPARAMS.get(method, {}), **overrides})
-    return dataclasses.asdict(hp)
+DEFAULT_PRESET = "backdoor"
+"""CPU-sized budgets, those of the backdoor study (methods without them: class defaults)."""
+
+
+def method_hparams(method: str, overrides: dict, preset: str | None = None,
+                   n_train: int | None = None) -> dict:
+    """Every hyper-parameter the request runs: ``resolve_hparams`` under ``preset`` (None:
+    ``DEFAULT_PRESET``) with the user's overrides on top, checked; ``n_train`` is needed
+    only by a preset in epochs."""
+    return dataclasses.asdict(make_hparams(method, resolve_hparams(
+        method, preset or DEFAULT_PRESET, overrides, n_train=n_train)))
 
 
 def _key(base: Version, ids: list[int], method: str, hp: dict, seed: int) -> str:
@@ -98,7 +106,7 @@ def process_request(store: ModelStore, ds: Dataset, req: Request, policy: Policy
                     on_wait: Callable[[], None] | None = None) -> tuple[dict, Path]:
     """Process ``req``; returns its record and the folder holding its report."""
     stage = on_stage or (lambda _text: None)
-    hp = method_hparams(req.method, req.hparams)
+    hp = method_hparams(req.method, req.hparams, req.preset, len(ds.y_train))
     dev = resolve_device(device)
     with store.lock(on_wait):
         t0 = time.perf_counter()

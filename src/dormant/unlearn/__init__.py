@@ -1,7 +1,9 @@
 """Unlearning methods, one file each, registered by short name.
 
-Add a method: write ``src/dormant/unlearn/<name>.py`` with a frozen hyper-parameter dataclass
-and a function decorated with ``@register_method("<name>", Hparams)``, then import it below.
+Add a method: write ``src/dormant/unlearn/<name>.py`` with a ``@hyperparameters`` class (a
+frozen pydantic dataclass) and a function decorated with ``@register_method("<name>", Hparams,
+presets={...})``, then import it below. ``resolve_hparams`` turns a method, a preset and
+overrides into the values a run uses; every command goes through it.
 """
 
 from dormant.unlearn import (  # noqa: F401  (importing a module registers its method)
@@ -27,20 +29,29 @@ from dormant.unlearn import (  # noqa: F401  (importing a module registers its m
     weight_dropout,
 )
 from dormant.unlearn.base import (
+    PAPER,
     MethodInfo,
+    Preset,
+    PresetName,
     StepHparams,
     StoppableHparams,
     Strength,
     UnlearnContext,
     UnlearnData,
     available_methods,
+    available_presets,
     get_method,
+    get_preset,
+    hyperparameters,
     make_hparams,
     register_method,
+    resolve_hparams,
     unlearn,
 )
 
 __all__ = [
-    "MethodInfo", "StepHparams", "StoppableHparams", "Strength", "UnlearnContext", "UnlearnData",
-    "available_methods", "get_method", "make_hparams", "register_method", "unlearn",
+    "PAPER", "MethodInfo", "Preset", "PresetName", "StepHparams", "StoppableHparams", "Strength",
+    "UnlearnContext", "UnlearnData", "available_methods", "available_presets", "get_method",
+    "get_preset", "hyperparameters", "make_hparams", "register_method", "resolve_hparams",
+    "unlearn",
 ]

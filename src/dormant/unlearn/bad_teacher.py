@@ -1,16 +1,25 @@
 import copy
 import hashlib
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from dormant.engine import BatchStream, prepare_model, to_float, train_loop
 from dormant.engine.augment import augment
-from dormant.unlearn.base import StoppableHparams, register_method, stop_when_forgotten
+from dormant.unlearn.base import (
+    BACKDOOR_DOC,
+    Positive,
+    Preset,
+    StoppableHparams,
+    hyperparameters,
+    register_method,
+    stop_when_forgotten,
+)
 
 
-@dataclass(frozen=True)
+@hyperparameters
 class BadTeacherHparams(StoppableHparams):
     """Bad Teacher: distil the forget set from a randomly initialised teacher and a share of
     the retain set from the original model (Chundawat et al. 2023).
@@ -29,8 +38,8 @@ class BadTeacherHparams(StoppableHparams):
     batch 256; the budget here follows the seed paper (Adam lr 1e-5, 39,100 steps).
     """
 
-    tau: float = 1.0
-    retain_fraction: float = 0.3
+    tau: Positive = 1.0
+    retain_fraction: Annotated[float, Field(ge=0, le=1)] = 0.3
 
 
 def incompetent_seed(seed: int) -> int:
@@ -45,7 +54,9 @@ def _frozen(model, device):
     return prepare_model(model, device).eval().requires_grad_(False)
 
 
-@register_method("bad_teacher", BadTeacherHparams)
+@register_method("bad_teacher", BadTeacherHparams, presets={
+    "backdoor": Preset({"steps": 100, "lr": 1e-4}, doc=BACKDOOR_DOC),
+})
 def bad_teacher(model, data, hp, ctx):
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)

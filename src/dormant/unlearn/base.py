@@ -2,22 +2,53 @@
 
 A method is ``fn(model, data, hp, ctx) -> nn.Module``: it trains ``model`` in place (the
 caller passes a copy) through the engine and returns it. It never reads files or prints.
+
+Hyper-parameters are frozen pydantic dataclasses (``@hyperparameters``) validated declaratively
+(``Annotated[float, Field(gt=0)]``, ``Literal[...]``); an unknown key is an error. A method's
+*presets* are named sets of values on its registry entry: ``paper`` (the class defaults, for
+every method), the step budgets shared by every step-based method (``StepHparams.presets``:
+one per dataset profile) and the method's own (``register_method(..., presets=...)``).
+``resolve_hparams`` is the one resolver every command and the Python API go through.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+import math
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal
 
+import pydantic.dataclasses
 import torch
-from pydantic import TypeAdapter, ValidationError
+from pydantic import AfterValidator, ConfigDict, Field
 from torch import nn
 
 from dormant.engine import Hook, Progress, Recipe, evaluate
 from dormant.errors import DormantError
+from dormant.settings import validate
+
+_frozen_forbid = pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+
+
+def hyperparameters(cls: type) -> type:
+    """The decorator of every method's hyper-parameters: a frozen pydantic dataclass whose
+    unknown keys are errors; ``dataclasses.fields/asdict/replace`` work on it, and ``replace``
+    validates again. Names in string annotations resolve in the defining scope too (a class
+    defined in a function or in ``exec``'d code), not only in its module."""
+    out = _frozen_forbid(cls)
+    if not out.__pydantic_complete__:
+        caller = sys._getframe(1)
+        pydantic.dataclasses.rebuild_dataclass(
+            out, _types_namespace={**caller.f_globals, **caller.f_locals})
+    return out
+
+Positive = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 
 
 @dataclass(frozen=True)
@@ -79,19 +110,71 @@ class Strength:
 
 
 @dataclass(frozen=True)
+class Preset:
+    """A named set of hyper-parameter values, over the method's class defaults.
+
+    ``epochs`` gives the step budget in passes over the training set instead of ``steps``:
+    the resolver sets steps = max(1, ceil(epochs * n_train / batch_size)) at the batch size
+    the run uses, so it needs the training set's size. ``doc`` says where the values come
+    from."""
+
+    values: Mapping[str, Any] = field(default_factory=dict)
+    epochs: float | None = None
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None and (self.epochs <= 0 or "steps" in self.values):
+            raise ValueError("a preset gives steps or a positive epochs, not both")
+
+    def over(self, base: Preset) -> Preset:
+        """This preset's values over ``base``'s, key by key (its steps replace epochs)."""
+        epochs = self.epochs if self.epochs is not None or "steps" in self.values \
+            else base.epochs
+        return Preset({**base.values, **self.values}, epochs, self.doc or base.doc)
+
+
+BACKDOOR_DOC = (
+    "the backdoor study's budget (also ``dormant forget``'s), picked on MNIST seed 0 (10,000 "
+    "images, cnn-small): Adam lr 1e-4, as many steps as keep clean accuracy within a few "
+    "points there; the class defaults (39,100 steps at 1e-5) are sized for CIFAR ResNets on "
+    "a GPU")
+"""Where the ``backdoor`` presets' step budgets come from (each method's own file holds them)."""
+
+PAPER = "paper"
+"""The preset every method has: its class defaults, the seed paper's values."""
+
+
+@hyperparameters
 class StepHparams:
     """Budget shared by step-based methods. Defaults follow the seed paper's unlearning
     (Siddiqui et al. 2025): a fresh Adam, lr 1e-5, wd 0, no schedule, batch 128, 39,100 steps
     (100 x the CIFAR-10 train loader)."""
 
-    steps: int = 39_100
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    optimizer: str = "adam"
+    steps: PositiveInt = 39_100
+    lr: Positive = 1e-5
+    weight_decay: NonNegative = 0.0
+    batch_size: PositiveInt = 128
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
 
     # the learning rate sets how far a fixed step budget moves the weights
     strength: ClassVar[Strength | None] = Strength("lr")
+
+    # Budgets per dataset profile (``dormant.experiments.profiles``), shared by every
+    # step-based method. They keep the seed's proportions: unlearning runs 10x the attack's
+    # steps at the same base learning rate (the seed: 100 epochs of unlearning and 10 of
+    # relearning, both at 1e-5), so an unlearned model has moved further than the attack can
+    # move it back.
+    presets: ClassVar[dict[str, Preset]] = {
+        "digits": Preset({"steps": 1500, "lr": 1e-4}, doc=(
+            "sklearn digits (mlp): 1,500 Adam steps at 1e-4, 10x the profile's 150-step "
+            "attack at the same rate (the seed's proportion of 100 to 10 epochs)")),
+        "grey28": Preset({"lr": 1e-4}, epochs=20, doc=(
+            "MNIST and Fashion-MNIST (cnn-small): 20 epochs at batch 128, Adam 1e-4, 10x the "
+            "profile's 2-epoch attack at the same rate (the seed's proportion)")),
+        "cifar": Preset({"lr": 1e-5}, epochs=100, doc=(
+            "the seed paper's unlearning on CIFAR (ResNet-18): 100 epochs at 1e-5, 10x its "
+            "10-epoch attack (Siddiqui et al. 2025)")),
+    }
 
     def recipe(self, base: Recipe) -> Recipe:
         return Recipe(
@@ -106,7 +189,7 @@ class StepHparams:
         )
 
 
-@dataclass(frozen=True)
+@hyperparameters
 class StoppableHparams(StepHparams):
     """``stop_acc``: stop once accuracy on the monitor ids (never the held-out split) falls to
     this percentage or below, e.g. the oracle's. ``None`` runs the whole budget."""
@@ -146,6 +229,10 @@ class MethodInfo:
     fn: Method
     hparams: type
     summary: str
+    presets: Mapping[str, Preset] = field(default_factory=dict)
+    """Every preset this method has, ``paper`` included: the ones its hyper-parameter class
+    inherits (``presets`` class attributes along its bases, e.g. ``StepHparams.presets``),
+    each refined key by key by the method's own from ``register_method``."""
 
     def defaults(self) -> dict:
         return dataclasses.asdict(self.hparams())
@@ -159,10 +246,37 @@ class MethodInfo:
 _METHODS: dict[str, MethodInfo] = {}
 
 
-def register_method(name: str, hparams: type) -> Callable[[Method], Method]:
+def _class_presets(cls: type) -> dict[str, Preset]:
+    out: dict[str, Preset] = {}
+    for klass in reversed(cls.__mro__):
+        for name, p in vars(klass).get("presets", {}).items():
+            out[name] = p.over(out[name]) if name in out else p
+    return out
+
+
+def register_method(name: str, hparams: type, presets: Mapping[str, Preset] | None = None
+                    ) -> Callable[[Method], Method]:
+    """Register ``fn`` as method ``name`` with its hyper-parameter class and its own presets
+    (each over the class's inherited preset of the same name, key by key)."""
+    merged = {PAPER: Preset(doc="the method's own class defaults (the seed paper's budget: "
+                                "39,100 Adam steps at lr 1e-5 where it trains)"),
+              **_class_presets(hparams)}
+    for pname, p in (presets or {}).items():
+        if pname == PAPER:
+            raise DormantError(f"method {name!r}: preset {PAPER!r} is the class defaults; "
+                               "change the defaults instead")
+        merged[pname] = p.over(merged[pname]) if pname in merged else p
+    fields = {f.name for f in dataclasses.fields(hparams)}
+    for pname, p in merged.items():  # a typo in a preset fails at import, not mid-study
+        sets = set(p.values) | ({"steps", "batch_size"} if p.epochs is not None else set())
+        if sets - fields:
+            raise DormantError(f"method {name!r}: preset {pname!r} sets "
+                               f"{sorted(sets - fields)[0]!r}, which is no hyper-parameter "
+                               "of it")
+
     def deco(fn: Method) -> Method:
         doc = (hparams.__doc__ or "").strip().split("\n\n")[0]
-        _METHODS[name] = MethodInfo(name, fn, hparams, " ".join(doc.split()))
+        _METHODS[name] = MethodInfo(name, fn, hparams, " ".join(doc.split()), merged)
         return fn
 
     return deco
@@ -180,35 +294,87 @@ def get_method(name: str) -> MethodInfo:
     return _METHODS[name]
 
 
-def make_hparams(name: str, overrides: dict | None = None):
-    """The method's hyper-parameters with ``overrides``; unknown keys are named in the error."""
+def available_presets() -> list[str]:
+    """Every preset name some registered method has (``paper`` is every method's)."""
+    return sorted({p for info in _METHODS.values() for p in info.presets} | {PAPER})
+
+
+def get_preset(method: str, preset: str | None = None) -> Preset:
+    """``method``'s preset ``preset`` (None: ``paper``). A name no method knows is an error
+    listing the known ones; a known name that ``method`` has no values for is its class
+    defaults (an empty preset), as ``dormant methods --preset`` shows."""
+    info = get_method(method)
+    name = PAPER if preset is None else preset
+    if name not in available_presets():
+        raise DormantError(f"unknown preset {name!r}; choose one of: "
+                           f"{', '.join(available_presets())}")
+    return info.presets.get(name, Preset())
+
+
+def _known_preset(name: str | None) -> str | None:
+    if name is not None and name not in available_presets():
+        raise ValueError(f"unknown preset {name!r}; choose one of: "
+                         f"{', '.join(available_presets())}")
+    return name
+
+
+PresetName = Annotated[str | None, AfterValidator(_known_preset)]
+"""A spec's ``preset`` key: a preset some registered method has, or None (the command's
+default)."""
+
+
+def resolve_hparams(method: str, preset: str | None = None, overrides: Mapping | None = None,
+                    *, n_train: int | None = None) -> dict:
+    """The one resolver: ``method``'s hyper-parameter values under ``preset`` (None:
+    ``paper``, the class defaults) with ``overrides`` on top, checked.
+
+    Returns only the keys the preset and the overrides set (a preset in epochs becomes
+    ``steps``, at the batch size the run uses; that needs ``n_train``, the training set's
+    size); the class defaults fill in the rest: ``make_hparams(method, d)`` is the full,
+    validated object. Studies key their caches and rows on this dict, so a preset that sets
+    nothing leaves them as they were. Bad names or values raise one ``DormantError`` line.
+    """
+    p = get_preset(method, preset)
+    over = dict(overrides or {})
+    values = {**p.values}
+    if p.epochs is not None and "steps" not in over:
+        if n_train is None:
+            raise DormantError(f"method {method!r}: preset {preset!r} gives its budget in "
+                               "epochs of the training set, so it needs the set's size")
+        batch = make_hparams(method, {**values, **over}).batch_size
+        values = {"steps": max(1, math.ceil(p.epochs * n_train / batch)), **values}
+    values.update(over)
+    make_hparams(method, values)
+    return values
+
+
+def make_hparams(name: str, overrides: Mapping | None = None):
+    """The method's hyper-parameters from its class defaults with ``overrides`` (no preset:
+    see ``resolve_hparams``), validated; an error names the method and the key."""
     info = get_method(name)
     fields = {f.name for f in dataclasses.fields(info.hparams)}
     unknown = sorted(set(overrides or {}) - fields)
     if unknown:
         raise DormantError(
             f"method {name!r} has no hyper-parameter {unknown[0]!r}; it has: "
-            f"{', '.join(sorted(fields))}"
+            f"{', '.join(sorted(fields)) or 'none'}"
         )
-    try:
-        # pydantic checks each value against the dataclass's annotations (YAML lists become
-        # tuples, ints floats); a plain dataclass would accept lr="fast" and fail mid-study
-        hp = TypeAdapter(info.hparams).validate_python(dict(overrides or {}))
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise DormantError(f"method {name!r}: hyper-parameter {key!r}: {err['msg']}") from None
-    if isinstance(hp, StepHparams) and hp.steps <= 0:
-        raise DormantError(f"method {name!r}: steps must be positive, got {hp.steps}")
-    return hp
+    # pydantic checks each value against the annotations and constraints (YAML lists become
+    # tuples, ints floats); a plain dataclass would accept lr="fast" and fail mid-study
+    where = f"method {name!r}"
+    return validate(info.hparams, dict(overrides or {}), where,
+                    {f: f"{where}: hyper-parameter {f!r}" for f in fields})
 
 
 def unlearn(
-    name: str, model: nn.Module, data: UnlearnData, ctx: UnlearnContext, **overrides
+    name: str, model: nn.Module, data: UnlearnData, ctx: UnlearnContext, *,
+    preset: str | None = None, **overrides
 ) -> nn.Module:
-    """Apply method ``name`` to a copy of ``model``; the input model is left untouched."""
+    """Apply method ``name`` to a copy of ``model``; the input model is left untouched.
+    Hyper-parameters: ``preset`` (None: ``paper``, the class defaults; an epoch budget counts
+    ``data.y`` as the training set), then ``overrides``, through ``resolve_hparams``."""
     info = get_method(name)
-    hp = make_hparams(name, overrides)
+    hp = make_hparams(name, resolve_hparams(name, preset, overrides, n_train=len(data.y)))
     if ctx.pretrained is None:
         ctx = dataclasses.replace(ctx, pretrained=model)
     return info.fn(copy.deepcopy(model), data, hp, ctx)

@@ -1,5 +1,4 @@
 import math
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -8,10 +7,18 @@ from torch import nn
 
 from dormant.engine import BatchStream, forward, train_loop
 from dormant.errors import DormantError
-from dormant.unlearn.base import StoppableHparams, Strength, register_method, stop_when_forgotten
+from dormant.unlearn.base import (
+    BACKDOOR_DOC,
+    Preset,
+    StoppableHparams,
+    Strength,
+    hyperparameters,
+    register_method,
+    stop_when_forgotten,
+)
 
 
-@dataclass(frozen=True)
+@hyperparameters
 class BoundaryExpandHparams(StoppableHparams):
     """Boundary Expanding: add a shadow (C+1)-th output, train every forget sample into it,
     then prune that output again (Chen et al. 2023).
@@ -77,7 +84,9 @@ def widen(head: nn.Linear, generator: torch.Generator) -> nn.Linear:
     return _linear_from(head, weight, bias)
 
 
-@register_method("boundary_expand", BoundaryExpandHparams)
+@register_method("boundary_expand", BoundaryExpandHparams, presets={
+    "backdoor": Preset({"steps": 60, "lr": 1e-4}, doc=BACKDOOR_DOC),
+})
 def boundary_expand(model, data, hp, ctx):
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)

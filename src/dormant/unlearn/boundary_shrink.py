@@ -1,5 +1,4 @@
 import copy
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -8,10 +7,19 @@ from torch import nn
 
 from dormant.engine import BatchStream, to_float, train_loop
 from dormant.engine.augment import augment
-from dormant.unlearn.base import StoppableHparams, Strength, register_method, stop_when_forgotten
+from dormant.unlearn.base import (
+    BACKDOOR_DOC,
+    NonNegative,
+    Preset,
+    StoppableHparams,
+    Strength,
+    hyperparameters,
+    register_method,
+    stop_when_forgotten,
+)
 
 
-@dataclass(frozen=True)
+@hyperparameters
 class BoundaryShrinkHparams(StoppableHparams):
     """Boundary Shrink: relabel each forget sample with the class a one-step adversarial probe
     reaches from it and fine-tune on those labels (Chen et al. 2023).
@@ -28,7 +36,7 @@ class BoundaryShrinkHparams(StoppableHparams):
     # nearest-wrong-class labels are fitted fast, as random_label
     strength: ClassVar[Strength | None] = Strength("lr", (0.03, 0.1, 0.3, 1.0))
 
-    epsilon: float = 0.1
+    epsilon: NonNegative = 0.1
 
 
 def neighbour_labels(
@@ -41,7 +49,9 @@ def neighbour_labels(
         return probe((x + epsilon * grad.sign()).clamp_(0.0, 1.0)).argmax(1)
 
 
-@register_method("boundary_shrink", BoundaryShrinkHparams)
+@register_method("boundary_shrink", BoundaryShrinkHparams, presets={
+    "backdoor": Preset({"steps": 15, "lr": 1e-4}, doc=BACKDOOR_DOC),
+})
 def boundary_shrink(model, data, hp, ctx):
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)

@@ -1,4 +1,3 @@
-from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
@@ -7,8 +6,13 @@ from torch.func import functional_call
 
 from dormant.engine import BatchStream, to_float, train_loop
 from dormant.engine.augment import augment
-from dormant.errors import DormantError
-from dormant.unlearn.base import StepHparams, Strength, register_method
+from dormant.unlearn.base import (
+    NonNegative,
+    StepHparams,
+    Strength,
+    hyperparameters,
+    register_method,
+)
 
 PAPER_ALPHA = 1e-3
 """The seed's alpha (scripts/train.sh)."""
@@ -16,7 +20,7 @@ BALANCED_ALPHA = 0.5
 """The balanced form's default share: the barrier's push half the retain loss's, every step."""
 
 
-@dataclass(frozen=True)
+@hyperparameters
 class CBFTHparams(StepHparams):
     """CBFT: retain CE plus a capped loss-raising term at the weight midpoint between the
     pretrained and the current model (Siddiqui et al. 2025, seed `mode_connectivity`, a
@@ -51,9 +55,9 @@ class CBFTHparams(StepHparams):
     the pretrained basin, which is what that distance (the paper's predictor) measures.
     """
 
-    alpha: float | None = None
+    alpha: NonNegative | None = None
     """``None``: the form's default, 0.5 (balanced) or 1e-3 (seed)."""
-    gamma: float = 50.0
+    gamma: NonNegative = 50.0
     form: Literal["balanced", "seed"] = "balanced"
 
     # calibrated on the leakable ids, not by distance: on MNIST (mlp, 6,000 images) every
@@ -62,12 +66,10 @@ class CBFTHparams(StepHparams):
     # long before it moves far, so matching the oracle's forgetting is the like-for-like knob
     strength: ClassVar[Strength | None] = Strength("alpha", (0.25, 0.5, 1.0, 2.0))
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # fills in the form's default; pydantic checked the rest
         if self.alpha is None:
             object.__setattr__(self, "alpha",
                                BALANCED_ALPHA if self.form == "balanced" else PAPER_ALPHA)
-        if self.alpha < 0:
-            raise DormantError(f"cbft: alpha must be >= 0, got {self.alpha}")
 
 
 def midpoint_state(model, pre: dict, t: float = 0.5) -> dict:

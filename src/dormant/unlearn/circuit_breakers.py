@@ -1,5 +1,4 @@
 import copy
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -10,15 +9,17 @@ from dormant.engine import BatchStream, to_float, train_loop
 from dormant.engine.augment import augment
 from dormant.models.features import default_layers, forward_with
 from dormant.unlearn.base import (
+    NonNegative,
     StoppableHparams,
     Strength,
     UnlearnContext,
+    hyperparameters,
     register_method,
     stop_when_forgotten,
 )
 
 
-@dataclass(frozen=True)
+@hyperparameters
 class CircuitBreakersHparams(StoppableHparams):
     """Circuit Breakers (representation rerouting): push forget-set hidden states orthogonal
     to the pretrained model's while holding retain-set ones in place (Zou et al. 2024, as
@@ -35,7 +36,7 @@ class CircuitBreakersHparams(StoppableHparams):
     # a retain term holds the model, so the grid spans both sides of the profile's rate
     strength: ClassVar[Strength | None] = Strength("lr", (0.1, 0.3, 1.0, 3.0))
 
-    alpha: float = 1.0
+    alpha: NonNegative = 1.0
     layers: tuple[str, ...] = ()
 
 

@@ -1,13 +1,18 @@
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from dormant.engine import fit
-from dormant.unlearn.base import StepHparams, Strength, register_method
+from dormant.unlearn.base import (
+    NonNegative,
+    StepHparams,
+    Strength,
+    hyperparameters,
+    register_method,
+)
 
 
-@dataclass(frozen=True)
+@hyperparameters
 class FinetuneHparams(StepHparams):
     """Fine-tune on the retain set only and let catastrophic forgetting erase the forget set.
 
@@ -17,7 +22,7 @@ class FinetuneHparams(StepHparams):
     # retain-only fine-tuning forgets only by drifting, which a larger learning rate speeds up
     strength: ClassVar[Strength | None] = Strength("lr", (1.0, 3.0, 10.0, 30.0))
 
-    weight_decay: float = 1e-3
+    weight_decay: NonNegative = 1e-3
 
 
 @register_method("finetune", FinetuneHparams)

@@ -1,14 +1,21 @@
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from dormant.engine import BatchStream, forward, train_loop
-from dormant.unlearn.base import StoppableHparams, Strength, register_method, stop_when_forgotten
+from dormant.unlearn.base import (
+    BACKDOOR_DOC,
+    Preset,
+    StoppableHparams,
+    Strength,
+    hyperparameters,
+    register_method,
+    stop_when_forgotten,
+)
 
 
-@dataclass(frozen=True)
+@hyperparameters
 class GradientAscentHparams(StoppableHparams):
     """Gradient ascent: descend on -CE over the forget set only (Thudi et al. 2022; SalUn `GA`).
 
@@ -20,7 +27,9 @@ class GradientAscentHparams(StoppableHparams):
     strength: ClassVar[Strength | None] = Strength("lr", (0.01, 0.03, 0.1, 0.3))
 
 
-@register_method("gradient_ascent", GradientAscentHparams)
+@register_method("gradient_ascent", GradientAscentHparams, presets={
+    "backdoor": Preset({"steps": 10, "lr": 1e-4}, doc=BACKDOOR_DOC),
+})
 def gradient_ascent(model, data, hp, ctx):
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)

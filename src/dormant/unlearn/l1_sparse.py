@@ -1,15 +1,19 @@
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from dormant.engine import BatchStream, forward, train_loop
-from dormant.errors import DormantError
-from dormant.unlearn.base import StepHparams, Strength, register_method
+from dormant.unlearn.base import (
+    NonNegative,
+    StepHparams,
+    Strength,
+    hyperparameters,
+    register_method,
+)
 
 
-@dataclass(frozen=True)
+@hyperparameters
 class L1SparseHparams(StepHparams):
     """L1-sparse: fine-tune on the retain set with an L1 penalty that drives weights towards
     sparsity (Jia et al. 2023).
@@ -25,8 +29,8 @@ class L1SparseHparams(StepHparams):
     # like fine-tuning, it forgets by drifting away on the retain set
     strength: ClassVar[Strength | None] = Strength("lr", (1.0, 3.0, 10.0, 30.0))
 
-    alpha: float = 1.0
-    reduction: str = "mean"
+    alpha: NonNegative = 1.0
+    reduction: Literal["mean", "sum"] = "mean"
     decay: bool = False
 
 
@@ -38,8 +42,6 @@ def l1_norm(params, reduction: str) -> torch.Tensor:
 
 @register_method("l1_sparse", L1SparseHparams)
 def l1_sparse(model, data, hp, ctx):
-    if hp.reduction not in ("mean", "sum"):
-        raise DormantError(f"l1_sparse: reduction must be mean or sum, got {hp.reduction!r}")
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)
     retain = BatchStream(data.retain, recipe.batch_size, g)

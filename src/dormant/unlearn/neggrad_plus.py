@@ -1,15 +1,22 @@
 import math
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from dormant.engine import BatchStream, forward, train_loop
-from dormant.unlearn.base import StoppableHparams, Strength, register_method, stop_when_forgotten
+from dormant.unlearn.base import (
+    BACKDOOR_DOC,
+    Preset,
+    StoppableHparams,
+    Strength,
+    hyperparameters,
+    register_method,
+    stop_when_forgotten,
+)
 
 
-@dataclass(frozen=True)
+@hyperparameters
 class NegGradPlusHparams(StoppableHparams):
     """NegGrad+ in the seed paper's alternating form: a full forget-set pass stepping on
     -CE, then a full retain-set pass stepping on CE, repeated (Kurmanji et al. 2023;
@@ -20,7 +27,9 @@ class NegGradPlusHparams(StoppableHparams):
     strength: ClassVar[Strength | None] = Strength("lr", (0.03, 0.1, 0.3, 1.0))
 
 
-@register_method("neggrad_plus", NegGradPlusHparams)
+@register_method("neggrad_plus", NegGradPlusHparams, presets={
+    "backdoor": Preset({"steps": 50, "lr": 1e-4}, doc=BACKDOOR_DOC),
+})
 def neggrad_plus(model, data, hp, ctx):
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)

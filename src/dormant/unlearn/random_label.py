@@ -1,14 +1,20 @@
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from dormant.engine import BatchStream, forward, train_loop
-from dormant.unlearn.base import StoppableHparams, Strength, register_method, stop_when_forgotten
+from dormant.unlearn.base import (
+    NonNegative,
+    StoppableHparams,
+    Strength,
+    hyperparameters,
+    register_method,
+    stop_when_forgotten,
+)
 
 
-@dataclass(frozen=True)
+@hyperparameters
 class RandomLabelHparams(StoppableHparams):
     """Random labels: fit the forget set to wrong labels while fitting the retain set to the
     true ones, in one joint step (Siddiqui et al. 2025 `random_relabeling`; Graves et al. 2021).
@@ -22,7 +28,7 @@ class RandomLabelHparams(StoppableHparams):
     # relabelled forget images are fitted fast; a full budget at the profile's rate over-forgets
     strength: ClassVar[Strength | None] = Strength("lr", (0.03, 0.1, 0.3, 1.0))
 
-    alpha: float = 1.0
+    alpha: NonNegative = 1.0
 
 
 def random_wrong_labels(

@@ -1,12 +1,11 @@
-from dataclasses import dataclass
 
 import torch
 
 from dormant.engine import fit
-from dormant.unlearn.base import register_method
+from dormant.unlearn.base import hyperparameters, register_method
 
 
-@dataclass(frozen=True)
+@hyperparameters
 class RetrainHparams:
     """Retrain from scratch on the retain set: the exact-unlearning oracle.
 

@@ -1,17 +1,22 @@
 import math
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from dormant.engine import BatchStream, forward, to_float, train_loop
-from dormant.errors import DormantError
-from dormant.unlearn.base import StoppableHparams, Strength, register_method, stop_when_forgotten
+from dormant.unlearn.base import (
+    StoppableHparams,
+    Strength,
+    hyperparameters,
+    register_method,
+    stop_when_forgotten,
+)
 
 
-@dataclass(frozen=True)
+@hyperparameters
 class SalUnHparams(StoppableHparams):
     """SalUn: random-label unlearning restricted to the weights most salient for the forget
     loss (Fan et al. 2024).
@@ -29,7 +34,7 @@ class SalUnHparams(StoppableHparams):
     # random labels on the salient half of the weights, as random_label
     strength: ClassVar[Strength | None] = Strength("lr", (0.03, 0.1, 0.3, 1.0))
 
-    ratio: float = 0.5
+    ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
 
 
 def saliency_mask(
@@ -59,8 +64,6 @@ def saliency_mask(
 
 @register_method("salun", SalUnHparams)
 def salun(model, data, hp, ctx):
-    if not 0.0 < hp.ratio <= 1.0:
-        raise DormantError(f"salun: ratio must be in (0, 1], got {hp.ratio}")
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -1,19 +1,24 @@
 import copy
 import math
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from dormant.engine import BatchStream, prepare_model, to_float, train_loop
 from dormant.engine.augment import augment
-from dormant.errors import DormantError
-from dormant.unlearn.base import StoppableHparams, register_method, stop_when_forgotten
+from dormant.unlearn.base import (
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    StoppableHparams,
+    hyperparameters,
+    register_method,
+    stop_when_forgotten,
+)
 
-KL_REDUCTIONS = ("mean", "batchmean")
 
-
-@dataclass(frozen=True)
+@hyperparameters
 class ScrubHparams(StoppableHparams):
     """SCRUB: push the student away from the original teacher on the forget set and keep it
     close to the teacher and the labels on the retain set (Kurmanji et al. 2023).
@@ -38,16 +43,11 @@ class ScrubHparams(StoppableHparams):
     momentum 0.9, wd 5e-4, forget batch 32.
     """
 
-    T: float = 1.0
-    alpha: float = 1.0
-    gamma: float = 1.0
-    max_cycles: int | None = None
-    kl_reduction: str = "mean"
-
-    def __post_init__(self) -> None:
-        if self.kl_reduction not in KL_REDUCTIONS:
-            raise DormantError(f"scrub: kl_reduction must be one of {', '.join(KL_REDUCTIONS)}, "
-                               f"got {self.kl_reduction!r}")
+    T: Positive = 1.0
+    alpha: NonNegative = 1.0
+    gamma: NonNegative = 1.0
+    max_cycles: NonNegativeInt | None = None
+    kl_reduction: Literal["mean", "batchmean"] = "mean"
 
 
 def kl_t(student: torch.Tensor, teacher: torch.Tensor, T: float,

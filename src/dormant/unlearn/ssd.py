@@ -1,18 +1,23 @@
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
 from dormant.engine import fit
 from dormant.engine.grads import Grads, batch_grad_importance
-from dormant.errors import DormantError
-from dormant.unlearn.base import StepHparams, Strength, UnlearnData, register_method, subsample
+from dormant.unlearn.base import (
+    NonNegative,
+    PositiveInt,
+    StepHparams,
+    Strength,
+    UnlearnData,
+    hyperparameters,
+    register_method,
+    subsample,
+)
 
-VARIANTS = ("original", "seed")
 
-
-@dataclass(frozen=True)
+@hyperparameters
 class SSDHparams(StepHparams):
     """Selective Synaptic Dampening: shrink the weights far more important to the forget set
     than to the training set (Foster et al. 2024).
@@ -43,17 +48,10 @@ class SSDHparams(StepHparams):
     strength: ClassVar[Strength | None] = Strength("selection_weighting",
                                                    (0.3, 1.0, 3.0, 10.0), weaker="higher")
 
-    selection_weighting: float = 10.0
-    dampening_constant: float = 1.0
-    variant: str = "original"
-    max_samples: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise DormantError(f"ssd: variant must be one of {', '.join(VARIANTS)}, "
-                               f"got {self.variant!r}")
-        if self.max_samples is not None and self.max_samples <= 0:
-            raise DormantError(f"ssd: max_samples must be positive or null, got {self.max_samples}")
+    selection_weighting: NonNegative = 10.0
+    dampening_constant: NonNegative = 1.0
+    variant: Literal["original", "seed"] = "original"
+    max_samples: PositiveInt | None = None
 
 
 def _shuffled(ids: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -1,5 +1,4 @@
 import copy
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -7,13 +6,20 @@ import torch.nn.functional as F
 
 from dormant.engine import to_float, train_loop
 from dormant.engine.augment import augment
-from dormant.errors import DormantError
 from dormant.models.features import forward_with
-from dormant.unlearn.base import StepHparams, Strength, register_method
+from dormant.unlearn.base import (
+    NonNegative,
+    Positive,
+    PositiveInt,
+    StepHparams,
+    Strength,
+    hyperparameters,
+    register_method,
+)
 from dormant.unlearn.circuit_breakers import layer_mse, representation_setup
 
 
-@dataclass(frozen=True)
+@hyperparameters
 class TARHparams(StepHparams):
     """TAR, tamper-resistant training as run in the seed paper: first-order meta-learning
     against simulated fine-tuning attacks on the forget set (Tamirisa et al. 2025; Siddiqui
@@ -38,18 +44,13 @@ class TARHparams(StepHparams):
     # its own retain term and adversaries hold it, so the grid spans both sides
     strength: ClassVar[Strength | None] = Strength("lr", (0.1, 0.3, 1.0, 3.0))
 
-    steps: int = 9_775
-    adversaries: int = 4
-    inner_steps: int = 16
-    adversary_lr: float = 1e-3
-    alpha: float = 1.0
-    gamma: float = 4.0
+    steps: PositiveInt = 9_775
+    adversaries: PositiveInt = 4
+    inner_steps: PositiveInt = 16
+    adversary_lr: Positive = 1e-3
+    alpha: NonNegative = 1.0
+    gamma: NonNegative = 4.0
     layers: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.adversaries < 1 or self.inner_steps < 1:
-            raise DormantError("tar: adversaries and inner_steps must be at least 1, got "
-                               f"{self.adversaries} and {self.inner_steps}")
 
 
 def neg_entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,16 @@
-from dataclasses import dataclass
 from typing import ClassVar
 
-from dormant.errors import DormantError
-from dormant.unlearn.base import StepHparams, Strength, register_method
+from dormant.unlearn.base import (
+    NonNegative,
+    StepHparams,
+    Strength,
+    hyperparameters,
+    register_method,
+)
 from dormant.unlearn.perturb import perturb_then_finetune
 
 
-@dataclass(frozen=True)
+@hyperparameters
 class WeightAttenuationHparams(StepHparams):
     """Weight attenuation: scale every parameter by ``a``, then fine-tune on the retain set
     (Siddiqui et al. 2025, an ablation of their weight distortion).
@@ -22,14 +26,10 @@ class WeightAttenuationHparams(StepHparams):
     per-model, quantity (a ratio of each weight to itself), so it transfers as it is.
     """
 
-    a: float = 0.5
+    a: NonNegative = 0.5
 
     strength: ClassVar[Strength | None] = Strength("a", (0.25, 0.5, 1.0, 1.5), "leakable",
                                                    weaker="higher")
-
-    def __post_init__(self) -> None:
-        if self.a < 0:
-            raise DormantError(f"weight_attenuation: a must be >= 0, got {self.a}")
 
 
 def attenuate(a: float):

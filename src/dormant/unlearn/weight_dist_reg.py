@@ -1,12 +1,16 @@
-from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from dormant.engine import BatchStream, forward, train_loop
-from dormant.errors import DormantError
-from dormant.unlearn.base import StepHparams, Strength, register_method
+from dormant.unlearn.base import (
+    NonNegative,
+    StepHparams,
+    Strength,
+    hyperparameters,
+    register_method,
+)
 
 EPS = 1e-8  # the seed's, inside the square root: the gradient stays finite at theta = theta_pre
 PAPER_ALPHA = 1.0
@@ -17,7 +21,7 @@ PER_WEIGHT_ALPHA = PAPER_ALPHA / RESNET18_PARAMS
 """~8.95e-8: the per-weight push the seed's alpha = 1 gives on that ResNet-18 (alpha / n)."""
 
 
-@dataclass(frozen=True)
+@hyperparameters
 class WeightDistRegHparams(StepHparams):
     """Weight-distance regularisation: retain CE minus a reward for distance from the
     pretrained weights (Siddiqui et al. 2025, `weight_dist_reg`, one of their remedies).
@@ -44,7 +48,7 @@ class WeightDistRegHparams(StepHparams):
     a wide ladder because under Adam the distance grows roughly with log(alpha).
     """
 
-    alpha: float | None = None
+    alpha: NonNegative | None = None
     """``None``: the form's default, ~8.95e-8 (per_weight) or 1.0 (seed)."""
     form: Literal["per_weight", "seed"] = "per_weight"
 
@@ -53,12 +57,10 @@ class WeightDistRegHparams(StepHparams):
     # spans six decades; under Adam the distance saturates near lr * steps * sqrt(n)
     strength: ClassVar[Strength | None] = Strength("alpha", (10.0, 1e3, 1e5, 1e7), "distance")
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # fills in the form's default; pydantic checked the rest
         if self.alpha is None:
             default = PER_WEIGHT_ALPHA if self.form == "per_weight" else PAPER_ALPHA
             object.__setattr__(self, "alpha", default)
-        if self.alpha < 0:
-            raise DormantError(f"weight_dist_reg: alpha must be >= 0, got {self.alpha}")
 
 
 def rms_distance(params, anchor) -> torch.Tensor:

@@ -1,10 +1,14 @@
-from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
 
-from dormant.errors import DormantError
-from dormant.unlearn.base import StepHparams, Strength, register_method
+from dormant.unlearn.base import (
+    NonNegative,
+    StepHparams,
+    Strength,
+    hyperparameters,
+    register_method,
+)
 from dormant.unlearn.perturb import Perturbation, Scale, draw, perturb_then_finetune
 
 PAPER_SIGMA = 0.02
@@ -17,7 +21,7 @@ at initialisation and after the 12 training steps a 2-core CPU fitted in 5 minut
 (docs/remedies.md); the weight-weighted mean of 0.02 / RMS is 2.03."""
 
 
-@dataclass(frozen=True)
+@hyperparameters
 class WeightDistortionHparams(StepHparams):
     """Weight distortion: add Gaussian noise to every parameter, then fine-tune on the retain
     set (Siddiqui et al. 2025, one of their proposed remedies against relearning).
@@ -44,20 +48,17 @@ class WeightDistortionHparams(StepHparams):
     the factors span 0.43-3.4x RMS on the default, from a mild jolt to a re-initialisation.
     """
 
-    sigma: float | None = None
+    sigma: NonNegative | None = None
     """``None``: the mode's default, 1.7 (relative) or 0.02 (absolute)."""
     sigma_mode: Literal["relative", "absolute"] = "relative"
-    norm_sigma: float = PAPER_SIGMA
+    norm_sigma: NonNegative = PAPER_SIGMA
 
     strength: ClassVar[Strength | None] = Strength("sigma", (0.25, 0.5, 1.0, 2.0), "leakable")
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # fills in the mode's default; pydantic checked the rest
         if self.sigma is None:
             default = RELATIVE_SIGMA if self.sigma_mode == "relative" else PAPER_SIGMA
             object.__setattr__(self, "sigma", default)
-        if self.sigma < 0 or self.norm_sigma < 0:
-            raise DormantError(f"weight_distortion: sigma and norm_sigma must be >= 0, got "
-                               f"{self.sigma} and {self.norm_sigma}")
 
 
 def distort(sigma: float) -> Perturbation:

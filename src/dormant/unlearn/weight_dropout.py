@@ -1,14 +1,13 @@
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
+from pydantic import Field
 
-from dormant.errors import DormantError
-from dormant.unlearn.base import StepHparams, Strength, register_method
+from dormant.unlearn.base import StepHparams, Strength, hyperparameters, register_method
 from dormant.unlearn.perturb import draw, perturb_then_finetune
 
 
-@dataclass(frozen=True)
+@hyperparameters
 class WeightDropoutHparams(StepHparams):
     """Weight dropout: zero each parameter entry with probability ``p``, then fine-tune on
     the retain set (Siddiqui et al. 2025, an ablation of their weight distortion).
@@ -25,13 +24,9 @@ class WeightDropoutHparams(StepHparams):
     as it is.
     """
 
-    p: float = 0.2
+    p: Annotated[float, Field(ge=0, le=1)] = 0.2
 
     strength: ClassVar[Strength | None] = Strength("p", (0.5, 1.0, 2.0, 3.0), "leakable")
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.p <= 1.0:
-            raise DormantError(f"weight_dropout: p must be in [0, 1], got {self.p}")
 
 
 def drop(p: float):
