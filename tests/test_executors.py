@@ -211,3 +211,31 @@ def test_a_cell_that_raises_becomes_a_failed_row_with_its_error(tmp_path):
     assert (row.method, row.seed, row.k) == ("finetune", 0, 0)
     assert "Traceback" in (tmp_path / "out" / "workers" / "errors.log").read_text()
     assert torch.isfinite(torch.tensor(row.seconds))
+
+
+def test_the_plan_counts_every_cell_and_artefact_and_more_workers_never_take_longer(digits):
+    from dormant.experiments import RelearnSpec
+    from dormant.experiments.pipeline import resolve
+    from dormant.experiments.plan import measured_costs, plan
+    from dormant.experiments.relearn import relearn_cells
+
+    spec = RelearnSpec(**{**STUDY, "methods": STUDY["methods"]})
+    costs = measured_costs(spec, digits, resolve(spec), step=0.01)
+    p = plan(spec, digits, costs, [1, 2, 4, 64])
+    assert p.cells == len(relearn_cells(spec, digits)) == CELLS
+    # 2 seeds; 3 non-reference pipelines calibrated once each (on seed 0); 5 analyses a seed
+    assert p.artefacts == {"original": 2, "oracle": 2, "calibration": 3, "unlearned": 6,
+                           "analysis": 10, "attacks": CELLS}
+    spans = [p.makespan[w] for w in (1, 2, 4, 64)]
+    assert spans[0] == pytest.approx(p.serial)
+    assert all(a >= b for a, b in zip(spans, spans[1:], strict=False))
+    # the critical path bounds it from below: seed 0's original, oracle, the dearest
+    # calibration, then an attack
+    floor = 2 * costs.original + max(
+        4 * costs.unlearn["gradient_ascent"] + 4 * costs.unlearn["weight_distortion"],
+        4 * costs.unlearn["finetune"]) + costs.attack
+    assert spans[-1] >= floor - 1e-9
+    # serially every artefact is paid once: a chain's first stage is the method alone's
+    ft, ga, wd = (costs.unlearn[m] for m in ("finetune", "gradient_ascent", "weight_distortion"))
+    assert p.serial == pytest.approx(4 * costs.original + 4 * (ft + ga + wd) + (ft + ga + wd)
+                                     + 10 * costs.analysis + CELLS * costs.attack)

@@ -99,7 +99,7 @@ def test_a_chain_continues_from_the_first_stage_and_anchors_on_the_original(digi
                        hparams={"finetune": {"steps": 15, "lr": 1e-4}})
     pipe = next(p for p in resolve(spec) if p.name == "c")
     hps = [s.hparams for s in pipe.stages]
-    chained = unlearned_model(prep, pipe, hps, ModelCache(tmp_path), None)
+    chained, _ = unlearned_model(prep, pipe, hps, ModelCache(tmp_path), None)
     first = unlearn("gradient_ascent", prep.original, prep.unlearn_data(), prep.context(None),
                     **hps[0])
     import dataclasses
@@ -108,7 +108,7 @@ def test_a_chain_continues_from_the_first_stage_and_anchors_on_the_original(digi
     assert l2_distance(chained, by_hand) == 0.0
     assert l2_distance(chained, first) > 0.0
     # the cached chain loads back identical
-    again = unlearned_model(prep, pipe, hps, ModelCache(tmp_path), None)
+    again, _ = unlearned_model(prep, pipe, hps, ModelCache(tmp_path), None)
     assert l2_distance(again, chained) == 0.0
 
 
@@ -120,8 +120,8 @@ def test_a_diverging_cell_is_a_failed_row_and_the_study_goes_on(tmp_path):
     rows = run_relearn(spec, tmp_path / "out", cache_dir=tmp_path / "cache")
     by = {r["method"]: r for r in rows}
     assert by["gradient_ascent"]["status"] == "failed"
-    assert "diverged" in by["gradient_ascent"]["reason"]
-    assert "nan" in by["gradient_ascent"]["reason"]
+    assert "diverged" in by["gradient_ascent"]["error"]
+    assert "nan" in by["gradient_ascent"]["error"]
     assert by["finetune"]["status"] == "ok" and by["retrain"]["status"] == "ok"
     # a rerun does not retry or duplicate the failed cell
     again = run_relearn(spec, tmp_path / "out", cache_dir=tmp_path / "cache")

@@ -29,6 +29,7 @@ from dormant.cli_common import (
     load_spec,
     study_command,
 )
+from dormant.cli_plan import register as register_plan
 from dormant.cli_progress import ProgressBars
 from dormant.cli_requests import register as register_requests
 from dormant.errors import DormantError
@@ -38,13 +39,14 @@ from dormant.experiments.spec import RelearnSpec
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Test whether machine unlearning really removes what it claims to.")
 register_requests(app)
+register_plan(app)
 
 
 def _row_line(r: dict) -> str:
     head = (f"  {r['method']:<18} seed {r['seed']} k={r['k']:<3} {r['relearn_set']:<8} "
             f"lr {r['attack_lr']:.0e}")
     if r.get("status") == "failed":
-        return f"{head}  FAILED: {r['reason']}"
+        return f"{head}  FAILED: {r['error']}"
     return (f"{head}  forget {r['forget_acc']:5.1f} -> {r['forget_acc_attacked_end']:5.1f} at "
             f"the attack's end (max {r['forget_acc_attacked']:5.1f})")
 
@@ -120,11 +122,16 @@ def relearn_cmd(spec: RelearnSpec, out: Path, executor) -> None:
 def _scans(text: str | None) -> dict:
     if text is None:
         return {}
+    from dormant.defenses import available_defenses
+
+    known = available_defenses()
     names = {t.strip() for t in text.split(",") if t.strip()} - {"none"}
-    unknown = sorted(names - {"nc", "cd", "ibau"})
+    unknown = sorted(names - set(known))
     if unknown:
-        raise DormantError(f"--scans: unknown defense {unknown[0]!r}; use nc, cd, ibau or none")
-    return {k: k in names for k in ("nc", "cd", "ibau")}
+        raise DormantError(f"--scans: unknown defense {unknown[0]!r}; use "
+                           f"{', '.join(known)} or none")
+    # only the defenses left out are switched off: a named one keeps the study's own config
+    return {k: False for k in known if k not in names}
 
 
 def _backdoor_line(r: dict) -> str:

@@ -24,9 +24,12 @@ from dormant.attacks.clean_unlearning import (
     random_request,
     select_request,
 )
+from dormant.cells import Cell, Workspace
 from dormant.data import Dataset
 from dormant.data.sources import default_cache_dir
 from dormant.engine import Diverged, Progress, Recipe, fit, resolve_device
+from dormant.executors import execute
+from dormant.executors.options import ExecutorOptions
 from dormant.experiments.backdoor_scan import Scanner
 from dormant.experiments.backdoor_spec import (
     UNLEARNING_CONDITIONS,
@@ -37,6 +40,7 @@ from dormant.experiments.prepare import cached_fit, load_study_data
 from dormant.experiments.profiles import profile_for
 from dormant.experiments.spec import override_recipe
 from dormant.models import ModelSpec, create_model
+from dormant.rows import BackdoorRow
 from dormant.store import ModelCache, ResultsLog, cache_key
 from dormant.unlearn import (
     StoppableHparams,
@@ -144,13 +148,16 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
 
 
 def _cell_key(spec: BackdoorSpec, method: str, condition: str, seed: int) -> str:
-    return cache_key(spec=spec.model_dump(exclude=GRID_KEYS),
-                     hparams=spec.method_hparams(method), method=method,
+    # "none": the conditions that involve no unlearning (none, badnets, blended)
+    hp = {} if method == "none" else spec.method_hparams(method)
+    return cache_key(spec=spec.model_dump(exclude=GRID_KEYS), hparams=hp, method=method,
                      condition=condition, seed=seed)
 
 
 def _unlearn(spec: BackdoorSpec, v: Victim, method: str, condition: str, hp: dict,
              cache: ModelCache, progress: Progress | None) -> tuple[nn.Module, torch.Tensor]:
+    """The unlearned model of ``method`` under ``condition``, cached: the strength-matched
+    control reads the attack condition's model (to match its drop) from the cache."""
     poisoned = condition != "unpoisoned"
     forget = v.control if condition == "random-clean" else v.request
     x, y = v.training_set(poisoned)
@@ -162,15 +169,88 @@ def _unlearn(spec: BackdoorSpec, v: Victim, method: str, condition: str, hp: dic
     base = v.poisoned if poisoned else v.unpoisoned
     ctx = UnlearnContext(v.recipe, lambda s=None: create_model(
         v.mspec, seed=v.seed if s is None else s), v.seed, progress)
-    if method == "retrain":
-        key = cache_key(kind="backdoor-retrain", base=v.keys["poisoned" if poisoned
-                                                             else "unpoisoned"],
-                        forget=forget.tolist())
-        model, _ = cached_fit(cache, key, v.mspec, dev,
-                              lambda: (unlearn("retrain", base, data, ctx), {}),
-                              {"kind": "retrain", "seed": v.seed, "condition": condition})
-        return model, forget
-    return unlearn(method, base, data, ctx, **hp), forget
+    key = cache_key(kind="backdoor-unlearned", base=v.keys["poisoned" if poisoned
+                                                           else "unpoisoned"],
+                    forget=cache_key(ids=forget.tolist()), method=method, hp=hp)
+
+    def run():
+        model = unlearn(method, base, data, ctx, **hp)
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise Diverged(f"{method} produced non-finite weights")
+        return model, {}
+
+    model, _ = cached_fit(cache, key, v.mspec, dev, run,
+                          {"kind": "unlearned", "method": method, "seed": v.seed,
+                           "condition": condition})
+    return model, forget
+
+
+class BackdoorCell(Cell):
+    """One backdoor row: ``method`` under ``condition`` for ``seed``."""
+
+    spec: BackdoorSpec
+    model_name: str
+    method: str
+    condition: str
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.condition} seed {self.seed}"
+
+    def _coords(self) -> dict:
+        trigger = self.spec.trigger
+        return {"cell": self.key, "dataset": self.spec.dataset, "model": self.model_name,
+                "method": self.method, "condition": self.condition, "seed": self.seed,
+                "target": self.spec.target, "strategy": self.spec.strategy,
+                "trigger": trigger.kind, "amplitude": trigger.amplitude}
+
+    def failed(self, error: str) -> BackdoorRow:
+        return BackdoorRow(**self._coords(), status="failed", error=error)
+
+    def run(self, ws: Workspace) -> BackdoorRow:
+        spec = self.spec
+        v, scan = _victim(ws, spec, self.seed)
+        base = {**self._coords(), "forget_size": len(v.request),
+                "poisons": len(v.planted.poisons)}
+        t0 = time.perf_counter()
+        try:
+            row = _run_cell(spec, v, scan, self, ws)
+        except Diverged as e:
+            return BackdoorRow(**base, status="failed", error=f"unlearning diverged: {e}")
+        return BackdoorRow(**{**base, **row}, status="ok",
+                           seconds=round(time.perf_counter() - t0, 3))
+
+
+def _victim(ws: Workspace, spec: BackdoorSpec, seed: int) -> tuple[Victim, Scanner]:
+    """The seed's victim (surrogate, request, poisoned and unpoisoned models) and its
+    scanner, once per worker process; the models come from the cache."""
+    data = spec.model_dump(include={"dataset", "data_root", "train_size", "test_size"})
+    ds = ws.remember(("dataset", cache_key(**data)),
+                     lambda: load_study_data(spec, ws.cache_dir), keep=1)
+
+    def make():
+        v = prepare_victim(spec, spec.attack(), ds, seed, ws.cache, ws.progress)
+        return v, Scanner(spec, ds, v, ws.out, ws.progress)
+
+    return ws.remember(("victim", cache_key(spec=spec.model_dump(exclude=GRID_KEYS)), seed),
+                       make)
+
+
+def backdoor_cells(spec: BackdoorSpec, ds: Dataset) -> list[BackdoorCell]:
+    """Every (method, condition, seed) as a cell, after every check. The attack condition
+    comes first: the strength-matched control needs its unlearned model."""
+    check_spec(spec, ds)
+    mspec, _ = study_recipe(spec, ds)
+    order = {"attack": 0}
+    cells = []
+    for seed in spec.seeds:
+        for cond in sorted(spec.conditions, key=lambda c: order.get(c, 1)):
+            for m in spec.methods if cond in UNLEARNING_CONDITIONS else ["none"]:
+                cells.append(BackdoorCell(key=_cell_key(spec, m, cond, seed), spec=spec,
+                                          model_name=mspec.name, method=m, condition=cond,
+                                          seed=seed))
+    return cells
 
 
 def run_backdoor(
@@ -180,92 +260,72 @@ def run_backdoor(
     cache_dir: Path | None = None,
     progress: Progress | None = None,
     on_row: Callable[[dict], None] | None = None,
+    executor: ExecutorOptions | None = None,
 ) -> list[dict]:
-    """Run every missing cell of the study; returns all rows of ``out/results.jsonl``."""
+    """Run every missing cell of the study on ``executor`` (default: in this process);
+    returns all rows of ``out/results.jsonl``."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    cache = ModelCache(cache_dir)
     log = ResultsLog(out, on_row)
     ds = load_study_data(spec, cache_dir)
-    attack = check_spec(spec, ds)
-    trigger = attack.poison.trigger
-
-    for seed in spec.seeds:
-        cells = _seed_cells(spec, seed)
-        if all(c["cell"] in log for c in cells):
-            continue
-        v = prepare_victim(spec, attack, ds, seed, cache, progress)
-        scan = Scanner(spec, ds, v, out, progress)
-        common = {"dataset": spec.dataset, "model": v.mspec.name, "seed": seed,
-                  "target": spec.target, "strategy": spec.strategy,
-                  "forget_size": len(v.request), "poisons": len(v.planted.poisons)}
-        for c in cells:
-            if c["cell"] in log:
-                continue
-            t0 = time.perf_counter()
-            base = {**common, **c, "trigger": trigger.kind, "amplitude": trigger.amplitude}
-            try:
-                row = _run_cell(spec, v, scan, c, log.rows, cache, progress)
-            except Diverged as e:
-                log.emit({**base, "status": "failed", "error": f"unlearning diverged: {e}"})
-                continue
-            log.emit({**base, **row, "status": "ok",
-                      "seconds": round(time.perf_counter() - t0, 3)})
+    execute(backdoor_cells(spec, ds), log, cache_dir, out, executor or ExecutorOptions(),
+            progress)
     return log.read()
 
 
-def _seed_cells(spec: BackdoorSpec, seed: int) -> list[dict]:
-    cells = []
-    for cond in spec.conditions:
-        methods = spec.methods if cond in UNLEARNING_CONDITIONS else ["none"]
-        for m in methods:
-            cells.append({"method": m, "condition": cond,
-                          "cell": _cell_key(spec, m, cond, seed)})
-    # random-clean is matched to the attack's drop, so the attack runs first
-    order = {"attack": 0}
-    return sorted(cells, key=lambda c: order.get(c["condition"], 1))
-
-
-def _hparams(spec: BackdoorSpec, v: Victim, method: str, condition: str, rows: dict,
-             scan: Scanner) -> tuple[dict, float | None]:
+def _hparams(spec: BackdoorSpec, v: Victim, method: str, condition: str, scan: Scanner,
+             ws: Workspace) -> tuple[dict, float | None]:
     hp = spec.method_hparams(method)
     matchable = method != "retrain" and issubclass(get_method(method).hparams,
                                                    StoppableHparams)
     if condition != "random-clean" or not spec.strength_match or not matchable:
         return hp, None
-    ref = rows.get(_cell_key(spec, method, "attack", v.seed))
-    if ref is None or ref.get("status") != "ok":
+    try:  # the attack condition's model: built by its own cell, or here, once
+        attacked, forget = _unlearn(spec, v, method, "attack", hp, ws.cache, ws.progress)
+    except Diverged:
         return hp, None
-    drop = ref["forget_acc_before"] - ref["forget_acc_after"]
+    drop = (scan.forget_acc(v.poisoned, forget, True) - scan.forget_acc(attacked, forget, True))
     before = scan.forget_acc(v.poisoned, v.control, poisoned=True)
-    hp["stop_acc"] = before - drop
+    hp = {**hp, "stop_acc": before - drop}
     steps = make_hparams(method, hp).steps
     hp["steps"] = max(steps, round(steps * spec.match_budget))
     return hp, round(drop, 4)
 
 
-def _run_cell(spec, v: Victim, scan: Scanner, cell: dict, rows: dict, cache, progress) -> dict:
-    method, condition = cell["method"], cell["condition"]
+def _before(ws: Workspace, scan: Scanner, v: Victim, name: str, model: nn.Module,
+            trigger) -> dict:
+    """The scan of a model no method has touched: once per model, study and output folder
+    (its artefacts are written there), whichever worker gets there first."""
+    key = cache_key(kind="scan-before", model=v.keys.get(name, name), seed=v.seed,
+                    spec=scan.spec.model_dump(exclude={"methods", "hparams", "preset",
+                                                       "conditions", "seeds", "device"}),
+                    out=str(ws.out.resolve()))
+    return dict(ws.cache.build_record(key, "scan", lambda: scan.before(name, model, trigger)))
+
+
+def _run_cell(spec, v: Victim, scan: Scanner, cell: BackdoorCell, ws: Workspace) -> dict:
+    method, condition = cell.method, cell.condition
     if condition in ("none", "badnets", "blended"):
         model = v.poisoned if condition == "none" else v.baselines[condition]
         trigger = None if condition == "none" else baseline_triggers()[condition]
-        before = scan.before("poisoned" if condition == "none" else condition, model, trigger)
+        before = _before(ws, scan, v, "poisoned" if condition == "none" else condition, model,
+                         trigger)
         after = {k.replace("_before", "_after"): val for k, val in before.items()
                  if k.endswith("_before")}
-        out = {**before, **after, **scan.ibau(model, trigger),
+        out = {**before, **after, **scan.mitigate(model, trigger),
                "matched_drop": None, "artefact_after": before["artefact_before"]}
         if trigger is not None:
             out.update(trigger=trigger.kind, amplitude=trigger.amplitude)
         return out
     poisoned = condition != "unpoisoned"
     base = v.poisoned if poisoned else v.unpoisoned
-    hp, matched = _hparams(spec, v, method, condition, rows, scan)
+    hp, matched = _hparams(spec, v, method, condition, scan, ws)
     forget = v.control if condition == "random-clean" else v.request
-    before = scan.before("poisoned" if poisoned else "unpoisoned", base, None)
+    before = _before(ws, scan, v, "poisoned" if poisoned else "unpoisoned", base, None)
     before["forget_acc_before"] = scan.forget_acc(base, forget, poisoned)
     t0 = time.perf_counter()
-    model, forget = _unlearn(spec, v, method, condition, hp, cache, progress)
+    model, forget = _unlearn(spec, v, method, condition, hp, ws.cache, ws.progress)
     unlearn_s = time.perf_counter() - t0
     after = scan.after(f"{condition}-{method}", model)
     after["forget_acc_after"] = scan.forget_acc(model, forget, poisoned)
-    return {**before, **after, **scan.ibau(model, None), "matched_drop": matched,
+    return {**before, **after, **scan.mitigate(model, None), "matched_drop": matched,
             "hparams": hp, "unlearn_seconds": round(unlearn_s, 3)}

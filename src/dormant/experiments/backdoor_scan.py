@@ -88,8 +88,6 @@ class Scanner:
         defender's clean images: its columns (ASR, clean accuracy), ``None`` when off."""
         return self._run("mitigate", model, trigger or self.trigger)[0]
 
-    ibau = mitigate  # the study runner's name for it
-
     def _scan(self, name: str, model: nn.Module, trigger: Trigger | None, when: str) -> dict:
         trigger = trigger or self.trigger
         found, tensors = self._run("scan", model, trigger)

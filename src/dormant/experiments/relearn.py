@@ -1,10 +1,11 @@
-"""The relearning study: for every seed and forget set, the original and oracle (cached),
-each method pipeline, then the relearning attack on every model; one results row per cell
-(pipeline x seed x forget set x k x relearn set x attack setting).
+"""The relearning study as cells: one per (pipeline x seed x forget set x k x relearn set x
+attack setting), each writing one ``RelearnRow``. A cell builds what it needs through the
+cache (the seed's original and oracle, the first seed's calibration of its pipeline, the
+unlearned model and its analysis), once whichever worker gets there first, then attacks.
 
 Rows already in ``results.jsonl`` are skipped, so a rerun after a crash finishes only the
-missing cells and duplicates none. A cell whose training diverges is written as a failed row
-with its reason, and the study goes on.
+missing cells and duplicates none. A cell that fails for any reason (a diverging loss
+included) is written as a failed row with its error, and the study goes on.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import torch
 from torch import nn
 
 from dormant.attacks import RelearnConfig, RelearnData, relearn
+from dormant.cells import Cell, Workspace
 from dormant.data import Dataset
 from dormant.data.forget import load_cscores, parse_forget, planned_size
 from dormant.data.sources import default_cache_dir
 from dormant.data.split import leakable_count
 from dormant.engine import Diverged, Progress, evaluate
 from dormant.errors import DormantError
+from dormant.executors import execute
+from dormant.executors.options import ExecutorOptions
 from dormant.experiments.analysis import Probe, analyse, make_probe, mia
 from dormant.experiments.calibrate import Calibration, calibrate
 from dormant.experiments.pipeline import Pipeline, resolve
@@ -38,6 +42,7 @@ from dormant.experiments.profiles import Profile, profile_for
 from dormant.experiments.spec import RelearnSpec
 from dormant.metrics import aurc, l2_distance, recovery, tow
 from dormant.models import ModelSpec, create_model
+from dormant.rows import RelearnRow
 from dormant.store import ModelCache, ResultsLog, cache_key
 from dormant.unlearn import StoppableHparams, get_method, resolve_hparams, unlearn
 
@@ -97,19 +102,128 @@ def check_spec(spec: RelearnSpec, ds: Dataset) -> list[Pipeline]:
     return pipelines
 
 
-def _cells(spec: RelearnSpec, prep: Prepared, pipe: Pipeline, stage_hps: list[dict]
-           ) -> list[dict]:
-    base = cache_key(spec=spec.model_dump(exclude=GRID_KEYS), method=pipe.name,
-                     stages=[[s.method, hp] for s, hp in zip(pipe.stages, stage_hps, strict=True)],
-                     seed=prep.seed, forget=prep.forget_text)
+class RelearnCell(Cell):
+    """One relearning row: a pipeline, seed and forget set, attacked with ``k`` leaked
+    examples on one relearn set at one learning rate and step budget."""
+
+    spec: RelearnSpec
+    model_name: str
+    pipeline: str
+    seed: int
+    forget: str
+    k: int
+    relearn_set: str
+    attack_lr: float
+    attack_steps: int
+
+    @property
+    def label(self) -> str:
+        return (f"{self.pipeline} seed {self.seed} k={self.k} {self.relearn_set} "
+                f"lr {self.attack_lr:.0e}")
+
+    def _coords(self) -> dict:
+        return {"cell": self.key, "dataset": self.spec.dataset, "model": self.model_name,
+                "method": self.pipeline, "seed": self.seed, "forget": self.forget, "k": self.k,
+                "relearn_set": self.relearn_set, "attack_lr": self.attack_lr,
+                "attack_steps": self.attack_steps}
+
+    def failed(self, error: str) -> RelearnRow:
+        return RelearnRow(**self._coords(), status="failed", error=error)
+
+    def run(self, ws: Workspace) -> RelearnRow:
+        spec = self.spec
+        prep = _prepared(ws, spec, self.seed, self.forget)
+        pipe = next(p for p in resolve(spec) if p.name == self.pipeline)
+        if pipe.is_reference:
+            stage_hps, cal = [{}], []
+        else:
+            # each seed's own budgets and stop target, then the first seed's strengths
+            stage_hps = [method_hparams(spec, prep, s.method, s.hparams) for s in pipe.stages]
+            cal = _calibration(ws, spec, self.forget, pipe)
+            for c in cal:
+                stage_hps[c.stage][c.param] = c.chosen
+        common = {**self._coords(), "hparams": stage_hps[-1],
+                  "pipeline": [[s.method, hp] for s, hp in zip(pipe.stages, stage_hps,
+                                                               strict=True)],
+                  "calibration": [c.to_dict() for c in cal]}
+        t0 = time.perf_counter()
+        try:
+            model, key = unlearned_model(prep, pipe, stage_hps, ws.cache, ws.progress)
+        except Diverged as e:
+            return RelearnRow(**common, status="failed", error=f"unlearning diverged: {e}")
+        unlearn_s = time.perf_counter() - t0
+        before = _measure(prep, model)
+        probe, extra = None, {}
+        if spec.analysis:
+            probe = ws.remember(("probe", id(prep)), lambda: make_probe(prep, spec.analysis_size))
+            extra = ws.cache.build_record(
+                cache_key(kind="analysis", model=key, oracle=prep.oracle_key, seed=prep.seed,
+                          size=spec.analysis_size, lmc_points=spec.lmc_points),
+                "analysis", lambda: analyse(prep, probe, model, pipe.name == "original",
+                                            spec.lmc_points))
+        try:
+            row = _attack_row(spec, prep, probe, model, before["forget_acc"], self)
+        except Diverged as e:
+            return RelearnRow(**common, status="failed", error=f"attack diverged: {e}")
+        return RelearnRow(**common, **before, **row, **extra,
+                          unlearn_seconds=round(unlearn_s, 3),
+                          seconds=round(unlearn_s + row["attack_seconds"], 3))
+
+
+def _prepared(ws: Workspace, spec: RelearnSpec, seed: int, forget: str) -> Prepared:
+    """The seed's data, split, original and oracle, once per worker process."""
+    data = spec.model_dump(include={"dataset", "data_root", "train_size", "test_size"})
+    ds = ws.remember(("dataset", cache_key(**data)),
+                     lambda: load_study_data(spec, ws.cache_dir), keep=1)
+    return ws.remember(("prepared", cache_key(spec=spec.model_dump(exclude=GRID_KEYS)),
+                        seed, forget),
+                       lambda: prepare(spec, ds, seed, ws.cache, ws.progress, forget))
+
+
+def _calibration(ws: Workspace, spec: RelearnSpec, forget: str, pipe: Pipeline
+                 ) -> list[Calibration]:
+    """The strengths chosen on the study's first seed (``calibrate: oracle``), computed by
+    whichever cell needs them first and read from the cache by all the others."""
+    if spec.calibrate != "oracle":
+        return []
+    prep = _prepared(ws, spec, spec.seeds[0], forget)
+    hps = [method_hparams(spec, prep, s.method, s.hparams) for s in pipe.stages]
+    key = cache_key(kind="calibration", original=prep.original_key, split=prep.split.hash,
+                    stages=[[s.method, hp] for s, hp in zip(pipe.stages, hps, strict=True)],
+                    user=[s.hparams for s in pipe.stages])
+    found = ws.cache.build_record(key, "calibration", lambda: [c.to_dict() for c in calibrate(
+        prep, pipe, hps, [s.hparams for s in pipe.stages],
+        lambda p, h: unlearned_model(prep, p, h, ws.cache, ws.progress)[0])])
+    return [Calibration(**c) for c in found]
+
+
+def relearn_cells(spec: RelearnSpec, ds: Dataset) -> list[RelearnCell]:
+    """The study's grid as cells, after every check. Ordered k, seed, forget set, pipeline:
+    workers that start together take different pipelines of the first seed (whose
+    calibration every later seed reuses) rather than wait on one another's lock."""
+    pipelines = check_spec(spec, ds)
+    profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
+    model_name = spec.model or profile.model
+    # calibrate, stop and the preset shape every non-reference model: part of the key
+    base = cache_key(spec=spec.model_dump(exclude=GRID_KEYS), calibrate=spec.calibrate,
+                     stop=spec.stop, preset=spec.preset, calibration_seed=spec.seeds[0])
     cells = []
-    for lr, steps in attack_settings(spec, prep.profile):
-        for rs in spec.relearn_sets:
-            for k in spec.k:
-                if rs == "forget-only" and k == 0:
-                    continue  # nothing to train on; the seed code omits it too
-                cells.append({"k": k, "relearn_set": rs, "attack_lr": lr, "attack_steps": steps,
-                              "cell": cache_key(base=base, k=k, rs=rs, lr=lr, steps=steps)})
+    for k in spec.k:
+        for seed in spec.seeds:
+            for forget in forget_sets(spec, profile):
+                for pipe in pipelines:
+                    stages = [[s.method, s.hparams] for s in pipe.stages]
+                    for lr, steps in attack_settings(spec, profile):
+                        for rs in spec.relearn_sets:
+                            if rs == "forget-only" and k == 0:
+                                continue  # nothing to train on; the seed code omits it too
+                            key = cache_key(base=base, method=pipe.name, stages=stages,
+                                            seed=seed, forget=forget, k=k, rs=rs, lr=lr,
+                                            steps=steps)
+                            cells.append(RelearnCell(
+                                key=key, spec=spec, model_name=model_name, pipeline=pipe.name,
+                                seed=seed, forget=forget, k=k, relearn_set=rs, attack_lr=lr,
+                                attack_steps=steps))
     return cells
 
 
@@ -120,73 +234,16 @@ def run_relearn(
     cache_dir: Path | None = None,
     progress: Progress | None = None,
     on_row: Callable[[dict], None] | None = None,
+    executor: ExecutorOptions | None = None,
 ) -> list[dict]:
-    """Run every missing cell of the study; returns all rows of ``out/results.jsonl``."""
+    """Run every missing cell of the study on ``executor`` (default: in this process);
+    returns all rows of ``out/results.jsonl``."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    cache = ModelCache(cache_dir)
     log = ResultsLog(out, on_row)
     ds = load_study_data(spec, cache_dir)
-    pipelines = check_spec(spec, ds)
-    profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
-
-    chosen: dict[tuple[str, str], list[Calibration]] = {}
-    for seed in spec.seeds:
-        for forget_text in forget_sets(spec, profile):
-            prep = prepare(spec, ds, seed, cache, progress, forget_text)
-            for k in spec.k:
-                prep.split.leaked(k)  # refuse an impossible k before any unlearning
-            probe = make_probe(prep, spec.analysis_size) if spec.analysis else None
-            for pipe in pipelines:
-                if pipe.is_reference:
-                    stage_hps, cal = [{}], []
-                else:
-                    # each seed's own budgets and stop target, then the strengths
-                    stage_hps = [method_hparams(spec, prep, s.method, s.hparams)
-                                 for s in pipe.stages]
-                    cal = chosen.get((forget_text, pipe.name), [])
-                    if spec.calibrate == "oracle" and (forget_text, pipe.name) not in chosen:
-                        # the first seed picks every method's strength, for all seeds
-                        cal = calibrate(
-                            prep, pipe, stage_hps, [s.hparams for s in pipe.stages],
-                            lambda p, h, prep=prep: unlearned_model(prep, p, h, cache,
-                                                                    progress))
-                        chosen[forget_text, pipe.name] = cal
-                    for c in cal:
-                        stage_hps[c.stage][c.param] = c.chosen
-                missing = [c for c in _cells(spec, prep, pipe, stage_hps)
-                           if c["cell"] not in log]
-                if missing:
-                    _run_pipeline(spec, prep, probe, pipe, stage_hps, cal, missing, cache,
-                                  progress, log.emit)
+    execute(relearn_cells(spec, ds), log, cache_dir, out, executor or ExecutorOptions(),
+            progress)
     return log.read()
-
-
-def _run_pipeline(spec, prep: Prepared, probe: Probe | None, pipe: Pipeline, stage_hps,
-                  cal: list[Calibration], cells, cache, progress, emit) -> None:
-    common = {"dataset": spec.dataset, "model": prep.spec.name, "forget": prep.forget_text,
-              "method": pipe.name, "seed": prep.seed, "hparams": stage_hps[-1],
-              "pipeline": [[s.method, hp] for s, hp in zip(pipe.stages, stage_hps, strict=True)],
-              "calibration": [c.to_dict() for c in cal]}
-    t0 = time.perf_counter()
-    try:
-        model = unlearned_model(prep, pipe, stage_hps, cache, progress)
-    except Diverged as e:
-        for c in cells:
-            emit({**common, **c, "status": "failed", "reason": f"unlearning diverged: {e}"})
-        return
-    unlearn_s = time.perf_counter() - t0
-    before = _measure(prep, model)
-    extra = analyse(prep, probe, model, pipe.name == "original", spec.lmc_points) if probe \
-        else {}
-    for c in cells:
-        try:
-            row = _attack_row(spec, prep, probe, model, before, c)
-        except Diverged as e:
-            emit({**common, **c, "status": "failed", "reason": f"attack diverged: {e}"})
-            continue
-        emit({**common, **c, "status": "ok", **before, **row, **extra,
-              "unlearn_seconds": round(unlearn_s, 3),
-              "seconds": round(unlearn_s + row["attack_seconds"], 3)})
 
 
 def _check_finite(model: nn.Module, name: str) -> nn.Module:
@@ -196,13 +253,13 @@ def _check_finite(model: nn.Module, name: str) -> nn.Module:
 
 
 def unlearned_model(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], cache: ModelCache,
-                    progress: Progress | None) -> nn.Module:
-    """Run the pipeline's stages from the original; every stage's result is cached, so
-    chains that share a first stage train it once."""
+                    progress: Progress | None) -> tuple[nn.Module, str]:
+    """``(model, cache key)``: the pipeline's stages run from the original; every stage's
+    result is cached, so chains that share a first stage train it once."""
     if pipe.name == "original":
-        return prep.original
+        return prep.original, prep.original_key
     if pipe.name == "retrain":
-        return prep.oracle
+        return prep.oracle, prep.oracle_key
     model, prev = prep.original, None
     # theta_pre stays the original in every stage of a then: chain
     ctx = dataclasses.replace(prep.context(progress), pretrained=prep.original)
@@ -220,7 +277,7 @@ def unlearned_model(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], cache
             {**parts, "data_fingerprint": prep.dataset.fingerprint, "seed": prep.seed},
         )
         prev = key
-    return model
+    return model, prev
 
 
 def _measure(prep: Prepared, model: nn.Module) -> dict:
@@ -236,11 +293,12 @@ def _measure(prep: Prepared, model: nn.Module) -> dict:
             "split": prep.split.hash}
 
 
-def _attack_row(spec, prep: Prepared, probe: Probe | None, model, before, cell) -> dict:
-    k = cell["k"]
-    cfg = attack_config(spec, prep.profile, k, cell["attack_lr"], cell["attack_steps"])
+def _attack_row(spec, prep: Prepared, probe: Probe | None, model, forget_before: float,
+                cell: RelearnCell) -> dict:
+    k = cell.k
+    cfg = attack_config(spec, prep.profile, k, cell.attack_lr, cell.attack_steps)
     forget_classes = torch.unique(prep.y[prep.split.forget.to(prep.x.device)])
-    data = RelearnData.build(cell["relearn_set"], prep.x, prep.y, prep.x_test, prep.y_test,
+    data = RelearnData.build(cell.relearn_set, prep.x, prep.y, prep.x_test, prep.y_test,
                              prep.split.retain, prep.split.leaked(k),
                              prep.split.heldout.to(prep.x.device), forget_classes)
     t0 = time.perf_counter()
@@ -255,8 +313,8 @@ def _attack_row(spec, prep: Prepared, probe: Probe | None, model, before, cell) 
         "forget_acc_attacked": round(curve.best, 4),
         "forget_acc_attacked_last": round(curve.last, 4),
         "forget_acc_attacked_end": round(curve.end, 4),
-        "recovery": round(recovery(before["forget_acc"], curve.best), 4),
-        "aurc": round(aurc(curve.steps, curve.forget_acc, before["forget_acc"]), 4),
+        "recovery": round(recovery(forget_before, curve.best), 4),
+        "aurc": round(aurc(curve.steps, curve.forget_acc, forget_before), 4),
         **after,
         "attack": {"steps": cfg.steps, "lr": cfg.lr, "eval_every": cfg.eval_every},
         "curve_steps": curve.steps, "curve_forget_acc": [round(a, 3) for a in curve.forget_acc],

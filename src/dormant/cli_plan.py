@@ -1,0 +1,79 @@
+"""``dormant plan``: cells, the artefact graph and the expected makespan of a study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from dormant.cli_common import DataRoot, SetOpt, _check_data_root, _numbers, console, load_spec
+from dormant.errors import DormantError
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def plan_cmd(
+    study: Annotated[Path, typer.Argument(help="YAML relearning study file")],
+    workers: Annotated[str, typer.Option(help="worker or GPU counts to plan for, e.g. 1,8,64")]
+    = "1,2,8,64",
+    from_run: Annotated[Path | None, typer.Option(
+        "--from", help="an earlier run's output folder: its measured times (same cache)")]
+    = None,
+    step_seconds: Annotated[float | None, typer.Option(
+        help="seconds of one training step measured elsewhere (e.g. on the target GPU)")]
+    = None,
+    data_root: DataRoot = None,
+    set_: SetOpt = None,
+) -> None:
+    """How many cells, which artefacts, and how long on W workers (nothing is trained)."""
+    from dormant.data.sources import default_cache_dir
+    from dormant.experiments import RelearnSpec
+    from dormant.experiments.pipeline import resolve
+    from dormant.experiments.plan import earlier_costs, measured_costs, plan
+    from dormant.experiments.prepare import load_study_data
+
+    counts = _numbers(workers, "workers")
+    if not counts or min(counts) < 1:
+        raise DormantError(f"--workers takes positive integers, e.g. 1,8,64; got {workers!r}")
+    if step_seconds is not None and not step_seconds > 0:
+        raise DormantError(f"--step-seconds must be a positive number, got {step_seconds}")
+    spec = load_spec(RelearnSpec, study, {"data_root": ("--data-root",
+                                                         _check_data_root(data_root))}, set_)
+    cache_dir = default_cache_dir()
+    ds = load_study_data(spec, cache_dir)
+    pipelines = resolve(spec)
+    costs = (earlier_costs(spec, ds, pipelines, from_run, cache_dir) if from_run
+             else measured_costs(spec, ds, pipelines, step=step_seconds))
+    p = plan(spec, ds, costs, counts)
+    console.print(f"[bold]{study}[/]: {p.cells} cells")
+    t = Table(title="artefacts the cells build (each once)")
+    t.add_column("kind")
+    t.add_column("count", justify="right")
+    for kind, n in p.artefacts.items():
+        t.add_row(kind, str(n))
+    console.print(t)
+    src = ("given --step-seconds" if step_seconds else costs.source)
+    console.print(f"durations: {src}; " + ", ".join(f"{k} {v}" for k, v in costs.inputs.items()))
+    console.print(f"  original {_duration(costs.original)}, attack {_duration(costs.attack)}, "
+                  f"analysis {_duration(costs.analysis)}, unlearning "
+                  + ", ".join(f"{m} {_duration(s)}" for m, s in sorted(costs.unlearn.items())))
+    m = Table(title="expected makespan")
+    for col in ("workers", "makespan", "speed-up", "efficiency"):
+        m.add_column(col, justify="right")
+    for w, s in p.makespan.items():
+        m.add_row(str(w), _duration(s), f"{p.serial / s:.2f}x", f"{p.serial / s / w:.0%}")
+    console.print(m)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan")(plan_cmd)
