@@ -1,7 +1,10 @@
 """Wall time of one study run serially and on a local pool, back to back, each from a cold
 cache of its own (nothing shared, so both build every artefact). Prints one JSON object:
 seconds of each, the ratio local / serial (the target is <= 0.65 with 2 workers on 2 cores)
-and whether the two runs wrote identical rows, timings aside.
+and whether the two runs wrote identical rows, timings aside. Serial uses torch's threads
+(the CPU count) and each of the 2 workers one: on a CPU that changes the order of float
+reductions, so the rows can differ in their last digits; the largest difference of any
+number in any row is reported next to it (``--threads 1`` on both makes them identical).
 
     .venv/bin/python benchmarks/executors.py [--study configs/mnist-quick.yaml]
         [--data-root ../shared/datasets] [--workers 2] [--set seeds=[0]]
@@ -32,6 +35,23 @@ def run(study: Path, out: Path, cache: Path, extra: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def _diff(a, b) -> float:
+    """The largest absolute difference between the numbers of two rows (inf if the shapes
+    differ)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return float("inf")
+        return max((_diff(a[k], b[k]) for k in a), default=0.0)
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return float("inf")
+        return max((_diff(x, y) for x, y in zip(a, b, strict=True)), default=0.0)
+    if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, int | float) \
+            or not isinstance(b, int | float):
+        return 0.0 if a == b else float("inf")
+    return abs(a - b)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--study", type=Path, default=ROOT / "configs" / "mnist-quick.yaml")
@@ -51,12 +71,15 @@ def main() -> None:
         rows = {name: {r["cell"]: without_timings(r)
                        for r in read_rows(tmp / name / "results.jsonl")}
                 for name in ("serial", "local")}
+    diff = max((_diff(rows["serial"][k], rows["local"].get(k, {})) for k in rows["serial"]),
+               default=0.0)
     print(json.dumps({
         "study": str(args.study), "sets": args.sets, "cells": len(rows["serial"]),
         "cpus": len(os.sched_getaffinity(0)), "workers": args.workers,
         "serial_s": round(serial, 1), "local_s": round(local, 1),
         "ratio_local_over_serial": round(local / serial, 3),
         "identical_rows": rows["serial"] == rows["local"],
+        "max_abs_diff": round(diff, 6),
         "failed_rows": sum(r["status"] != "ok" for r in rows["local"].values()),
     }, indent=1))
 

@@ -107,7 +107,8 @@ def demo(
     _run_study(spec, out, "dormant demo: relearning after unlearning")
 
 
-STUDY = [*flags("dataset", "download", "train_size", "test_size", "model", "methods", "seeds"),
+STUDY = [*flags("dataset", "download", "train_size", "test_size", "model", "methods", "preset",
+                 "seeds"),
          Flag("data_root", parse=_check_data_root), *flags("train_steps", "device")]
 
 

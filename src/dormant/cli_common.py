@@ -50,6 +50,7 @@ HELP = {
     "forget": Forget.__metadata__[0].help,
     "cscores": "C-score .npz for atypical sets",
     "methods": "comma-separated method names",
+    "preset": "the methods' preset (see dormant methods --preset; default: the study's)",
     "k": "leaked examples, e.g. 0,5",
     "seeds": "e.g. 0,1,2",
     "relearn_sets": "comma-separated relearn sets",
@@ -80,6 +81,8 @@ HELP = {
     "workers": "local: processes (default: the CPU count); ray: cells in flight at once",
     "ray_address": "ray: the cluster to join (auto: a running one; default: start a local one)",
     "gpus_per_cell": "a GPU share per cell: 0.25 packs four cells onto one GPU",
+    "threads": "torch CPU threads per cell (rows are identical across executors at equal "
+               "threads; default: serial all, local CPUs / workers, ray 1)",
 }
 
 
@@ -109,8 +112,25 @@ def flags(*names: str, **renamed: str) -> list[Flag]:
 def _field(cls: type[BaseModel], key: str):
     *outer, last = key.split(".")
     for part in outer:
-        cls = _plain(cls.model_fields[part].annotation)
-    return cls.model_fields[last]
+        cls = _plain(_fields(cls)[part].annotation)
+    return _fields(cls)[last]
+
+
+def _default(cls: type, key: str, field) -> Any:
+    """The value the spec has for ``key`` when nothing sets it: read from a default spec, so
+    a nested key shows the study's own default (``--trigger``: noise), not its class's."""
+    try:
+        value = cls()
+        for part in key.split("."):
+            value = getattr(value, part)
+        return value
+    except Exception:  # noqa: BLE001 - a spec with required keys: the field's own default
+        return field.get_default(call_default_factory=True)
+
+
+def _fields(cls: type) -> dict:
+    """A pydantic model's or pydantic dataclass's fields."""
+    return getattr(cls, "__pydantic_fields__", None) or cls.model_fields
 
 
 def _plain(tp: Any) -> Any:
@@ -133,7 +153,7 @@ def _option(cls: type[BaseModel], f: Flag) -> tuple[inspect.Parameter, Callable]
     choices = get_args(item or tp) if get_origin(item or tp) is Literal else ()
     if choices and not all(c in help_ for c in choices):
         help_ = f"{help_}: {', '.join(choices)}" if help_ else ", ".join(choices)
-    default = field.get_default(call_default_factory=True)
+    default = _default(cls, f.key, field)
     shown = (",".join(map(str, default)) if isinstance(default, list) else str(default))
     if f.parse is not None or item is not None or choices or tp not in (bool, int, float):
         kind: type = str
@@ -181,7 +201,7 @@ SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", metavar="KEY=VALUE", help="set any key of the study, nested ones dotted, e.g. "
     "hparams.finetune.lr=1e-4 (a YAML value; overrides the file and the flags); repeat it")]
 OutOpt = Annotated[Path | None, typer.Option(help="output folder (default runs/NAME-TIME)")]
-EXECUTOR_FLAGS = flags("executor", "workers", "ray_address", "gpus_per_cell")
+EXECUTOR_FLAGS = flags("executor", "workers", "ray_address", "gpus_per_cell", "threads")
 
 
 def study_command(app: typer.Typer, name: str, cls: type[BaseModel], study_flags: list[Flag]):

@@ -4,6 +4,7 @@ line through one formatter.
 
 - ``Settings``: the base of every settings model: frozen, unknown keys are errors.
 - ``validate(cls, data, where)``: ``cls`` from ``data``, or a ``DormantError`` naming the key.
+- ``@one_line(where)``: a settings class whose direct construction fails in one such line.
 - ``load_yaml(path, what)``: a YAML mapping from a UTF-8 file; empty files, duplicate keys
   and anything but a mapping are refused by name. YAML tags that build objects never run.
 - ``apply_sets(data, ["a.b=1", ...])``: the ``--set key.sub=value`` overrides, values parsed
@@ -12,6 +13,8 @@ line through one formatter.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import re
 from pathlib import Path
@@ -107,6 +110,32 @@ def validate(cls: type[T], data: Any, where: str, flags: dict[str, str] | None =
         return TypeAdapter(cls).validate_python(data)
     except ValidationError as e:
         raise DormantError(error_line(e, where, flags)) from None
+
+
+def one_line(where: str):
+    """Class decorator: building the model or pydantic dataclass directly raises one
+    ``DormantError`` line naming ``where`` and the key (``neural cleanse: key 'epochs': ...``)
+    instead of pydantic's multi-line ValidationError. Nested validation is unchanged."""
+
+    def deco(cls):
+        init = cls.__init__
+        names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) \
+            else []
+
+        @functools.wraps(init)
+        def __init__(self, *args, **kwargs):
+            if args and len(args) <= len(names):  # an error then names the field, not "1"
+                kwargs = {**dict(zip(names, args, strict=False)), **kwargs}
+                args = ()
+            try:
+                init(self, *args, **kwargs)
+            except ValidationError as e:
+                raise DormantError(error_line(e, where)) from None
+
+        cls.__init__ = __init__
+        return cls
+
+    return deco
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -29,9 +29,9 @@ from pydantic import ConfigDict, Field, field_validator
 from torch import nn
 
 from dormant.attacks.poison import Poisoned, PoisonSpec, poison
-from dormant.defenses.registry import one_line
 from dormant.engine import predict
 from dormant.errors import DormantError
+from dormant.settings import one_line
 
 STRATEGIES = ("margin", "stamped-margin", "random")
 

@@ -16,9 +16,9 @@ import torch
 from pydantic import ConfigDict, Field
 
 from dormant.attacks.triggers import Trigger
-from dormant.defenses.registry import one_line
 from dormant.engine import predict
 from dormant.errors import DormantError
+from dormant.settings import one_line
 
 
 @one_line("poison spec")

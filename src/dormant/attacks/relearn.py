@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from dormant.defenses.registry import one_line
 from dormant.engine import (
     BatchStream,
     Progress,
@@ -25,7 +24,7 @@ from dormant.engine import (
 from dormant.engine.augment import augment
 from dormant.errors import DormantError
 from dormant.metrics.curves import end_mean
-from dormant.settings import Settings
+from dormant.settings import Settings, one_line
 
 
 @one_line("relearning attack")

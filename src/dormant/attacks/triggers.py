@@ -19,8 +19,8 @@ import torch
 from pydantic import ConfigDict, Field, field_validator
 from pydantic.dataclasses import dataclass
 
-from dormant.defenses.registry import one_line
 from dormant.errors import DormantError
+from dormant.settings import one_line
 
 KINDS = ("patch", "blend", "noise", "sinusoid")
 

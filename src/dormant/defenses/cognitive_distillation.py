@@ -15,11 +15,11 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from dormant.defenses.registry import Control, one_line, register_defense, span
+from dormant.defenses.registry import Control, register_defense, span
 from dormant.engine import Progress, frozen, to_float
 from dormant.errors import DormantError
 from dormant.metrics.detection import auroc
-from dormant.settings import Settings
+from dormant.settings import Settings, one_line
 
 # keeps every mask value representable strictly inside (0, 1) in float32: (tanh(w) + 1) / 2
 # rounds to exactly 0 or 1 once |w| > ~9, which 100 Adam steps of lr 0.1 can reach

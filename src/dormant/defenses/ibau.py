@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from dormant.defenses.registry import Control, one_line, register_defense, span
+from dormant.defenses.registry import Control, register_defense, span
 from dormant.engine import Progress, to_float
 from dormant.errors import DormantError
-from dormant.settings import Settings
+from dormant.settings import Settings, one_line
 
 TOL = 1e-10  # the original stops the fixed-point iteration once v moves less than this
 

@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from dormant.defenses.registry import Control, one_line, register_defense
+from dormant.defenses.registry import Control, register_defense
 from dormant.engine import Progress, Recipe, fit, frozen, to_float
 from dormant.engine.recipe import AUGMENTATIONS
 from dormant.errors import DormantError
-from dormant.settings import Settings
+from dormant.settings import Settings, one_line
 
 EPS = 1e-7
 

@@ -21,45 +21,15 @@ the report judges before the defense's results on the attack count as evidence.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dormant.errors import DormantError
 
 Stage = Literal["scan", "mitigate"]
-
-
-def one_line(where: str):
-    """Class decorator: building the model or pydantic dataclass directly raises one
-    ``DormantError`` line naming ``where`` and the key (``neural cleanse: key 'epochs': ...``)
-    instead of pydantic's multi-line ValidationError. Nested validation is unchanged."""
-
-    def deco(cls):
-        init = cls.__init__
-        names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) \
-            else []
-
-        @functools.wraps(init)
-        def __init__(self, *args, **kwargs):
-            if args and len(args) <= len(names):  # an error then names the field, not "1"
-                kwargs = {**dict(zip(names, args, strict=False)), **kwargs}
-                args = ()
-            try:
-                init(self, *args, **kwargs)
-            except ValidationError as e:
-                from dormant.settings import error_line
-
-                raise DormantError(error_line(e, where)) from None
-
-        cls.__init__ = __init__
-        return cls
-
-    return deco
 
 
 @dataclass(frozen=True)
@@ -191,3 +161,52 @@ def span(values: list[float], decimals: int = 1) -> str:
         return "-"
     lo, hi = min(values), max(values)
     return f"{lo:.{decimals}f}" if lo == hi else f"{lo:.{decimals}f} to {hi:.{decimals}f}"
+
+
+class DefenseSpec(BaseModel):
+    """The defenses the study runs, one key per registered defense (``dormant.defenses``:
+    ``nc``, ``cd``, ``ibau``), each holding that defense's own config. A key left out runs the
+    defense's ``cpu`` preset (sized for a CPU; the paper's defaults live in each defense's
+    config and its ``paper`` preset); a mapping is layered over that preset key by key
+    (``nc: {epochs: 5}``); ``false`` switches the defense off, ``true`` runs the preset.
+
+    ``defense_size``: clean test images held by the defender (NC reverses on the first
+    ``nc.images`` of them, I-BAU uses them all); never used for the metrics."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    defense_size: int = Field(default=500, ge=10)
+
+    MOVED: ClassVar[dict[str, str]] = {
+        "nc_epochs": "nc.epochs", "nc_images": "nc.images", "nc_batch": "nc.batch_size",
+        "cd_images": "cd.images", "cd_steps": "cd.steps", "ibau_rounds": "ibau.rounds"}
+    """The flat keys of the study files before the defenses' settings were nested."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registered(cls, data):
+        if not isinstance(data, dict):
+            return data
+        known = available_defenses()
+        unknown = [k for k in data if k != "defense_size" and k not in known]
+        if unknown and unknown[0] in cls.MOVED:
+            d, key = cls.MOVED[unknown[0]].split(".")
+            raise ValueError(f"key {unknown[0]!r} moved into its defense's own settings: write "
+                             f"{d}: {{{key}: {data[unknown[0]]}}}")
+        if unknown:
+            raise ValueError(f"unknown defense {unknown[0]!r}; the registered defenses are "
+                             f"{', '.join(known)} (and defense_size)")
+        out = {k: v for k, v in data.items() if k == "defense_size"}
+        for name in known:
+            out[name] = (defense_config(name, data[name]) if name in data
+                         else get_defense(name).study_default())
+        return out
+
+    def config(self, name: str):
+        """Defense ``name``'s config, or ``None`` when it is off."""
+        return (self.model_extra or {}).get(name)
+
+    def active(self, stage: str) -> list[tuple[object, object]]:
+        """``(DefenseInfo, config or None)`` of every registered defense of ``stage``."""
+        return [(get_defense(n), self.config(n)) for n in available_defenses()
+                if get_defense(n).stage == stage]

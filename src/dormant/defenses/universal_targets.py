@@ -17,10 +17,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from dormant.defenses.registry import one_line
 from dormant.engine import BatchStream, Progress, frozen, to_float
 from dormant.errors import DormantError
-from dormant.settings import Settings
+from dormant.settings import Settings, one_line
 
 
 @one_line("universal perturbation")

@@ -18,6 +18,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from dormant.cells import Cell, Workspace, run_cell
 from dormant.engine import Progress
 from dormant.executors.options import ExecutorOptions
@@ -30,6 +32,8 @@ Executor = Callable[[list[Cell], WorkerConfig, ExecutorOptions, Emit, Progress |
 
 def _serial(cells: list[Cell], cfg: WorkerConfig, opts: ExecutorOptions, emit: Emit,
             progress: Progress | None) -> None:
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     ws = Workspace(Path(cfg.cache_dir), Path(cfg.out), progress)
     for cell in cells:
         emit(cell, run_cell(cell, ws).model_dump(mode="json"))

@@ -25,4 +25,7 @@ class ExecutorOptions(Settings):
     retries: int = Field(default=3, ge=0)
     """Times a cell whose worker died is tried again before it becomes a failed row."""
     threads: int | None = Field(default=None, ge=1)
-    """Torch CPU threads per worker (default: the CPU count divided among the workers)."""
+    """Torch CPU threads per cell (default: serial, torch's own, usually the CPU count;
+    ``local``, the CPU count divided among the workers; ``ray``, 1). Rows are identical
+    across executors at equal threads; on a CPU the thread count changes the order of float
+    reductions, and so the last digits of a trained model's numbers."""

@@ -38,7 +38,6 @@ from dormant.experiments.backdoor_spec import (
 )
 from dormant.experiments.prepare import cached_fit, load_study_data
 from dormant.experiments.profiles import profile_for
-from dormant.experiments.spec import override_recipe
 from dormant.models import ModelSpec, create_model
 from dormant.rows import BackdoorRow
 from dormant.store import ModelCache, ResultsLog, cache_key
@@ -80,7 +79,7 @@ def study_recipe(spec: BackdoorSpec, ds: Dataset) -> tuple[ModelSpec, Recipe]:
     profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
     c, h, _ = ds.image_shape
     return (ModelSpec(spec.model or profile.model, c, ds.num_classes, h),
-            override_recipe(profile.train, spec.train_recipe, spec.train_steps))
+            spec.recipe(profile.train))
 
 
 def check_spec(spec: BackdoorSpec, ds: Dataset) -> CleanUnlearningSpec:

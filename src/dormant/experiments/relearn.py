@@ -155,7 +155,10 @@ class RelearnCell(Cell):
         before = _measure(prep, model)
         probe, extra = None, {}
         if spec.analysis:
-            probe = ws.remember(("probe", id(prep)), lambda: make_probe(prep, spec.analysis_size))
+            # keyed by what the probe is drawn from: the split and the seed fix its images
+            probe = ws.remember(("probe", prep.original_key, prep.split.hash, prep.seed,
+                                 spec.analysis_size),
+                                lambda: make_probe(prep, spec.analysis_size))
             extra = ws.cache.build_record(
                 cache_key(kind="analysis", model=key, oracle=prep.oracle_key, seed=prep.seed,
                           size=spec.analysis_size, lmc_points=spec.lmc_points),

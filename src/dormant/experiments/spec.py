@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dormant.engine import Recipe
 from dormant.errors import DormantError
-from dormant.settings import Axis, choice, validate
+from dormant.settings import Axis, Settings, choice, validate
 from dormant.unlearn import PresetName
 
 DEFAULT_METHODS = ["finetune", "gradient_ascent", "neggrad_plus"]
@@ -52,10 +52,10 @@ def override_recipe(base: Recipe, overrides: dict, steps: int | None = None) -> 
     return validate(Recipe, {**base.to_dict(), **overrides, **steps_}, "train_recipe")
 
 
-class RelearnSpec(BaseModel):
-    """``None`` budgets come from the dataset's profile (``dormant.experiments.profiles``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class DataSpec(Settings):
+    """What every study trains on: the data, the model and the original's training recipe
+    (the dataset profile's, ``dormant.experiments.profiles``, with ``train_recipe`` and
+    ``train_steps`` over it), and the device."""
 
     dataset: str = "digits"
     data_root: str | None = None
@@ -63,6 +63,19 @@ class RelearnSpec(BaseModel):
     train_size: int | None = Field(default=None, gt=0)
     test_size: int | None = Field(default=None, gt=0)
     model: str | None = None
+    train_steps: int | None = Field(default=None, gt=0)
+    train_recipe: dict = Field(default_factory=dict)
+    """Overrides of the profile's training recipe, e.g. ``{augment: none, lr: 1e-3}``."""
+    device: str = "auto"
+
+    def recipe(self, profile_recipe: Recipe) -> Recipe:
+        """The original's (and oracle's) training recipe: the profile's, then the overrides."""
+        return override_recipe(profile_recipe, self.train_recipe, self.train_steps)
+
+
+class RelearnSpec(DataSpec):
+    """``None`` budgets come from the dataset's profile (``dormant.experiments.profiles``)."""
+
     forget: Axis[str] | None = None
     cscores: str | None = None
     methods: Axis[str | MethodEntry] = Field(default_factory=lambda: list(DEFAULT_METHODS))
@@ -70,9 +83,6 @@ class RelearnSpec(BaseModel):
     k: Axis[NonNegative] = Field(default_factory=lambda: [0, 5])
     seeds: Axis[NonNegative] = Field(default_factory=lambda: [0])
     relearn_sets: Axis[RelearnSet] = Field(default_factory=lambda: ["retain"])
-    train_steps: int | None = Field(default=None, gt=0)
-    train_recipe: dict = Field(default_factory=dict)
-    """Overrides of the profile's training recipe, e.g. ``{augment: none, lr: 1e-3}``."""
     preset: PresetName = None
     """The methods' preset (``dormant methods --preset``); None: the dataset profile's."""
     unlearn_steps: int | None = Field(default=None, gt=0)
@@ -97,8 +107,3 @@ class RelearnSpec(BaseModel):
     analysis: bool = True
     lmc_points: int = Field(default=21, ge=2)
     analysis_size: int = Field(default=2000, gt=0)
-    device: str = "auto"
-
-    def recipe(self, profile_recipe: Recipe) -> Recipe:
-        """The original's (and oracle's) training recipe: the profile's, then the overrides."""
-        return override_recipe(profile_recipe, self.train_recipe, self.train_steps)

@@ -22,13 +22,13 @@ from torch import nn
 from dormant.attacks import RelearnConfig, RelearnData, relearn
 from dormant.defenses.neural_cleanse import PRESETS as NC_PRESETS
 from dormant.defenses.neural_cleanse import NeuralCleanseConfig, reverse_triggers
-from dormant.defenses.registry import one_line, under
+from dormant.defenses.registry import under
 from dormant.defenses.universal_targets import TargetedUAPConfig, targeted_success
 from dormant.engine import Progress, Recipe, evaluate
 from dormant.errors import DormantError
 from dormant.experiments.verdicts import classify
 from dormant.metrics import aurc, recovery, svc_mia_auc
-from dormant.settings import Settings
+from dormant.settings import Settings, one_line
 
 DIGITS = 4  # rounding of the record: far below any threshold, and stable across runs
 
