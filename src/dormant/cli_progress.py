@@ -22,6 +22,9 @@ class ProgressBars:
             TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
             transient=True,
+            # rich estimates speed over the last 30 s by default: a study finishing a cell a
+            # minute would never show an ETA; over the whole run it always does
+            speed_estimate_period=7 * 24 * 3600,
         )
         self.tasks: dict[str, int] = {}
 
