@@ -8,10 +8,12 @@ the same.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -434,6 +436,7 @@ def test_backdoor_study_file_key_is_named(capsys, tmp_path: Path) -> None:
 def captured(monkeypatch: pytest.MonkeyPatch) -> dict:
     """Stops relearn and backdoor right where the study would start, keeping what they would
     have run: the spec and the executor options the flags and ``--set`` built."""
+    import dormant.cli
     import dormant.experiments
     from dormant.errors import DormantError
 
@@ -445,6 +448,8 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> dict:
 
     monkeypatch.setattr(dormant.experiments, "run_relearn", run)
     monkeypatch.setattr(dormant.experiments, "run_backdoor", run)
+    # the plan line expands the grid, with every check of the data: not what is tested here
+    monkeypatch.setattr(dormant.cli, "study_line", lambda *a, **k: "plan")
     return got
 
 
@@ -540,3 +545,148 @@ def test_debug_anywhere_raises_instead_of_one_line(tmp_path: Path) -> None:
 
     with pytest.raises(DormantError, match="KEY=VALUE"):
         main(_relearn(tmp_path / "o", "--set", "oops", "--debug"))
+
+
+# --- numbers that are NaN or infinite, wherever a number is read ------------------------------
+
+
+@pytest.mark.parametrize(("command", "extra", "needles"), [
+    ("relearn", ["--attack-lr", "inf"], ["--attack-lr", "finite", "inf"]),
+    ("relearn", ["--attack-lr", "1e-4,nan"], ["--attack-lr", "finite", "nan"]),
+    ("relearn", ["--set", "hparams.gradient_ascent.lr=nan"],
+     ["hparams.gradient_ascent.lr", "finite"]),
+    ("relearn", ["--set", "attack_lr=[-.inf]"], ["--set", "attack_lr", "finite"]),
+    ("backdoor", ["--amplitude", "nan"], ["--amplitude", "finite", "nan"]),
+    ("backdoor", ["--set", "trigger.amplitude=-inf"], ["--set", "trigger.amplitude",
+                                                        "finite"]),
+    ("backdoor", ["--set", "hparams.bad_teacher.lr=.nan"], ["hparams.bad_teacher.lr",
+                                                             "finite"]),
+    ("unlearn", ["--lr", "nan"], ["--lr", "finite", "nan"]),
+    ("unlearn", ["--lr", "-inf"], ["--lr", "finite"]),
+], ids=["relearn-attack-lr-inf", "relearn-attack-lr-list", "relearn-set-hparam-text",
+        "relearn-set-yaml-inf", "backdoor-amplitude", "backdoor-set-trigger",
+        "backdoor-set-hparam", "unlearn-lr-nan", "unlearn-lr-inf"])
+def test_non_finite_flag(capsys, tmp_path: Path, digits_ckpt: Path, command: str, extra,
+                         needles) -> None:
+    out = tmp_path / "o"
+    args = {"relearn": _relearn(out), "backdoor": _backdoor(out),
+            "unlearn": _unlearn(digits_ckpt, out)}[command]
+    _fails(capsys, [*args, *extra], *needles)
+    assert not out.exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("value", ["nan", ".nan", "-.inf", "Infinity"])
+def test_non_finite_hparam_of_forget(capsys, tmp_path: Path, value: str) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1\n2\n")
+    store = tmp_path / "store"
+    _fails(capsys, ["forget", "--store", store, "--model", "m", "--ids", ids, "--requester",
+                    "alice", "--reason", "test", "--method", "finetune", "--hparam",
+                    f"lr={value}"], "hyper-parameter 'lr'", "finite")
+    assert not store.exists()
+
+
+@pytest.mark.parametrize("body", ["hparams: {gradient_ascent: {lr: nan}}\n",
+                                  "attack_lr: [1e-5, -.inf]\n", "unlearn_lr: .NaN\n"])
+def test_non_finite_number_in_a_study_file(capsys, tmp_path: Path, body: str) -> None:
+    study = tmp_path / "s.yaml"
+    study.write_text("dataset: digits\nmethods: [gradient_ascent]\n" + body)
+    _fails(capsys, ["relearn", study, "--out", tmp_path / "o"], "s.yaml", "finite")
+    assert not (tmp_path / "o").exists()
+
+
+def test_every_settings_object_refuses_non_finite_numbers() -> None:
+    """The declared constraint, not a check per command: a settings model and a method's
+    hyper-parameters both refuse NaN and infinity by name."""
+    from dormant.errors import DormantError
+    from dormant.experiments.spec import RelearnSpec
+    from dormant.settings import validate
+    from dormant.unlearn import make_hparams
+
+    for bad in (math.nan, math.inf, -math.inf, "nan"):
+        with pytest.raises(DormantError, match="attack_lr.0.*finite"):
+            validate(RelearnSpec, {"attack_lr": [bad]}, "options")
+        with pytest.raises(DormantError, match="'lr'.*finite"):
+            make_hparams("finetune", {"lr": bad})
+    assert validate(RelearnSpec, {"attack_lr": [1e-4]}, "options").attack_lr == [1e-4]
+
+
+# --- sizes checked against the data -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("command", "flag", "value", "needles"), [
+    ("relearn", "--train-size", "1000000000000",
+     ["--train-size", "asked for 10^12 training images", "digits has 1,437"]),
+    ("relearn", "--test-size", "361", ["--test-size", "asked for 361 test images",
+                                       "digits has 360"]),
+    ("train", "--train-size", "1438", ["asked for 1,438 training images", "has 1,437"]),
+    ("unlearn", "--train-size", "5000", ["asked for 5,000 training images", "has 1,437"]),
+    ("backdoor", "--train-size", "2000", ["asked for 2,000 training images", "has 1,437"]),
+])
+def test_size_larger_than_the_dataset(capsys, tmp_path: Path, digits_ckpt: Path, command: str,
+                                      flag: str, value: str, needles) -> None:
+    out = tmp_path / "o"
+    args = {"relearn": _relearn(out), "backdoor": _backdoor(out),
+            "train": ["train", "--out", str(out), "--steps", "1", "--device", "cpu"],
+            "unlearn": _unlearn(digits_ckpt, out)}[command]
+    _fails(capsys, [*args, flag, value], *needles)
+    assert not out.exists()
+
+
+def test_size_equal_to_the_dataset_is_the_whole_set() -> None:
+    from dormant.data import load_dataset
+    from dormant.data.dataset import check_sizes
+
+    ds = load_dataset("digits")
+    check_sizes(ds, len(ds.y_train), len(ds.y_test))  # no error: every image
+
+
+# --- output paths checked before any work -----------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["demo", "relearn", "backdoor", "train", "unlearn"])
+def test_out_under_a_file(capsys, tmp_path: Path, digits_ckpt: Path, command: str) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me\n")
+    out = blocker / "sub" / "run"
+    args = {"demo": ["demo", "--out", str(out), "--device", "cpu"],
+            "relearn": _relearn(out), "backdoor": _backdoor(out),
+            "train": ["train", "--out", str(out), "--steps", "1", "--device", "cpu"],
+            "unlearn": _unlearn(digits_ckpt, out)}[command]
+    t0 = time.perf_counter()
+    _fails(capsys, args, str(out), f"{blocker} is a file")
+    assert time.perf_counter() - t0 < 20  # refused up front, not after training
+    assert blocker.read_text() == "keep me\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+@pytest.mark.parametrize("command", ["relearn", "train"])
+def test_out_in_a_read_only_folder(capsys, tmp_path: Path, command: str) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    out = ro / "run"
+    try:
+        args = {"relearn": _relearn(out),
+                "train": ["train", "--out", str(out), "--steps", "1", "--device", "cpu"]}[command]
+        _fails(capsys, args, str(out), "cannot create folders in")
+        assert list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+def test_out_check_reads_the_nearest_existing_folder(tmp_path: Path, monkeypatch) -> None:
+    """A folder the process may not write into is refused, whoever runs the tests (root
+    writes anywhere, so the permission answer is faked here)."""
+    from dormant.cli_common import _check_out
+    from dormant.errors import DormantError
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: Path(p) != tmp_path and real(p, m))
+    with pytest.raises(DormantError, match=r"cannot create folders in .*permission"):
+        _check_out(tmp_path / "a" / "b")
+    with pytest.raises(DormantError, match="cannot write into"):
+        _check_out(tmp_path)
+    monkeypatch.setattr(os, "access", real)
+    _check_out(tmp_path / "a" / "b")  # writable: no error, and nothing made
+    assert not (tmp_path / "a").exists()

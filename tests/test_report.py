@@ -235,7 +235,7 @@ def test_old_format_rows_still_report(rows, tmp_path):
 def test_only_k0_and_a_method_that_always_failed(rows, tmp_path):
     k0 = [r for r in rows if r["k"] == 0 and r.get("relearn_set") == "retain"]
     df = paper_table(k0)
-    assert df["forget_k5"].isna().all()
+    assert "forget_k5" not in df and "excess_k5" not in df  # no column for a k not run
     assert _line(df, "scrub")["forget_k0"] == pytest.approx(76 + 1 / 3)
     paths = write_relearn_report(k0, tmp_path)
     md = paths["md"].read_text()
@@ -250,3 +250,24 @@ def test_every_cell_failed(tmp_path):
     page = paths["html"].read_text()
     assert "boom" in page and "bang" in page
     assert len(_embedded_pngs(page)) == 3  # placeholders saying there is nothing to plot
+
+
+def test_paper_table_follows_the_study_k_values(rows, tmp_path):
+    """A study run at k = 0 and 2 gets k = 2 columns (not the paper's fixed k = 5), with the
+    same numbers the k = 5 columns had before the relabelling."""
+    before = _line(paper_table(rows), "scrub")
+    k2 = [{**r, "k": 2} if r.get("k") == 5 else r for r in rows]
+    df = paper_table(k2)
+    assert "forget_k5" not in df
+    scrub = _line(df, "scrub")
+    assert scrub["forget_k2"] == pytest.approx(before["forget_k5"])
+    assert scrub["excess_k2"] == pytest.approx(before["excess_k5"])
+    assert scrub["forget_k0"] == pytest.approx(before["forget_k0"])
+    table = paper_display(df)
+    assert "forget after attack k=2 (end)" in table.headers and "excess k=2" in table.headers
+    assert not any("k=5" in h for h in table.headers)
+    line = dict(zip(table.headers, next(r for r in table.rows if r[0] == "scrub"),
+                    strict=True))
+    assert line["excess k=2"].startswith(("+", "-"))  # signed like every excess
+    md = write_relearn_report(k2, tmp_path)["md"].read_text()
+    assert "excess k=2" in md and "k=5" not in md

@@ -23,6 +23,7 @@ from dormant.cli_common import (
     _check_data_root,
     _check_out,
     _check_positive,
+    check_sizes,
     console,
     flag_values,
     flags,
@@ -35,6 +36,7 @@ from dormant.cli_requests import register as register_requests
 from dormant.errors import DormantError
 from dormant.experiments.backdoor_spec import BackdoorSpec
 from dormant.experiments.spec import RelearnSpec
+from dormant.settings import not_finite
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Test whether machine unlearning really removes what it claims to.")
@@ -43,8 +45,9 @@ register_plan(app)
 
 
 def _row_line(r: dict) -> str:
-    head = (f"  {r['method']:<18} seed {r['seed']} k={r['k']:<3} {r['relearn_set']:<8} "
-            f"lr {r['attack_lr']:.0e}")
+    lr = r.get("attack_lr")
+    head = (f"  {r.get('method')!s:<18} seed {r.get('seed')} k={r.get('k')!s:<3} "
+            f"{r.get('relearn_set')!s:<8} lr {'-' if lr is None else format(lr, '.0e')}")
     if r.get("status") == "failed":
         return f"{head}  FAILED: {r['error']}"
     return (f"{head}  forget {r['forget_acc']:5.1f} -> {r['forget_acc_attacked_end']:5.1f} at "
@@ -74,15 +77,45 @@ def _results_table(rows: list[dict], title: str) -> Table:
     return t
 
 
+def study_line(spec, out: Path, executor, cells_of) -> str:
+    """What a study will run, in one line: its cells (new and already in ``out``), methods,
+    seeds, device and executor. ``cells_of(spec, dataset)`` expands the grid (every check of
+    the spec runs in it, so bad input stops here, before any training)."""
+    from dormant.data.sources import default_cache_dir
+    from dormant.engine import resolve_device
+    from dormant.executors.options import ExecutorOptions
+    from dormant.experiments.prepare import load_study_data
+    from dormant.store.results import read_rows
+
+    executor = executor or ExecutorOptions()
+    keys = list(dict.fromkeys(c.key for c in cells_of(spec, load_study_data(
+        spec, default_cache_dir()))))
+    path = out / "results.jsonl"
+    old = {r.get("cell"): r for r in read_rows(path)} if path.is_file() else {}
+    done = sum(1 for k in keys if k in old and not (old[k].get("status") == "failed"
+                                                     and old[k].get("transient")))
+    methods = ", ".join(str(getattr(m, "name", m)) for m in spec.methods)
+    seeds = ",".join(map(str, spec.seeds))
+    where = executor.executor
+    if executor.executor != "serial" and executor.workers:
+        where += f", {executor.workers} workers"
+    return (f"{len(keys) - done:,} cells to run ({done:,} already done, {len(keys):,} in all): "
+            f"methods {methods}; seeds {seeds}; on {resolve_device(spec.device)}; "
+            f"executor {where}")
+
+
 def _run_study(spec, out: Path, title: str, executor=None) -> list[dict]:
     from dormant.experiments import run_relearn
+    from dormant.experiments.relearn import relearn_cells
     from dormant.report import main_verdicts, write_relearn_report
     from dormant.report.relearn import verdict_text
 
     t0 = time.perf_counter()
+    console.print(study_line(spec, out, executor, relearn_cells), highlight=False,
+                  markup=False, soft_wrap=True)
     with ProgressBars(console) as bars:
         rows = run_relearn(spec, out, progress=bars, executor=executor,
-                           on_row=lambda r: bars.bars.console.print(_row_line(r)))
+                           on_row=lambda r: bars.say(_row_line(r)))
     paths = write_relearn_report(rows, out, title)
     console.print(_results_table(rows, f"{title}: {rows[0]['dataset']}, {rows[0]['model']}, "
                                        f"forget {rows[0]['forget']}"))
@@ -136,7 +169,7 @@ def _scans(text: str | None) -> dict:
 
 
 def _backdoor_line(r: dict) -> str:
-    head = f"  {r['method']:<18} {r['condition']:<13} seed {r['seed']}"
+    head = f"  {r.get('method')!s:<18} {r.get('condition')!s:<13} seed {r.get('seed')}"
     if r.get("status") == "failed":
         return f"{head}  FAILED: {r['error']}"
     return (f"{head}  ASR {r['asr_before']:5.1f} -> {r['asr_after']:5.1f}   clean "
@@ -151,12 +184,15 @@ def backdoor_cmd(spec: BackdoorSpec, out: Path, executor) -> None:
     """The clean-unlearning backdoor study: plant, request, unlearn, scan, report
     (resumable)."""
     from dormant.experiments import run_backdoor
+    from dormant.experiments.backdoor import backdoor_cells
     from dormant.report.backdoor import backdoor_verdict, verdict_text, write_backdoor_report
 
     t0 = time.perf_counter()
+    console.print(study_line(spec, out, executor, backdoor_cells), highlight=False,
+                  markup=False, soft_wrap=True)
     with ProgressBars(console) as bars:
         rows = run_backdoor(spec, out, progress=bars, executor=executor,
-                            on_row=lambda r: bars.bars.console.print(_backdoor_line(r)))
+                            on_row=lambda r: bars.say(_backdoor_line(r)))
     paths = write_backdoor_report(rows, out)
     console.print(verdict_text(backdoor_verdict(rows)))
     console.print(f"wrote {', '.join(str(p) for p in [out / 'results.jsonl', *paths.values()])} "
@@ -188,6 +224,7 @@ def train(
         train_size=train_size, model=model, forget=forget, device=device)
         | {"train_steps": ("--steps", steps)})
     _check_out(out)
+    check_sizes(spec)
     if (store is None) != (name is None):
         raise DormantError("--store and --name go together: name the model the store keeps")
     if store is not None:
@@ -222,19 +259,25 @@ def unlearn_cmd(
 ) -> None:
     """Apply an unlearning method to a saved checkpoint."""
     from dormant.experiments.single import unlearn_checkpoint
-    from dormant.unlearn import get_method
+    from dormant.unlearn import get_method, get_preset, make_hparams
 
     get_method(method)
     _check_positive(steps=steps)
+    if lr is not None and not_finite(lr):
+        raise DormantError(f"--lr: must be a finite number, got {lr}")
     spec = load_spec(RelearnSpec, given=flag_values(
         dataset=dataset, data_root=_check_data_root(data_root), train_size=train_size,
         model=model, forget=forget, cscores=str(cscores) if cscores else None,
         device=device))
     _check_out(out)
+    check_sizes(spec)
     overrides = {k: v for k, v in (("steps", steps), ("lr", lr)) if v is not None}
+    get_preset(method, preset)  # bad values fail here, before the progress display starts
+    make_hparams(method, overrides)
     with ProgressBars(console) as bars:
         path, m = unlearn_checkpoint(spec, checkpoint, method, out, seed=seed,
-                                     overrides=overrides, preset=preset, progress=bars)
+                                     overrides=overrides, preset=preset, progress=bars,
+                                     announce=bars.say)
     console.print(f"saved {path}: held-out forget {m['forget_acc_before']:.1f} -> "
                   f"{m['forget_acc']:.1f}%, retain {m['retain_acc']:.1f}%, "
                   f"test {m['test_acc']:.1f}%")

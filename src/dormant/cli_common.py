@@ -12,6 +12,7 @@ the ``--set`` or the file's key that gave it.
 from __future__ import annotations
 
 import inspect
+import os
 import time
 import types
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from dormant.errors import DormantError
-from dormant.settings import apply_sets, load_yaml, put, validate
+from dormant.settings import apply_sets, load_yaml, not_finite, put, validate
 
 console = Console()
 
@@ -184,6 +185,9 @@ def load_spec(cls: type, study: Path | None = None, given: dict | None = None,
             continue
         items = value.items() if isinstance(value, dict) else [("", value)]
         for sub, v in items:
+            for x in v if isinstance(v, list) else [v]:
+                if not_finite(x):
+                    raise DormantError(f"{flag}: must be a finite number, got {x!r}")
             put(data, f"{key}.{sub}" if sub else key, v)
             names[f"{key}.{sub}" if sub else key] = flag
     data = apply_sets(data, sets)
@@ -223,6 +227,7 @@ def study_command(app: typer.Typer, name: str, cls: type[BaseModel], study_flags
             executor = load_spec(ExecutorOptions, None, given(exec_opts))
             out = kw["out"] or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
             _check_out(out)
+            check_sizes(spec)
             fn(spec, out, executor)
 
         params = [inspect.Parameter("study", kw_only, default=None, annotation=StudyFile),
@@ -259,9 +264,40 @@ def _check_data_root(data_root: Path | str | None, flag: str = "--data-root") ->
     return None if data_root is None else str(data_root)
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path | None, flag: str = "--out") -> None:
+    """Refuse, before any work, an output folder that cannot be made or written: a file, a
+    folder under a file, or one whose nearest existing folder is not writable."""
+    if out is None:
+        return
+    out = Path(out)
     if out.exists() and not out.is_dir():
-        raise DormantError(f"--out {out} is a file; give a folder to write into")
+        raise DormantError(f"{flag} {out} is a file; give a folder to write into")
+    ancestor = out
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise DormantError(f"{flag} {out}: {ancestor} is a file, so no folder can be made "
+                           "under it; give another path")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        what = "write into" if ancestor == out else "create folders in"
+        raise DormantError(f"{flag} {out}: cannot {what} {ancestor} (permission denied or "
+                           "a read-only file system); give a writable path")
+
+
+def check_sizes(spec: Any) -> None:
+    """A ``train_size``/``test_size`` the user set that the dataset cannot give is refused
+    (one line naming both counts) instead of being clamped; the defaults still clamp."""
+    asked = {k: getattr(spec, k, None) for k in ("train_size", "test_size")
+             if k in spec.model_fields_set}
+    if not any(v is not None for v in asked.values()):
+        return
+    from dormant.data import load_dataset
+    from dormant.data.dataset import check_sizes as check
+    from dormant.data.sources import default_cache_dir
+
+    ds = load_dataset(spec.dataset, root=spec.data_root, download=spec.download,
+                      cache_dir=default_cache_dir())
+    check(ds, asked.get("train_size"), asked.get("test_size"))
 
 
 def _check_positive(**values: int | None) -> None:

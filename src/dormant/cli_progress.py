@@ -1,6 +1,11 @@
-"""Rich progress bars driven by the engine's ``progress(task, done, total)`` callback."""
+"""Progress driven by the engine's ``progress(task, done, total)`` callback: rich's live bars
+on a terminal; periodic plain log lines when the output is a pipe or a file, where rich's
+live display prints nothing at all."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import (
@@ -13,11 +18,38 @@ from rich.progress import (
 )
 
 
+def clock(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 01 min``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+class _Task:
+    def __init__(self, now: float) -> None:
+        self.start = now
+        self.last_time = now
+        self.last_step = -1  # the tenth of the total last logged
+
+
 class ProgressBars:
     """One bar per task label; a finished bar is removed so long studies stay readable. The
-    study's ``cells`` bar (every executor drives it) carries the ETA of the whole study."""
+    study's ``cells`` bar (every executor drives it) carries the ETA of the whole study.
 
-    def __init__(self, console: Console) -> None:
+    When ``console`` is not a terminal (``live=None`` asks it), each task instead logs a
+    plain line at its start, every ``every`` of its total (10%), at least every ``interval``
+    seconds while it moves, and at its end, with the elapsed time (and, for ``cells``, the
+    ETA from the whole run's speed)."""
+
+    def __init__(self, console: Console, *, live: bool | None = None, every: float = 0.1,
+                 interval: float = 30.0, clock_fn: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.console = console
+        self.live = console.is_terminal if live is None else live
+        self.every, self.interval, self.now = every, interval, clock_fn
         self.bars = Progress(
             TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
@@ -27,17 +59,45 @@ class ProgressBars:
             speed_estimate_period=7 * 24 * 3600,
         )
         self.tasks: dict[str, int] = {}
+        self.logged: dict[str, _Task] = {}
 
     def __enter__(self) -> ProgressBars:
-        self.bars.start()
+        if self.live:
+            self.bars.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.bars.stop()
+        if self.live:
+            self.bars.stop()
+
+    def say(self, text: str) -> None:
+        """A line above the bars (or in the log)."""
+        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     def __call__(self, label: str, done: int, total: int) -> None:
+        if not self.live:
+            self._log(label, done, total)
+            return
         if label not in self.tasks:
             self.tasks[label] = self.bars.add_task(label, total=total)
         self.bars.update(self.tasks[label], completed=done, total=total)
         if done >= total:
             self.bars.remove_task(self.tasks.pop(label))
+
+    def _log(self, label: str, done: int, total: int) -> None:
+        now = self.now()
+        task = self.logged.get(label)
+        if task is None:
+            task = self.logged[label] = _Task(now)
+        step = int(done / total / self.every) if total > 0 else 0
+        finished = done >= total
+        if finished or step > task.last_step or now - task.last_time >= self.interval:
+            task.last_step, task.last_time = step, now
+            elapsed = now - task.start
+            pct = 100 * done / total if total > 0 else 100.0
+            line = f"{label}: {done:,}/{total:,} ({pct:.0f}%) in {clock(elapsed)}"
+            if label == "cells" and 0 < done < total:
+                line += f", eta {clock(elapsed / done * (total - done))}"
+            self.say(line)
+        if finished:
+            del self.logged[label]

@@ -36,9 +36,10 @@ T = TypeVar("T")
 
 
 class Settings(BaseModel):
-    """Frozen, and an unknown key is an error that names it."""
+    """Frozen, an unknown key is an error that names it, and so is a number that is NaN or
+    infinite (every float field of every subclass)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _listify(v: Any) -> list:
@@ -69,7 +70,7 @@ def choice(noun: str, *choices: str) -> Any:
 
 _SHOWS_INPUT = {"greater_than", "greater_than_equal", "less_than", "less_than_equal",
                 "literal_error", "int_parsing", "int_from_float", "float_parsing",
-                "bool_parsing"}
+                "bool_parsing", "finite_number"}
 
 
 def error_line(e: ValidationError, where: str, flags: dict[str, str] | None = None) -> str:
@@ -84,6 +85,8 @@ def error_line(e: ValidationError, where: str, flags: dict[str, str] | None = No
     msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key; check its spelling against the documented keys"
+    if err["type"] == "finite_number":
+        msg = "must be a finite number"
     if err["type"] in _SHOWS_INPUT and not isinstance(err.get("input"), (dict, list)):
         if err["type"] == "greater_than" and err.get("ctx", {}).get("gt") == 0:
             msg = "must be positive"
@@ -197,9 +200,20 @@ def load_yaml(path: Path, what: str = "study file") -> dict:
     return data
 
 
+_NOT_FINITE = {"nan", "inf", "infinity"}
+
+
+def not_finite(value: Any) -> bool:
+    """A float that is NaN or infinite, or text a float field would read as one ('nan',
+    '-inf', 'Infinity': pydantic's lax mode turns them into floats)."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, str) and value.strip().lower().lstrip("+-") in _NOT_FINITE
+
+
 def _check_finite(value: Any, where: str, path: str = "") -> None:
     """NaN and infinity are refused wherever a number is read (YAML spells them .nan, .inf)."""
-    if isinstance(value, float) and not math.isfinite(value):
+    if not_finite(value):
         raise DormantError(f"{where}: key {path!r}: {value} is not a finite number")
     if isinstance(value, dict):
         for k, v in value.items():

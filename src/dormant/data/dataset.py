@@ -114,3 +114,20 @@ def stratified_subset(ds: Dataset, n: int | None, seed: int, n_test: int | None 
         y_test=ds.y_test if keep_test is None else ds.y_test[keep_test],
         classes=ds.classes,
     )
+
+
+def _count(n: int) -> str:
+    """``10^12`` for a round power of ten of a million or more, else ``60,000``."""
+    text = str(n)
+    if n >= 1_000_000 and text.strip("0") == "1":
+        return f"10^{len(text) - 1}"
+    return f"{n:,}"
+
+
+def check_sizes(ds: Dataset, n: int | None, n_test: int | None = None) -> None:
+    """Refuse a training or test size larger than ``ds`` has, in one line naming both."""
+    for flag, split, asked, have in (("--train-size", "training", n, len(ds.y_train)),
+                                     ("--test-size", "test", n_test, len(ds.y_test))):
+        if asked is not None and asked > have:
+            raise DormantError(f"{flag}: asked for {_count(asked)} {split} images; {ds.name} "
+                               f"has {have:,}; give at most {have:,} or leave it out for all")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import safetensors.torch
@@ -73,13 +74,37 @@ def train_model(spec: RelearnSpec, out: Path, *, seed: int = 0,
     return path, metrics
 
 
+def plan_line(method: str, hp, device, preset: str | None, overrides: dict | None,
+              profile_preset: str | None = None, n_train: int | None = None) -> str:
+    """What ``dormant unlearn`` will run, in one line: ``gradient_ascent: 39,100 steps at lr
+    1e-05 on cpu (preset paper; --preset digits for 1,500)``."""
+    values = dataclasses.asdict(hp)
+    name = preset or "paper"
+    if "steps" in values and "lr" in values:
+        what = f"{values['steps']:,} steps at lr {values['lr']:g}"
+    else:
+        what = ", ".join(f"{k}={v}" for k, v in values.items()) or "its defaults"
+    note = f"preset {name}"
+    if profile_preset and profile_preset != name and "steps" not in (overrides or {}):
+        try:
+            other = resolve_hparams(method, profile_preset, overrides, n_train=n_train)
+        except DormantError:
+            other = {}
+        steps = getattr(make_hparams(method, other), "steps", None) if other else None
+        if steps is not None and steps != values.get("steps"):
+            note += f"; --preset {profile_preset} for {steps:,}"
+    return f"{method}: {what} on {device} ({note})"
+
+
 def unlearn_checkpoint(spec: RelearnSpec, checkpoint: Path, method: str, out: Path, *,
                        seed: int = 0, overrides: dict | None = None,
                        preset: str | None = None,
-                       progress: Progress | None = None) -> tuple[Path, dict]:
+                       progress: Progress | None = None,
+                       announce: Callable[[str], None] | None = None) -> tuple[Path, dict]:
     """Apply ``method`` to a saved model for the forget set ``spec.forget``, with
     ``resolve_hparams`` under ``preset`` (None: ``paper``, the method's class defaults) and
-    ``overrides`` on top."""
+    ``overrides`` on top. ``announce`` gets one line of what will run (method, steps, lr,
+    device) before any of it does."""
     get_preset(method, preset)  # bad names and values fail before any data loads
     make_hparams(method, overrides)
     ds = load_study_data(spec, default_cache_dir())
@@ -88,6 +113,9 @@ def unlearn_checkpoint(spec: RelearnSpec, checkpoint: Path, method: str, out: Pa
     device = resolve_device(spec.device)
     c, h, _ = ds.image_shape
     profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
+    if announce is not None:
+        announce(plan_line(method, hp, device, preset, overrides, profile.preset,
+                           len(ds.y_train)))
     side = read_sidecar(Path(checkpoint))
     name = spec.model or side.get("model", {}).get("name") or profile.model
     model, side = load_model(Path(checkpoint), ModelSpec(name, c, ds.num_classes, h), device)

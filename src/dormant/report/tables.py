@@ -46,7 +46,9 @@ EXTRA = {
 GROUP = ["method", "relearn_set", "attack_lr", "attack_steps", "k"]
 REFERENCE_ORDER = {"original": 0, "retrain": 1}
 RELEARN_SET_ORDER = {"retain": 0, "forget-only": 1, "test": 2, "test+retain-class": 3}
-# paper column -> (row key, k it is read at or None for the unlearned model itself, label)
+# paper column -> (row key, k it is read at or None for the unlearned model itself, label);
+# the study's own k values decide the attack columns (``paper_columns``): these are the
+# seed paper's k = 0 and 5
 PAPER = {
     "forget": ("forget_acc", None, "forget"),
     "forget_k0": ("forget_acc_attacked_end", 0, "forget after attack k=0 (end)"),
@@ -63,7 +65,7 @@ PAPER = {
     "aurc_k0": ("aurc", 0, "AURC k=0"),
 }
 FAILED = ["method", "seed", "k", "relearn_set", "error"]
-_SIGNED = {"signed", "excess", "excess_max", "recovery", "excess_k0", "excess_k5", "forget_gap"}
+_SIGNED = {"signed", "excess", "excess_max", "recovery", "forget_gap"}
 _DECIMALS = {"l2_to_original": 3, "l2_to_oracle": 3, "barrier": 3, "mia_auc": 3,
              "mia_auc_attacked": 3, "mia_loss_auc": 3, "mia_loss_auc_attacked": 3}
 
@@ -171,24 +173,51 @@ def summary_frame(rows: list[dict]) -> pd.DataFrame:
             .drop(columns=["_set", "_method"]).reset_index(drop=True))
 
 
+def paper_columns(ks) -> dict:
+    """:data:`PAPER` with one ``forget_kK``/``excess_kK`` pair per study k (sorted; none
+    given: the paper's 0 and 5), and the attacked MIA and AURC at the smallest k."""
+    ks = sorted({int(k) for k in ks}) or [0, 5]
+    first = ks[0]
+    cols: dict = {}
+    for col, spec in PAPER.items():
+        if col in ("forget_k5", "excess_k5"):
+            continue
+        if col == "forget_k0":
+            for k in ks:
+                cols[f"forget_k{k}"] = ("forget_acc_attacked_end", k,
+                                        f"forget after attack k={k} (end)")
+                cols[f"excess_k{k}"] = ("excess", k, f"excess k={k}")
+        elif col == "excess_k0":
+            continue
+        elif col == "mia_auc_attacked":
+            cols[col] = ("mia_auc_attacked", first, f"MIA AUC after attack k={first}")
+        elif col == "aurc_k0":
+            cols[f"aurc_k{first}"] = ("aurc", first, f"AURC k={first}")
+        else:
+            cols[col] = spec
+    return cols
+
+
 def paper_table(rows: list[dict]) -> pd.DataFrame:
     """One line per method in the paper's form, from ok rows of the retain relearn set at the
-    main attack setting: each column of :data:`PAPER` is averaged within a seed (over k, or
-    at the column's k), then over seeds; ``<col>_std`` is the std over seeds and ``n`` the
-    number of seeds. A method whose every cell failed keeps its line, with ``n`` = 0."""
+    main attack setting: each column of :func:`paper_columns` (one attack pair per k of the
+    study) is averaged within a seed (over k, or at the column's k), then over seeds;
+    ``<col>_std`` is the std over seeds and ``n`` the number of seeds. A method whose every
+    cell failed keeps its line, with ``n`` = 0."""
     rows = paired(rows)
     ok = main_rows(rows)
     failed = main_rows(rows, status="failed")
     methods = method_order(ok + failed)
-    columns = ["method", "n"] + [c for col in PAPER for c in (col, f"{col}_std")]
+    spec = paper_columns(r["k"] for r in ok + failed if r.get("k") is not None)
+    columns = ["method", "n"] + [c for col in spec for c in (col, f"{col}_std")]
     if not methods:
         return pd.DataFrame(columns=columns)
     if not ok:
         out = pd.DataFrame({"method": methods, "n": 0})
         return out.reindex(columns=columns)
-    df = _numeric(pd.DataFrame(ok), {key for key, _, _ in PAPER.values()})
+    df = _numeric(pd.DataFrame(ok), {key for key, _, _ in spec.values()})
     per_seed = []
-    for col, (key, k, _) in PAPER.items():
+    for col, (key, k, _) in spec.items():
         part = df if k is None else df[df["k"] == k]
         per_seed.append(part.groupby(["method", "seed"])[key].mean().rename(col))
     seeds = pd.concat(per_seed, axis=1)
@@ -228,7 +257,8 @@ def fmt(value, col: str = "") -> str:
     ``col="signed"`` (and the excess columns) print a sign."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if isinstance(value, float | int) and not isinstance(value, bool) and col in _SIGNED:
+    if isinstance(value, float | int) and not isinstance(value, bool) and (
+            col in _SIGNED or col.startswith("excess_k")):
         return f"{float(value):+.1f}"
     if isinstance(value, float):
         return f"{value:.{_DECIMALS.get(col, 1)}f}"
@@ -238,7 +268,8 @@ def fmt(value, col: str = "") -> str:
 def _plus_minus(mean, std, col: str) -> str:
     text = fmt(mean, col)
     if text != "-" and not pd.isna(std):
-        text += f" ± {fmt(float(std), '' if col in _SIGNED else col)}"
+        signed = col in _SIGNED or col.startswith("excess_k")
+        text += f" ± {fmt(float(std), '' if signed else col)}"
     return text
 
 
@@ -257,9 +288,12 @@ def summary_table(df: pd.DataFrame) -> Table:
 
 def paper_display(df: pd.DataFrame) -> Table:
     """:func:`paper_table` for display: mean ± std over seeds where there are several."""
-    headers = ["method", "seeds", *(label for _, _, label in PAPER.values())]
+    ks = [int(c[len("forget_k"):]) for c in df.columns
+          if c.startswith("forget_k") and not c.endswith("_std")]
+    spec = paper_columns(ks)
+    headers = ["method", "seeds", *(label for _, _, label in spec.values())]
     rows = [[str(r["method"]), str(r["n"]),
-             *(_plus_minus(_float(r[c]), r[f"{c}_std"], c) for c in PAPER)]
+             *(_plus_minus(_float(r[c]), r[f"{c}_std"], c) for c in spec)]
             for r in df.to_dict("records")]
     return Table(headers, rows)
 

@@ -30,7 +30,8 @@ from dormant.engine import Hook, Progress, Recipe, evaluate
 from dormant.errors import DormantError
 from dormant.settings import validate
 
-_frozen_forbid = pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+_frozen_forbid = pydantic.dataclasses.dataclass(
+    frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 
 
 def hyperparameters(cls: type) -> type:
