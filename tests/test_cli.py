@@ -392,3 +392,64 @@ def test_study_yaml_and_flag_override(tmp_path: Path, cache_dir: Path) -> None:
     assert sorted((r["method"], r["k"]) for r in got) == sorted(
         (m, k) for m in ("original", "retrain", "gradient_ascent") for k in (0, 5))
     assert len({r["cell"] for r in got}) == 6
+
+
+# --- 8. a CLI that says what it is doing -------------------------------------------------------
+
+
+def test_unlearn_piped_says_what_runs_and_logs_progress(tmp_path: Path, cache_dir: Path) -> None:
+    """Output to a pipe: the first line names the method, steps, lr and device, and the
+    engine's progress comes as plain lines (rich's live bars print nothing to a pipe)."""
+    trained, unlearned = tmp_path / "train", tmp_path / "unlearn"
+    dormant("train", "--dataset", "digits", "--steps", "40", "--out", trained, "--device", "cpu",
+            cache=cache_dir)
+    res = dormant("unlearn", trained / "model.safetensors", "--method", "gradient_ascent",
+                  "--dataset", "digits", "--steps", "200", "--out", unlearned, "--device", "cpu",
+                  cache=cache_dir)
+    lines = res.stdout.splitlines()
+    assert lines[0] == "gradient_ascent: 200 steps at lr 1e-05 on cpu (preset paper)", lines[0]
+    progress = [ln for ln in lines if ln.startswith("gradient_ascent: ") and "/200 (" in ln]
+    done = [int(ln.split(": ")[1].split("/")[0]) for ln in progress]
+    # a line in every tenth of the steps, in order, ending at the last step
+    assert done == sorted(done) and done[-1] == 200, progress
+    assert {d * 10 // 200 for d in done} >= set(range(1, 11)), done
+    assert all(" in " in ln and ln.rstrip().endswith("s") for ln in progress)  # elapsed time
+    assert any(ln.startswith("saved ") for ln in lines[len(progress):])
+
+
+def test_unlearn_default_budget_is_announced(tmp_path: Path, cache_dir: Path) -> None:
+    """The paper preset's 39,100 steps are said up front, with the dataset's preset as the
+    shorter alternative (the run itself is stopped by a bad --forget after the line)."""
+    trained = tmp_path / "train"
+    dormant("train", "--dataset", "digits", "--steps", "5", "--out", trained, "--device", "cpu",
+            cache=cache_dir)
+    res = subprocess.run(_cmd("unlearn", trained / "model.safetensors", "--method",
+                              "gradient_ascent", "--forget", "class:1:atypical:0.3",
+                              "--cscores", tmp_path / "none.npz", "--out", tmp_path / "u",
+                              "--device", "cpu"),
+                         capture_output=True, text=True, env=_env(cache_dir), timeout=300)
+    assert res.stdout.splitlines()[0] == ("gradient_ascent: 39,100 steps at lr 1e-05 on cpu "
+                                          "(preset paper; --preset digits for 1,500)")
+    assert res.returncode == 2 and "none.npz" in res.stderr
+
+
+def test_study_k_values_reach_the_tables_and_the_plan_line(tmp_path: Path,
+                                                           cache_dir: Path) -> None:
+    """``--k 0,2``: the console's verdict table has k = 2 lines and the report's method
+    table k = 2 columns (no fixed k = 5); the first line counts the cells, new and done."""
+    out = tmp_path / "study"
+    args = ("relearn", "--dataset", "digits", "--methods", "gradient_ascent", "--k", "0,2",
+            "--train-steps", "60", "--unlearn-steps", "5", "--attack-steps", "5",
+            "--calibrate", "none", "--out", out, "--device", "cpu")
+    first = dormant(*args, cache=cache_dir).stdout
+    assert first.splitlines()[0].startswith(
+        "6 cells to run (0 already done, 6 in all): methods gradient_ascent; seeds 0; on cpu; "
+        "executor serial"), first.splitlines()[0]
+    assert sorted({r["k"] for r in rows(out)}) == [0, 2]
+    table = [ln for ln in first.splitlines() if "gradient_ascent" in ln and "│" in ln]
+    assert [ln.split("│")[2].strip() for ln in table] == ["0", "2"], table
+    assert "cells: 6/6 (100%)" in first  # the cells bar, as plain lines in a pipe
+    md = (out / "report.md").read_text()
+    assert "forget after attack k=2 (end)" in md and "excess k=2" in md and "k=5" not in md
+    again = dormant(*args, cache=cache_dir).stdout
+    assert again.splitlines()[0].startswith("0 cells to run (6 already done, 6 in all)")

@@ -690,3 +690,56 @@ def test_out_check_reads_the_nearest_existing_folder(tmp_path: Path, monkeypatch
     monkeypatch.setattr(os, "access", real)
     _check_out(tmp_path / "a" / "b")  # writable: no error, and nothing made
     assert not (tmp_path / "a").exists()
+
+
+# --- progress off a terminal ------------------------------------------------------------------
+
+
+def test_progress_off_a_terminal_is_plain_periodic_lines() -> None:
+    """Off a terminal the bars become log lines: one per tenth of a task's total, one after
+    30 s of silence (the beat), and the cells ETA from the whole run's speed."""
+    import io
+
+    from rich.console import Console
+
+    from dormant.cli_progress import ProgressBars
+
+    buf = io.StringIO()
+    now = [0.0]
+    bars = ProgressBars(Console(file=buf, width=200), clock_fn=lambda: now[0])
+    assert not bars.live  # a StringIO is no terminal
+    with bars:
+        bars("cells", 0, 4)
+        for step in range(1, 101):
+            now[0] += 0.1
+            bars("train", step, 100)
+        now[0] = 50.0
+        bars("cells", 1, 4)  # one cell in 50 s: three more take 150 s
+        bars("gradient_ascent", 3, 200)
+        now[0] = 81.0
+        bars.beat_once()  # 31 s without a line: the beat says where it stands
+        now[0] = 85.0
+        bars.beat_once()  # 4 s later: nothing
+    lines = buf.getvalue().splitlines()
+    train = [ln for ln in lines if ln.startswith("train: ")]
+    # its start, then each tenth
+    assert [ln.split()[1] for ln in train] == [f"{i}/100" for i in (1, *range(10, 101, 10))]
+    assert train[-1] == "train: 100/100 (100%) in 10 s"
+    assert "cells: 1/4 (25%) in 50 s, eta 2 min 30 s" in lines
+    assert "gradient_ascent: 3/200 (2%) in 31 s, still running" in lines
+    assert sum("still running" in ln for ln in lines) == 2  # cells and gradient_ascent, once
+    assert not bars.beat.is_alive()  # the beat stops with the display
+
+
+def test_progress_on_a_terminal_keeps_the_live_bars() -> None:
+    import io
+
+    from rich.console import Console
+
+    from dormant.cli_progress import ProgressBars
+
+    bars = ProgressBars(Console(file=io.StringIO(), force_terminal=True))
+    assert bars.live and bars.beat is None
+    with bars:
+        bars("cells", 1, 4)
+        assert bars.bars.tasks[0].total == 4 and bars.bars.tasks[0].completed == 1

@@ -4,6 +4,7 @@ live display prints nothing at all."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -33,6 +34,8 @@ class _Task:
         self.start = now
         self.last_time = now
         self.last_step = -1  # the tenth of the total last logged
+        self.done = 0
+        self.total = 0
 
 
 class ProgressBars:
@@ -41,8 +44,9 @@ class ProgressBars:
 
     When ``console`` is not a terminal (``live=None`` asks it), each task instead logs a
     plain line at its start, every ``every`` of its total (10%), at least every ``interval``
-    seconds while it moves, and at its end, with the elapsed time (and, for ``cells``, the
-    ETA from the whole run's speed)."""
+    seconds (a background beat covers a phase that reports nothing for a while, such as an
+    evaluation), and at its end, with the elapsed time (and, for ``cells``, the ETA from the
+    whole run's speed)."""
 
     def __init__(self, console: Console, *, live: bool | None = None, every: float = 0.1,
                  interval: float = 30.0, clock_fn: Callable[[], float] = time.monotonic
@@ -60,15 +64,38 @@ class ProgressBars:
         )
         self.tasks: dict[str, int] = {}
         self.logged: dict[str, _Task] = {}
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.beat: threading.Thread | None = None
 
     def __enter__(self) -> ProgressBars:
         if self.live:
             self.bars.start()
+        elif self.interval > 0:
+            self.beat = threading.Thread(target=self._beat_loop, daemon=True,
+                                         name="progress-log")
+            self.beat.start()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.live:
             self.bars.stop()
+        self.stopped.set()
+        if self.beat is not None:
+            self.beat.join(timeout=5)
+
+    def _beat_loop(self) -> None:
+        while not self.stopped.wait(min(self.interval, 5.0)):
+            self.beat_once()
+
+    def beat_once(self) -> None:
+        """Log every open task that has said nothing for ``interval`` seconds."""
+        now = self.now()
+        with self.lock:
+            for label, task in list(self.logged.items()):
+                if now - task.last_time >= self.interval:
+                    task.last_time = now
+                    self.say(self._line(label, task, now) + ", still running")
 
     def say(self, text: str) -> None:
         """A line above the bars (or in the log)."""
@@ -86,18 +113,29 @@ class ProgressBars:
 
     def _log(self, label: str, done: int, total: int) -> None:
         now = self.now()
-        task = self.logged.get(label)
-        if task is None:
-            task = self.logged[label] = _Task(now)
-        step = int(done / total / self.every) if total > 0 else 0
-        finished = done >= total
-        if finished or step > task.last_step or now - task.last_time >= self.interval:
-            task.last_step, task.last_time = step, now
-            elapsed = now - task.start
-            pct = 100 * done / total if total > 0 else 100.0
-            line = f"{label}: {done:,}/{total:,} ({pct:.0f}%) in {clock(elapsed)}"
-            if label == "cells" and 0 < done < total:
-                line += f", eta {clock(elapsed / done * (total - done))}"
-            self.say(line)
-        if finished:
-            del self.logged[label]
+        with self.lock:
+            if label == "cells":  # a cell ended: a task of it that died is over too
+                for other in [k for k in self.logged if k != "cells"]:
+                    del self.logged[other]
+            task = self.logged.get(label)
+            if task is None or done < task.done:  # new, or the label starts over
+                task = self.logged[label] = _Task(now)
+            task.done, task.total = done, total
+            parts = max(1, round(1 / self.every))
+            step = done * parts // total if total > 0 else 0
+            finished = done >= total
+            if finished or step > task.last_step or now - task.last_time >= self.interval:
+                task.last_step, task.last_time = step, now
+                self.say(self._line(label, task, now))
+            if finished:
+                del self.logged[label]
+
+    @staticmethod
+    def _line(label: str, task: _Task, now: float) -> str:
+        elapsed = now - task.start
+        done, total = task.done, task.total
+        pct = 100 * done / total if total > 0 else 100.0
+        line = f"{label}: {done:,}/{total:,} ({pct:.0f}%) in {clock(elapsed)}"
+        if label == "cells" and 0 < done < total:
+            line += f", eta {clock(elapsed / done * (total - done))}"
+        return line
