@@ -4,10 +4,11 @@ seconds of each, the ratio local / serial (the target is <= 0.65 with 2 workers 
 and whether the two runs wrote identical rows, timings aside. Serial uses torch's threads
 (the CPU count) and each of the 2 workers one: on a CPU that changes the order of float
 reductions, so the rows can differ in their last digits; the largest difference of any
-number in any row is reported next to it (``--threads 1`` on both makes them identical).
+number in any row is reported next to it (``--threads 1`` runs both at one thread a cell,
+which makes them identical, at the serial run's expense).
 
     .venv/bin/python benchmarks/executors.py [--study configs/mnist-quick.yaml]
-        [--data-root ../shared/datasets] [--workers 2] [--set seeds=[0]]
+        [--data-root ../shared/datasets] [--workers 2] [--threads 1] [--set seeds=[0]]
 """
 
 from __future__ import annotations
@@ -57,9 +58,11 @@ def main() -> None:
     ap.add_argument("--study", type=Path, default=ROOT / "configs" / "mnist-quick.yaml")
     ap.add_argument("--data-root", default=str(ROOT.parent / "shared" / "datasets"))
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], dest="sets")
     args = ap.parse_args()
-    common = ["--data-root", args.data_root, *[f"--set={s}" for s in args.sets]]
+    common = ["--data-root", args.data_root, *[f"--set={s}" for s in args.sets],
+              *(["--threads", str(args.threads)] if args.threads else [])]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         print("serial ...", file=sys.stderr)
@@ -75,7 +78,7 @@ def main() -> None:
                default=0.0)
     print(json.dumps({
         "study": str(args.study), "sets": args.sets, "cells": len(rows["serial"]),
-        "cpus": len(os.sched_getaffinity(0)), "workers": args.workers,
+        "cpus": len(os.sched_getaffinity(0)), "workers": args.workers, "threads": args.threads,
         "serial_s": round(serial, 1), "local_s": round(local, 1),
         "ratio_local_over_serial": round(local / serial, 3),
         "identical_rows": rows["serial"] == rows["local"],

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of the scale-out issue, in one short run (about 8 minutes on one GPU):
+# The GPU checks of the scale-out issue, in one short run (at most 7.5 minutes of timeouts):
 #   1. the training throughput benchmark (engine against a DataLoader loop);
 #   2. a reduced CIFAR-10 ResNet-18 relearning grid, one cell at a time on the GPU, then
 #      packed 4 cells to the GPU (--gpus-per-cell 0.25), each from a cold cache;
@@ -15,10 +15,10 @@ PY=${PY:-.venv/bin/python}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/gpu.txt" 2>&1 || true
 
-timeout 150 "$PY" benchmarks/train_throughput.py --quick > "$OUT/throughput.json" \
+timeout 90 "$PY" benchmarks/train_throughput.py --quick > "$OUT/throughput.json" \
   2> "$OUT/throughput.log" || echo '{"error": "throughput benchmark failed"}' > "$OUT/throughput.json"
 
-# 4 pipelines x 1 seed x k=0: 8 cells (with the references), 2,000 images, short budgets
+# 6 methods + the 2 references x 1 seed x k=0: 8 cells, 2,000 images, short budgets
 GRID=(--set "dataset=imagefolder:$DATA" --set train_size=2000 --set test_size=1000
       --set train_steps=160 --set "seeds=[0]" --set "k=[0]" --set "relearn_sets=[retain]"
       --set "methods=[finetune,gradient_ascent,neggrad_plus,scrub,l1_sparse,salun]"
@@ -27,7 +27,7 @@ GRID=(--set "dataset=imagefolder:$DATA" --set train_size=2000 --set test_size=10
 run_grid() {  # name, executor flags...
   local name=$1; shift
   local t0=$(date +%s.%N)
-  DORMANT_CACHE="$OUT/cache-$name" timeout 200 "$PY" -m dormant relearn \
+  DORMANT_CACHE="$OUT/cache-$name" timeout 150 "$PY" -m dormant relearn \
     configs/cifar10-paper.yaml "${GRID[@]}" --out "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1 \
     || echo "grid $name failed" >> "$OUT/$name.log"
   echo "$(date +%s.%N) - $t0" | bc > "$OUT/$name.seconds"
@@ -50,6 +50,6 @@ res["packed_over_serial"] = round(res["packed"]["seconds"] / res["serial"]["seco
 print(json.dumps(res))
 PY
 
-timeout 90 "$PY" -m dormant plan configs/cifar10-paper.yaml --set "dataset=imagefolder:$DATA" \
+timeout 60 "$PY" -m dormant plan configs/cifar10-paper.yaml --set "dataset=imagefolder:$DATA" \
   --workers 1,8,64 > "$OUT/plan.txt" 2>&1 || echo "plan failed" >> "$OUT/plan.txt"
 cat "$OUT/grid.json" "$OUT/plan.txt"

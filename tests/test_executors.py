@@ -19,8 +19,9 @@ import pytest
 import torch
 import yaml
 
+from dormant.cells import Cell
 from dormant.errors import DormantError
-from dormant.rows import without_timings
+from dormant.rows import Row, without_timings
 from dormant.store import ModelCache, ResultsLog, read_rows
 from dormant.store.cache import append_line
 
@@ -75,7 +76,9 @@ def test_serial_local_and_ray_give_identical_rows(tmp_path):
     results = {}
     for name, extra in (("serial", []), ("local", ["--workers", "2"]), ("ray", [])):
         out, cache = tmp_path / name, tmp_path / f"cache-{name}"  # nothing shared between runs
-        _run(["relearn", str(study), "--executor", name, *extra, "--out", str(out)], cache)
+        # one thread a cell everywhere: the CPU thread count changes float reduction order
+        _run(["relearn", str(study), "--executor", name, *extra, "--threads", "1",
+              "--out", str(out)], cache)
         results[name] = _rows(out)
         assert len(results[name]) == CELLS
         assert all(r["status"] == "ok" for r in results[name].values())
@@ -239,3 +242,92 @@ def test_the_plan_counts_every_cell_and_artefact_and_more_workers_never_take_lon
     ft, ga, wd = (costs.unlearn[m] for m in ("finetune", "gradient_ascent", "weight_distortion"))
     assert p.serial == pytest.approx(4 * costs.original + 4 * (ft + ga + wd) + (ft + ga + wd)
                                      + 10 * costs.analysis + CELLS * costs.attack)
+
+
+class DyingCell(Cell):
+    """A cell whose worker always dies, as under a native crash or the OOM killer (at module
+    level, so spawned workers can unpickle it)."""
+
+    def run(self, ws):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def failed(self, error):
+        return Row(cell=self.key, status="failed", error=error, dataset="-", model="-",
+                   method="dies", seed=0)
+
+
+def test_a_cell_whose_worker_always_dies_becomes_a_transient_failed_row(tmp_path):
+    from dormant.executors import execute
+    from dormant.executors.options import ExecutorOptions
+
+    log = ResultsLog(tmp_path / "out")
+    execute([DyingCell(key="d1")], log, tmp_path / "cache", tmp_path / "out",
+            ExecutorOptions(executor="local", workers=1, retries=1))
+    (row,) = read_rows(log.path)
+    assert row["status"] == "failed" and row["transient"] is True
+    assert row["error"].startswith("the worker died 2 times")
+    assert not log.done("d1")  # a rerun tries it again; a rerun's ok row replaces it
+    log.emit({"cell": "d1", "status": "ok"})
+    assert log.read() == [{"cell": "d1", "status": "ok"}] and log.done("d1")
+    assert len(read_rows(log.path)) == 2
+
+
+def test_a_diverged_row_is_final_and_a_duplicate_axis_value_is_one_cell(tmp_path):
+    from dormant.executors import execute
+    from dormant.executors.options import ExecutorOptions
+
+    log = ResultsLog(tmp_path / "out")
+    log.emit({"cell": "x", "status": "failed", "error": "unlearning diverged: nan",
+              "transient": False})
+    ran = []
+
+    class Probe(DyingCell):
+        def run(self, ws):
+            ran.append(self.key)
+            return Row(cell=self.key, dataset="-", model="-", method="m", seed=0)
+
+    execute([Probe(key="x"), Probe(key="y"), Probe(key="y")], log, tmp_path / "cache",
+            tmp_path / "out", ExecutorOptions())
+    assert ran == ["y"]
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    from dormant.store.results import driver_lock
+
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_hold_driver_lock, args=(str(tmp_path), ready, release))
+    p.start()
+    assert ready.wait(60)
+    try:
+        with pytest.raises(DormantError, match="being written by a running study"), \
+                driver_lock(tmp_path):
+            pass
+    finally:
+        release.set()
+        p.join(60)
+    with driver_lock(tmp_path):  # free once the first has finished
+        pass
+
+
+def _hold_driver_lock(out: str, ready, release) -> None:
+    from dormant.store.results import driver_lock
+
+    with driver_lock(Path(out)):
+        ready.set()
+        release.wait(60)
+
+
+def test_packed_workers_take_the_parents_gpu_ids(monkeypatch):
+    from dormant.executors import local
+    from dormant.executors.options import ExecutorOptions
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    n, threads, slots = local._sizes(ExecutorOptions(executor="local", gpus_per_cell=0.5))
+    assert (n, slots) == (4, ["4", "4", "5", "5"])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert local._sizes(ExecutorOptions(gpus_per_cell=1.0))[2] == ["0", "1"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    n, threads, slots = local._sizes(ExecutorOptions(workers=2))
+    assert slots == [None, None] and threads >= 1

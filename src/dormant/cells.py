@@ -15,15 +15,18 @@ do not reload them.
 from __future__ import annotations
 
 import os
+import socket
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from dormant.engine import Progress
+from dormant.errors import DormantError
 from dormant.rows import Row
 from dormant.settings import Settings
 from dormant.store import ModelCache
+from dormant.store.cache import append_line
 
 
 class Workspace:
@@ -73,11 +76,20 @@ def run_cell(cell: Cell, ws: Workspace) -> Row:
     try:
         return cell.run(ws)
     except Exception as e:  # noqa: BLE001 - every failure must become a row, never a lost cell
-        log = ws.out / "workers" / "errors.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as f:
-            f.write(f"--- cell {cell.key} ({cell.label}) pid {os.getpid()}\n"
-                    f"{traceback.format_exc()}\n")
+        append_line(ws.out / "workers" / "errors.log",
+                    f"--- cell {cell.key} ({cell.label}) on {socket.gethostname()} pid "
+                    f"{os.getpid()}\n{traceback.format_exc()}")
         first = (str(e).splitlines() or [""])[0]
         row = cell.failed(f"{type(e).__name__}: {first}" if first else type(e).__name__)
-        return row.model_copy(update={"seconds": round(time.perf_counter() - t0, 3)})
+        return row.model_copy(update={"seconds": round(time.perf_counter() - t0, 3),
+                                      "transient": _transient(e)})
+
+
+def _transient(e: Exception) -> bool:
+    """Out of memory (CUDA's included) and I/O errors may not happen again on a rerun."""
+    from dormant.engine import Diverged
+
+    if isinstance(e, Diverged | DormantError):
+        return False
+    text = str(e).lower()
+    return isinstance(e, MemoryError | OSError) or "out of memory" in text

@@ -23,6 +23,10 @@ class Row(BaseModel):
     cell: str
     status: Literal["ok", "failed"] = "ok"
     error: str | None = None
+    transient: bool = False
+    """A failure of the machine rather than of the cell (a worker that died, out of memory,
+    a file system error): a rerun of the study tries the cell again. A diverging loss or a
+    bad setting gives the same row every time and is not retried."""
     dataset: str
     model: str
     method: str

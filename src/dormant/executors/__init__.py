@@ -56,10 +56,12 @@ EXECUTORS: dict[str, Executor] = {"serial": _serial, "local": _local, "ray": _ra
 
 def execute(cells: list[Cell], log: ResultsLog, cache_dir: Path, out: Path,
             opts: ExecutorOptions, progress: Progress | None = None) -> None:
-    """Run every cell of ``cells`` that ``log`` does not hold yet; rows go to ``log``.
+    """Run every cell of ``cells`` that ``log`` does not hold yet (or holds as a transient
+    failure); rows go to ``log``.
     ``progress`` gets ``("cells", done, total)`` after each row (and, serially, the engine's
     own step events)."""
-    todo = [c for c in cells if c.key not in log]
+    seen: set[str] = set()  # a grid axis given twice (seeds: [0, 0]) is one cell
+    todo = [c for c in cells if not log.done(c.key) and not (c.key in seen or seen.add(c.key))]
     total, done = len(todo), 0
     if not todo:
         return
@@ -73,9 +75,18 @@ def execute(cells: list[Cell], log: ResultsLog, cache_dir: Path, out: Path,
         if progress:
             progress("cells", done, total)
 
+    if opts.executor == "local" and opts.gpus_per_cell is None and _wants_gpu(todo):
+        # one cell per GPU unless told to pack: N CPU-count workers would all take cuda:0
+        opts = opts.model_copy(update={"gpus_per_cell": 1.0})
     cfg = WorkerConfig(cache_dir=str(Path(cache_dir).resolve()), out=str(Path(out).resolve()),
                        threads=opts.threads)
     EXECUTORS[opts.executor](todo, cfg, opts, emit, progress)
+
+
+def _wants_gpu(cells: list[Cell]) -> bool:
+    """Whether the cells will use a GPU here: one is visible and their device is not cpu."""
+    devices = {getattr(getattr(c, "spec", None), "device", "auto") for c in cells}
+    return devices != {"cpu"} and torch.cuda.is_available()
 
 
 def default_workers() -> int:

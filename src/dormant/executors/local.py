@@ -11,7 +11,9 @@ gpus_per_cell`` to a device.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
+import os
 from collections import deque
 from multiprocessing.connection import Connection, wait
 
@@ -30,16 +32,21 @@ def _worker_main(conn: Connection, cfg: WorkerConfig) -> None:
         conn.send(run_in_worker(cell, cfg))
 
 
-def _sizes(opts: ExecutorOptions) -> tuple[int, int, list[int | None]]:
-    """Workers, threads per worker, and each worker slot's GPU (None on a CPU)."""
+def _sizes(opts: ExecutorOptions) -> tuple[int, int, list[str | None]]:
+    """Workers, threads per worker, and each worker slot's GPU (None on a CPU): the GPUs this
+    process may see, by their ids in its own ``CUDA_VISIBLE_DEVICES`` when that is set (so
+    ``CUDA_VISIBLE_DEVICES=4,5`` places workers on 4 and 5, not 0 and 1)."""
     from dormant.executors import default_workers
 
     cpus = default_workers()
     gpus = torch.cuda.device_count() if opts.gpus_per_cell else 0
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+               if v.strip()]
+    ids = visible[:gpus] if len(visible) >= gpus > 0 else [str(i) for i in range(gpus)]
     per_gpu = max(1, int(1 / opts.gpus_per_cell)) if gpus else 0
     n = opts.workers or (per_gpu * gpus if gpus else cpus)
     threads = opts.threads or max(1, cpus // n)
-    slots = [(i // per_gpu) % gpus if gpus else None for i in range(n)]
+    slots = [ids[(i // per_gpu) % gpus] if gpus else None for i in range(n)]
     return n, threads, slots
 
 
@@ -63,12 +70,16 @@ def run_local(cells: list[Cell], cfg: WorkerConfig, opts: ExecutorOptions, emit)
     def feed(slot: int) -> None:
         if queue:
             holding[slot] = queue.popleft()
-            workers[slot][1].send(holding[slot])
+            try:
+                workers[slot][1].send(holding[slot])
+            except OSError:  # it died between cells: the sentinel reports it, the cell returns
+                pass
         elif slot in workers:  # nothing left for it: let it go
             p, conn = workers.pop(slot)
-            conn.send(None)
+            with contextlib.suppress(OSError):
+                conn.send(None)
             conn.close()
-            p.join(timeout=30)
+            p.join(timeout=5)
 
     for slot in range(min(n, len(cells))):
         start(slot)
@@ -108,7 +119,8 @@ def _died(slot, cell, workers, holding, queue, tries, opts, emit) -> None:
     del holding[slot]
     tries[cell.key] = tries.get(cell.key, 0) + 1
     if tries[cell.key] > opts.retries:
-        emit(cell, cell.failed(f"the worker died {tries[cell.key]} times running this cell "
-                               f"(last exit code {p.exitcode})").model_dump(mode="json"))
+        row = cell.failed(f"the worker died {tries[cell.key]} times running this cell (last "
+                          f"exit code {p.exitcode})")
+        emit(cell, row.model_copy(update={"transient": True}).model_dump(mode="json"))
     else:
         queue.appendleft(cell)

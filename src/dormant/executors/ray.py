@@ -36,11 +36,18 @@ def run_ray(cells: list[Cell], cfg: WorkerConfig, opts: ExecutorOptions, emit) -
             # Ray starts its workers at niceness 15; on a machine with any other load they
             # then get a sliver of the CPU (measured: 33 s against 1.6 s for the same steps)
             os.environ.setdefault("RAY_worker_niceness", "0")
+            # Ray retries a task its memory monitor killed without limit by default
+            os.environ.setdefault("RAY_task_oom_retries", str(opts.retries))
         ray.init(log_to_driver=False, configure_logging=False, **kwargs)
     threads = opts.threads or 1
-    task = ray.remote(run_in_worker).options(
-        num_cpus=1, num_gpus=opts.gpus_per_cell or 0, max_retries=opts.retries,
-        retry_exceptions=False, name="dormant-cell")
+    gpus = opts.gpus_per_cell
+    if gpus is None and ray.cluster_resources().get("GPU", 0) > 0 and any(
+            getattr(getattr(c, "spec", None), "device", "auto") != "cpu" for c in cells):
+        gpus = 1.0  # a GPU cluster: one cell per GPU unless told to pack
+    # a GPU task's process exits after its cell (max_calls=1): a reused process would keep
+    # its first task's CUDA context and the cached tensors outside Ray's accounting
+    task = ray.remote(num_cpus=1, num_gpus=gpus or 0, max_calls=1 if gpus else 0,
+                      max_retries=opts.retries, retry_exceptions=False)(run_in_worker)
     wcfg = cfg.model_copy(update={"threads": threads})
     pending = list(cells)
     limit = opts.workers or len(cells)
@@ -57,8 +64,8 @@ def run_ray(cells: list[Cell], cfg: WorkerConfig, opts: ExecutorOptions, emit) -
                     row = ray.get(ref)
                 except ray.exceptions.RayError as e:  # retries spent: the worker kept dying
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    row = cell.failed(f"Ray gave up after {opts.retries} retries: "
-                                      f"{first}").model_dump(mode="json")
+                    row = cell.failed(f"Ray gave up after {opts.retries} retries: {first}")
+                    row = row.model_copy(update={"transient": True}).model_dump(mode="json")
                 emit(cell, row)
     finally:
         for ref in running:

@@ -1,11 +1,12 @@
 """What runs on a worker, whatever the executor: one workspace per process, each cell's start
-and end in the worker's own log (``OUT/workers/worker-PID.log``), and the engine's progress
+and end in the worker's own log (``OUT/workers/worker-HOST-PID.log``), and the engine's progress
 written there too, since a worker has no terminal of its own."""
 
 from __future__ import annotations
 
 import functools
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -22,11 +23,13 @@ class WorkerConfig(Settings):
     cache_dir: str
     out: str
     threads: int | None = None
-    gpu: int | None = None
+    gpu: str | None = None
+    """The physical id (or MIG uuid) this worker's ``CUDA_VISIBLE_DEVICES`` is set to."""
 
 
-def log_path(out: str | Path, pid: int | None = None) -> Path:
-    return Path(out) / "workers" / f"worker-{pid or os.getpid()}.log"
+def log_path(out: str | Path) -> Path:
+    """This process's log; the host is in the name, since pids repeat across a cluster."""
+    return Path(out) / "workers" / f"worker-{socket.gethostname()}-{os.getpid()}.log"
 
 
 def _log(cfg: WorkerConfig, text: str) -> None:
@@ -58,7 +61,7 @@ class LogProgress:
 def workspace(cfg: WorkerConfig) -> Workspace:
     """This process's workspace: made on its first cell, kept for every later one."""
     if cfg.gpu is not None:  # before CUDA starts in this process
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(cfg.gpu)
+        os.environ["CUDA_VISIBLE_DEVICES"] = cfg.gpu
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     _log(cfg, f"pid {os.getpid()} up, {torch.get_num_threads()} threads")

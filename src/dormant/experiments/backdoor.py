@@ -36,11 +36,12 @@ from dormant.experiments.backdoor_spec import (
     BackdoorSpec,
     baseline_triggers,
 )
-from dormant.experiments.prepare import cached_fit, load_study_data
+from dormant.experiments.prepare import absolute_paths, cached_fit, load_study_data
 from dormant.experiments.profiles import profile_for
 from dormant.models import ModelSpec, create_model
 from dormant.rows import BackdoorRow
 from dormant.store import ModelCache, ResultsLog, cache_key
+from dormant.store.results import driver_lock
 from dormant.unlearn import (
     StoppableHparams,
     UnlearnContext,
@@ -50,7 +51,11 @@ from dormant.unlearn import (
     unlearn,
 )
 
-GRID_KEYS = {"methods", "hparams", "preset", "conditions", "seeds", "device", "defenses"}
+GRID_KEYS = {"methods", "hparams", "preset", "conditions", "seeds", "device", "data_root",
+             "download"}
+"""What a cell's key leaves out of the spec: the grid's axes (the cell's own method,
+condition and seed, with its resolved hyper-parameters, are in it) and where the data lies
+(its fingerprint is in it). The defenses' settings are in it: they decide the scan columns."""
 
 
 @dataclass
@@ -146,11 +151,11 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
     return v
 
 
-def _cell_key(spec: BackdoorSpec, method: str, condition: str, seed: int) -> str:
+def _cell_key(spec: BackdoorSpec, data: str, method: str, condition: str, seed: int) -> str:
     # "none": the conditions that involve no unlearning (none, badnets, blended)
     hp = {} if method == "none" else spec.method_hparams(method)
-    return cache_key(spec=spec.model_dump(exclude=GRID_KEYS), hparams=hp, method=method,
-                     condition=condition, seed=seed)
+    return cache_key(spec=spec.model_dump(exclude=GRID_KEYS), data=data, hparams=hp,
+                     method=method, condition=condition, seed=seed)
 
 
 def _unlearn(spec: BackdoorSpec, v: Victim, method: str, condition: str, hp: dict,
@@ -232,23 +237,25 @@ def _victim(ws: Workspace, spec: BackdoorSpec, seed: int) -> tuple[Victim, Scann
         v = prepare_victim(spec, spec.attack(), ds, seed, ws.cache, ws.progress)
         return v, Scanner(spec, ds, v, ws.out, ws.progress)
 
-    return ws.remember(("victim", cache_key(spec=spec.model_dump(exclude=GRID_KEYS)), seed),
-                       make)
+    return ws.remember(("victim", cache_key(spec=spec.model_dump()), seed), make)
 
 
 def backdoor_cells(spec: BackdoorSpec, ds: Dataset) -> list[BackdoorCell]:
     """Every (method, condition, seed) as a cell, after every check. The attack condition
-    comes first: the strength-matched control needs its unlearned model."""
+    comes first: the strength-matched control needs its unlearned model (which it builds
+    itself, through the cache, if it gets there first)."""
     check_spec(spec, ds)
     mspec, _ = study_recipe(spec, ds)
+    cell_spec = absolute_paths(spec)  # workers elsewhere must find the same files
     order = {"attack": 0}
     cells = []
-    for seed in spec.seeds:
-        for cond in sorted(spec.conditions, key=lambda c: order.get(c, 1)):
-            for m in spec.methods if cond in UNLEARNING_CONDITIONS else ["none"]:
-                cells.append(BackdoorCell(key=_cell_key(spec, m, cond, seed), spec=spec,
-                                          model_name=mspec.name, method=m, condition=cond,
-                                          seed=seed))
+    # seed innermost: workers that start together train different seeds' victims
+    for cond in sorted(spec.conditions, key=lambda c: order.get(c, 1)):
+        for m in spec.methods if cond in UNLEARNING_CONDITIONS else ["none"]:
+            for seed in spec.seeds:
+                cells.append(BackdoorCell(key=_cell_key(spec, ds.fingerprint, m, cond, seed),
+                                          spec=cell_spec, model_name=mspec.name, method=m,
+                                          condition=cond, seed=seed))
     return cells
 
 
@@ -266,8 +273,9 @@ def run_backdoor(
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     log = ResultsLog(out, on_row)
     ds = load_study_data(spec, cache_dir)
-    execute(backdoor_cells(spec, ds), log, cache_dir, out, executor or ExecutorOptions(),
-            progress)
+    cells = backdoor_cells(spec, ds)
+    with driver_lock(out):
+        execute(cells, log, cache_dir, out, executor or ExecutorOptions(), progress)
     return log.read()
 
 

@@ -11,9 +11,12 @@ order; a cell builds each missing upstream artefact itself, or waits for the wor
 building it (the per-key lock), then attacks. Durations come from one of:
 
 - ``measured``: a short calibration run here: the seconds of one training step of the
-  study's model at batch 128 on this device, times each artefact's steps (an unlearning
-  step is counted as one training step; methods with two batches or a teacher cost more);
+  study's model at its batch size on this device, times each artefact's steps (an
+  unlearning step is counted as one training step; methods with two batches or a teacher
+  cost more);
 - ``earlier run``: the medians of a finished run's build log and attack seconds (``--from``).
+  The build log belongs to the cache, not the study: plan from a run whose cache served
+  that study alone, or the medians mix in other studies' builds.
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ from dormant.engine import resolve_device
 from dormant.experiments.pipeline import Pipeline
 from dormant.experiments.prepare import forget_sets
 from dormant.experiments.profiles import profile_for
-from dormant.experiments.relearn import attack_settings, relearn_cells
+from dormant.experiments.relearn import attack_settings, base_hparams, relearn_cells
 from dormant.experiments.spec import RelearnSpec
 from dormant.models import ModelSpec, create_model
 from dormant.store import ModelCache, read_rows
-from dormant.unlearn import get_method, resolve_hparams
+from dormant.unlearn import get_method, make_hparams
 
 
 @dataclass
@@ -65,26 +68,24 @@ class Plan:
 
 
 def _steps(spec: RelearnSpec, profile, ds: Dataset, method: str, user: dict) -> int:
-    over = {k: v for k, v in (("steps", spec.unlearn_steps), ("lr", spec.unlearn_lr)) if v}
-    if "steps" not in get_method(method).defaults():
-        over = {}
-    hp = resolve_hparams(method, spec.preset or profile.preset, {**over, **user},
-                         n_train=len(ds.y_train))
-    info = get_method(method)
-    if "steps" in info.defaults():
-        return int(hp.get("steps", info.defaults()["steps"]))
-    return math.ceil(len(ds.y_train) / 128)  # a pass over the data: Fisher, SSD, weights
+    """A method's unlearning steps as the study resolves them; a method without steps
+    (Fisher, SSD, the weight-space edits) counts as one pass over the data."""
+    hp = make_hparams(method, base_hparams(spec, profile, len(ds.y_train), method, user))
+    batch = spec.recipe(profile.train).batch_size
+    return int(getattr(hp, "steps", math.ceil(len(ds.y_train) / batch)))
 
 
 def step_seconds(spec: RelearnSpec, ds: Dataset, steps: int = 10) -> float:
-    """Seconds of one Adam step of the study's model at batch 128, on the study's device."""
+    """Seconds of one Adam step of the study's model at its recipe's batch size, on the
+    study's device."""
     profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
     c, h, _ = ds.image_shape
     dev = resolve_device(spec.device)
     model = create_model(ModelSpec(spec.model or profile.model, c, ds.num_classes, h)).to(dev)
     opt = torch.optim.Adam(model.parameters(), 1e-4)
-    x = ds.x_train[:128].to(dev).float() / 255
-    y = ds.y_train[:128].to(dev)
+    batch = spec.recipe(profile.train).batch_size
+    x = ds.x_train[:batch].to(dev).float() / 255
+    y = ds.y_train[:batch].to(dev)
     times = []
     for i in range(2 * steps):
         t0 = time.perf_counter()
@@ -111,7 +112,7 @@ def measured_costs(spec: RelearnSpec, ds: Dataset, pipelines: list[Pipeline],
                 unlearn[s.method] = step * _steps(spec, profile, ds, s.method, s.hparams)
     n_eval = 3 * spec.analysis_size * spec.lmc_points if spec.analysis else 0
     # a forward pass costs about a third of a training step
-    analysis = step / 3 * n_eval / 128
+    analysis = step / 3 * n_eval / spec.recipe(profile.train).batch_size
     attacks = attack_settings(spec, profile)
     attack_steps = statistics.mean(s for _, s in attacks)
     eval_every = spec.eval_every or profile.eval_every

@@ -70,6 +70,32 @@ def load_study_data(spec, cache_dir: Path) -> Dataset:
     return stratified_subset(ds, spec.train_size, seed=0, n_test=spec.test_size)
 
 
+PATH_SCHEMES = ("imagefolder:", "npz:")
+
+
+def absolute_paths(spec):
+    """``spec`` with every file it names made absolute (``data_root``, ``cscores``, an
+    ``imagefolder:``/``npz:`` dataset, ``ids:`` forget sets), so a worker started in another
+    folder, or on another node of a cluster, reads the same files."""
+
+    def absolute(text: str | None, schemes: tuple[str, ...] = ()) -> str | None:
+        if text is None:
+            return None
+        for scheme in schemes:
+            if text.startswith(scheme):
+                return scheme + str(Path(text[len(scheme):]).expanduser().resolve())
+        return text if schemes else str(Path(text).expanduser().resolve())
+
+    fields = type(spec).model_fields
+    changes = {"dataset": absolute(spec.dataset, PATH_SCHEMES)}
+    for key in ("data_root", "cscores"):
+        if key in fields:
+            changes[key] = absolute(getattr(spec, key))
+    if "forget" in fields and spec.forget:
+        changes["forget"] = [absolute(f, ("ids:",)) for f in spec.forget]
+    return spec.model_copy(update=changes)
+
+
 def forget_sets(spec: RelearnSpec, profile: Profile) -> list[str]:
     return list(spec.forget) if spec.forget else [profile.forget]
 

@@ -33,6 +33,7 @@ from dormant.experiments.calibrate import Calibration, calibrate
 from dormant.experiments.pipeline import Pipeline, resolve
 from dormant.experiments.prepare import (
     Prepared,
+    absolute_paths,
     cached_fit,
     forget_sets,
     load_study_data,
@@ -44,26 +45,34 @@ from dormant.metrics import aurc, l2_distance, recovery, tow
 from dormant.models import ModelSpec, create_model
 from dormant.rows import RelearnRow
 from dormant.store import ModelCache, ResultsLog, cache_key
+from dormant.store.results import driver_lock
 from dormant.unlearn import StoppableHparams, get_method, resolve_hparams, unlearn
 
 GRID_KEYS = {"methods", "hparams", "preset", "k", "seeds", "forget", "relearn_sets", "attack_lr",
              "attack_steps", "device", "calibrate", "stop"}
 
 
-def method_hparams(spec: RelearnSpec, prep: Prepared, method: str, user: dict) -> dict:
+def base_hparams(spec: RelearnSpec, profile: Profile, n_train: int, method: str,
+                 user: dict) -> dict:
     """``resolve_hparams`` under ``spec.preset`` (None: the dataset profile's preset), with
-    ``unlearn_steps``/``unlearn_lr`` (step-based methods), the oracle-matched stop target
-    (``stop: oracle-leakable`` only), then the user's own overrides on top; checked."""
-    info = get_method(method)
+    ``unlearn_steps``/``unlearn_lr`` (step-based methods), then the user's own overrides on
+    top; checked. Everything a method runs with that is known before any training."""
     over: dict = {}
-    if "steps" in info.defaults():
+    if "steps" in get_method(method).defaults():
         over.update({k: v for k, v in (("steps", spec.unlearn_steps), ("lr", spec.unlearn_lr))
                      if v})
-    if issubclass(info.hparams, StoppableHparams) and spec.stop == "oracle-leakable":
-        over["stop_acc"] = prep.oracle_monitor_acc
-    over.update(user)
-    return resolve_hparams(method, spec.preset or prep.profile.preset, over,
-                           n_train=len(prep.dataset.y_train))
+    return resolve_hparams(method, spec.preset or profile.preset, {**over, **user},
+                           n_train=n_train)
+
+
+def method_hparams(spec: RelearnSpec, prep: Prepared, method: str, user: dict) -> dict:
+    """``base_hparams`` with, under ``stop: oracle-leakable``, the oracle's accuracy on the
+    leakable ids as the stop target (unless the user set one)."""
+    hp = base_hparams(spec, prep.profile, len(prep.dataset.y_train), method, user)
+    if issubclass(get_method(method).hparams, StoppableHparams) and \
+            spec.stop == "oracle-leakable" and "stop_acc" not in user:
+        hp = {**hp, "stop_acc": prep.oracle_monitor_acc}
+    return hp
 
 
 def attack_settings(spec: RelearnSpec, profile: Profile) -> list[tuple[float, int]]:
@@ -178,8 +187,7 @@ def _prepared(ws: Workspace, spec: RelearnSpec, seed: int, forget: str) -> Prepa
     data = spec.model_dump(include={"dataset", "data_root", "train_size", "test_size"})
     ds = ws.remember(("dataset", cache_key(**data)),
                      lambda: load_study_data(spec, ws.cache_dir), keep=1)
-    return ws.remember(("prepared", cache_key(spec=spec.model_dump(exclude=GRID_KEYS)),
-                        seed, forget),
+    return ws.remember(("prepared", cache_key(spec=spec.model_dump()), seed, forget),
                        lambda: prepare(spec, ds, seed, ws.cache, ws.progress, forget))
 
 
@@ -200,33 +208,56 @@ def _calibration(ws: Workspace, spec: RelearnSpec, forget: str, pipe: Pipeline
     return [Calibration(**c) for c in found]
 
 
+REFERENCE_FREE = {"preset", "unlearn_steps", "unlearn_lr", "data_root", "download"}
+"""Spec keys that a row's key leaves out: the methods' settings (the resolved values are in
+the key instead, and the reference models use none) and where the data lies (its content
+fingerprint is in the key instead)."""
+
+
 def relearn_cells(spec: RelearnSpec, ds: Dataset) -> list[RelearnCell]:
-    """The study's grid as cells, after every check. Ordered k, seed, forget set, pipeline:
-    workers that start together take different pipelines of the first seed (whose
-    calibration every later seed reuses) rather than wait on one another's lock."""
+    """The study's grid as cells, after every check.
+
+    Ordered attack setting (k, relearn set, lr, steps), forget set, pipeline, then seed:
+    workers that start together take different seeds and pipelines, so they train different
+    originals and calibrations instead of waiting on one another's lock. ``dormant plan``'s
+    simulation of the paper's grid with 3 seeds and k = 0, 1, 2 on digits (costs set to
+    original 100, unlearning 30, attack 10) gave 8 workers 65% of the seed-major order's
+    makespan with ``calibrate: none`` and 81% with ``calibrate: oracle``.
+
+    A cell's key hashes what decides its row: the spec without its grid axes and data paths,
+    the data's fingerprint, the pipeline's stages with their resolved hyper-parameters (so a
+    preset whose values change gets new rows), the calibration protocol, and the cell's
+    coordinates."""
     pipelines = check_spec(spec, ds)
     profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
     model_name = spec.model or profile.model
-    # calibrate, stop and the preset shape every non-reference model: part of the key
-    base = cache_key(spec=spec.model_dump(exclude=GRID_KEYS), calibrate=spec.calibrate,
-                     stop=spec.stop, preset=spec.preset, calibration_seed=spec.seeds[0])
+    n_train = len(ds.y_train)
+    shared = cache_key(spec=spec.model_dump(exclude=GRID_KEYS | REFERENCE_FREE),
+                       data=ds.fingerprint)
+    protocol = {"calibrate": spec.calibrate, "stop": spec.stop,
+                "calibration_seed": spec.seeds[0] if spec.calibrate == "oracle" else None}
+    stages = {p.name: [[s.method, s.hparams] if p.is_reference else
+                       [s.method, base_hparams(spec, profile, n_train, s.method, s.hparams)]
+                       for s in p.stages] for p in pipelines}
+    cell_spec = absolute_paths(spec)  # workers elsewhere must find the same files
     cells = []
     for k in spec.k:
-        for seed in spec.seeds:
-            for forget in forget_sets(spec, profile):
-                for pipe in pipelines:
-                    stages = [[s.method, s.hparams] for s in pipe.stages]
-                    for lr, steps in attack_settings(spec, profile):
-                        for rs in spec.relearn_sets:
-                            if rs == "forget-only" and k == 0:
-                                continue  # nothing to train on; the seed code omits it too
-                            key = cache_key(base=base, method=pipe.name, stages=stages,
-                                            seed=seed, forget=forget, k=k, rs=rs, lr=lr,
-                                            steps=steps)
+        for rs in spec.relearn_sets:
+            if rs == "forget-only" and k == 0:
+                continue  # nothing to train on; the seed code omits it too
+            for lr, steps in attack_settings(spec, profile):
+                for forget, where in zip(forget_sets(spec, profile),
+                                         forget_sets(cell_spec, profile), strict=True):
+                    for pipe in pipelines:
+                        how = {} if pipe.is_reference else protocol
+                        for seed in spec.seeds:
+                            key = cache_key(base=shared, method=pipe.name,
+                                            stages=stages[pipe.name], **how, seed=seed,
+                                            forget=forget, k=k, rs=rs, lr=lr, steps=steps)
                             cells.append(RelearnCell(
-                                key=key, spec=spec, model_name=model_name, pipeline=pipe.name,
-                                seed=seed, forget=forget, k=k, relearn_set=rs, attack_lr=lr,
-                                attack_steps=steps))
+                                key=key, spec=cell_spec, model_name=model_name,
+                                pipeline=pipe.name, seed=seed, forget=where, k=k,
+                                relearn_set=rs, attack_lr=lr, attack_steps=steps))
     return cells
 
 
@@ -244,8 +275,9 @@ def run_relearn(
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     log = ResultsLog(out, on_row)
     ds = load_study_data(spec, cache_dir)
-    execute(relearn_cells(spec, ds), log, cache_dir, out, executor or ExecutorOptions(),
-            progress)
+    cells = relearn_cells(spec, ds)
+    with driver_lock(out):
+        execute(cells, log, cache_dir, out, executor or ExecutorOptions(), progress)
     return log.read()
 
 

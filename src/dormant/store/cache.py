@@ -30,6 +30,9 @@ from dormant.models import ModelSpec
 from dormant.store.checkpoint import load_model, save_checkpoint
 from dormant.store.files import atomic_write_bytes, atomic_write_text
 
+RECORD_FORMAT = 1
+"""Bump when a record's layout changes (a calibration's or an analysis's fields)."""
+
 
 def cache_key(**parts) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str)
@@ -108,7 +111,8 @@ class ModelCache:
         if extras:
             blob = safetensors.torch.save({k: v.contiguous().cpu() for k, v in extras.items()})
             atomic_write_bytes(path.with_suffix(".extra.safetensors"), blob)
-        # weights last: their presence is what marks the entry complete
+        # the weights' file appears whole (written aside, then renamed); an entry whose
+        # files do not load counts as missing and is built again
         return save_checkpoint(path, model, spec, {**meta, "cache_key": key})
 
     def build_model(self, key: str, spec: ModelSpec, device: torch.device | str,
@@ -130,7 +134,8 @@ class ModelCache:
         return hit[0], hit[2]
 
     def record_path(self, key: str) -> Path:
-        return self.records / f"{key}.json"
+        # the format version in the name: a record an older layout wrote is not read back
+        return self.records / f"{key}.v{RECORD_FORMAT}.json"
 
     def build_record(self, key: str, kind: str, make: Callable[[], dict | list]) -> dict | list:
         """A JSON record (a calibration, an analysis) for ``key``, made exactly once."""

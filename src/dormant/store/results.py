@@ -7,9 +7,13 @@ append cuts it off first. A damaged line anywhere else is the user's to look at,
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
-from collections.abc import Callable
+import os
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -34,6 +38,15 @@ def append_row(path: Path, row: dict | BaseModel) -> None:
     append_line(Path(path), json.dumps(_clean(row), sort_keys=False))
 
 
+def latest(rows: list[dict]) -> list[dict]:
+    """One row per cell, the last written (a failed row retried later is replaced), in the
+    order the cells first appeared."""
+    by_cell: dict = {}
+    for r in rows:
+        by_cell[r.get("cell")] = r
+    return list(by_cell.values())
+
+
 def read_rows(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
@@ -56,10 +69,34 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def driver_lock(out: Path) -> Iterator[None]:
+    """Held by the one process that runs a study into ``out``: a second run into the same
+    folder (the first one still alive, in a detached session, say) is refused instead of
+    doing every remaining cell again beside it."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".driver.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            who = f.read().strip() or "another process"
+            raise DormantError(f"{out} is being written by a running study ({who}); wait for "
+                               "it to finish or give another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class ResultsLog:
     """A study's ``OUT/results.jsonl``: the rows already there by cell id, and ``emit`` to
-    append one as a cell finishes, so a rerun skips what is done. A cell already logged is
-    never written twice."""
+    append one as a cell finishes, so a rerun skips what is done. A cell that has a row is
+    never written twice, unless that row is a transient failure being retried."""
 
     def __init__(self, out: Path, on_row: Callable[[dict], None] | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -67,12 +104,19 @@ class ResultsLog:
         self.rows = {r.get("cell"): r for r in read_rows(self.path)}
         self.on_row = on_row
 
+    def done(self, cell: str) -> bool:
+        """Whether ``cell`` needs no more work: it has a row that is not a transient
+        failure (``transient``: a worker that died, out of memory, an I/O error)."""
+        row = self.rows.get(cell)
+        return row is not None and not (row.get("status") == "failed"
+                                        and row.get("transient"))
+
     def __contains__(self, cell: str) -> bool:
         return cell in self.rows
 
     def emit(self, row: dict | BaseModel) -> None:
         data = row.model_dump(mode="json") if isinstance(row, BaseModel) else row
-        if data["cell"] in self.rows:
+        if self.done(data["cell"]):
             return
         append_row(self.path, data)
         self.rows[data["cell"]] = _clean(data)
@@ -80,4 +124,4 @@ class ResultsLog:
             self.on_row(self.rows[data["cell"]])
 
     def read(self) -> list[dict]:
-        return read_rows(self.path)
+        return latest(read_rows(self.path))
