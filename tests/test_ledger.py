@@ -29,7 +29,8 @@ def _five(path: Path, files: dict[int, list[dict]] | None = None) -> Ledger:
         payload = {"i": i, "acc": 97.5 + i, "ids": [i, i + 1]}
         if files and i in files:
             payload["files"] = files[i]
-        ledger.append(kind, payload, request_id=f"r{(i + 1) // 2}", model="digits")
+        ledger.append(kind, payload, request_id=None if i == 1 else f"r{i // 2}",
+                      model="digits")
     return ledger
 
 

@@ -94,7 +94,7 @@ def test_yaml_overrides_keep_the_other_defaults(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("recovry: {warn: 1}\n", "policy.yaml: unknown key 'recovry'; known keys: retain_drop, "
-                             "test_drop, forget_gap, mia_auc, excess, excess_leaked, "
+                             "test_drop, forget_gap, mia_auc, unchanged, excess, excess_leaked, "
                              "nc_shrink, uap_jump, budget"),
     ("budget: {relearn_stepz: 1}\n", "key 'budget.relearn_stepz': unknown key"),
     ("retain_drop: {wrn: 1}\n", "key 'retain_drop.wrn': unknown key"),
@@ -116,7 +116,7 @@ def test_unknown_key_is_named(tmp_path, text, message):
                                   "to 1"),
     ("budget: {nc: {epochs: 0}}\n", "key 'budget.nc.epochs': Input should be greater than or "
                                     "equal to 1"),
-    ("retain_drop: {warn: .nan}\n", "key 'retain_drop.warn': Input should be a finite number"),
+    ("retain_drop: {warn: .nan}\n", "key 'retain_drop.warn': must be a finite number"),
     ("mia_auc: {warn: 0.8}\n", "key 'mia_auc': warn (0.8) must not be above fail (0.7)"),
     ("excess: 10\n", "key 'excess': Input should be a valid dictionary"),
     ("- excess\n", "a policy is a mapping"),

@@ -170,7 +170,7 @@ def test_run_checks_flags_the_backdoor_class_and_nothing_on_a_clean_update(digit
     budget = CheckBudget(relearn_steps=20, leaked_k=0, uap={"eps": 0.2}, nc={"epochs": 30})
     cached = backdoor_profile(clean, data, budget)
     m = run_checks(clean, bad, data, budget, old_profile=cached)
-    assert set(m) == {"before", "after", "tamper", "budget"}
+    assert set(m) == {"before", "after", "tamper", "change", "evidence", "budget"}
     assert m["budget"] == budget.model_dump() and set(m["tamper"]) == {"k0"}
     assert len(m["before"]["nc_norms"]) == len(m["after"]["uap_success"]) == 10
     json.dumps(m)

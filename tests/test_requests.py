@@ -388,3 +388,158 @@ def test_store_add_takes_plain_state_dicts_with_their_architecture(base, tmp_pat
     assert main(["store", "add", str(other), "mine", str(plain), "--arch", "mlp", "--ledger",
                  str(elsewhere)]) == 0
     assert not (other / "ledger.sqlite").exists() and len(Ledger(elsewhere)) == 1
+
+
+def _snapshot(store: Path) -> dict[str, bytes]:
+    """Every file of a store, byte for byte (the lock file aside)."""
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def test_store_add_proves_the_weights_fit_and_refuses_nan_without_writing(base, tmp_path,
+                                                                          capsys):
+    from safetensors.torch import save_file
+
+    from dormant.models import ModelSpec, create_model
+    from dormant.store.checkpoint import save_checkpoint
+
+    store = tmp_path / "store"
+    mlp = create_model(ModelSpec("mlp", 1, 10, 8), seed=3)
+    plain = tmp_path / "plain.safetensors"
+    save_file(mlp.state_dict(), plain)
+    assert main(["store", "add", str(store), "mine", str(plain), "--arch", "mlp"]) == 0
+    rows = ModelStore(store).ledger.entries()
+    assert rows[-1].payload["num_classes"] == 10 and rows[-1].payload["in_channels"] == 1
+    nan = {k: v.clone() for k, v in mlp.state_dict().items()}
+    nan["3.weight"][0, 0] = float("nan")
+    save_file(nan, tmp_path / "nan.safetensors")
+    inf = {k: v.clone() for k, v in mlp.state_dict().items()}
+    inf["5.bias"][1] = float("inf")
+    save_file(inf, tmp_path / "inf.safetensors")
+    # a sidecar claiming 10 classes over weights of 5
+    five = tmp_path / "five.safetensors"
+    save_checkpoint(five, create_model(ModelSpec("mlp", 1, 5, 8)), ModelSpec("mlp", 1, 5, 8))
+    side = json.loads(five.with_suffix(".json").read_text())
+    side["model"]["num_classes"] = 10
+    five.with_suffix(".json").write_text(json.dumps(side))
+    cases = {
+        "is not an architecture dormant knows": (plain, "mpl"),
+        "do not fit --arch 'cnn-small'": (plain, "cnn-small"),
+        "do not fit --arch 'resnet18'": (plain, "resnet18"),
+        "do not fit --arch 'mlp'": (five, None),
+        "non-finite weights: 1 NaN/inf values in '3.weight'": (tmp_path / "nan.safetensors",
+                                                              "mlp"),
+        "non-finite weights: 1 NaN/inf values in '5.bias'": (tmp_path / "inf.safetensors",
+                                                            "mlp"),
+    }
+    for want, (ckpt, arch) in cases.items():
+        before = _snapshot(store)
+        capsys.readouterr()
+        assert main(["store", "add", str(store), "mine", str(ckpt),
+                     *(["--arch", arch] if arch else [])]) == 2, want
+        err = capsys.readouterr().err.strip()
+        assert want in err and len(err.splitlines()) == 1, (want, err)
+        assert _snapshot(store) == before, want  # ledger and files byte-identical
+    # a NaN checkpoint is refused by every command that reads one: audit too
+    capsys.readouterr()
+    assert main(["audit", "--original", str(plain), "--unlearned",
+                 str(tmp_path / "nan.safetensors"), "--ids", str(_ids(tmp_path / "a.ids", [1])),
+                 "--model", "mlp", "--out", str(tmp_path / "audit"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "non-finite weights" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "audit" / "record.json").exists()
+
+
+def test_empty_requester_or_reason_is_refused_before_anything(store, base, tmp_path, capsys):
+    ids = _ids(tmp_path / "e.ids", [1, 2, 3])
+    before = _snapshot(store)
+    for flag, value in (("--requester", ""), ("--requester", "  \t"), ("--reason", " ")):
+        args = {"--requester": "alice", "--reason": "gdpr", flag: value}
+        capsys.readouterr()
+        assert main(["forget", "--store", str(store), "--model", "digits", "--ids", str(ids),
+                     *[x for kv in args.items() for x in kv], "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"{flag} is empty" in err and len(err.splitlines()) == 1, err
+    assert _snapshot(store) == before
+
+
+def test_store_list_marks_only_the_current_version(base, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from dormant.models import ModelSpec, create_model
+
+    plain = tmp_path / "plain.safetensors"
+    save_file(create_model(ModelSpec("mlp", 1, 10, 8), seed=3).state_dict(), plain)
+    store = tmp_path / "store"
+    for _ in range(3):
+        assert main(["store", "add", str(store), "mine", str(plain), "--arch", "mlp"]) == 0
+    capsys.readouterr()
+    assert main(["store", "list", str(store)]) == 0
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if " mine " in ln]
+    assert len(rows) == 3
+    assert ["current" in r for r in rows] == [False, False, True]
+    assert all("superseded" in r for r in rows[:2])
+
+
+def test_a_diverging_request_records_request_failed(store, base, tmp_path, capsys):
+    """A NaN learning rate is refused before the request starts; a method that diverges
+    after it leaves request-failed with its error, one line, exit 1, and no checkpoint."""
+    ids = _ids(tmp_path / "d.ids", range(700, 730))
+    book = Ledger(store / "ledger.sqlite")
+    assert _forget(store, ids, base["policy"], "--method", "gradient_ascent", "--hparam",
+                   "lr=nan") == 2
+    assert "finite" in capsys.readouterr().err and len(book) == 1
+    assert _forget(store, ids, base["policy"], "--method", "gradient_ascent", "--hparam",
+                   "lr=1e30", "--hparam", "steps=50") == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Diverged" in err and "request-failed" in err, err
+    rows = book.entries()
+    assert [e.kind for e in rows] == ["model-added", "request-started", "request-failed"]
+    assert rows[2].request_id == rows[1].request_id and rows[1].request_id in err
+    assert rows[2].payload["error"].startswith("Diverged: ") and "\n" not in rows[2].payload[
+        "error"]
+    assert not (store / "models" / "digits" / "v2.safetensors").exists()
+    report = book.verify(store=store)
+    assert report.ok and "1 request failed" in report.note and rows[1].request_id in report.note
+    capsys.readouterr()
+    assert main(["ledger", "show", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "failed" in out and rows[1].request_id in out
+
+
+@pytest.mark.slow
+def test_kill_9_mid_unlearning_is_named_by_verify_and_show_then_resumed(store, base, tmp_path,
+                                                                          capsys):
+    ids = _ids(tmp_path / "k.ids", range(800, 830))
+    args = ["forget", "--store", str(store), "--model", "digits", "--ids", str(ids),
+            "--requester", "bob", "--reason", "kill", "--policy", str(base["policy"]),
+            "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-m", "dormant", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    seen = []
+    for line in proc.stdout:  # the stage line comes just before the retrain starts
+        seen.append(line)
+        if "unlearning 30 ids" in line:
+            break
+    os.kill(proc.pid, 9)
+    proc.wait(timeout=60)
+    assert proc.returncode == -9, seen
+    book = Ledger(store / "ledger.sqlite")
+    assert [e.kind for e in book.entries()] == ["model-added", "request-started"]
+    rid = book.entries()[-1].request_id
+    capsys.readouterr()
+    assert main(["ledger", "verify", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "1 request unfinished" in out and rid in out, out
+    assert main(["ledger", "show", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "unfinished" in out and rid in out
+    # the rerun of the same request resumes it under the same id and finishes it
+    assert main(args) == 0
+    assert [e.kind for e in book.entries()] == ["model-added", "request-started",
+                                                "request-resumed", "request-finished"]
+    assert {e.request_id for e in book.entries()[1:]} == {rid}
+    capsys.readouterr()
+    assert main(["ledger", "verify", str(store)]) == 0
+    assert "unfinished" not in capsys.readouterr().out

@@ -3,6 +3,7 @@ requests as a platform team runs them, over ``dormant.requests``."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -114,8 +115,11 @@ def forget(
         parse_ref,
         process_request,
     )
+    from dormant.requests.forget import RequestFailed, check_text
     from dormant.unlearn import get_preset, make_hparams
 
+    check_text("requester", requester, "who asked for the deletion, e.g. alice")
+    check_text("reason", reason, "why, in a few words, e.g. 'GDPR art. 17'")
     name, version = parse_ref(model)
     pol = load_policy(policy)
     method = method or DEFAULT_METHOD
@@ -127,12 +131,19 @@ def forget(
     ds = _dataset(dataset, data_root, train_size)
     req = Request(name, read_ids(ids, len(ds.y_train)), requester, reason, version, method, hp,
                   accept_warnings, seed, preset)
-    with ProgressBars(console) as bars:
-        rec, out = process_request(
-            st, ds, req, pol, device=device, progress=bars,
-            on_stage=lambda s: bars.bars.console.print(s),
-            on_wait=lambda: bars.bars.console.print(
-                f"waiting for the store lock ({store / '.lock'}): another request is running"))
+    try:
+        with ProgressBars(console) as bars:
+            rec, out = process_request(
+                st, ds, req, pol, device=device, progress=bars,
+                on_stage=lambda s: bars.bars.console.print(s, highlight=False),
+                on_wait=lambda: bars.bars.console.print(
+                    f"waiting for the store lock ({store / '.lock'}): another request is "
+                    "running"))
+    except RequestFailed as e:
+        # not bad input but a run that failed (e.g. a diverging method): exit 1, one line;
+        # the ledger already holds its request-failed row
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
     console.print(_summary(rec))
     to = f"v{rec['to_version']}"
     console.print(f"request {rec['request_id']}: {rec['model']} v{rec['from_version']} -> {to} "
@@ -197,19 +208,24 @@ def store_add(
 @store_app.command("list")
 def store_list(store: Annotated[Path, typer.Argument(help="store folder")],
                ledger: LedgerOpt = None) -> None:
-    """Every model and version in a store, with the promoted ones marked."""
+    """Every model and version in a store; the current one (in use) is marked."""
     from dormant.requests import ModelStore
 
     st = ModelStore(store, ledger)
     t = Table(title=f"store {store}")
-    for col in ("model", "version", "promoted", "from", "request", "sha256"):
+    for col in ("model", "version", "status", "from", "request", "sha256"):
         t.add_column(col)
     for name in st.models():
+        current = st.resolve(name).version
         for v in st.versions(name):
-            t.add_row(name, f"v{v.version}", "yes" if v.promoted else "no",
+            status = ("current" if v.version == current
+                      else "superseded" if v.promoted else "not promoted")
+            t.add_row(name, f"v{v.version}", status,
                       "-" if v.from_version is None else f"v{v.from_version}",
                       v.request_id or "-", v.sha256[:12])
     console.print(t)
+    console.print("current: the version a request without @VERSION uses (the latest promoted); "
+                  "superseded: promoted once, replaced since; not promoted: kept, never in use")
 
 
 @ledger_app.command("verify")
@@ -257,6 +273,14 @@ def ledger_show(ledger: LedgerArg,
     Console(width=max(console.width, 132)).print(t)
     console.print("test: test accuracy after the row's request; drift: its change since the "
                   "model's first version (points)")
+    book = _open_ledger(ledger)
+    for s in book.requests(model):
+        if s.status == "unfinished":
+            console.print(f"[yellow]unfinished[/] request {s.describe()}: no outcome row; killed, "
+                          "or still running (rerun the same request to resume it)",
+                          highlight=False)
+        elif s.status == "failed":
+            console.print(f"[red]failed[/] request {s.describe()}", highlight=False)
 
 
 @ledger_app.command("export")

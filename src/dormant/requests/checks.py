@@ -61,6 +61,11 @@ class CheckBudget(Settings):
     nc: NeuralCleanseConfig = NC_PRESETS["cpu"]
     uap: TargetedUAPConfig = TargetedUAPConfig()
     mia_size: int = Field(1000, ge=1)
+    min_heldout: int = Field(20, ge=1)
+    """The fewest held-out ids on which forget accuracy, the MIA and the tamper excess can
+    decide anything: with n ids one id moves forget accuracy by 100/n points, and at 20 that
+    is 5 points, the tightest default warn level (``excess``, ``forget_gap``). Below it those
+    checks say ``insufficient evidence`` and warn (a request of 25 ids holds out 20)."""
     seed: int = 0
 
     @model_validator(mode="before")
@@ -315,15 +320,45 @@ def tamper_test(model: nn.Module, data: RequestData, budget: CheckBudget, *,
     return {key: against(b, ref.get(key), oracle.label) for key, b in own.items()}
 
 
+def _flat(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().float().flatten() for p in model.parameters()])
+
+
+def change_block(old: nn.Module, new: nn.Module, data: RequestData,
+                 oracle: Oracle | None) -> dict:
+    """How far the new model moved, against how far the retrain oracle moved: the mean
+    cross-entropy on every id of the request (held-out and leakable) of the old model, the new
+    one and the oracle, and the L2 distance of the new model's and the oracle's parameters from
+    the old model's. ``oracle`` names the oracle: ``"self"`` (the new model is the retrain),
+    ``"retrained"``, or ``None`` (no oracle: its columns are ``None``)."""
+    ids = torch.cat([data.heldout, data.leakable])
+    loss = lambda m: _num(evaluate(m, data.x, data.y, ids).loss)  # noqa: E731
+    base = _flat(old)
+    distance = lambda m: _num((_flat(m).to(base.device) - base).norm().item())  # noqa: E731
+    out = {"ids": len(ids), "loss_before": loss(old), "loss_after": loss(new),
+           "distance": distance(new), "weight_norm": _num(base.norm().item())}
+    if oracle is None:
+        return {**out, "oracle": None, "loss_oracle": None, "oracle_distance": None}
+    if oracle.model is None:
+        return {**out, "oracle": "self", "loss_oracle": out["loss_after"],
+                "oracle_distance": out["distance"]}
+    return {**out, "oracle": "retrained", "loss_oracle": loss(oracle.model),
+            "oracle_distance": distance(oracle.model)}
+
+
 def run_checks(old: nn.Module, new: nn.Module, data: RequestData, budget: CheckBudget, *,
                oracle: Oracle | None = None, old_profile: dict | None = None,
                progress: Progress | None = None) -> dict:
     """The full measurement record of a request: both models' state, the attack on the new
     one against ``oracle`` (see :func:`tamper_test`), and the budget spent. ``old_profile``
     is the old model's cached backdoor profile."""
+    change = change_block(old, new, data, oracle)  # before any attack touches a model
     return {
         "before": model_state(old, data, budget, profile=old_profile, progress=progress),
         "after": model_state(new, data, budget, progress=progress),
         "tamper": tamper_test(new, data, budget, oracle=oracle, progress=progress),
+        "change": change,
+        "evidence": {"heldout": len(data.heldout), "leakable": len(data.leakable),
+                     "min_heldout": budget.min_heldout},
         "budget": budget.model_dump(),
     }

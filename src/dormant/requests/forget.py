@@ -35,7 +35,8 @@ from dormant.requests.assess import (
 )
 from dormant.requests.checks import RETRAINED_ORACLE, Oracle
 from dormant.requests.policy import Policy
-from dormant.requests.store import ModelStore, Version
+from dormant.requests.store import ModelStore, Version, one_line_of
+from dormant.store.checkpoint import sidecar_path
 from dormant.store.files import atomic_write_text
 from dormant.unlearn import UnlearnContext, UnlearnData, make_hparams, resolve_hparams, unlearn
 
@@ -59,6 +60,43 @@ class Request:
     seed: int = 0
     preset: str | None = None
     """The method's preset (``dormant methods --preset``); None: ``DEFAULT_PRESET``."""
+
+    def __post_init__(self) -> None:
+        check_text("requester", self.requester, "who asked for the deletion, e.g. alice")
+        check_text("reason", self.reason, "why, in a few words, e.g. 'GDPR art. 17'")
+
+
+def check_text(flag: str, value, hint: str) -> str:
+    """A request's ``--requester`` or ``--reason``: recorded for good, so never empty."""
+    if not isinstance(value, str) or not value.strip():
+        raise DormantError(f"--{flag} is empty; say {hint}")
+    return value
+
+
+class RequestFailed(RuntimeError):
+    """A request that failed after its ``request-started`` row for a reason other than bad
+    input (a diverging method, a crash in a check); its ``request-failed`` row is written.
+    The message is one line naming the request, the error and the ledger row."""
+
+    def __init__(self, message: str, request_id: str, seq: int | None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.seq = seq
+
+
+SHOWN_IDS = 10
+"""How many already-deleted ids a request names (all of them are counted)."""
+
+
+def already_deleted_note(dropped: dict[str, list[int]], asked: int) -> str:
+    """``dropped`` (request id -> ids it deleted already) as one sentence."""
+    n = sum(map(len, dropped.values()))
+    parts = []
+    for rid, ids in dropped.items():
+        shown = ", ".join(map(str, ids[:SHOWN_IDS])) + (", ..." if len(ids) > SHOWN_IDS else "")
+        parts.append(f"{len(ids)} by request {rid} ({shown})")
+    return (f"{n} of the {asked} ids asked for were already deleted and are skipped: "
+            + "; ".join(parts))
 
 
 def _failpoint(name: str) -> None:
@@ -121,6 +159,12 @@ def process_request(store: ModelStore, ds: Dataset, req: Request, policy: Policy
             raise DormantError(
                 f"all {len(asked)} ids were already deleted from {base.name} v{base.version} "
                 f"by request {', '.join(earlier)}; nothing is done twice")
+        dropped: dict[str, list[int]] = {}
+        for i in asked:
+            if i in deleted:
+                dropped.setdefault(deleted[i], []).append(i)
+        if dropped:
+            stage(already_deleted_note(dropped, len(asked)))
         model, side, spec = load_for(base_path, ds, None, dev)
         key = _key(base, new_ids, req.method, hp, req.seed)
         resumed = next((e for e in store.unfinished(base.name) if e.payload["key"] == key), None)
@@ -134,72 +178,101 @@ def process_request(store: ModelStore, ds: Dataset, req: Request, policy: Policy
             store.ledger.append("request-started", {
                 "key": key, "from_version": base.version, "to_version": to_version,
                 "ids": new_ids, "already_deleted": len(asked) - len(new_ids),
+                "already_deleted_by": dropped,
                 "method": req.method, "hparams": hp, "requester": req.requester,
                 "reason": req.reason, "policy": policy.to_dict(), "seed": req.seed,
                 "data_fingerprint": ds.fingerprint,
             }, request_id=rid, model=base.name)
-        _failpoint("started")
-        tensors = device_data(ds, dev)
-        x, y = tensors[0], tensors[1]
-        gone = torch.tensor(sorted({*deleted, *new_ids}), dtype=torch.long)
-        keep = torch.ones(len(y), dtype=torch.bool)
-        keep[gone] = False
-        retain = torch.nonzero(keep).flatten()
-        forget = torch.tensor(new_ids, dtype=torch.long)
-        recipe = recipe_of(side, ds)
-        stage(f"unlearning {len(new_ids)} ids from {base.name} v{base.version} with "
-              f"{req.method}")
-        t1 = time.perf_counter()
-        data = UnlearnData(x, y, forget.to(dev), retain.to(dev), forget[:0].to(dev),
-                           ds.num_classes)
-        train_seed = side.get("seed", req.seed)
-        ctx = UnlearnContext(recipe, lambda s=None: create_model(
-            spec, seed=train_seed if s is None else s), req.seed,
-                             progress)
-        new = unlearn(req.method, model, data, ctx, **hp)
-        t_unlearn = time.perf_counter() - t1
-        rel, sha = store.write_version(base.name, to_version, new, spec, {
-            "kind": "unlearned", "request_id": rid, "method": req.method, "hparams": hp,
-            "from_version": base.version, "dataset": ds.name,
-            "data_fingerprint": ds.fingerprint, "recipe": recipe.to_dict(), "seed": train_seed,
-        })
-        _failpoint("written")
-        # the tamper verdict compares with the retrain oracle of this very request: the new
-        # model when the method is retrain, else a retrain the way ``retrain`` would do it
-        t2 = time.perf_counter()
-        if req.method == "retrain":
-            oracle = Oracle.itself()
-        else:
-            stage("retraining the oracle the tamper test compares with")
-            oracle = Oracle(RETRAINED_ORACLE, unlearn("retrain", model, data, ctx))
-        t_oracle = time.perf_counter() - t2
-        stage("checking the new version against the old")
-        a = assess(model, new, tensors, forget, retain, recipe, ds.num_classes, policy,
-                   oracle=oracle, seed=req.seed,
-                   old_profile=_known_profile(store, base, budget_dict(policy)),
-                   progress=progress)
-        promoted, why = a.promote(req.accept_warnings)
-        rec = record(
-            a, promoted, why, kind="forget", request_id=rid, model=base.name,
-            from_version=base.version, to_version=to_version, method=req.method, hparams=hp,
-            requester=req.requester, reason=req.reason, ids=len(new_ids),
-            already_deleted=len(asked) - len(new_ids), oracle=oracle.label,
-            sha256={"original": base.sha256, "unlearned": sha},
-            durations={"unlearn": round(t_unlearn, 2), "oracle": round(t_oracle, 2),
-                       "checks": round(a.seconds, 2),
-                       "total": round(time.perf_counter() - t0, 2)},
-        )
-        out = store.root / "requests" / rid
-        from dormant.requests.report import write_request_report  # matplotlib: when used
+        try:
+            _failpoint("started")
+            tensors = device_data(ds, dev)
+            x, y = tensors[0], tensors[1]
+            gone = torch.tensor(sorted({*deleted, *new_ids}), dtype=torch.long)
+            keep = torch.ones(len(y), dtype=torch.bool)
+            keep[gone] = False
+            retain = torch.nonzero(keep).flatten()
+            forget = torch.tensor(new_ids, dtype=torch.long)
+            recipe = recipe_of(side, ds)
+            stage(f"unlearning {len(new_ids)} ids from {base.name} v{base.version} with "
+                  f"{req.method}")
+            t1 = time.perf_counter()
+            data = UnlearnData(x, y, forget.to(dev), retain.to(dev), forget[:0].to(dev),
+                               ds.num_classes)
+            train_seed = side.get("seed", req.seed)
+            ctx = UnlearnContext(recipe, lambda s=None: create_model(
+                spec, seed=train_seed if s is None else s), req.seed,
+                                 progress)
+            new = unlearn(req.method, model, data, ctx, **hp)
+            t_unlearn = time.perf_counter() - t1
+            rel, sha = store.write_version(base.name, to_version, new, spec, {
+                "kind": "unlearned", "request_id": rid, "method": req.method, "hparams": hp,
+                "from_version": base.version, "dataset": ds.name,
+                "data_fingerprint": ds.fingerprint, "recipe": recipe.to_dict(), "seed": train_seed,
+            })
+            _failpoint("written")
+            # the tamper verdict compares with the retrain oracle of this very request: the new
+            # model when the method is retrain, else a retrain the way ``retrain`` would do it
+            t2 = time.perf_counter()
+            if req.method == "retrain":
+                oracle = Oracle.itself()
+            else:
+                stage("retraining the oracle the tamper test compares with")
+                oracle = Oracle(RETRAINED_ORACLE, unlearn("retrain", model, data, ctx))
+            t_oracle = time.perf_counter() - t2
+            stage("checking the new version against the old")
+            a = assess(model, new, tensors, forget, retain, recipe, ds.num_classes, policy,
+                       oracle=oracle, seed=req.seed,
+                       old_profile=_known_profile(store, base, budget_dict(policy)),
+                       progress=progress)
+            promoted, why = a.promote(req.accept_warnings)
+            rec = record(
+                a, promoted, why, kind="forget", request_id=rid, model=base.name,
+                from_version=base.version, to_version=to_version, method=req.method, hparams=hp,
+                requester=req.requester, reason=req.reason, ids=len(new_ids),
+                already_deleted=len(asked) - len(new_ids), already_deleted_by=dropped,
+                oracle=oracle.label,
+                sha256={"original": base.sha256, "unlearned": sha},
+                durations={"unlearn": round(t_unlearn, 2), "oracle": round(t_oracle, 2),
+                           "checks": round(a.seconds, 2),
+                           "total": round(time.perf_counter() - t0, 2)},
+            )
+            out = store.root / "requests" / rid
+            from dormant.requests.report import write_request_report  # matplotlib: when used
 
-        write_request_report(rec, out)
-        atomic_write_text(out / "record.json", json.dumps(rec, indent=2))
-        _failpoint("reported")
-        store.ledger.append("request-finished", {
-            **{k: v for k, v in rec.items() if k not in ("request_id", "model")},
-            "ids": new_ids,
-            "files": [{"path": base.rel, "sha256": base.sha256, "role": "original"},
-                      {"path": rel, "sha256": sha, "role": "unlearned"}],
-            "report": str(out.relative_to(store.root) / "report.html"),
-        }, request_id=rid, model=base.name)
+            write_request_report(rec, out)
+            atomic_write_text(out / "record.json", json.dumps(rec, indent=2))
+            _failpoint("reported")
+            store.ledger.append("request-finished", {
+                **{k: v for k, v in rec.items() if k not in ("request_id", "model")},
+                "ids": new_ids,
+                "files": [{"path": base.rel, "sha256": base.sha256, "role": "original"},
+                          {"path": rel, "sha256": sha, "role": "unlearned"}],
+                "report": str(out.relative_to(store.root) / "report.html"),
+            }, request_id=rid, model=base.name)
+        except BaseException as e:
+            _record_failure(store, base.name, rid, to_version, e)
     return rec, out
+
+
+def _record_failure(store: ModelStore, name: str, rid: str, to_version: int,
+                    e: BaseException) -> None:
+    """Append ``request-failed`` (the error, one line) for a request that stopped after its
+    ``request-started`` row, remove its half-made checkpoint, and raise: bad input as the
+    ``DormantError`` it was (naming the request), anything else as :class:`RequestFailed`
+    (from the original), an interrupt as itself."""
+    error = f"{type(e).__name__}: {one_line_of(e)}"
+    rel = store.rel(name, to_version)
+    for p in (store.path(rel), sidecar_path(store.path(rel))):
+        p.unlink(missing_ok=True)
+    try:
+        row = store.ledger.append("request-failed", {"error": error, "to_version": to_version},
+                                  request_id=rid, model=name)
+        seq, where = row.seq, f"recorded as request-failed at ledger row {row.seq}"
+    except Exception as ledger_error:  # noqa: BLE001 - the original error matters more
+        seq, where = None, f"and the ledger could not record it ({one_line_of(ledger_error)})"
+    if not isinstance(e, Exception):
+        raise e
+    if isinstance(e, DormantError):
+        raise DormantError(f"{e} (request {rid} {where})") from e
+    raise RequestFailed(f"request {rid} failed: {error}; {where}; rerun the same request to "
+                        "retry it", rid, seq) from e

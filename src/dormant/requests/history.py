@@ -29,6 +29,8 @@ def history_rows(ledger: Ledger, model: str | None = None) -> list[dict]:
         elif e.kind in ("request-started", "request-finished"):
             row.update(versions=f"v{p['from_version']} -> v{p['to_version']}",
                        ids=str(len(p["ids"])), method=p["method"])
+        elif e.kind == "request-failed":
+            row["verdict"] = "failed"
         if e.kind in ("request-finished", "audit"):
             m = p["measurements"]
             before, after = m["before"]["test_acc"], m["after"]["test_acc"]

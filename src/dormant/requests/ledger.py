@@ -41,6 +41,60 @@ _SCHEMA = (
 )
 
 
+REQUEST_ROWS = ("request-started", "request-resumed", "request-failed", "request-finished")
+"""The rows of a deletion request: started, then any resumes and failures, then finished."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestState:
+    """Where a deletion request stands by the ledger: ``finished``, ``failed`` (its last row
+    is ``request-failed``: it ended with an error, recorded) or ``unfinished`` (its last row is
+    ``request-started`` or ``request-resumed``: killed, or still running)."""
+
+    request_id: str
+    model: str | None
+    status: str
+    started: Entry
+    last: Entry
+
+    def describe(self) -> str:
+        p = self.started.payload
+        what = f"{self.model} v{p.get('from_version')} -> v{p.get('to_version')}"
+        text = f"{self.request_id} ({what}, started at row {self.started.seq}"
+        if self.status == "failed":
+            return text + (f"; failed at row {self.last.seq}: "
+                           f"{str(self.last.payload.get('error'))[:160]})")
+        if self.last.kind == "request-resumed":
+            text += f", last resumed at row {self.last.seq}"
+        return text + ")"
+
+
+def request_states(entries: list[Entry]) -> list[RequestState]:
+    """Every deletion request in ``entries``, in the order they started."""
+    started: dict[str, Entry] = {}
+    last: dict[str, Entry] = {}
+    for e in entries:
+        if e.kind not in REQUEST_ROWS or e.request_id is None:
+            continue
+        if e.kind == "request-started":
+            started.setdefault(e.request_id, e)
+        last[e.request_id] = e
+    status = {"request-finished": "finished", "request-failed": "failed"}
+    return [RequestState(rid, e.model, status.get(last[rid].kind, "unfinished"), e, last[rid])
+            for rid, e in started.items()]
+
+
+def _requests_note(states: list[RequestState], status: str, label: str, hint: str,
+                   shown: int = 3) -> str:
+    these = [s for s in states if s.status == status]
+    if not these:
+        return ""
+    listed = "; ".join(s.describe() for s in these[:shown])
+    more = f"; and {len(these) - shown} more" if len(these) > shown else ""
+    plural = "s" if len(these) > 1 else ""
+    return f"{len(these)} request{plural} {label}: {listed}{more}{hint}"
+
+
 def canonical_json(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
@@ -225,6 +279,10 @@ class Ledger:
             out.append(Entry(seq, ts, k, rid, m, payload, prev, digest))
         return out
 
+    def requests(self, model: str | None = None) -> list[RequestState]:
+        """Every deletion request and where it stands (see :class:`RequestState`)."""
+        return request_states(self.entries(model=model))
+
     def head(self) -> str | None:
         row = self._con.execute("SELECT hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
         return None if row is None else row[0]
@@ -266,6 +324,16 @@ class Ledger:
                 after = last_seq - seqs[0]
                 notes.append(f"the expected head is row {seqs[0]}; {after} "
                              f"row{'s' if after > 1 else ''} came after it")
+        # a request with no outcome row is no break of the chain, but an operator must hear
+        # of it: a killed process leaves exactly that
+        states = self.requests()
+        for status, label, hint in (
+                ("unfinished", "unfinished (killed, or still running)",
+                 "; rerun the same request to resume it"),
+                ("failed", "failed", "")):
+            note = _requests_note(states, status, label, hint)
+            if note:
+                notes.append(note)
         present = {r[0] for r in self._con.execute(
             "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
         missing = [t for t in TRIGGERS if t not in present]

@@ -158,6 +158,9 @@ class Check:
     status: str
     detail: str
     classes: list[int] = field(default_factory=list)
+    insufficient: bool = False
+    """The request gives this check too little to decide on (its detail says why): it warns
+    rather than pass."""
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -173,6 +176,28 @@ def _make(name: str, group: str, t: Thresholds, value: float, detail: str,
           classes: list[int] | None = None) -> Check:
     value = round(value, 4) if not math.isnan(value) else value
     return Check(name, group, value, t.warn, t.fail, t.status(value), detail, classes or [])
+
+
+def _too_few(m: dict) -> str:
+    """Why the held-out ids are too few for a statistic on them; empty when they suffice (or
+    a record from before this was measured)."""
+    ev = m.get("evidence") or {}
+    n, need = ev.get("heldout"), ev.get("min_heldout")
+    if n is None or need is None or n >= need:
+        return ""
+    return (f"insufficient evidence: {n} held-out id{'s' if n != 1 else ''}, at least {need} "
+            f"needed (one id moves forget accuracy by {100 / max(n, 1):.0f} points)")
+
+
+def _weigh(check: Check, m: dict) -> Check:
+    """A check on the held-out ids warns at least, naming why, when they are too few."""
+    why = _too_few(m)
+    if why:
+        check.insufficient = True
+        check.detail = f"{why}; {check.detail}"
+        if check.status == "pass":
+            check.status = "warn"
+    return check
 
 
 def _drop(t: Thresholds, m: dict, name: str, key: str, label: str) -> list[Check]:
@@ -218,7 +243,7 @@ def _tamper(name: str, t: Thresholds, m: dict, leaked: bool) -> list[Check]:
         check = _make(name, "tamper", t, _f(block.get("excess")), _tamper_detail(block, k))
         if block.get("verdict") in WARN_VERDICTS and check.status == "pass":
             check.status = "warn"
-        out.append(check)
+        out.append(_weigh(check, m))
     return out
 
 
@@ -240,17 +265,72 @@ def test_drop(t: Thresholds, m: dict) -> list[Check]:
 def forget_gap(t: Thresholds, m: dict) -> list[Check]:
     """Held-out forget accuracy minus test accuracy after: still remembered."""
     forget, test = _f(m["after"].get("forget_acc")), _f(m["after"].get("test_acc"))
-    return [_make("forget_gap", "forgetting", t, forget - test,
-                  f"held-out forget acc {forget:.1f} vs test acc {test:.1f} "
-                  f"({forget - test:+.1f} points)")]
+    return [_weigh(_make("forget_gap", "forgetting", t, forget - test,
+                         f"held-out forget acc {forget:.1f} vs test acc {test:.1f} "
+                         f"({forget - test:+.1f} points)"), m)]
 
 
 @register_check("mia_auc", group="forgetting", warn=0.6, fail=0.7)
 def mia_auc(t: Thresholds, m: dict) -> list[Check]:
     """SVC MIA AUC of the forgotten ids against test images (0.5 = unseen)."""
     mia = _f(m["after"].get("mia_auc"))
-    return [_make("mia_auc", "forgetting", t, mia,
-                  f"SVC MIA AUC {mia:.3f} of the held-out ids against test images (0.5: unseen)")]
+    return [_weigh(_make("mia_auc", "forgetting", t, mia,
+                         f"SVC MIA AUC {mia:.3f} of the held-out ids against test images "
+                         "(0.5: unseen)"), m)]
+
+
+MEMORISED_RISE = 0.05
+"""The least rise of the forget loss (mean cross-entropy, nats) that retraining without the ids
+must show for ``unchanged`` to judge a model's change against it. Below it the ids are barely
+memorised (a model that never saw them scores them about as well), so no change, or absence
+of change, on them says anything about forgetting: the check warns, ``insufficient evidence``."""
+
+
+UNMOVED = 0.05
+"""Where the forget loss cannot tell (ids barely memorised), weights that moved less than this
+share of the retrain oracle's distance count as "did not measurably change"."""
+
+
+@register_check("unchanged", group="forgetting", warn=0.9, fail=None)
+def unchanged(t: Thresholds, m: dict) -> list[Check]:
+    """How much of the retrain oracle's forget-loss rise the new model did not make (0: all
+    of it, 1: none); the weight distances are in the detail."""
+    c = m.get("change")
+    if not c:
+        return []
+    before, after = _f(c.get("loss_before")), _f(c.get("loss_after"))
+    dist, norm = _f(c.get("distance")), _f(c.get("weight_norm"))
+    moved = (f"forget loss {before:.4f} -> {after:.4f} ({after - before:+.4f}) on the "
+             f"request's {c.get('ids')} ids, weights moved {dist:.4g} (L2, {dist / norm:.2%} "
+             "of their norm)")
+    if c.get("oracle") is None:
+        return [_make("unchanged", "forgetting", t, math.nan,
+                      f"{moved}; no oracle, so nothing to compare with")]
+    if c["oracle"] == "self":
+        return [_make("unchanged", "forgetting", t, 0.0,
+                      f"{moved}; the new model is the retrain oracle itself")]
+    oracle, o_dist = _f(c.get("loss_oracle")), _f(c.get("oracle_distance"))
+    rise, o_rise = after - before, oracle - before
+    share = dist / o_dist if o_dist > 0 else math.nan
+    against = (f"; the retrain oracle's forget loss {oracle:.4f} ({o_rise:+.4f}), its weights "
+               f"moved {o_dist:.4g} (the new model moved {share:.2%} of that)")
+    if not o_rise > MEMORISED_RISE:
+        check = _make("unchanged", "forgetting", t, math.nan, moved + against)
+        check.insufficient = True
+        check.status = "warn"
+        still = share < UNMOVED or math.isnan(share)
+        check.detail = (f"insufficient evidence: retraining without the ids raises their loss "
+                        f"by {o_rise:+.4f} only (needs over {MEMORISED_RISE}): they are barely "
+                        "memorised, so forgetting them cannot be shown; "
+                        + ("the model did not measurably change either: " if still else "")
+                        + moved + against)
+        return [check]
+    value = 1 - rise / o_rise
+    check = _make("unchanged", "forgetting", t, value,
+                  f"{moved}: {rise / o_rise:.1%} of the oracle's loss rise{against}")
+    if check.status != "pass":
+        check.detail = "the model did not measurably change on the forget ids: " + check.detail
+    return [check]
 
 
 @register_check("excess", group="tamper", warn=5, fail=RELEARN_EXCESS)

@@ -296,7 +296,12 @@ def header_blocks(record: dict) -> list[Block]:
     how = (f"Method `{method}` with {_hparams(record.get('hparams'))}." if method
            else "Unlearning method: not recorded (unlearned elsewhere).")
     ids = f"Ids: {record.get('ids', '-')}"
-    if record.get("already_deleted"):
+    if record.get("already_deleted_by"):
+        from dormant.requests.forget import already_deleted_note
+
+        asked = int(record.get("ids") or 0) + int(record.get("already_deleted") or 0)
+        ids += f" ({already_deleted_note(record['already_deleted_by'], asked)})"
+    elif record.get("already_deleted"):
         ids += f" ({record['already_deleted']} more asked for were already deleted)"
     blocks = [
         Block("h1", title(record)),
@@ -355,6 +360,70 @@ def _tamper_intro(record: dict) -> str:
             "start, is shown but judges nothing: it scores over-forgetting as relearning.")
 
 
+def limits(record: dict) -> list[list[str]]:
+    """Per group of checks, what it can and cannot tell for this request: the held-out ids'
+    number against the fewest the statistics need, whether the ids were memorised at all
+    (the retrain oracle's forget accuracy and loss against the old model's), and what the
+    oracle is. Rows of ``[checks, what they can tell here]``."""
+    from dormant.requests.policy import MEMORISED_RISE
+
+    m = record.get("measurements") or {}
+    ev, ch = m.get("evidence") or {}, m.get("change") or {}
+    k0 = (m.get("tamper") or {}).get("k0") or {}
+    n, need = ev.get("heldout"), ev.get("min_heldout")
+    before_acc = _num((m.get("before") or {}).get("forget_acc"))
+    oracle_acc = _num(k0.get("oracle_start"))
+    rows = []
+    if n is not None:
+        step = 100 / max(int(n), 1)
+        size = (f"{n} held-out ids: one id is {step:.1f} points of forget accuracy. "
+                + (f"Too few to decide (at least {need}): these checks warn, insufficient "
+                   "evidence." if need is not None and n < need else
+                   "Enough for a difference of a few points, not for one or two ids."))
+    else:
+        size = "The number of held-out ids was not recorded."
+    memorised = ""
+    if not math.isnan(before_acc) and not math.isnan(oracle_acc):
+        gap = before_acc - oracle_acc
+        memorised = (f" Before unlearning the model scored them {before_acc:.1f}%; the retrain "
+                     f"oracle, which never saw them, {oracle_acc:.1f}%"
+                     + (f": they are barely memorised ({gap:+.1f} points), so any model scores "
+                        "them well and a high forget accuracy does not show they are "
+                        "remembered, nor a low forget gap that they are forgotten."
+                        if gap < FORGET_MARGIN else
+                        f": {gap:+.1f} points of them were memorised, what forgetting must "
+                        "remove."))
+    rows.append(["forget_gap, mia_auc", size + memorised])
+    if ch:
+        rise = _num(ch.get("loss_oracle")) - _num(ch.get("loss_before"))
+        if ch.get("oracle") == "self":
+            text = ("The new model is the retrain oracle: it forgot exactly what retraining "
+                    "forgets, which is all that deletion can mean.")
+        elif ch.get("oracle") is None:
+            text = "No oracle: the change of the model is shown, but nothing says how much is "\
+                   "enough."
+        else:
+            text = (f"Compares the new model's change on the {ch.get('ids')} ids with the "
+                    f"retrain oracle's (its forget loss rises {rise:+.4f} nats). "
+                    + ("That rise is too small to judge a change against: the ids are barely "
+                       "memorised." if not rise > MEMORISED_RISE else
+                       "A model that moved little of that did not unlearn the ids."))
+        rows.append(["unchanged", text])
+    rows.append(["excess, excess_leaked",
+                 "The relearning attack against the retrain oracle attacked the same way, on "
+                 "the same held-out ids (so the same limit on their number). It cannot tell "
+                 "anything where the oracle itself scores the ids as well as the original: "
+                 "nothing was there to come back."])
+    rows.append(["retain_drop, test_drop",
+                 "Utility on the retained training ids and the test set: independent of the "
+                 "request's size."])
+    rows.append(["nc_shrink, uap_jump",
+                 "The differential backdoor check on clean test images, independent of the ids: "
+                 "it tells a woken backdoor from a clean update, not whether the ids were "
+                 "forgotten."])
+    return rows
+
+
 def _blocks(record: dict, figs: dict[str, Path]) -> list[Block]:
     m = record.get("measurements") or {}
     sha = record.get("sha256") or {}
@@ -369,6 +438,8 @@ def _blocks(record: dict, figs: dict[str, Path]) -> list[Block]:
         Block("table", table=utility_table(m)),
         Block("h2", "Checks"),
         Block("table", table=checks_table(record)),
+        Block("h2", "What the checks can and cannot tell for this request"),
+        Block("table", table=Table(["checks", "for this request"], limits(record))),
         Block("h2", "Tamper test"),
         Block("p", _tamper_intro(record)),
         Block("table", table=tamper_table(m)),

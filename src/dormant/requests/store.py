@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dormant.errors import DormantError
-from dormant.models import ModelSpec
+from dormant.models import ModelSpec, available_models, create_model
 from dormant.requests.ledger import Entry, Ledger
 from dormant.store.checkpoint import read_checkpoint, save_checkpoint, sidecar_path
 from dormant.store.files import atomic_write_bytes, atomic_write_text, sha256_file
@@ -56,6 +56,67 @@ def check_name(name: str) -> str:
         raise DormantError(f"model name {name!r} is not allowed; use letters, digits, '.', '_' "
                            "and '-' (at most 64, starting with a letter or digit)")
     return name
+
+
+_SIZES = (8, 16, 28, 32, 64, 96, 224)
+"""Image sizes tried when a plain state dict's architecture does not pin its input size."""
+
+
+def fit_spec(state: dict[str, torch.Tensor], side: dict, arch: str, path: Path) -> ModelSpec:
+    """The ``ModelSpec`` under which ``state`` loads into ``arch`` exactly (strict: every key,
+    every shape), proving the weights fit the architecture and its class count before a store
+    records them. A sidecar's spec is taken as it is; for a plain state dict the class count
+    is read off the output layer and the input channels and size are searched."""
+    if arch not in available_models() and arch.split(":", 1)[0] + ":<name>" not in \
+            available_models():
+        raise DormantError(f"--arch {arch!r} is not an architecture dormant knows; choose one "
+                           f"of: {', '.join(available_models())}")
+    given = side.get("model")
+    if isinstance(given, dict):
+        try:
+            spec = ModelSpec(**{**given, "name": arch})
+        except TypeError:
+            raise DormantError(f"the sidecar of {path} has a malformed model spec {given!r}; "
+                               "fix it, or add the plain weights with --arch") from None
+        candidates = [spec]
+    else:
+        probe = create_model(ModelSpec(arch, 1, 10, 32))
+        keys = list(probe.state_dict())
+        out_w = next((k for k in reversed(keys) if k.endswith("weight")), None)
+        classes = state[out_w].shape[0] if out_w in state and state[out_w].dim() else 10
+        candidates = [ModelSpec(arch, c, int(classes), size) for c in (1, 3) for size in _SIZES]
+        first = state.get(keys[0]) if keys else None
+        if first is not None and first.dim() == 2:  # an MLP: inputs = channels * size^2
+            for c in (1, 3):
+                side_len = round((first.shape[1] / c) ** 0.5)
+                if c * side_len * side_len == first.shape[1]:
+                    candidates.insert(0, ModelSpec(arch, c, int(classes), side_len))
+        elif first is not None and first.dim() == 4:  # a conv stem fixes the channels
+            candidates.sort(key=lambda s: s.in_channels != first.shape[1])
+    problem = ""
+    for spec in candidates:
+        try:
+            model = create_model(spec)
+        except (TypeError, ValueError, RuntimeError) as e:
+            if isinstance(e, DormantError):
+                raise
+            raise DormantError(f"cannot build --arch {arch!r} as {spec}: {one_line_of(e)}; fix "
+                               f"the sidecar of {path} or pass the plain weights") from None
+        try:
+            model.load_state_dict(state, strict=True)
+            return spec
+        except RuntimeError as e:
+            if not problem:
+                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+                problem = " ".join(lines[:2])[:200]
+    raise DormantError(f"the weights in {path} do not fit --arch {arch!r} ({problem}); pass "
+                       "the architecture they were trained with")
+
+
+def one_line_of(e: BaseException) -> str:
+    """An exception's message as one short line (its type when it has none)."""
+    text = " ".join(str(e).split())
+    return (text[:300] + "...") if len(text) > 300 else text or type(e).__name__
 
 
 class ModelStore:
@@ -218,6 +279,7 @@ class ModelStore:
         if arch is None:
             raise DormantError(f"{checkpoint} has no sidecar naming its architecture; pass "
                                "--arch (e.g. cnn-small)")
+        spec = fit_spec(state, side, arch, Path(checkpoint))  # before anything is written
         with self.lock():
             self.sweep()
             version = self.next_version(name)
@@ -233,6 +295,7 @@ class ModelStore:
             sha = sha256_file(dest)
             e = self.ledger.append("model-added", {
                 "version": version, "arch": arch, "source": str(checkpoint),
+                "num_classes": spec.num_classes, "in_channels": spec.in_channels,
                 "files": [{"path": rel, "sha256": sha, "role": "checkpoint"}],
                 "data_fingerprint": side.get("data_fingerprint"),
             }, model=name)

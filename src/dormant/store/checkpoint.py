@@ -116,7 +116,23 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     path = Path(path)
     if not path.is_file():
         raise DormantError(f"checkpoint {path} does not exist; check the path")
-    return _read_state(path), read_sidecar(path)
+    state = _read_state(path)
+    check_finite(state, path)
+    return state, read_sidecar(path)
+
+
+def check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or inf: such a model (a run that diverged) predicts nothing,
+    and every number measured on it would be meaningless."""
+    bad = {k: int((~torch.isfinite(t)).sum()) for k, t in state.items()
+           if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        name, n = next(iter(bad.items()))
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise DormantError(
+            f"checkpoint {path} holds non-finite weights: {n} NaN/inf values in {name!r}{more}; "
+            "it comes from a run that diverged: give a checkpoint with finite weights")
 
 
 def load_model(
