@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-quick install bench clean
+.PHONY: demo test test-quick test-fuzz install bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 test-quick: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/python -m pytest -m "not slow"
+
+# property-based CLI fuzzing at depth: 500 random examples a property (make test runs 25)
+test-fuzz: $(STAMP)
+	$(VENV)/bin/python -m pytest -m fuzz tests/test_fuzz.py
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/train_throughput.py

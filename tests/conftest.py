@@ -73,3 +73,20 @@ def digits_backdoor(digits):
         fit(model, x, y, torch.arange(len(y)), recipe, generator=torch.Generator().manual_seed(0))
         out[name] = model
     return out
+
+
+# hypothesis: a bounded, repeatable run in `make test`; `pytest -m fuzz` (`make test-fuzz`) runs
+# 500 random examples per property; DORMANT_FUZZ_EXAMPLES=N overrides either count
+def pytest_configure(config: pytest.Config) -> None:
+    from hypothesis import settings
+
+    settings.register_profile("bounded", max_examples=25, deadline=None, derandomize=True,
+                              database=None, print_blob=True)
+    settings.register_profile("fuzz", max_examples=500, deadline=None, database=None,
+                              print_blob=True)
+    fuzz = "fuzz" in (config.option.markexpr or "").replace("not fuzz", "")
+    name = "fuzz" if fuzz or os.environ.get("HYPOTHESIS_PROFILE") == "fuzz" else "bounded"
+    n = os.environ.get("DORMANT_FUZZ_EXAMPLES")
+    if n:
+        settings.register_profile(name, settings.get_profile(name), max_examples=int(n))
+    settings.load_profile(name)

@@ -28,6 +28,7 @@ from pydantic import (
     ConfigDict,
     ValidationError,
     WrapValidator,
+    field_validator,
 )
 
 from dormant.errors import DormantError
@@ -35,11 +36,32 @@ from dormant.errors import DormantError
 T = TypeVar("T")
 
 
+INT_LIMIT = 2**63 - 1
+"""The largest integer any setting takes: torch and numpy hold counts, ids and seeds in 64
+bits, so a larger one could only fail later, in the middle of the work."""
+
+
+def _int_in_range(v: Any) -> Any:
+    for x in (v.values() if isinstance(v, dict) else v if isinstance(v, list | tuple) else [v]):
+        if isinstance(x, dict | list | tuple):
+            _int_in_range(x)
+        elif isinstance(x, int) and not isinstance(x, bool) and abs(x) > INT_LIMIT:
+            # str() of an integer of more than 4,300 digits raises, so its size is in bits
+            raise ValueError(f"must be at most {INT_LIMIT:,} in size, got an integer of "
+                             f"{x.bit_length()} bits")
+    return v
+
+
 class Settings(BaseModel):
     """Frozen, an unknown key is an error that names it, and so is a number that is NaN or
-    infinite (every float field of every subclass)."""
+    infinite (every float field of every subclass) or an integer beyond 64 bits."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _ints_fit(cls, v: Any) -> Any:
+        return _int_in_range(v)
 
 
 def _listify(v: Any) -> list:
@@ -187,6 +209,12 @@ def parse_yaml(text: str, where: str) -> Any:
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0]
         raise DormantError(f"{where} is not valid YAML: {first}") from None
+    except RecursionError:
+        raise DormantError(f"{where} nests lists or mappings too deeply to read; no setting "
+                           "needs more than a few levels") from None
+    except ValueError as e:  # an integer of more than 4,300 digits
+        raise DormantError(f"{where}: {str(e).split(';')[0]}; no setting takes such a "
+                           "number") from None
 
 
 def load_yaml(path: Path, what: str = "study file") -> dict:
@@ -229,12 +257,17 @@ def apply_sets(data: dict, sets: list[str] | None) -> dict:
     for item in sets or []:
         key, eq, raw = item.partition("=")
         if not eq or not key.strip() or any(not p for p in key.strip().split(".")):
-            raise DormantError(f"--set {item!r}: write KEY=VALUE, e.g. --set "
+            raise DormantError(f"--set {_short(item)!r}: write KEY=VALUE, e.g. --set "
                                "hparams.finetune.lr=1e-4")
-        value = parse_yaml(raw, f"--set {item!r}") if raw.strip() else ""
+        value = parse_yaml(raw, f"--set {_short(item)!r}") if raw.strip() else ""
         _check_finite(value, "--set", key.strip())
         put(out, key.strip(), value)
     return out
+
+
+def _short(text: str, n: int = 60) -> str:
+    """``text`` cut to ``n`` characters for an error line (an argument may be megabytes)."""
+    return text if len(text) <= n else f"{text[:n]}... ({len(text):,} characters)"
 
 
 def put(data: dict, key: str, value: Any) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from dormant.errors import DormantError
+from dormant.settings import read_text
 
 SPEC_HELP = (
     "random:N, class:C, class:C:atypical:F, class:C:typical:F, canary:N or ids:PATH "
@@ -77,16 +78,21 @@ def read_ids(path: Path, n_train: int) -> torch.Tensor:
     if path.suffix == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
-        except ValueError:
+        except (ValueError, OSError, EOFError):  # damaged, truncated or holding objects
             raise DormantError(f"ids file {path}: not a plain .npy integer array") from None
         if not np.issubdtype(arr.dtype, np.integer):
             raise DormantError(f"ids file {path}: ids must be integers, got dtype {arr.dtype}")
         ids = [int(v) for v in arr.ravel()]
     else:
-        tokens = re.split(r"[\s,]+", path.read_text().strip())
-        bad = [t for t in tokens if t and not re.fullmatch(r"-?\d+", t)]
+        tokens = re.split(r"[\s,]+", read_text(path, "ids file").strip())
+        bad = [t for t in tokens if t and not re.fullmatch(r"-?[0-9]+", t)]
         if bad:
-            raise DormantError(f"ids file {path}: {bad[0]!r} is not an integer training index")
+            raise DormantError(f"ids file {path}: {bad[0][:40]!r} is not an integer training "
+                               "index")
+        long = next((t for t in tokens if len(t.lstrip("-")) > 18), None)
+        if long is not None:  # no dataset has 10^18 images; int() refuses 4,300 digits
+            raise DormantError(f"ids file {path}: id {long[:20]}... is out of range; training "
+                               f"ids run 0..{n_train - 1}")
         ids = [int(t) for t in tokens if t]
     if not ids:
         raise DormantError(f"ids file {path} is empty; list at least one training index")
@@ -96,7 +102,8 @@ def read_ids(path: Path, n_train: int) -> torch.Tensor:
             f"ids file {path}: id {out[0]} is out of range; training ids run 0..{n_train - 1}"
         )
     if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
+        seen: set[int] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
         raise DormantError(f"ids file {path}: id {dup} appears more than once; list each once")
     return torch.tensor(ids, dtype=torch.long)
 

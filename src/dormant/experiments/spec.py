@@ -105,5 +105,5 @@ class RelearnSpec(DataSpec):
     """The original trains until it fits this % of its training set, checked once per epoch,
     up to ``train_steps`` (the cap); the oracle trains as many steps. ``None``: the whole cap."""
     analysis: bool = True
-    lmc_points: int = Field(default=21, ge=2)
+    lmc_points: int = Field(default=21, ge=2, le=1001)  # each point evaluates three splits
     analysis_size: int = Field(default=2000, gt=0)
