@@ -37,7 +37,7 @@ STRATEGIES = ("margin", "stamped-margin", "random")
 
 
 @one_line("clean-unlearning attack")
-@pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+@pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class CleanUnlearningSpec:
     """The attack's knobs. Defaults are the setting measured to work best on MNIST
     (see the backdoor study's report); ``contribution`` is the attacker's share of the

@@ -22,7 +22,7 @@ from dormant.settings import one_line
 
 
 @one_line("poison spec")
-@pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+@pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class PoisonSpec:
     target: Annotated[int, Field(ge=0)]
     trigger: Trigger

@@ -26,7 +26,7 @@ KINDS = ("patch", "blend", "noise", "sinusoid")
 
 
 @one_line("trigger")
-@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
+@dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class Trigger:
     kind: str = "patch"
     amplitude: float = Field(1.0, ge=0.0, le=1.0)

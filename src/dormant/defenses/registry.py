@@ -173,7 +173,7 @@ class DefenseSpec(BaseModel):
     ``defense_size``: clean test images held by the defender (NC reverses on the first
     ``nc.images`` of them, I-BAU uses them all); never used for the metrics."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
     defense_size: int = Field(default=500, ge=10)
 
