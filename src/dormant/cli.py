@@ -85,15 +85,14 @@ def study_line(spec, out: Path, executor, cells_of) -> str:
     from dormant.engine import resolve_device
     from dormant.executors.options import ExecutorOptions
     from dormant.experiments.prepare import load_study_data
-    from dormant.store.results import read_rows
+    from dormant.store.results import final, read_rows
 
     executor = executor or ExecutorOptions()
     keys = list(dict.fromkeys(c.key for c in cells_of(spec, load_study_data(
         spec, default_cache_dir()))))
     path = out / "results.jsonl"
     old = {r.get("cell"): r for r in read_rows(path)} if path.is_file() else {}
-    done = sum(1 for k in keys if k in old and not (old[k].get("status") == "failed"
-                                                     and old[k].get("transient")))
+    done = sum(1 for k in keys if final(old.get(k)))
     methods = ", ".join(str(getattr(m, "name", m)) for m in spec.methods)
     seeds = ",".join(map(str, spec.seeds))
     where = executor.executor

@@ -69,6 +69,13 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def final(row: dict | None) -> bool:
+    """Whether a cell with this row needs no more work: it has one, and it is not a
+    transient failure (a worker that died, out of memory, an I/O error), which a rerun
+    tries again."""
+    return row is not None and not (row.get("status") == "failed" and row.get("transient"))
+
+
 @contextlib.contextmanager
 def driver_lock(out: Path) -> Iterator[None]:
     """Held by the one process that runs a study into ``out``: a second run into the same
@@ -105,11 +112,7 @@ class ResultsLog:
         self.on_row = on_row
 
     def done(self, cell: str) -> bool:
-        """Whether ``cell`` needs no more work: it has a row that is not a transient
-        failure (``transient``: a worker that died, out of memory, an I/O error)."""
-        row = self.rows.get(cell)
-        return row is not None and not (row.get("status") == "failed"
-                                        and row.get("transient"))
+        return final(self.rows.get(cell))
 
     def __contains__(self, cell: str) -> bool:
         return cell in self.rows
