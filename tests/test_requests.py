@@ -543,3 +543,50 @@ def test_kill_9_mid_unlearning_is_named_by_verify_and_show_then_resumed(store, b
     capsys.readouterr()
     assert main(["ledger", "verify", str(store)]) == 0
     assert "unfinished" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_request_that_changes_nothing_is_not_a_pass(store, base, tmp_path, capsys):
+    """Issue 13: finetune for 20 steps at lr 1e-5 on 3 ids changed nothing, yet passed. Now
+    the held-out checks say insufficient evidence and `unchanged` gives the numbers; a retrain
+    of 30 ids still passes, and ids deleted already are named with their request."""
+    tiny = _ids(tmp_path / "three.ids", [3, 17, 42])
+    assert _forget(store, tiny, base["policy"], "--method", "finetune", "--hparam", "steps=20",
+                   "--hparam", "lr=1e-5") == 0
+    book = Ledger(store / "ledger.sqlite")
+    rec = book.entries(kind="request-finished")[-1].payload
+    checks = {c["name"]: c for c in rec["checks"]}
+    assert rec["verdict"] != "pass" and not rec["promoted"]
+    for name in ("forget_gap", "mia_auc", "excess"):
+        assert checks[name]["insufficient"] and checks[name]["status"] != "pass", name
+        assert checks[name]["detail"].startswith("insufficient evidence: 2 held-out ids, at "
+                                                 "least 20 needed"), checks[name]["detail"]
+    ch, un = rec["measurements"]["change"], checks["unchanged"]
+    # measured: forget loss 0.0046 -> 0.0046, weights moved 0.013 of the oracle's 3.38, whose
+    # own loss rose by 0.0013 only: the 3 random ids are barely memorised
+    assert ch["distance"] < 0.05 * ch["oracle_distance"]
+    assert abs(ch["loss_after"] - ch["loss_before"]) < 0.01
+    assert un["status"] == "warn" and "did not measurably change" in un["detail"]
+    for number in (f"{ch['loss_before']:.4f}", f"{ch['loss_oracle']:.4f}",
+                   f"{ch['distance']:.4g}", f"{ch['oracle_distance']:.4g}"):
+        assert number in un["detail"], (number, un["detail"])
+    md = (store / rec["report"]).with_name("report.md").read_text()
+    assert "What the checks can and cannot tell" in md and "barely memorised" in md
+    # a real retrain of 30 ids still passes, and `unchanged` with it
+    first = _ids(tmp_path / "a.ids", range(900, 930))
+    assert _forget(store, first, base["policy"], "--model", "digits@1") == 0
+    rt = book.entries(kind="request-finished")[-1]
+    assert rt.payload["verdict"] == "pass" and rt.payload["promoted"], rt.payload["checks"]
+    assert {c["name"]: c for c in rt.payload["checks"]}["unchanged"]["value"] == 0.0
+    # ids deleted already are named, with the request that deleted them
+    capsys.readouterr()
+    overlap = _ids(tmp_path / "b.ids", range(920, 950))
+    assert _forget(store, overlap, base["policy"]) == 0
+    out = capsys.readouterr().out
+    assert "10 of the 30 ids asked for were already deleted" in " ".join(out.split())
+    assert rt.request_id in out
+    last = book.entries(kind="request-finished")[-1].payload
+    assert last["already_deleted_by"] == {rt.request_id: list(range(920, 930))}
+    assert len(last["ids"]) == 20
+    md = (store / last["report"]).with_name("report.md").read_text()
+    assert f"10 by request {rt.request_id} (920, 921" in md

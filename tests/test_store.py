@@ -154,3 +154,23 @@ def test_broken_sidecar_is_one_line(tmp_path):
     (tmp_path / "m.json").write_text("[1, 2]")
     with pytest.raises(DormantError, match="must hold a JSON object"):
         load_model(path, SPEC)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused_in_one_line(tmp_path, value):
+    """Every command that reads a checkpoint (store add, forget, audit, unlearn) goes through
+    read_checkpoint; a diverged model's weights are refused there, and a cached one is a miss."""
+    model = create_model(SPEC, seed=0)
+    path = save_checkpoint(tmp_path / "m.safetensors", model, SPEC)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["0.0.weight"][0, 0, 0, 0] = value
+    safetensors.torch.save_file(state, path)
+    with pytest.raises(DormantError) as e:
+        load_model(path, SPEC)
+    msg = str(e.value)
+    assert "non-finite weights: 1 NaN/inf values in '0.0.weight'" in msg and "\n" not in msg
+    cache = ModelCache(tmp_path / "cache")
+    key = cache_key(x=1)
+    cache.save(key, model, SPEC, {})
+    safetensors.torch.save_file(state, cache.path(key))
+    assert cache.load(key, SPEC) is None
