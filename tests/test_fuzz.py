@@ -412,6 +412,17 @@ def policy_body(draw) -> bytes:
     return body
 
 
+@pytest.mark.parametrize("workers", ["1000000000000", "0", "1,-1", "nan", "1e3"])
+def test_named_bad_plan_workers_are_refused(workers: str, tmp_path: Path) -> None:
+    """``--workers 10^12`` once allocated a clock per worker and was killed for memory."""
+    study = tmp_path / "study.yaml"
+    study.write_text("dataset: digits\n")
+    before = _snapshot(tmp_path)
+    rc, out, err = run(["plan", study, "--step-seconds", "0.001", f"--workers={workers}"],
+                       tmp_path)
+    _refused(rc, out, err, before, _snapshot(tmp_path), workers)
+
+
 POLICY_CASES = [b"\xffutility: 1\n", b"tamper: {excess_warn: .nan}\n", b"- 1\n",
                 b"a: 1\na: 2\n", b"x: " + b"[" * 3000 + b"]" * 3000]
 

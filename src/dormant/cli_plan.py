@@ -11,6 +11,9 @@ from rich.table import Table
 from dormant.cli_common import DataRoot, SetOpt, _check_data_root, _numbers, console, load_spec
 from dormant.errors import DormantError
 
+MAX_WORKERS = 100_000
+"""The simulation keeps one clock per worker: a count of 10^12 would exhaust the memory."""
+
 
 def _duration(seconds: float) -> str:
     if seconds < 120:
@@ -43,8 +46,10 @@ def plan_cmd(
     from dormant.experiments.prepare import load_study_data
 
     counts = _numbers(workers, "workers")
-    if not counts or min(counts) < 1:
-        raise DormantError(f"--workers takes positive integers, e.g. 1,8,64; got {workers!r}")
+    if not counts or min(counts) < 1 or max(counts) > MAX_WORKERS:
+        shown = workers if len(workers) <= 60 else f"{workers[:60]}..."
+        raise DormantError(f"--workers takes integers from 1 to {MAX_WORKERS:,}, e.g. 1,8,64; "
+                           f"got {shown!r}")
     if step_seconds is not None and not step_seconds > 0:
         raise DormantError(f"--step-seconds must be a positive number, got {step_seconds}")
     spec = load_spec(RelearnSpec, study, {"data_root": ("--data-root",
