@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.table import Table
 
@@ -36,7 +37,7 @@ from dormant.cli_requests import register as register_requests
 from dormant.errors import DormantError
 from dormant.experiments.backdoor_spec import BackdoorSpec
 from dormant.experiments.spec import RelearnSpec
-from dormant.settings import not_finite
+from dormant.settings import not_finite, short
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Test whether machine unlearning really removes what it claims to.")
@@ -337,6 +338,21 @@ def _global(debug: Annotated[bool, typer.Option(
     """Test whether machine unlearning really removes what it claims to."""
 
 
+def _click_errors() -> tuple[type, ...]:
+    """click's exception base, and the one of the copy of click that newer typers carry."""
+    found: list[type] = [click.exceptions.ClickException]
+    try:
+        from typer.exceptions import TyperException
+
+        found.append(TyperException)
+    except ImportError:  # a typer on the real click
+        pass
+    return tuple(found)
+
+
+_CLICK_ERRORS = _click_errors()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input becomes one line on stderr and exit code 2 (``--debug``,
     anywhere on the line, raises it instead)."""
@@ -344,9 +360,24 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     try:
-        app(args=args, prog_name="dormant")  # usage errors exit 2 inside typer
+        # not standalone: click's usage errors come here, to be one line like every other
+        rc = app(args=args, prog_name="dormant", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 0
+    except typer.Abort:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except _CLICK_ERRORS as e:  # a usage error: an unknown option, a value typer cannot parse
+        if debug:
+            raise
+        ctx = getattr(e, "ctx", None)
+        path = getattr(ctx, "command_path", "dormant") or "dormant"
+        msg = " ".join(short(e.format_message(), 300).split())
+        if not msg:  # no arguments at all: click has printed the help
+            return 0
+        print(f"error: {msg} (see {path} --help)", file=sys.stderr)
+        return getattr(e, "exit_code", 2) or 2
     except DormantError as e:
         if debug:
             raise

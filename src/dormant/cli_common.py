@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from dormant.errors import DormantError
-from dormant.settings import apply_sets, load_yaml, not_finite, put, validate
+from dormant.settings import apply_sets, load_yaml, not_finite, put, short, validate
 
 console = Console()
 
@@ -253,7 +253,7 @@ def _numbers(text: str | None, what: str, kind: type = int) -> list | None:
         example = "0,5" if kind is int else "1e-5,1e-4"
         noun = "integers" if kind is int else "numbers"
         raise DormantError(
-            f"--{what} takes comma-separated {noun}, e.g. {example}; got {text!r}"
+            f"--{what} takes comma-separated {noun}, e.g. {example}; got {short(text)!r}"
         ) from None
 
 

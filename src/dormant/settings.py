@@ -257,15 +257,15 @@ def apply_sets(data: dict, sets: list[str] | None) -> dict:
     for item in sets or []:
         key, eq, raw = item.partition("=")
         if not eq or not key.strip() or any(not p for p in key.strip().split(".")):
-            raise DormantError(f"--set {_short(item)!r}: write KEY=VALUE, e.g. --set "
+            raise DormantError(f"--set {short(item)!r}: write KEY=VALUE, e.g. --set "
                                "hparams.finetune.lr=1e-4")
-        value = parse_yaml(raw, f"--set {_short(item)!r}") if raw.strip() else ""
+        value = parse_yaml(raw, f"--set {short(item)!r}") if raw.strip() else ""
         _check_finite(value, "--set", key.strip())
         put(out, key.strip(), value)
     return out
 
 
-def _short(text: str, n: int = 60) -> str:
+def short(text: str, n: int = 60) -> str:
     """``text`` cut to ``n`` characters for an error line (an argument may be megabytes)."""
     return text if len(text) <= n else f"{text[:n]}... ({len(text):,} characters)"
 
