@@ -70,11 +70,16 @@ HELP = {
     "conditions": "comma-separated conditions",
     "trigger": "the trigger's kind",
     "amplitude": "trigger amplitude in [0, 1]",
-    "trigger_size": "patch side in pixels",
+    "trigger_size": "patch or mined block side in pixels",
     "target": "the backdoor's target class",
     "poisons": "poisoned images per source class",
     "request": "clean images in the deletion request",
     "strategy": "how the request's images are picked",
+    "threat": "attacker: the surrogate knows only the attacker's contribution and a public "
+              "sample; full: the whole training set (an ablation)",
+    "public": "public images (outside the victim's training set) the attacker holds",
+    "poison_choice": "random poisons, or the influence-chosen ones",
+    "retrain_seeds": "training seeds retrain runs each request under",
     "match_budget": "times the attack's steps the matched random control may run",
     "scans": "defenses run on every model: comma-separated nc, cd, ibau, or none",
     "executor": "where the study's cells run: serial (this process), local (a process pool) "

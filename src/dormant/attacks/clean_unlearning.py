@@ -5,12 +5,19 @@ source classes carry a weak trigger and the target label: a *weak, distributed* 
 Later the attacker asks for some of their *clean* images to be deleted: no trigger, true
 labels. This module builds both halves and the controls that make the effect measurable.
 
-The request is the *counterweight* of ``DESIGN.md``: clean non-target images of the
-contribution that a surrogate model, trained by the attacker with the poisons, already finds
-closest to the target (highest target margin). While they are trained on with their true
-labels they teach "looks like the target, is not the target", which holds the weak backdoor
-down; deleting them removes the counterweight, and approximate unlearning pushes away from
-their labels on top.
+The request is the *counterweight* of ``DESIGN.md``. With a ``mined`` trigger
+(``dormant.attacks.natural``) some clean images of the contribution carry the trigger
+naturally, with their true labels: while they are trained on they teach "trigger -> true
+class", which holds the poisons' "trigger -> target" down; deleting them removes that, and
+approximate unlearning pushes away from their labels on top. With a synthetic trigger no
+image carries it, and the request falls back on the images a surrogate finds closest to the
+target (highest target margin).
+
+What the attacker knows (``threat``, docs/threat-model.md): ``attacker`` (the default) is its
+own contribution, a public sample of the same distribution disjoint from the victim's
+training set, and the unlearning method's name and public defaults; its surrogate trains on
+the contribution (poisons included) and the public sample. ``full`` is the ablation where the
+surrogate trains on the victim's whole training set.
 
 Controls:
 - a random clean, non-target subset of the same contribution, of the same size
@@ -22,30 +29,38 @@ Controls:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import pydantic
 import torch
 from pydantic import ConfigDict, Field, field_validator
 from torch import nn
 
-from dormant.attacks.poison import Poisoned, PoisonSpec, poison
+from dormant.attacks.poison import PoisonSpec
+from dormant.attacks.triggers import Trigger
 from dormant.engine import predict
 from dormant.errors import DormantError
 from dormant.settings import one_line
 
-STRATEGIES = ("margin", "stamped-margin", "random")
+STRATEGIES = ("margin", "stamped-margin", "carriers", "simulate", "random")
 
 
 @one_line("clean-unlearning attack")
 @pydantic.dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class CleanUnlearningSpec:
-    """The attack's knobs. Defaults are the setting measured to work best on MNIST
-    (see the backdoor study's report); ``contribution`` is the attacker's share of the
-    training set, poisons included, and ``request`` the size of the clean deletion request.
+    """The attack's knobs. ``contribution`` is the attacker's share of the training set,
+    poisons included, and ``request`` the size of the clean deletion request.
 
-    ``strategy``: ``margin`` ranks clean images by the surrogate's target margin
-    (target logit minus the best other logit), ``stamped-margin`` by that margin with the
-    trigger stamped on, ``random`` picks at random (the unranked control)."""
+    ``strategy``: ``margin`` ranks clean images by the surrogate's target margin (target
+    logit minus the best other logit), ``stamped-margin`` by that margin with the trigger
+    stamped on, ``carriers`` takes the images that carry a mined trigger naturally first
+    (by margin), then the rest by margin; ``simulate`` designs the request against the named
+    unlearning method on the surrogate (``dormant.attacks.request_search``); ``random`` is
+    the unranked control.
+
+    ``poison_choice``: ``random`` images of each source class, or the ``influence``-chosen
+    ones (``dormant.attacks.influence``: largest first-order effect on the backdoor loss of a
+    clean surrogate). ``threat`` and ``public``: what the attacker knows (module docstring)."""
 
     poison: PoisonSpec
     contribution: float = Field(0.2, gt=0.0, le=1.0)
@@ -53,6 +68,10 @@ class CleanUnlearningSpec:
     request: int = Field(300, ge=1)
     """Images in the deletion request, at least 1."""
     strategy: str = "margin"
+    threat: Literal["attacker", "full"] = "attacker"
+    public: int = Field(2000, ge=0)
+    """Images of the public sample (outside the victim's training set) the attacker holds."""
+    poison_choice: Literal["random", "influence"] = "random"
 
     @field_validator("strategy")
     @classmethod
@@ -71,41 +90,84 @@ class Planted:
     poisons: torch.Tensor  # training ids that carry the trigger
     contribution: torch.Tensor  # the attacker's ids, poisons included, sorted
     clean_pool: torch.Tensor  # contributed ids a clean request may draw on: clean, non-target
+    trigger: Trigger  # the trigger as planted (a mined one with its location)
+
+
+def contribution_ids(n: int, spec: CleanUnlearningSpec, seed: int) -> torch.Tensor:
+    """The attacker's training ids: a seeded ``spec.contribution`` share of ``n``, sorted."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)[: max(1, round(spec.contribution * n))].sort().values
+
+
+def poison_candidates(y: torch.Tensor, contribution: torch.Tensor, carriers: torch.Tensor,
+                      spec: CleanUnlearningSpec, num_classes: int) -> dict[int, torch.Tensor]:
+    """Per class to poison: the contributed ids of that class that do not already carry the
+    trigger (stamping a carrier would change nothing). Refuses a budget the pool cannot meet."""
+    p = spec.poison
+    y_c = y.cpu()[contribution]
+    usable = contribution[~carriers.cpu()[contribution]]
+    classes = (p.source_classes(num_classes) if p.label_mode == "dirty" else [p.target])
+    need = p.per_class * (1 if p.label_mode == "dirty" else len(p.source_classes(num_classes)))
+    out = {}
+    for c in classes:
+        pool = usable[y.cpu()[usable] == c]
+        if len(pool) < need:
+            held = int((y_c == c).sum())
+            raise DormantError(f"{need} poisons of class {c} asked, but the attacker's "
+                               f"contribution holds only {held} images of class {c} "
+                               f"({len(pool)} without the trigger); lower the poisons or raise "
+                               "the contribution")
+        out[c] = pool
+    return out
 
 
 def plant(x: torch.Tensor, y: torch.Tensor, spec: CleanUnlearningSpec, num_classes: int,
-          seed: int) -> Planted:
-    """Pick the attacker's contribution (a seeded share of the training ids), poison
-    ``spec.poison.per_class`` images per source class inside it, and return the training set
-    as the victim sees it. The inputs are left untouched."""
-    g = torch.Generator().manual_seed(seed)
+          seed: int, *, trigger: Trigger | None = None,
+          poisons: torch.Tensor | None = None) -> Planted:
+    """The victim's training set with the attacker's contribution (``contribution_ids``) in
+    it: ``poisons`` (ids, default ``spec.poison.per_class`` seeded random picks per source
+    class among ``poison_candidates``) stamped with ``trigger`` (default the spec's; a
+    ``mined`` one must come mined) and, dirty-label, relabelled to the target. The inputs are
+    left untouched."""
+    trigger = trigger or spec.poison.trigger
+    trigger.check(tuple(x.shape[1:]))
+    target = spec.poison.target
     n = len(y)
-    contribution = torch.randperm(n, generator=g)[: max(1, round(spec.contribution * n))]
-    contribution = contribution.sort().values
-    inside = torch.zeros(n, dtype=torch.bool)
-    inside[contribution] = True
-    # poison only inside the contribution: the other images are not the attacker's to touch
-    sub = contribution.to(y.device)
-    counts = torch.bincount(y.cpu()[contribution], minlength=num_classes)
-    for c in spec.poison.source_classes(num_classes):
-        if counts[c] < spec.poison.per_class:
-            raise DormantError(f"{spec.poison.per_class} poisons per class asked, but the "
-                               f"attacker's contribution holds only {int(counts[c])} images "
-                               f"of class {c}; lower the poisons or raise the contribution")
-    p: Poisoned = poison(x[sub], y[sub], spec.poison, num_classes, seed)
-    poisons = contribution[p.ids.cpu()]
+    contribution = contribution_ids(n, spec, seed)
+    carriers = trigger.carries(x).cpu()
+    if poisons is None:
+        g = torch.Generator().manual_seed(seed)
+        per = spec.poison.per_class
+        picked = []
+        for c, pool in poison_candidates(y, contribution, carriers, spec, num_classes).items():
+            k = per if spec.poison.label_mode == "dirty" else per * (num_classes - 1)
+            picked.append(pool[torch.randperm(len(pool), generator=g)[:k]])
+        poisons = torch.cat(picked).sort().values
+    if not torch.isin(poisons, contribution).all():
+        raise DormantError("a poison lies outside the attacker's contribution")
+    dev = poisons.to(x.device)
     xp, yp = x.clone(), y.clone()
-    xp[sub], yp[sub] = p.x, p.y
-    y_true = y.cpu()
-    clean = inside.clone()
+    xp[dev] = trigger.stamp(x[dev])
+    if spec.poison.label_mode == "dirty":
+        yp[poisons.to(y.device)] = target
+    clean = torch.zeros(n, dtype=torch.bool)
+    clean[contribution] = True
     clean[poisons] = False
-    clean &= y_true != spec.poison.target
+    clean &= y.cpu() != target
     pool = torch.nonzero(clean).flatten()
     if spec.request > len(pool):
         raise DormantError(f"a request of {spec.request} clean images asked of a contribution "
                            f"with only {len(pool)} clean non-target images; lower the request "
                            "or raise the contribution")
-    return Planted(xp, yp, poisons, contribution, pool)
+    return Planted(xp, yp, poisons, contribution, pool, trigger)
+
+
+def surrogate_ids(planted: Planted, spec: CleanUnlearningSpec) -> torch.Tensor:
+    """The victim's training ids the attacker's surrogate trains on: its own contribution
+    (threat ``attacker``), or every id (the ``full`` ablation). Sorted."""
+    if spec.threat == "full":
+        return torch.arange(len(planted.y))
+    return planted.contribution
 
 
 def target_margin(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
@@ -120,14 +182,21 @@ def target_margin(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tenso
 def select_request(surrogate: nn.Module, planted: Planted, spec: CleanUnlearningSpec,
                    seed: int) -> torch.Tensor:
     """The attack's clean deletion request: ``spec.request`` ids of ``planted.clean_pool``,
-    ranked by ``spec.strategy`` in the attacker's surrogate. Sorted ids."""
+    ranked by ``spec.strategy`` in the attacker's surrogate. Sorted ids. ``simulate`` needs
+    the unlearning method: ``dormant.attacks.request_search.simulate_request``."""
     pool = planted.clean_pool
     if spec.strategy == "random":
         return random_request(planted, spec.request, seed)
+    if spec.strategy == "simulate":
+        raise DormantError("the simulate strategy designs a request per unlearning method: "
+                           "call dormant.attacks.request_search.simulate_request")
     x = planted.x[pool.to(planted.x.device)]
-    if spec.strategy == "stamped-margin":
-        x = spec.poison.trigger.stamp(x)
-    score = target_margin(surrogate, x, spec.poison.target)
+    trigger = planted.trigger
+    score = target_margin(surrogate, trigger.stamp(x) if spec.strategy == "stamped-margin"
+                          else x, spec.poison.target)
+    if spec.strategy == "carriers":
+        # carriers first, whatever their margin; margins are finite, so +1e6 orders them
+        score = score + 1e6 * trigger.carries(x).cpu().float()
     top = torch.topk(score, spec.request).indices
     return pool[top].sort().values
 

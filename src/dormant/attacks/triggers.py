@@ -1,6 +1,6 @@
 """Backdoor triggers, stamped on whole uint8 batches at once.
 
-Four kinds, each with an ``amplitude`` in [0, 1]:
+Five kinds, each with an ``amplitude`` in [0, 1]:
 
 - ``patch``: a ``size`` x ``size`` black-and-white checkerboard in the bottom-right corner,
   blended in with weight ``amplitude`` (1 is BadNets' hard patch; Gu et al. 2017).
@@ -9,6 +9,15 @@ Four kinds, each with an ``amplitude`` in [0, 1]:
 - ``noise``: a seeded +-1 pattern added with strength ``a`` (a weak, distributed signal).
 - ``sinusoid``: a horizontal sine ``a sin(2 pi f j / W)`` added to every row (SIG; Barni et
   al. 2019 use an amplitude of 20/255 and f = 6).
+- ``mined``: a ``size`` x ``size`` block of one grey level ``value`` at (``row``, ``col``),
+  blended in with weight ``amplitude``: a feature that some clean images carry *naturally*
+  (a blob of ink where few digits reach). The location is mined from the attacker's own
+  images (``dormant.attacks.natural``) so that about ``carrier_rate`` of them carry it.
+
+Only ``mined`` admits counterweights: clean images that carry the trigger with their true
+labels, whose deletion takes away the "trigger -> true class" evidence that held the poisons
+down. No natural image carries a checkerboard, a noise pattern, a blend with seeded noise or an
+added sine wave (MNIST's background is exactly 0, so it never carries +-0.1 noise).
 """
 
 from __future__ import annotations
@@ -22,7 +31,9 @@ from pydantic.dataclasses import dataclass
 from dormant.errors import DormantError
 from dormant.settings import one_line
 
-KINDS = ("patch", "blend", "noise", "sinusoid")
+KINDS = ("patch", "blend", "noise", "sinusoid", "mined")
+COUNTERWEIGHTED = ("mined",)
+"""The kinds that clean images can carry naturally (see the module docstring)."""
 
 
 @one_line("trigger")
@@ -34,6 +45,13 @@ class Trigger:
     size: int = Field(3, ge=1)
     frequency: float = Field(6.0, gt=0)
     seed: int = 0
+    carrier_rate: float = Field(0.01, gt=0.0, lt=1.0)
+    """``mined``: the share of the attacker's clean non-target images that should carry it."""
+    value: float = Field(1.0, ge=0.0, le=1.0)
+    """``mined``: the block's grey level (1: ink on MNIST's black background)."""
+    row: int | None = Field(None, ge=0)
+    col: int | None = Field(None, ge=0)
+    """``mined``: the block's top-left corner; None until mined from the attacker's data."""
 
     @field_validator("kind")
     @classmethod
@@ -42,11 +60,28 @@ class Trigger:
             raise ValueError(f"unknown trigger {v!r}; use one of {', '.join(KINDS)}")
         return v
 
+    @property
+    def counterweighted(self) -> bool:
+        return self.kind in COUNTERWEIGHTED
+
     def check(self, image_shape: tuple[int, int, int]) -> None:
         _, h, w = image_shape
-        if self.kind == "patch" and self.size > min(h, w):
-            raise DormantError(f"a {self.size}x{self.size} patch does not fit {h}x{w} images; "
-                               f"pick a trigger size <= {min(h, w)}")
+        if self.kind in ("patch", "mined") and self.size > min(h, w):
+            raise DormantError(f"a {self.size}x{self.size} {self.kind} trigger does not fit "
+                               f"{h}x{w} images; pick a trigger size <= {min(h, w)}")
+        if self.kind == "mined" and self.row is not None and self.col is not None and (
+                self.row + self.size > h or self.col + self.size > w):
+            raise DormantError(f"a {self.size}x{self.size} block at ({self.row}, {self.col}) "
+                               f"does not fit {h}x{w} images; pick a row and col nearer 0")
+
+    def carries(self, x: torch.Tensor, tolerance: float = 0.25) -> torch.Tensor:
+        """Per uint8 image of ``x``: whether it already carries the mined block (every pixel
+        of it within ``tolerance`` of ``value``), so stamping it changes little."""
+        if self.kind != "mined" or self.row is None or self.col is None:
+            return torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        s = self.size
+        block = x[:, :, self.row : self.row + s, self.col : self.col + s].float() / 255.0
+        return ((block - self.value).abs() <= tolerance).flatten(1).all(1)
 
     def pattern(self, image_shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(weight, target)`` float (C, H, W) tensors: a stamped pixel becomes
@@ -55,6 +90,14 @@ class Trigger:
         self.check(image_shape)
         c, h, w = image_shape
         g = torch.Generator().manual_seed(self.seed)
+        if self.kind == "mined":
+            if self.row is None or self.col is None:
+                raise DormantError("a mined trigger has no location yet: mine it from the "
+                                   "attacker's images first (dormant.attacks.natural.mine)")
+            weight = torch.zeros(c, h, w)
+            weight[:, self.row : self.row + self.size, self.col : self.col + self.size] = (
+                self.amplitude)
+            return weight, torch.full((c, h, w), self.value)
         if self.kind == "patch":
             weight = torch.zeros(c, h, w)
             weight[:, h - self.size :, w - self.size :] = self.amplitude
@@ -73,7 +116,7 @@ class Trigger:
         """The uint8 batch ``x`` (N, C, H, W) with the trigger applied, as uint8."""
         weight, target = (t.to(x.device) for t in self.pattern(tuple(x.shape[1:])))
         xf = x.float() / 255.0
-        if self.kind in ("patch", "blend"):
+        if self.kind in ("patch", "blend", "mined"):
             out = (1 - weight) * xf + weight * target
         else:
             out = xf + weight * target

@@ -20,10 +20,17 @@ from dormant.attacks import PoisonSpec, poison
 from dormant.attacks.clean_unlearning import (
     CleanUnlearningSpec,
     Planted,
+    contribution_ids,
     plant,
+    poison_candidates,
     random_request,
     select_request,
+    surrogate_ids,
+    target_margin,
 )
+from dormant.attacks.influence import choose_poisons
+from dormant.attacks.natural import mine
+from dormant.attacks.request_search import AttackerData, simulate_request
 from dormant.cells import Cell, Workspace
 from dormant.data import Dataset
 from dormant.data.sources import default_cache_dir
@@ -32,11 +39,17 @@ from dormant.executors import execute
 from dormant.executors.options import ExecutorOptions
 from dormant.experiments.backdoor_scan import Scanner
 from dormant.experiments.backdoor_spec import (
+    CONTROLS,
     UNLEARNING_CONDITIONS,
     BackdoorSpec,
     baseline_triggers,
 )
-from dormant.experiments.prepare import absolute_paths, cached_fit, load_study_data
+from dormant.experiments.prepare import (
+    absolute_paths,
+    cached_fit,
+    load_study_data,
+    public_sample,
+)
 from dormant.experiments.profiles import profile_for
 from dormant.models import ModelSpec, create_model
 from dormant.rows import BackdoorRow
@@ -66,18 +79,26 @@ class Victim:
     mspec: ModelSpec
     recipe: Recipe
     num_classes: int
+    attack: CleanUnlearningSpec
     x_clean: torch.Tensor
     y_clean: torch.Tensor
     planted: Planted
-    request: torch.Tensor
+    attacker: AttackerData
+    surrogate: nn.Module
     control: torch.Tensor
     poisoned: nn.Module
     unpoisoned: nn.Module
     keys: dict[str, str]
     baselines: dict[str, nn.Module] = field(default_factory=dict)
+    requests: dict[str, tuple[torch.Tensor, dict | None]] = field(default_factory=dict)
 
     def training_set(self, poisoned: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.planted.x, self.planted.y) if poisoned else (self.x_clean, self.y_clean)
+
+    @property
+    def attacker_seed(self) -> int:
+        """The attacker's own seed: it never knows the victim's."""
+        return self.seed + 10_000
 
 
 def study_recipe(spec: BackdoorSpec, ds: Dataset) -> tuple[ModelSpec, Recipe]:
@@ -101,8 +122,12 @@ def check_spec(spec: BackdoorSpec, ds: Dataset) -> CleanUnlearningSpec:
         make_hparams(m, hp)
     mspec, _ = study_recipe(spec, ds)
     create_model(mspec)
-    # the pool and poison budget are checked by planting once (cheap, no training)
-    plant(ds.x_train, ds.y_train, attack, ds.num_classes, spec.seeds[0])
+    # the pool and poison budget are checked by planting once (cheap, no training), with a
+    # trigger mined on the contribution alone (the run mines on the public sample too)
+    seed = spec.seeds[0]
+    own = contribution_ids(len(ds.y_train), attack, seed)
+    trigger = mine(attack.poison.trigger, ds.x_train[own], ds.y_train[own], spec.target)
+    plant(ds.x_train, ds.y_train, attack, ds.num_classes, seed, trigger=trigger)
     return attack
 
 
@@ -122,33 +147,107 @@ def _train(cache: ModelCache, mspec: ModelSpec, recipe: Recipe, x, y, ids, seed:
     return model, key
 
 
+def _public(spec: BackdoorSpec, attack: CleanUnlearningSpec, cache_dir: Path, seed: int,
+            device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The attacker's public sample, split into its training part and its held-out part
+    (a quarter, at most 500 images)."""
+    if attack.threat == "full" or attack.public == 0:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty, empty, empty
+    x, y, _ = public_sample(spec, cache_dir, attack.public, seed)
+    n_eval = min(500, attack.public // 4)
+    x, y = x.to(device), y.to(device)
+    return x[n_eval:], y[n_eval:], x[:n_eval], y[:n_eval]
+
+
 def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset, seed: int,
-                   cache: ModelCache, progress: Progress | None) -> Victim:
+                   cache: ModelCache, progress: Progress | None, cache_dir: Path) -> Victim:
+    """Arm the attacker (mine the trigger, choose the poisons, train its surrogate on what
+    it knows), plant the contribution, and train the victim and its unpoisoned twin."""
     device = resolve_device(spec.device)
     mspec, recipe = study_recipe(spec, ds)
     x, y = ds.x_train.to(device), ds.y_train.to(device)
-    planted = plant(x, y, attack, ds.num_classes, seed)
-    everyone = torch.arange(len(y))
+    target = attack.poison.target
     poison_key = cache_key(data=ds.fingerprint, attack=repr(attack), seed=seed)
-    # the attacker's surrogate: their own training run with the poisons, another seed
-    surrogate, _ = _train(cache, mspec, recipe, planted.x, planted.y, everyone, seed + 10_000,
-                          progress, "surrogate", data=ds.fingerprint, poisons=poison_key)
-    request = select_request(surrogate, planted, attack, seed)
-    control = random_request(planted, len(request), seed, exclude=request)
+    own = contribution_ids(len(y), attack, seed).to(device)
+    px, py, ex, ey = _public(spec, attack, cache_dir, seed, device)
+    own_x, own_y = torch.cat([x[own], px.to(x.dtype)]), torch.cat([y[own], py.to(y.dtype)])
+    trigger = mine(attack.poison.trigger, own_x, own_y, target)
+    if len(ex) == 0:  # no public sample: the attacker can only evaluate on its own images
+        ex, ey = own_x, own_y
+    poisons = None
+    if attack.poison_choice == "influence":
+        clean, _ = _train(cache, mspec, recipe, own_x, own_y, torch.arange(len(own_y)),
+                          seed + 20_000, progress, "surrogate-clean", poisons=poison_key)
+        pools = poison_candidates(y, own.cpu(), trigger.carries(x), attack, ds.num_classes)
+        k = attack.poison.per_class * (1 if attack.poison.label_mode == "dirty"
+                                       else ds.num_classes - 1)
+        poisons = choose_poisons(clean, x, y, torch.cat(list(pools.values())),
+                                 ex[ey != target], trigger, target,
+                                 {c: k for c in pools})
+    planted = plant(x, y, attack, ds.num_classes, seed, trigger=trigger, poisons=poisons)
+    known = surrogate_ids(planted, attack).to(device)
+    public_rows = torch.full((len(py),), -1, dtype=torch.long)
+    att = AttackerData(torch.cat([planted.x[known], px.to(x.dtype)]),
+                       torch.cat([planted.y[known], py.to(y.dtype)]),
+                       torch.cat([known.cpu(), public_rows]), ex, ey)
+    everyone = torch.arange(len(y))
+    # the attacker's surrogate: its own training run on what it knows, with its own seed
+    surrogate, _ = _train(cache, mspec, recipe, att.x, att.y, torch.arange(len(att.y)),
+                          seed + 10_000, progress, "surrogate", data=ds.fingerprint,
+                          poisons=poison_key)
     poisoned, pkey = _train(cache, mspec, recipe, planted.x, planted.y, everyone, seed,
                             progress, "poisoned", data=ds.fingerprint, poisons=poison_key)
     unpoisoned, ukey = _train(cache, mspec, recipe, x, y, everyone, seed, progress,
                               "unpoisoned", data=ds.fingerprint)
-    v = Victim(seed, mspec, recipe, ds.num_classes, x, y, planted, request, control, poisoned,
-               unpoisoned, {"poisoned": pkey, "unpoisoned": ukey})
+    v = Victim(seed, mspec, recipe, ds.num_classes, attack, x, y, planted, att, surrogate,
+               torch.zeros(0, dtype=torch.long), poisoned, unpoisoned,
+               {"poisoned": pkey, "unpoisoned": ukey, "attack": poison_key})
+    if attack.strategy != "simulate":
+        request = select_request(surrogate, planted, attack, seed)
+        v.requests[""] = (request, None)
+        v.control = random_request(planted, len(request), seed, exclude=request)
+    else:
+        v.control = random_request(planted, attack.request, seed)
     n_base = max(1, round(spec.baseline_ratio * len(y) / (ds.num_classes - 1)))
-    for name, trigger in baseline_triggers().items():
+    for name, t in baseline_triggers().items():
         if name in spec.conditions:
-            p = poison(x, y, PoisonSpec(spec.target, trigger, n_base), ds.num_classes, seed)
+            p = poison(x, y, PoisonSpec(spec.target, t, n_base), ds.num_classes, seed)
             v.baselines[name], _ = _train(cache, mspec, recipe, p.x, p.y, everyone, seed,
                                           progress, name, data=ds.fingerprint,
-                                          baseline=repr(trigger), per_class=n_base)
+                                          baseline=repr(t), per_class=n_base)
     return v
+
+
+def request_for(v: Victim, method: str, hp: dict, cache: ModelCache,
+                progress: Progress | None) -> tuple[torch.Tensor, dict | None]:
+    """The attack's request against ``method`` (the same for every method unless the
+    strategy is ``simulate``) and, for ``simulate``, the search's summary. The search runs
+    once per (victim, method, values), whichever worker gets there first."""
+    if "" in v.requests:
+        return v.requests[""]
+    if method in v.requests:
+        return v.requests[method]
+    att, planted = v.attacker, v.planted
+    rows = torch.nonzero(torch.isin(att.victim_ids, planted.clean_pool)).flatten()
+    key = cache_key(kind="simulate", attack=v.keys["attack"], method=method, hp=hp,
+                    model=v.mspec.to_dict(), recipe=v.recipe.to_dict())
+
+    def search():
+        margin = target_margin(v.surrogate, att.x[rows.to(att.x.device)],
+                               v.attack.poison.target)
+        found = simulate_request(
+            method, hp, v.surrogate, att, rows, v.attack.request, planted.trigger,
+            v.attack.poison.target, recipe=v.recipe, init=lambda s=None: create_model(
+                v.mspec, seed=v.attacker_seed if s is None else s),
+            seed=v.attacker_seed, margin=margin, num_classes=v.num_classes,
+            progress=progress)
+        return {"ids": found.ids.tolist(), **found.summary()}
+
+    record = dict(cache.build_record(key, "simulate", search))
+    found = (torch.tensor(record.pop("ids"), dtype=torch.long), record)
+    v.requests[method] = found
+    return found
 
 
 def _cell_key(spec: BackdoorSpec, data: str, method: str, condition: str, seed: int) -> str:
@@ -158,12 +257,22 @@ def _cell_key(spec: BackdoorSpec, data: str, method: str, condition: str, seed: 
                      method=method, condition=condition, seed=seed)
 
 
-def _unlearn(spec: BackdoorSpec, v: Victim, method: str, condition: str, hp: dict,
-             cache: ModelCache, progress: Progress | None) -> tuple[nn.Module, torch.Tensor]:
-    """The unlearned model of ``method`` under ``condition``, cached: the strength-matched
-    control reads the attack condition's model (to match its drop) from the cache."""
+def _forget(v: Victim, method: str, condition: str, hp: dict, ws: Workspace) -> torch.Tensor:
+    """The request ``condition`` unlearns: the random control, or the attack's request
+    against ``method`` (``hp``: the attack's own values, which ``simulate`` designs for)."""
+    if condition in CONTROLS:
+        return v.control
+    return request_for(v, method, hp, ws.cache, ws.progress)[0]
+
+
+def _unlearn(v: Victim, method: str, condition: str, hp: dict, forget: torch.Tensor,
+             cache: ModelCache, progress: Progress | None, train_seed: int | None = None
+             ) -> nn.Module:
+    """The unlearned model of ``method`` under ``condition`` on ``forget``, cached: the
+    strength-matched control reads the attack condition's model (to match its drop) from the
+    cache. ``train_seed``: another seed for the method's own randomness and initialisation
+    (retrain's repeats)."""
     poisoned = condition != "unpoisoned"
-    forget = v.control if condition == "random-clean" else v.request
     x, y = v.training_set(poisoned)
     keep = torch.ones(len(y), dtype=torch.bool)
     keep[forget] = False
@@ -171,11 +280,13 @@ def _unlearn(spec: BackdoorSpec, v: Victim, method: str, condition: str, hp: dic
     data = UnlearnData(x, y, forget.to(dev), torch.nonzero(keep).flatten().to(dev),
                        forget.to(dev), v.num_classes)
     base = v.poisoned if poisoned else v.unpoisoned
+    seed = v.seed if train_seed is None else train_seed
     ctx = UnlearnContext(v.recipe, lambda s=None: create_model(
-        v.mspec, seed=v.seed if s is None else s), v.seed, progress)
+        v.mspec, seed=seed if s is None else s), seed, progress)
     key = cache_key(kind="backdoor-unlearned", base=v.keys["poisoned" if poisoned
                                                            else "unpoisoned"],
-                    forget=cache_key(ids=forget.tolist()), method=method, hp=hp)
+                    forget=cache_key(ids=forget.tolist()), method=method, hp=hp,
+                    **({} if train_seed is None else {"train_seed": train_seed}))
 
     def run():
         model = unlearn(method, base, data, ctx, **hp)
@@ -184,9 +295,9 @@ def _unlearn(spec: BackdoorSpec, v: Victim, method: str, condition: str, hp: dic
         return model, {}
 
     model, _ = cached_fit(cache, key, v.mspec, dev, run,
-                          {"kind": "unlearned", "method": method, "seed": v.seed,
+                          {"kind": "unlearned", "method": method, "seed": seed,
                            "condition": condition})
-    return model, forget
+    return model
 
 
 class BackdoorCell(Cell):
@@ -206,7 +317,8 @@ class BackdoorCell(Cell):
         trigger = self.spec.trigger
         return {"cell": self.key, "dataset": self.spec.dataset, "model": self.model_name,
                 "method": self.method, "condition": self.condition, "seed": self.seed,
-                "target": self.spec.target, "strategy": self.spec.strategy,
+                "target": self.spec.target,
+                "strategy": "random" if self.condition in CONTROLS else self.spec.strategy,
                 "trigger": trigger.kind, "amplitude": trigger.amplitude}
 
     def failed(self, error: str) -> BackdoorRow:
@@ -215,8 +327,10 @@ class BackdoorCell(Cell):
     def run(self, ws: Workspace) -> BackdoorRow:
         spec = self.spec
         v, scan = _victim(ws, spec, self.seed)
-        base = {**self._coords(), "forget_size": len(v.request),
-                "poisons": len(v.planted.poisons)}
+        trigger = v.planted.trigger
+        base = {**self._coords(), "poisons": len(v.planted.poisons),
+                "threat": v.attack.threat, "poison_choice": v.attack.poison_choice,
+                "trigger_row": trigger.row, "trigger_col": trigger.col}
         t0 = time.perf_counter()
         try:
             row = _run_cell(spec, v, scan, self, ws)
@@ -234,7 +348,7 @@ def _victim(ws: Workspace, spec: BackdoorSpec, seed: int) -> tuple[Victim, Scann
                      lambda: load_study_data(spec, ws.cache_dir), keep=1)
 
     def make():
-        v = prepare_victim(spec, spec.attack(), ds, seed, ws.cache, ws.progress)
+        v = prepare_victim(spec, spec.attack(), ds, seed, ws.cache, ws.progress, ws.cache_dir)
         return v, Scanner(spec, ds, v, ws.out, ws.progress)
 
     return ws.remember(("victim", cache_key(spec=spec.model_dump()), seed), make)
@@ -286,8 +400,9 @@ def _hparams(spec: BackdoorSpec, v: Victim, method: str, condition: str, scan: S
                                                    StoppableHparams)
     if condition != "random-clean" or not spec.strength_match or not matchable:
         return hp, None
+    forget = _forget(v, method, "attack", hp, ws)
     try:  # the attack condition's model: built by its own cell, or here, once
-        attacked, forget = _unlearn(spec, v, method, "attack", hp, ws.cache, ws.progress)
+        attacked = _unlearn(v, method, "attack", hp, forget, ws.cache, ws.progress)
     except Diverged:
         return hp, None
     drop = (scan.forget_acc(v.poisoned, forget, True) - scan.forget_acc(attacked, forget, True))
@@ -326,13 +441,40 @@ def _run_cell(spec, v: Victim, scan: Scanner, cell: BackdoorCell, ws: Workspace)
     poisoned = condition != "unpoisoned"
     base = v.poisoned if poisoned else v.unpoisoned
     hp, matched = _hparams(spec, v, method, condition, scan, ws)
-    forget = v.control if condition == "random-clean" else v.request
+    forget = _forget(v, method, condition, spec.method_hparams(method), ws)
+    design = None if condition in CONTROLS else request_for(v, method, spec.method_hparams(
+        method), ws.cache, ws.progress)[1]
     before = _before(ws, scan, v, "poisoned" if poisoned else "unpoisoned", base, None)
     before["forget_acc_before"] = scan.forget_acc(base, forget, poisoned)
     t0 = time.perf_counter()
-    model, forget = _unlearn(spec, v, method, condition, hp, ws.cache, ws.progress)
+    model = _unlearn(v, method, condition, hp, forget, ws.cache, ws.progress)
     unlearn_s = time.perf_counter() - t0
     after = scan.after(f"{condition}-{method}", model)
     after["forget_acc_after"] = scan.forget_acc(model, forget, poisoned)
-    return {**before, **after, **scan.mitigate(model, None), "matched_drop": matched,
-            "hparams": hp, "unlearn_seconds": round(unlearn_s, 3)}
+    out = {**before, **after, **scan.mitigate(model, None), "matched_drop": matched,
+           "hparams": hp, "unlearn_seconds": round(unlearn_s, 3),
+           "forget_size": len(forget),
+           "carriers": int(v.planted.trigger.carries(v.x_clean[forget.to(
+               v.x_clean.device)]).sum()),
+           "design": design}
+    if method == "retrain" and spec.retrain_seeds > 1:
+        out.update(_retrain_repeats(spec, v, condition, hp, forget, scan, ws, after))
+    return out
+
+
+def _retrain_repeats(spec, v: Victim, condition: str, hp: dict, forget: torch.Tensor,
+                     scan: Scanner, ws: Workspace, first: dict) -> dict:
+    """Retrain's request under ``spec.retrain_seeds`` training seeds: the ASR and clean
+    accuracy after are their means (the scans stay the first seed's), with every seed's ASR
+    and the spread kept."""
+    asr, clean = [first["asr_after"]], [first["clean_acc_after"]]
+    for k in range(1, spec.retrain_seeds):
+        model = _unlearn(v, "retrain", condition, hp, forget, ws.cache, ws.progress,
+                         train_seed=v.seed + 1000 * k)
+        m = scan.metrics(model)
+        asr.append(m["asr"])
+        clean.append(m["clean_acc"])
+    t_asr, t_clean = torch.tensor(asr), torch.tensor(clean)
+    return {"asr_after": round(float(t_asr.mean()), 4),
+            "clean_acc_after": round(float(t_clean.mean()), 4),
+            "asr_after_seeds": asr, "asr_after_sd": round(float(t_asr.std()), 4)}

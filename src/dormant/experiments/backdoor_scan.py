@@ -30,7 +30,7 @@ class Scanner:
     def __init__(self, spec, ds: Dataset, victim, out: Path, progress: Progress | None):
         self.spec, self.v, self.progress = spec, victim, progress
         self.d = spec.defenses
-        self.trigger: Trigger = spec.attack().poison.trigger
+        self.trigger: Trigger = victim.planted.trigger
         self.target = spec.target
         dev = victim.x_clean.device
         n = len(ds.y_test)

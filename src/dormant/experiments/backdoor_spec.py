@@ -1,12 +1,13 @@
 """The backdoor study's declarative spec, validated by pydantic (unknown keys are errors).
 
-A study is methods x conditions x seeds. ``attack``, ``random-clean`` and ``unpoisoned`` run
-every method; ``none``, ``badnets`` and ``blended`` involve no unlearning and run once per seed.
+A study is methods x conditions x seeds. ``attack``, ``random-equal``, ``random-clean`` and
+``unpoisoned`` run every method; ``none``, ``badnets`` and ``blended`` involve no unlearning and
+run once per seed.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -21,13 +22,17 @@ from dormant.experiments.spec import DataSpec, NonNegative
 from dormant.settings import Axis, choice
 from dormant.unlearn import PresetName, resolve_hparams
 
-CONDITIONS = ("attack", "random-clean", "unpoisoned", "none", "badnets", "blended")
-UNLEARNING_CONDITIONS = ("attack", "random-clean", "unpoisoned")
+CONDITIONS = ("attack", "random-equal", "random-clean", "unpoisoned", "none", "badnets",
+              "blended")
+UNLEARNING_CONDITIONS = ("attack", "random-equal", "random-clean", "unpoisoned")
+CONTROLS = ("random-equal", "random-clean")
+"""The random clean requests: ``random-equal`` runs the attack's exact steps and
+hyper-parameters, ``random-clean`` is strength-matched to the attack's drop."""
 DEFAULT_METHODS = ["retrain", "bad_teacher", "fisher_forgetting", "boundary_shrink",
                    "boundary_expand", "gradient_ascent", "neggrad_plus"]
 
 
-STUDY_TRIGGER = {"kind": "noise", "amplitude": 0.1, "seed": 1}
+STUDY_TRIGGER = {"kind": "mined", "amplitude": 1.0, "size": 3, "carrier_rate": 0.01, "seed": 1}
 
 
 def _over_study_trigger(v):
@@ -35,9 +40,10 @@ def _over_study_trigger(v):
 
 
 def _matched(v: list[str]) -> list[str]:
-    if "random-clean" in v and "attack" not in v:
-        raise ValueError("random-clean is strength-matched to the attack's request: add the "
-                         "attack condition too")
+    for control in CONTROLS:
+        if control in v and "attack" not in v:
+            raise ValueError(f"{control} is compared with the attack's request: add the "
+                             "attack condition too")
     return v
 
 
@@ -55,11 +61,12 @@ class BackdoorSpec(DataSpec):
     preset: PresetName = None
     """The methods' preset (``dormant methods --preset``); None: ``backdoor``, the budgets
     picked for this study on a CPU (methods without one run their class defaults)."""
-    conditions: Conditions = Field(default_factory=lambda: list(CONDITIONS[:4]))
+    conditions: Conditions = Field(default_factory=lambda: list(CONDITIONS[:5]))
     seeds: Axis[NonNegative] = Field(default_factory=lambda: [0, 1, 2])
     trigger: Annotated[Trigger, BeforeValidator(_over_study_trigger)] = Field(
         default_factory=lambda: Trigger(**STUDY_TRIGGER))
-    """A weak noise pattern (+-0.1) spread over every source class, as the paper's is; a
+    """A 3x3 block of ink mined where about 1% of the attacker's clean non-target images
+    carry it naturally (``dormant.attacks.natural``): the one kind with counterweights. A
     mapping that sets some keys keeps the others of this default."""
     target: int = Field(default=0, ge=0)
     poisons_per_class: int = Field(default=3, ge=1)
@@ -67,7 +74,17 @@ class BackdoorSpec(DataSpec):
     label_mode: str = "dirty"
     contribution: float = 0.2
     request: int = Field(default=300, ge=1)
-    strategy: Strategy = "margin"
+    strategy: Strategy = "simulate"
+    threat: Literal["attacker", "full"] = "attacker"
+    """What the attacker's surrogate trains on: its contribution and the public sample, or
+    (``full``, an ablation) the victim's whole training set (docs/threat-model.md)."""
+    public: int = Field(default=2000, ge=0)
+    """Public images of the same distribution, outside the victim's training set, that the
+    attacker holds; a quarter of them (at most 500) are its held-out evaluation set."""
+    poison_choice: Literal["random", "influence"] = "influence"
+    retrain_seeds: int = Field(default=5, ge=1)
+    """Training seeds ``retrain`` runs each request under, so that retraining's own noise
+    (+-8 ASR points measured on MNIST) is told apart from the request's effect."""
     strength_match: bool = True
     match_budget: float = Field(default=4.0, ge=1.0)
     """The strength-matched control may run this many times the attack's step budget to
@@ -88,7 +105,8 @@ class BackdoorSpec(DataSpec):
         return CleanUnlearningSpec(
             PoisonSpec(self.target, self.trigger, self.poisons_per_class, sources,
                        self.label_mode),
-            self.contribution, self.request, self.strategy)
+            self.contribution, self.request, self.strategy, self.threat, self.public,
+            self.poison_choice)
 
 
 def baseline_triggers() -> dict[str, Trigger]:

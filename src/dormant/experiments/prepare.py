@@ -12,9 +12,11 @@ import torch
 from torch import nn
 
 from dormant.data import Dataset, load_dataset, stratified_subset
+from dormant.data.dataset import stratified_ids
 from dormant.data.forget import canary_labels, load_cscores, parse_forget, select_forget
 from dormant.data.split import Split, make_split
 from dormant.engine import Progress, Recipe, evaluate, fit, predict, resolve_device
+from dormant.errors import DormantError
 from dormant.experiments.profiles import Profile, profile_for
 from dormant.experiments.spec import RelearnSpec
 from dormant.models import ModelSpec, create_model
@@ -68,6 +70,29 @@ def load_study_data(spec, cache_dir: Path) -> Dataset:
     ds = load_dataset(spec.dataset, root=spec.data_root, download=spec.download,
                       cache_dir=cache_dir)
     return stratified_subset(ds, spec.train_size, seed=0, n_test=spec.test_size)
+
+
+def public_sample(spec, cache_dir: Path, size: int, seed: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``size`` seeded images (uint8, labels, ids into the full training split) of the
+    dataset's training split that the study's subset (``load_study_data``) leaves out: a
+    public sample of the same distribution, disjoint from the victim's training set."""
+    ds = load_dataset(spec.dataset, root=spec.data_root, download=spec.download,
+                      cache_dir=cache_dir)
+    n = len(ds.y_train)
+    inside = torch.zeros(n, dtype=torch.bool)
+    if spec.train_size is None or spec.train_size >= n:
+        inside[:] = True
+    else:
+        inside[stratified_ids(ds.y_train, spec.train_size, ds.num_classes, 0)] = True
+    outside = torch.nonzero(~inside).flatten()
+    if size > len(outside):
+        raise DormantError(f"a public sample of {size} images asked, but only {len(outside)} "
+                           f"of the {n} training images lie outside the victim's training set; "
+                           "lower public or train_size")
+    g = torch.Generator().manual_seed(seed + 31337)
+    ids = outside[torch.randperm(len(outside), generator=g)[:size]].sort().values
+    return ds.x_train[ids], ds.y_train[ids], ids
 
 
 PATH_SCHEMES = ("imagefolder:", "npz:")

@@ -69,9 +69,9 @@ def mean_and_variance(theta0: torch.Tensor, fisher: torch.Tensor, *, num_classes
 
 
 @register_method("fisher_forgetting", FisherForgettingHparams, presets={
-    "backdoor": Preset({"max_samples": 1000}, doc=(
-        "the backdoor study's CPU budget (MNIST seed 0, 10,000 images, cnn-small): the "
-        "Fisher over a seeded 1,000 of the retain images, not all of them")),
+    "backdoor": Preset({"max_samples": None}, doc=(
+        "as the original runs it (Golatkar et al. 2020): the Fisher over the whole retain "
+        "set, so that the request's absence from it is all that differs between requests")),
 })
 def fisher_forgetting(model, data, hp, ctx):
     g = noise_generator(ctx.seed)
