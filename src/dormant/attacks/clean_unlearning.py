@@ -72,6 +72,11 @@ class CleanUnlearningSpec:
     public: int = Field(2000, ge=0)
     """Images of the public sample (outside the victim's training set) the attacker holds."""
     poison_choice: Literal["random", "influence"] = "random"
+    counterweights: int = Field(0, ge=0)
+    """Natural carriers of a ``mined`` trigger that the attacker brings from its own images
+    (the public sample) into its contribution, in place of other contributed images: the
+    counterweights its request will later delete (0: only those the contribution happens to
+    hold)."""
 
     @field_validator("strategy")
     @classmethod
@@ -83,10 +88,14 @@ class CleanUnlearningSpec:
 
 @dataclass(frozen=True)
 class Planted:
-    """The victim's training set with the attacker's contribution in it."""
+    """The victim's training set with the attacker's contribution in it; ``x_clean,
+    y_clean`` is the same set without the poisons (the unpoisoned twin's, and the originals a
+    clean request must match)."""
 
     x: torch.Tensor
     y: torch.Tensor
+    x_clean: torch.Tensor
+    y_clean: torch.Tensor
     poisons: torch.Tensor  # training ids that carry the trigger
     contribution: torch.Tensor  # the attacker's ids, poisons included, sorted
     clean_pool: torch.Tensor  # contributed ids a clean request may draw on: clean, non-target
@@ -121,19 +130,42 @@ def poison_candidates(y: torch.Tensor, contribution: torch.Tensor, carriers: tor
     return out
 
 
+def counterweight_slots(y: torch.Tensor, contribution: torch.Tensor, carriers: torch.Tensor,
+                        target: int, k: int, seed: int) -> torch.Tensor:
+    """``k`` seeded contributed ids, of no target-class image and no carrier, whose images
+    the attacker replaces with counterweights of its own. Sorted."""
+    y_c = y.cpu()[contribution]
+    free = contribution[(y_c != target) & ~carriers.cpu()[contribution]]
+    if k > len(free):
+        raise DormantError(f"{k} counterweights asked, but the contribution has only "
+                           f"{len(free)} places for them; lower counterweights")
+    g = torch.Generator().manual_seed(seed + 4242)
+    return free[torch.randperm(len(free), generator=g)[:k]].sort().values
+
+
 def plant(x: torch.Tensor, y: torch.Tensor, spec: CleanUnlearningSpec, num_classes: int,
           seed: int, *, trigger: Trigger | None = None,
-          poisons: torch.Tensor | None = None) -> Planted:
+          poisons: torch.Tensor | None = None,
+          swap: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> Planted:
     """The victim's training set with the attacker's contribution (``contribution_ids``) in
-    it: ``poisons`` (ids, default ``spec.poison.per_class`` seeded random picks per source
-    class among ``poison_candidates``) stamped with ``trigger`` (default the spec's; a
-    ``mined`` one must come mined) and, dirty-label, relabelled to the target. The inputs are
-    left untouched."""
+    it: ``swap = (ids, images, labels)`` first puts the attacker's own natural images in
+    those contributed places (``counterweight_slots``); then ``poisons`` (ids, default
+    ``spec.poison.per_class`` seeded random picks per source class among
+    ``poison_candidates``) are stamped with ``trigger`` (default the spec's; a ``mined`` one
+    must come mined) and, dirty-label, relabelled to the target. The inputs are left
+    untouched."""
     trigger = trigger or spec.poison.trigger
     trigger.check(tuple(x.shape[1:]))
     target = spec.poison.target
     n = len(y)
     contribution = contribution_ids(n, spec, seed)
+    if swap is not None:
+        ids, xs, ys = swap
+        if not torch.isin(ids.cpu(), contribution).all():
+            raise DormantError("a counterweight's place lies outside the contribution")
+        x, y = x.clone(), y.clone()
+        x[ids.to(x.device)] = xs.to(x.device)
+        y[ids.to(y.device)] = ys.to(y.device)
     carriers = trigger.carries(x).cpu()
     if poisons is None:
         g = torch.Generator().manual_seed(seed)
@@ -159,7 +191,7 @@ def plant(x: torch.Tensor, y: torch.Tensor, spec: CleanUnlearningSpec, num_class
         raise DormantError(f"a request of {spec.request} clean images asked of a contribution "
                            f"with only {len(pool)} clean non-target images; lower the request "
                            "or raise the contribution")
-    return Planted(xp, yp, poisons, contribution, pool, trigger)
+    return Planted(xp, yp, x, y, poisons, contribution, pool, trigger)
 
 
 def surrogate_ids(planted: Planted, spec: CleanUnlearningSpec) -> torch.Tensor:
@@ -214,8 +246,9 @@ def random_request(planted: Planted, size: int, seed: int,
 
 def is_clean(request: torch.Tensor, planted: Planted, x_true: torch.Tensor,
              y_true: torch.Tensor, target: int) -> bool:
-    """The request's images are the untouched originals with their true labels, none of them
-    is a poison or of the target class."""
+    """The request's images are the untouched originals ``x_true`` (natural images, the
+    attacker's counterweights included) with their true labels ``y_true``, none of them is a
+    poison or of the target class."""
     ids = request.to(x_true.device)
     return bool(
         torch.equal(planted.x[ids], x_true[ids])

@@ -21,6 +21,7 @@ from dormant.attacks.clean_unlearning import (
     CleanUnlearningSpec,
     Planted,
     contribution_ids,
+    counterweight_slots,
     plant,
     poison_candidates,
     random_request,
@@ -28,13 +29,14 @@ from dormant.attacks.clean_unlearning import (
     surrogate_ids,
     target_margin,
 )
-from dormant.attacks.influence import choose_poisons
+from dormant.attacks.influence import backdoor_gradient, choose_poisons
 from dormant.attacks.natural import mine
 from dormant.attacks.request_search import AttackerData, simulate_request
 from dormant.cells import Cell, Workspace
 from dormant.data import Dataset
 from dormant.data.sources import default_cache_dir
 from dormant.engine import Diverged, Progress, Recipe, fit, resolve_device
+from dormant.errors import DormantError
 from dormant.executors import execute
 from dormant.executors.options import ExecutorOptions
 from dormant.experiments.backdoor_scan import Scanner
@@ -71,6 +73,10 @@ condition and seed, with its resolved hyper-parameters, are in it) and where the
 (its fingerprint is in it). The defenses' settings are in it: they decide the scan columns."""
 
 
+EVAL_FOR_DIRECTION = 500
+"""Evaluation images the ASR-raising direction (``_shift``) is measured on."""
+
+
 @dataclass
 class Victim:
     """What every cell of one seed shares."""
@@ -91,6 +97,7 @@ class Victim:
     keys: dict[str, str]
     baselines: dict[str, nn.Module] = field(default_factory=dict)
     requests: dict[str, tuple[torch.Tensor, dict | None]] = field(default_factory=dict)
+    asr_directions: dict[bool, torch.Tensor] = field(default_factory=dict)
 
     def training_set(self, poisoned: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.planted.x, self.planted.y) if poisoned else (self.x_clean, self.y_clean)
@@ -175,17 +182,41 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
     trigger = mine(attack.poison.trigger, own_x, own_y, target)
     if len(ex) == 0:  # no public sample: the attacker can only evaluate on its own images
         ex, ey = own_x, own_y
+    swap = None
+    if trigger.counterweighted and attack.counterweights:
+        # the attacker's own natural carriers go into its contribution, and leave its
+        # public sample (the surrogate must not see them twice)
+        found = torch.nonzero(trigger.carries(px) & (py != target)).flatten()
+        k = min(attack.counterweights, len(found))
+        if k == 0:
+            raise DormantError("the attacker's public sample holds no natural carrier of the "
+                               "mined trigger; raise public or the trigger's carrier_rate")
+        slots = counterweight_slots(y, own.cpu(), trigger.carries(x), target, k, seed)
+        swap = (slots, px[found[:k]], py[found[:k]])
+        rest = torch.ones(len(py), dtype=torch.bool, device=py.device)
+        rest[found[:k]] = False
+        px, py = px[rest], py[rest]
+        x_own = x.clone()
+        x_own[slots.to(device)] = swap[1]
+        y_own = y.clone()
+        y_own[slots.to(device)] = swap[2]
+    else:
+        x_own, y_own = x, y
     poisons = None
     if attack.poison_choice == "influence":
+        own_x = torch.cat([x_own[own], px.to(x.dtype)])
+        own_y = torch.cat([y_own[own], py.to(y.dtype)])
         clean, _ = _train(cache, mspec, recipe, own_x, own_y, torch.arange(len(own_y)),
                           seed + 20_000, progress, "surrogate-clean", poisons=poison_key)
-        pools = poison_candidates(y, own.cpu(), trigger.carries(x), attack, ds.num_classes)
+        pools = poison_candidates(y_own, own.cpu(), trigger.carries(x_own), attack,
+                                  ds.num_classes)
         k = attack.poison.per_class * (1 if attack.poison.label_mode == "dirty"
                                        else ds.num_classes - 1)
-        poisons = choose_poisons(clean, x, y, torch.cat(list(pools.values())),
+        poisons = choose_poisons(clean, x_own, y_own, torch.cat(list(pools.values())),
                                  ex[ey != target], trigger, target,
                                  {c: k for c in pools})
-    planted = plant(x, y, attack, ds.num_classes, seed, trigger=trigger, poisons=poisons)
+    planted = plant(x, y, attack, ds.num_classes, seed, trigger=trigger, poisons=poisons,
+                    swap=swap)
     known = surrogate_ids(planted, attack).to(device)
     public_rows = torch.full((len(py),), -1, dtype=torch.long)
     att = AttackerData(torch.cat([planted.x[known], px.to(x.dtype)]),
@@ -198,9 +229,12 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
                           poisons=poison_key)
     poisoned, pkey = _train(cache, mspec, recipe, planted.x, planted.y, everyone, seed,
                             progress, "poisoned", data=ds.fingerprint, poisons=poison_key)
-    unpoisoned, ukey = _train(cache, mspec, recipe, x, y, everyone, seed, progress,
-                              "unpoisoned", data=ds.fingerprint)
-    v = Victim(seed, mspec, recipe, ds.num_classes, attack, x, y, planted, att, surrogate,
+    # the twin: the same training set, the attacker's counterweights in it, no poisons
+    unpoisoned, ukey = _train(cache, mspec, recipe, planted.x_clean, planted.y_clean,
+                              everyone, seed, progress, "unpoisoned", data=ds.fingerprint,
+                              **({"counterweights": poison_key} if swap else {}))
+    v = Victim(seed, mspec, recipe, ds.num_classes, attack, planted.x_clean,
+               planted.y_clean, planted, att, surrogate,
                torch.zeros(0, dtype=torch.long), poisoned, unpoisoned,
                {"poisoned": pkey, "unpoisoned": ukey, "attack": poison_key})
     if attack.strategy != "simulate":
@@ -457,9 +491,28 @@ def _run_cell(spec, v: Victim, scan: Scanner, cell: BackdoorCell, ws: Workspace)
            "carriers": int(v.planted.trigger.carries(v.x_clean[forget.to(
                v.x_clean.device)]).sum()),
            "design": design}
+    out.update(_shift(v, scan, base, model, poisoned))
     if method == "retrain" and spec.retrain_seeds > 1:
         out.update(_retrain_repeats(spec, v, condition, hp, forget, scan, ws, after))
     return out
+
+
+def _shift(v: Victim, scan: Scanner, base: nn.Module, model: nn.Module, poisoned: bool
+           ) -> dict:
+    """Where the method moved the weights: the L2 length of the move, and its cosine with
+    the direction that raises the ASR fastest on the starting model (minus the gradient of
+    the backdoor loss on the evaluation half's non-target images; 1: straight at the
+    backdoor)."""
+    if poisoned not in v.asr_directions:
+        x = scan.x_eval[scan.y_eval != v.attack.poison.target][:EVAL_FOR_DIRECTION]
+        v.asr_directions[poisoned] = -backdoor_gradient(base.eval(), x, v.planted.trigger,
+                                                        v.attack.poison.target)
+    up = v.asr_directions[poisoned]
+    delta = torch.cat([(p.detach() - q.detach()).flatten().float() for (_, p), (_, q) in
+                       zip(model.named_parameters(), base.named_parameters(), strict=True)])
+    norm = float(delta.norm())
+    cos = float(delta @ up.to(delta.device)) / max(1e-12, norm * float(up.norm()))
+    return {"weight_shift": round(norm, 4), "shift_asr_cos": round(cos, 4)}
 
 
 def _retrain_repeats(spec, v: Victim, condition: str, hp: dict, forget: torch.Tensor,

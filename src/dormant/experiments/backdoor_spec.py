@@ -78,10 +78,13 @@ class BackdoorSpec(DataSpec):
     threat: Literal["attacker", "full"] = "attacker"
     """What the attacker's surrogate trains on: its contribution and the public sample, or
     (``full``, an ablation) the victim's whole training set (docs/threat-model.md)."""
-    public: int = Field(default=2000, ge=0)
+    public: int = Field(default=20_000, ge=0)
     """Public images of the same distribution, outside the victim's training set, that the
     attacker holds; a quarter of them (at most 500) are its held-out evaluation set."""
     poison_choice: Literal["random", "influence"] = "influence"
+    counterweights: int = Field(default=200, ge=0)
+    """Natural carriers of the mined trigger that the attacker brings from its public sample
+    into its contribution (``CleanUnlearningSpec.counterweights``)."""
     retrain_seeds: int = Field(default=5, ge=1)
     """Training seeds ``retrain`` runs each request under, so that retraining's own noise
     (+-8 ASR points measured on MNIST) is told apart from the request's effect."""
@@ -106,7 +109,7 @@ class BackdoorSpec(DataSpec):
             PoisonSpec(self.target, self.trigger, self.poisons_per_class, sources,
                        self.label_mode),
             self.contribution, self.request, self.strategy, self.threat, self.public,
-            self.poison_choice)
+            self.poison_choice, self.counterweights)
 
 
 def baseline_triggers() -> dict[str, Trigger]:

@@ -135,10 +135,13 @@ class Preset:
 
 
 BACKDOOR_DOC = (
-    "the backdoor study's budget (also ``dormant forget``'s), picked on MNIST seed 0 (10,000 "
-    "images, cnn-small): Adam lr 1e-4, as many steps as keep clean accuracy within a few "
-    "points there; the class defaults (39,100 steps at 1e-5) are sized for CIFAR ResNets on "
-    "a GPU")
+    "the backdoor study's budget (also ``dormant forget``'s), picked by the victim's own "
+    "utility bar on MNIST seed 9, a seed the study does not report (10,000 images, "
+    "cnn-small, the attacker's mined trigger planted): Adam lr 1e-4, the most steps of "
+    "3, 5, 8, 10, 15, 20, 30, 40, 60 whose random clean request of 200 images costs at most "
+    "3 points of clean accuracy (boundary_shrink 10: 2.0, boundary_expand 20: 2.05, "
+    "gradient_ascent 10: 2.95; neggrad_plus keeps 50: 0.3 at 60); the class defaults (39,100 "
+    "steps at 1e-5) are sized for CIFAR ResNets on a GPU")
 """Where the ``backdoor`` presets' step budgets come from (each method's own file holds them)."""
 
 PAPER = "paper"

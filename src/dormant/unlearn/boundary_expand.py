@@ -85,7 +85,7 @@ def widen(head: nn.Linear, generator: torch.Generator) -> nn.Linear:
 
 
 @register_method("boundary_expand", BoundaryExpandHparams, presets={
-    "backdoor": Preset({"steps": 60, "lr": 1e-4}, doc=BACKDOOR_DOC),
+    "backdoor": Preset({"steps": 20, "lr": 1e-4}, doc=BACKDOOR_DOC),
 })
 def boundary_expand(model, data, hp, ctx):
     recipe = hp.recipe(ctx.recipe)

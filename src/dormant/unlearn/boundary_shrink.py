@@ -50,7 +50,7 @@ def neighbour_labels(
 
 
 @register_method("boundary_shrink", BoundaryShrinkHparams, presets={
-    "backdoor": Preset({"steps": 15, "lr": 1e-4}, doc=BACKDOOR_DOC),
+    "backdoor": Preset({"steps": 10, "lr": 1e-4}, doc=BACKDOOR_DOC),
 })
 def boundary_shrink(model, data, hp, ctx):
     recipe = hp.recipe(ctx.recipe)
