@@ -1,5 +1,5 @@
-"""The backdoor study's report: results.csv, report.md, asr.png, nc_triggers.png,
-cd_masks.png and one self-contained report.html, from the rows of results.jsonl and the
+"""The backdoor study's report: results.csv, report.md, asr.png, asr_cost.png,
+nc_triggers.png, cd_masks.png and one self-contained report.html, from the rows of results.jsonl and the
 defense artefacts (safetensors) the study saved beside them."""
 
 from __future__ import annotations
@@ -12,23 +12,35 @@ import pandas as pd
 from safetensors.torch import load_file
 
 from dormant.defenses.registry import available_defenses, get_defense, span
+from dormant.report.backdoor_attack import (
+    cost_figure,
+    design_display,
+    mechanism_display,
+    retrain_display,
+)
 from dormant.report.figures import _placeholder, _save, plt
 from dormant.report.html import Block, to_html, to_markdown
 from dormant.report.tables import Table, fmt, normalize_row, ok_rows, plus_minus, write_csv
 from dormant.store.files import atomic_write_text
 
-CONDITIONS = ("attack", "random-clean", "unpoisoned", "none", "badnets", "blended")
+CONDITIONS = ("attack", "random-equal", "random-clean", "unpoisoned", "none", "badnets",
+              "blended")
 # done-when thresholds: an activated backdoor fires on most triggered inputs after the clean
 # deletion, far above its dormant rate, and the deletion leaves the model useful
 ASR_ACTIVE = 60.0
 ASR_RISE = 40.0
 CLEAN_DROP_MAX = 5.0
+# ... and the request, not unlearning as such, is the cause: the attack beats a random clean
+# request run with exactly its steps (random-equal) by this much, paired over seeds, and the
+# same request barely moves a model trained without the poisons
+BEATS_CONTROL = 20.0
+UNPOISONED_RISE_MAX = 5.0
 # positive controls (issue 11): each defense must catch the BadNets baseline the same run
 # trains and scans before its result on the clean-unlearning attack counts as evidence; each
 # registered defense brings its own rule, thresholds and table columns
 # (dormant.defenses.registry)
 NOT_EVIDENCE = "not evidence"
-ATTACK_CONDITIONS = ("attack", "random-clean", "unpoisoned", "none")
+ATTACK_CONDITIONS = ("attack", "random-equal", "random-clean", "unpoisoned", "none")
 
 BASE_METRICS = {
     "clean_acc_before": "clean before",
@@ -63,8 +75,9 @@ def numeric() -> list[str]:
     return [m for m in metrics() if m not in fl and m != "asr_delta"] + ["matched_drop"]
 
 
-PAIRED = {"diff": "ASR after: attack − random clean", "attack_drop": "attack forget drop",
-          "random_drop": "random-clean forget drop", "matched_drop": "random clean matched to"}
+PAIRED = {"diff": "ASR after: attack − random", "clean_diff": "clean drop: attack − random",
+          "attack_drop": "attack forget drop", "random_drop": "random forget drop",
+          "matched_drop": "random matched to"}
 MAX_CLASSES = 20
 CD_SHOWN = 4
 
@@ -163,36 +176,41 @@ def backdoor_display(df: pd.DataFrame, controls: dict | None = None) -> Table:
 
 
 def paired_table(rows: list[dict]) -> pd.DataFrame:
-    """Per method, over the seeds where both the attack and the random clean request have an
-    ASR: ``diff`` = asr_after(attack) − asr_after(random-clean), mean and std; the two
-    requests' forget-set drops (before − after) and the drop random-clean was matched to."""
+    """Per method and random control (``random-equal``: the attack's exact steps;
+    ``random-clean``: strength-matched), over the seeds where both the attack and that
+    control have an ASR: ``diff`` = asr_after(attack) − asr_after(control) and
+    ``clean_diff`` the same for the clean-accuracy drop, mean and std; the two requests'
+    forget-set drops (before − after) and the drop a matched control was matched to."""
     df = frame(ok_rows(rows))
-    columns = ["method", "n"] + [c for k in PAIRED for c in (k, f"{k}_std")]
+    columns = ["method", "control", "n"] + [c for k in PAIRED for c in (k, f"{k}_std")]
     lines = []
+    keys = ["asr_after", "clean_drop", "forget_drop", "matched_drop"]
     for m in method_order(ok_rows(rows)):
-        per = {}
-        for cond in ("attack", "random-clean"):
-            part = df[(df["method"] == m) & (df["condition"] == cond)]
-            per[cond] = (part.groupby("seed")[["asr_after", "forget_drop", "matched_drop"]]
-                         .mean().dropna(subset=["asr_after"]))
-        seeds = per["attack"].index.intersection(per["random-clean"].index)
-        if not len(seeds):
-            continue
-        a, r = per["attack"].loc[seeds], per["random-clean"].loc[seeds]
-        series = {"diff": a["asr_after"] - r["asr_after"], "attack_drop": a["forget_drop"],
-                  "random_drop": r["forget_drop"], "matched_drop": r["matched_drop"]}
-        line = {"method": m, "n": len(seeds)}
-        for k, s in series.items():
-            line[k], line[f"{k}_std"] = s.mean(), s.std()
-        lines.append(line)
+        for control in ("random-equal", "random-clean"):
+            per = {}
+            for cond in ("attack", control):
+                part = df[(df["method"] == m) & (df["condition"] == cond)]
+                per[cond] = part.groupby("seed")[keys].mean().dropna(subset=["asr_after"])
+            seeds = per["attack"].index.intersection(per[control].index)
+            if not len(seeds):
+                continue
+            a, r = per["attack"].loc[seeds], per[control].loc[seeds]
+            series = {"diff": a["asr_after"] - r["asr_after"],
+                      "clean_diff": a["clean_drop"] - r["clean_drop"],
+                      "attack_drop": a["forget_drop"], "random_drop": r["forget_drop"],
+                      "matched_drop": r["matched_drop"]}
+            line = {"method": m, "control": control, "n": len(seeds)}
+            for k, ser in series.items():
+                line[k], line[f"{k}_std"] = ser.mean(), ser.std()
+            lines.append(line)
     return pd.DataFrame(lines, columns=columns)
 
 
 def paired_display(df: pd.DataFrame) -> Table:
-    rows = [[str(r["method"]), str(r["n"]),
+    rows = [[str(r["method"]), str(r["control"]), str(r["n"]),
              *(plus_minus(r[k], r[f"{k}_std"], k) for k in PAIRED)]
             for r in df.to_dict("records")]
-    return Table(["method", "paired seeds", *PAIRED.values()], rows)
+    return Table(["method", "control", "paired seeds", *PAIRED.values()], rows)
 
 
 def _seed_controls(r: pd.Series) -> dict:
@@ -274,41 +292,55 @@ def backdoor_verdict(rows: list[dict]) -> dict:
     before any deletion (condition none; the attack rows' asr_before when there is no none
     row), ``dormant_flagged`` (hits, scanned) of its NC scans. Per method with attack rows:
     mean ASR after the attack, the rise over ``dormant_asr``, the mean clean-accuracy drop,
-    the random-clean ASR after and the unpoisoned model's ASR rise; ``activated`` when ASR
-    after >= ASR_ACTIVE, rise >= ASR_RISE and clean drop <= CLEAN_DROP_MAX."""
+    the random controls' ASR after, the paired attack − random-equal difference and the
+    unpoisoned model's ASR rise. ``activated`` when ASR after >= ASR_ACTIVE, rise >=
+    ASR_RISE and clean drop <= CLEAN_DROP_MAX; ``woken`` when, on top, the attack beats
+    random-equal by BEATS_CONTROL points paired over seeds and the unpoisoned twin rises by
+    at most UNPOISONED_RISE_MAX: the request, not unlearning as such, woke the backdoor."""
     ok = ok_rows(rows)
     df = frame(ok)
     none = df[df["condition"] == "none"]
     attack = df[df["condition"] == "attack"]
     dormant = _mean(none["asr_before"] if len(none) else attack["asr_before"])
     flags = none["nc_flag_before"].dropna()
+    paired = paired_table(rows)
     methods = {}
     for m in method_order([r for r in ok if r["condition"] == "attack"]):
         a = attack[attack["method"] == m]
         rc = df[(df["method"] == m) & (df["condition"] == "random-clean")]
+        re = df[(df["method"] == m) & (df["condition"] == "random-equal")]
         up = df[(df["method"] == m) & (df["condition"] == "unpoisoned")]
         after, drop = _mean(a["asr_after"]), _mean(a["clean_drop"])
         rise = None if after is None or dormant is None else after - dormant
+        pe = paired[(paired["method"] == m) & (paired["control"] == "random-equal")]
+        beats = float(pe["diff"].iloc[0]) if len(pe) else None
+        up_rise = _mean(up["asr_delta"])
+        activated = (after is not None and rise is not None and drop is not None
+                     and after >= ASR_ACTIVE and rise >= ASR_RISE and drop <= CLEAN_DROP_MAX)
         methods[m] = {
             "n": int(a["seed"].nunique()), "asr_before": dormant, "asr_after": after,
             "asr_rise": rise, "clean_drop": drop,
             "random_clean_asr_after": _mean(rc["asr_after"]),
-            "unpoisoned_asr_rise": _mean(up["asr_delta"]),
+            "random_equal_asr_after": _mean(re["asr_after"]),
+            "beats_random_equal": beats,
+            "unpoisoned_asr_rise": up_rise,
             "nc_flagged_after": (int(a["nc_flag_after"].sum()),
                                  int(a["nc_flag_after"].count())),
-            "activated": (after is not None and rise is not None and drop is not None
-                          and after >= ASR_ACTIVE and rise >= ASR_RISE
-                          and drop <= CLEAN_DROP_MAX),
+            "activated": activated,
+            "woken": (activated and beats is not None and beats >= BEATS_CONTROL
+                      and up_rise is not None and up_rise <= UNPOISONED_RISE_MAX),
         }
     activated = [m for m, v in methods.items() if v["activated"]]
+    woken = [m for m, v in methods.items() if v["woken"]]
     controls = positive_controls(rows)
     return {"dormant_asr": dormant, "dormant_flagged": (int(flags.sum()), len(flags)),
-            "methods": methods, "activated": activated, "shown": bool(activated),
-            "controls": controls,
+            "methods": methods, "activated": activated, "woken": woken,
+            "shown": bool(activated), "controls": controls,
             "evidence": [d for d, x in controls["defenses"].items() if x["evidence"]],
             "not_evidence": [d for d, x in controls["defenses"].items() if not x["evidence"]],
             "thresholds": {"asr_active": ASR_ACTIVE, "asr_rise": ASR_RISE,
-                           "clean_drop_max": CLEAN_DROP_MAX}}
+                           "clean_drop_max": CLEAN_DROP_MAX, "beats_control": BEATS_CONTROL,
+                           "unpoisoned_rise_max": UNPOISONED_RISE_MAX}}
 
 
 def verdict_text(v: dict) -> str:
@@ -325,9 +357,13 @@ def verdict_text(v: dict) -> str:
     parts = [f"{m} {fmt(x['asr_after'])}% (clean drop {fmt(x['clean_drop'])})"
              for m, x in v["methods"].items()]
     names = ", ".join(v["activated"]) or "none"
+    woken = ", ".join(v.get("woken", [])) or "none"
     return (text + "ASR after the clean deletion request: " + "; ".join(parts) + ". "
             f"Activated (ASR after >= {ASR_ACTIVE:g}%, >= {ASR_RISE:g} points above the "
             f"dormant ASR, clean drop <= {CLEAN_DROP_MAX:g} points): {names}. "
+            f"Woken by the request (activated, >= {BEATS_CONTROL:g} points above a random "
+            f"clean request run with the same steps, paired over seeds, and the unpoisoned "
+            f"twin rising <= {UNPOISONED_RISE_MAX:g}): {woken}. "
             f"Backdoor activation shown: {'yes' if v['shown'] else 'no'}.")
 
 
@@ -337,14 +373,15 @@ def verdict_display(v: dict) -> Table:
     for m, x in v["methods"].items():
         flagged = x["nc_flagged_after"]
         rows.append([m, str(x["n"]), fmt(x["asr_before"]), fmt(x["asr_after"]),
-                     fmt(x["asr_rise"]), fmt(x["clean_drop"]), fmt(x["random_clean_asr_after"]),
+                     fmt(x["asr_rise"]), fmt(x["clean_drop"]),
+                     fmt(x.get("random_equal_asr_after")), fmt(x.get("beats_random_equal")),
                      fmt(x["unpoisoned_asr_rise"]),
                      NOT_EVIDENCE if not nc_ok else
                      f"{flagged[0]}/{flagged[1]}" if flagged[1] else "-",
-                     "yes" if x["activated"] else "no"])
+                     "yes" if x["activated"] else "no", "yes" if x.get("woken") else "no"])
     return Table(["method", "seeds", "ASR dormant", "ASR after attack", "rise", "clean drop",
-                  "ASR after random clean", "unpoisoned ASR rise", "NC flagged after",
-                  "activated"], rows)
+                  "ASR after random-equal", "attack − random-equal", "unpoisoned ASR rise",
+                  "NC flagged after", "activated", "woken by the request"], rows)
 
 
 # ---- figures --------------------------------------------------------------------------------
@@ -541,13 +578,41 @@ def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
         Block("table", table=backdoor_display(backdoor_table(rows), controls)),
         Block("h2", "Attack vs random clean request"),
         Block("p", "Per seed, ASR after the attacker's clean request minus ASR after a random "
-                   "clean request of matched strength; mean ± std over the seeds that have "
-                   "both. Forget drops: forget accuracy before − after, in points."),
+                   "clean request from the same contribution: `random-equal` runs exactly the "
+                   "attack's steps and hyper-parameters, `random-clean` is matched to the "
+                   "attack's forget-accuracy drop; mean ± std over the seeds that have both. "
+                   "Forget drops: forget accuracy before − after, in points."),
     ]
     if paired.empty:
-        blocks.append(Block("p", "No seed has both an attack and a random-clean cell."))
+        blocks.append(Block("p", "No seed has both an attack and a random-control cell."))
     else:
         blocks.append(Block("table", table=paired_display(paired)))
+    blocks.append(Block("img", "ASR against clean-accuracy cost, attack against random "
+                               "request with the same steps", path=figs["cost"]))
+    design = design_display(rows)
+    if design.rows:
+        blocks += [
+            Block("h2", "How the requests were designed"),
+            Block("p", "`simulate`: on the attacker's surrogate, each candidate request was "
+                       "unlearned by the named method itself and the surrogate's ASR and "
+                       "clean accuracy measured on the attacker's held-out public images; "
+                       "the largest ASR rise at a clean cost of at most 5 points won. The "
+                       "Spearman column measures the first-order proxy against that real "
+                       "simulation over the candidates."),
+            Block("table", table=design)]
+    blocks += [
+        Block("h2", "Mechanism: what the request removed and where the weights moved"),
+        Block("p", "Natural carriers of the trigger in the request; the L2 length of the "
+                   "unlearning's weight move from the model it started on, and its cosine "
+                   "with the ASR-raising direction (minus the gradient of the backdoor loss on "
+                   "that model; 0: orthogonal, 1: straight at the backdoor)."),
+        Block("table", table=mechanism_display(rows))]
+    retrain = retrain_display(rows)
+    if retrain.rows:
+        blocks += [Block("h2", "Retraining noise"),
+                   Block("p", "Retrain runs each request under several training seeds; its "
+                              "ASR after is their mean."),
+                   Block("table", table=retrain)]
     blocks += [
         Block("h2", "Verdict"),
         Block("table", table=verdict_display(verdict)),
@@ -567,10 +632,10 @@ def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
 
 def write_backdoor_report(rows: list[dict], out: Path,
                           title: str = "Clean-unlearning backdoor study") -> dict:
-    """``results.csv``, ``report.md``, ``asr.png``, ``nc_triggers.png``, ``cd_masks.png`` and
-    the self-contained ``report.html`` in ``out`` (the study directory: artefact paths in the
-    rows are relative to it); returns their paths by kind (csv, md, html, asr, nc_triggers,
-    cd_masks). Missing artefacts give placeholder figures."""
+    """``results.csv``, ``report.md``, ``asr.png``, ``asr_cost.png``, ``nc_triggers.png``,
+    ``cd_masks.png`` and the self-contained ``report.html`` in ``out`` (the study directory:
+    artefact paths in the rows are relative to it); returns their paths by kind (csv, md,
+    html, asr, cost, nc_triggers, cd_masks). Missing artefacts give placeholder figures."""
     if not rows:
         raise ValueError("no results rows to report")
     out = Path(out)
@@ -578,6 +643,7 @@ def write_backdoor_report(rows: list[dict], out: Path,
                               "html": out / "report.html"}
     write_csv(rows, paths["csv"])
     figs = {"asr": asr_figure(rows, out / "asr.png"),
+            "cost": cost_figure(rows, out / "asr_cost.png"),
             "nc_triggers": nc_figure(rows, out, out / "nc_triggers.png"),
             "cd_masks": cd_figure(rows, out, out / "cd_masks.png")}
     blocks = _blocks(rows, title, figs)

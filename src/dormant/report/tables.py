@@ -332,7 +332,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 # 0-1 scores and anomaly indices of the backdoor study need more than one decimal
-_DECIMALS.update(cd_auroc_before=3, cd_auroc_after=3, nc_index_before=2, nc_index_after=2)
+_DECIMALS.update(cd_auroc_before=3, cd_auroc_after=3, nc_index_before=2, nc_index_after=2,
+                 weight_shift=3, shift_asr_cos=3)
 
 
 def plus_minus(mean, std, col: str = "") -> str:
