@@ -12,7 +12,7 @@ import yaml
 from dormant.attacks.clean_unlearning import is_clean
 from dormant.cli import main
 from dormant.experiments import BackdoorSpec
-from dormant.experiments.backdoor import check_spec, prepare_victim
+from dormant.experiments.backdoor import check_spec, prepare_victim, request_for
 from dormant.experiments.prepare import load_study_data
 from dormant.metrics import auroc
 from dormant.store import ModelCache
@@ -30,7 +30,8 @@ STUDY = {
     "seeds": [0], "methods": ["retrain", "bad_teacher", "boundary_shrink"],
     "conditions": ["attack", "random-clean", "unpoisoned", "none", "badnets"],
     "trigger": {"kind": "noise", "amplitude": 0.1}, "poisons_per_class": 2, "request": 30,
-    "contribution": 0.3,
+    "contribution": 0.3, "strategy": "margin", "public": 0, "poison_choice": "random",
+    "retrain_seeds": 1,
     "hparams": {"bad_teacher": {"steps": 30, "lr": 1e-3},
                 "boundary_shrink": {"steps": 10, "lr": 1e-3}},
     "defenses": {"nc": {"epochs": 5}, "cd": {"steps": 20, "images": 60}, "ibau": {"rounds": 1},
@@ -85,11 +86,11 @@ def test_study_rows_matching_and_resume(study, monkeypatch, capsys):
     assert by["retrain", "attack"]["forget_acc_after"] < by["retrain", "attack"][
         "forget_acc_before"]
     out = study[2]
-    for name in ("report.html", "report.md", "results.csv", "asr.png", "nc_triggers.png",
-                 "cd_masks.png"):
+    for name in ("report.html", "report.md", "results.csv", "asr.png", "asr_cost.png",
+                 "nc_triggers.png", "cd_masks.png"):
         assert (out / name).is_file(), name
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 4
     assert (out / by["none", "none"]["artefact_before"]).is_file()
     assert "Activated" in capsys.readouterr().out
     # a rerun finds every cell done and adds nothing
@@ -104,12 +105,14 @@ def test_the_studys_requests_are_clean(study, monkeypatch, digits):
     spec = BackdoorSpec(**STUDY)
     ds = load_study_data(spec, cache)
     attack = check_spec(spec, ds)
-    v = prepare_victim(spec, attack, ds, 0, ModelCache(cache), None)
-    for ids in (v.request, v.control):
+    v = prepare_victim(spec, attack, ds, 0, ModelCache(cache), None, cache)
+    request, design = request_for(v, "bad_teacher", {}, ModelCache(cache), None)
+    assert design is None  # margin: one request for every method, no search
+    for ids in (request, v.control):
         assert len(ids) == 30
         assert is_clean(ids, v.planted, ds.x_train, ds.y_train, target=0)
         assert torch.isin(ids, v.planted.contribution).all()
-    assert not torch.isin(v.request, v.control).any()
+    assert not torch.isin(request, v.control).any()
 
 
 def test_auroc_is_the_mann_whitney_statistic():

@@ -98,6 +98,7 @@ class Victim:
     baselines: dict[str, nn.Module] = field(default_factory=dict)
     requests: dict[str, tuple[torch.Tensor, dict | None]] = field(default_factory=dict)
     asr_directions: dict[bool, torch.Tensor] = field(default_factory=dict)
+    counterweights: int = 0  # natural carriers the attacker brought into its contribution
 
     def training_set(self, poisoned: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.planted.x, self.planted.y) if poisoned else (self.x_clean, self.y_clean)
@@ -154,13 +155,14 @@ def _train(cache: ModelCache, mspec: ModelSpec, recipe: Recipe, x, y, ids, seed:
     return model, key
 
 
-def _public(spec: BackdoorSpec, attack: CleanUnlearningSpec, cache_dir: Path, seed: int,
-            device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _public(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset, cache_dir: Path,
+            seed: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The attacker's public sample, split into its training part and its held-out part
-    (a quarter, at most 500 images)."""
-    if attack.threat == "full" or attack.public == 0:
-        empty = torch.zeros(0, dtype=torch.long)
-        return empty, empty, empty, empty
+    (a quarter, at most 500 images); empty when it holds none."""
+    if attack.public == 0:
+        x = torch.zeros((0, *ds.image_shape), dtype=torch.uint8, device=device)
+        y = torch.zeros(0, dtype=torch.long, device=device)
+        return x, y, x, y
     x, y, _ = public_sample(spec, cache_dir, attack.public, seed)
     n_eval = min(500, attack.public // 4)
     x, y = x.to(device), y.to(device)
@@ -177,7 +179,7 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
     target = attack.poison.target
     poison_key = cache_key(data=ds.fingerprint, attack=repr(attack), seed=seed)
     own = contribution_ids(len(y), attack, seed).to(device)
-    px, py, ex, ey = _public(spec, attack, cache_dir, seed, device)
+    px, py, ex, ey = _public(spec, attack, ds, cache_dir, seed, device)
     own_x, own_y = torch.cat([x[own], px.to(x.dtype)]), torch.cat([y[own], py.to(y.dtype)])
     trigger = mine(attack.poison.trigger, own_x, own_y, target)
     if len(ex) == 0:  # no public sample: the attacker can only evaluate on its own images
@@ -218,6 +220,8 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
     planted = plant(x, y, attack, ds.num_classes, seed, trigger=trigger, poisons=poisons,
                     swap=swap)
     known = surrogate_ids(planted, attack).to(device)
+    if attack.threat == "full":  # the ablation: the victim's whole set, nothing else
+        px, py = px[:0], py[:0]
     public_rows = torch.full((len(py),), -1, dtype=torch.long)
     att = AttackerData(torch.cat([planted.x[known], px.to(x.dtype)]),
                        torch.cat([planted.y[known], py.to(y.dtype)]),
@@ -236,7 +240,8 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
     v = Victim(seed, mspec, recipe, ds.num_classes, attack, planted.x_clean,
                planted.y_clean, planted, att, surrogate,
                torch.zeros(0, dtype=torch.long), poisoned, unpoisoned,
-               {"poisoned": pkey, "unpoisoned": ukey, "attack": poison_key})
+               {"poisoned": pkey, "unpoisoned": ukey, "attack": poison_key},
+               counterweights=0 if swap is None else len(swap[0]))
     if attack.strategy != "simulate":
         request = select_request(surrogate, planted, attack, seed)
         v.requests[""] = (request, None)
@@ -364,6 +369,7 @@ class BackdoorCell(Cell):
         trigger = v.planted.trigger
         base = {**self._coords(), "poisons": len(v.planted.poisons),
                 "threat": v.attack.threat, "poison_choice": v.attack.poison_choice,
+                "counterweights": v.counterweights,
                 "trigger_row": trigger.row, "trigger_col": trigger.col}
         t0 = time.perf_counter()
         try:

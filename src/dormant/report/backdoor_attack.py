@@ -37,6 +37,8 @@ def cost_figure(rows: list[dict], path: Path) -> Path:
                     color=color, alpha=0.35, linewidth=1)
         for c, (marker, _) in SHOWN.items():
             p = pts[c]
+            if not len(p):
+                continue
             ax.scatter(p["clean_drop"], p["asr_after"], color=color, marker=marker, s=36,
                        label=f"{m} {c}" if seed == df["seed"].min() else None)
     dormant = df[df["condition"] == "attack"]["asr_before"].mean()
