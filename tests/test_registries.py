@@ -79,9 +79,10 @@ def _tiny_study(tmp_path, defenses: dict):
     ds = SimpleNamespace(x_test=torch.randint(0, 256, (60, 1, 4, 4), dtype=torch.uint8,
                                               generator=g),
                          y_test=torch.arange(60) % 2)
-    victim = SimpleNamespace(x_clean=ds.x_test, seed=0, num_classes=2)
     spec = BackdoorSpec(trigger={"kind": "patch", "size": 2, "amplitude": 1.0},
                         defenses={"defense_size": 20, **defenses})
+    victim = SimpleNamespace(x_clean=ds.x_test, seed=0, num_classes=2,
+                             planted=SimpleNamespace(trigger=spec.trigger))
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     return Scanner(spec, ds, victim, tmp_path, None), model
 

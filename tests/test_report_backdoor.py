@@ -201,16 +201,18 @@ def test_report_is_self_contained_and_draws_the_artefacts(rows, tmp_path):
     assert [s[0] for s in cd_sources(rows, tmp_path)] == ["poisoned, before",
                                                           "bad_teacher, after attack"]
     paths = write_backdoor_report(rows, tmp_path, "Synthetic backdoor study")
-    assert set(paths) == {"csv", "md", "html", "asr", "nc_triggers", "cd_masks"}
+    assert set(paths) == {"csv", "md", "html", "asr", "cost", "nc_triggers", "cd_masks"}
     for key, path in paths.items():
         assert path.is_file() and path.stat().st_size > 0, key
     assert [p.name for p in paths.values()] == ["results.csv", "report.md", "report.html",
-                                                "asr.png", "nc_triggers.png", "cd_masks.png"]
+                                                "asr.png", "asr_cost.png", "nc_triggers.png",
+                                                "cd_masks.png"]
     page = paths["html"].read_text()
     assert 'src="http' not in page and "<script" not in page and "<link" not in page
     pngs = _pngs(page)
-    assert page.count("data:image/png;base64,") == len(pngs) == 3
-    assert pngs == [paths[k].read_bytes() for k in ("asr", "nc_triggers", "cd_masks")]
+    assert page.count("data:image/png;base64,") == len(pngs) == 4
+    # the cost figure sits with the attack-vs-random table, the others under Figures
+    assert pngs == [paths[k].read_bytes() for k in ("cost", "asr", "nc_triggers", "cd_masks")]
     assert "85.0 ± 7.1" in page and "Diverged: loss became nan" in page
     md = paths["md"].read_text()
     assert "Backdoor activation shown: yes" in md and "![" in md
@@ -230,4 +232,4 @@ def test_missing_artefacts_give_placeholders(rows, tmp_path):
     cd = _placeholder(tmp_path / "ref_cd.png", "no Cognitive Distillation artefacts found")
     assert paths["nc_triggers"].read_bytes() == nc.read_bytes()
     assert paths["cd_masks"].read_bytes() == cd.read_bytes()
-    assert len(_pngs(paths["html"].read_text())) == 3
+    assert len(_pngs(paths["html"].read_text())) == 4

@@ -78,6 +78,7 @@ HELP = {
     "threat": "attacker: the surrogate knows only the attacker's contribution and a public "
               "sample; full: the whole training set (an ablation)",
     "public": "public images (outside the victim's training set) the attacker holds",
+    "surrogate_public": "public images the attacker's surrogate trains on",
     "poison_choice": "random poisons, or the influence-chosen ones",
     "retrain_seeds": "training seeds retrain runs each request under",
     "match_budget": "times the attack's steps the matched random control may run",

@@ -72,6 +72,10 @@ class CleanUnlearningSpec:
     public: int = Field(2000, ge=0)
     """Images of the public sample (outside the victim's training set) the attacker holds."""
     poison_choice: Literal["random", "influence"] = "random"
+    surrogate_public: int = Field(2000, ge=0)
+    """Public images the surrogate trains on beside the contribution; the rest of the public
+    sample only supplies counterweights (a surrogate on 20,000 public images made each Fisher
+    simulation cost minutes on a CPU)."""
     counterweights: int = Field(0, ge=0)
     """Natural carriers of a ``mined`` trigger that the attacker brings from its own images
     (the public sample) into its contribution, in place of other contributed images: the

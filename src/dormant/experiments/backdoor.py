@@ -116,9 +116,15 @@ def study_recipe(spec: BackdoorSpec, ds: Dataset) -> tuple[ModelSpec, Recipe]:
             spec.recipe(profile.train))
 
 
-def check_spec(spec: BackdoorSpec, ds: Dataset) -> CleanUnlearningSpec:
-    """Everything that can be wrong, refused before any training starts."""
+def check_spec(spec: BackdoorSpec, ds: Dataset, cache_dir: Path | None = None
+               ) -> CleanUnlearningSpec:
+    """Everything that can be wrong, refused before any training starts (the public sample's
+    size against the images the dataset holds outside the victim's set, read through
+    ``cache_dir``)."""
     attack = spec.attack()
+    if attack.public:
+        public_sample(spec, Path(cache_dir) if cache_dir else default_cache_dir(),
+                      attack.public, spec.seeds[0])
     attack.poison.trigger.check(ds.image_shape)
     attack.poison.source_classes(ds.num_classes)
     for t in baseline_triggers().values():
@@ -222,6 +228,7 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
     known = surrogate_ids(planted, attack).to(device)
     if attack.threat == "full":  # the ablation: the victim's whole set, nothing else
         px, py = px[:0], py[:0]
+    px, py = px[: attack.surrogate_public], py[: attack.surrogate_public]
     public_rows = torch.full((len(py),), -1, dtype=torch.long)
     att = AttackerData(torch.cat([planted.x[known], px.to(x.dtype)]),
                        torch.cat([planted.y[known], py.to(y.dtype)]),
@@ -394,11 +401,12 @@ def _victim(ws: Workspace, spec: BackdoorSpec, seed: int) -> tuple[Victim, Scann
     return ws.remember(("victim", cache_key(spec=spec.model_dump()), seed), make)
 
 
-def backdoor_cells(spec: BackdoorSpec, ds: Dataset) -> list[BackdoorCell]:
+def backdoor_cells(spec: BackdoorSpec, ds: Dataset, cache_dir: Path | None = None
+                   ) -> list[BackdoorCell]:
     """Every (method, condition, seed) as a cell, after every check. The attack condition
     comes first: the strength-matched control needs its unlearned model (which it builds
     itself, through the cache, if it gets there first)."""
-    check_spec(spec, ds)
+    check_spec(spec, ds, cache_dir)
     mspec, _ = study_recipe(spec, ds)
     cell_spec = absolute_paths(spec)  # workers elsewhere must find the same files
     order = {"attack": 0}
@@ -427,7 +435,7 @@ def run_backdoor(
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     log = ResultsLog(out, on_row)
     ds = load_study_data(spec, cache_dir)
-    cells = backdoor_cells(spec, ds)
+    cells = backdoor_cells(spec, ds, cache_dir)
     with driver_lock(out):
         execute(cells, log, cache_dir, out, executor or ExecutorOptions(), progress)
     return log.read()

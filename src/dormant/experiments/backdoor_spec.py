@@ -82,6 +82,9 @@ class BackdoorSpec(DataSpec):
     """Public images of the same distribution, outside the victim's training set, that the
     attacker holds; a quarter of them (at most 500) are its held-out evaluation set."""
     poison_choice: Literal["random", "influence"] = "influence"
+    surrogate_public: int = Field(default=2000, ge=0)
+    """Public images the surrogate trains on beside the contribution
+    (``CleanUnlearningSpec.surrogate_public``)."""
     counterweights: int = Field(default=200, ge=0)
     """Natural carriers of the mined trigger that the attacker brings from its public sample
     into its contribution (``CleanUnlearningSpec.counterweights``)."""
@@ -109,7 +112,7 @@ class BackdoorSpec(DataSpec):
             PoisonSpec(self.target, self.trigger, self.poisons_per_class, sources,
                        self.label_mode),
             self.contribution, self.request, self.strategy, self.threat, self.public,
-            self.poison_choice, self.counterweights)
+            self.poison_choice, self.surrogate_public, self.counterweights)
 
 
 def baseline_triggers() -> dict[str, Trigger]:
