@@ -63,7 +63,7 @@ def main() -> None:
         search = time.perf_counter() - t0
         forget = found.ids.to(planted.x.device)
         keep = torch.ones(len(planted.y), dtype=torch.bool)
-        keep[forget] = False
+        keep[forget.cpu()] = False
         data = UnlearnData(planted.x, planted.y, forget, torch.nonzero(keep).flatten(), forget,
                            v.num_classes)
         ctx = UnlearnContext(v.recipe, lambda s=None: create_model(

@@ -130,7 +130,7 @@ def test_no_badnets_rows_means_no_evidence(rows, tmp_path):
     assert v["evidence"] == []
     # NC's own columns and the verdict's say so too
     line = verdict_display(v).rows[0]
-    assert line[-2] == NOT_EVIDENCE
+    assert line[-3] == NOT_EVIDENCE  # then "activated" and "woken by the request"
     assert f"Neural Cleanse flagged the target in 0/3 seeds ({NOT_EVIDENCE})" in verdict_text(v)
     md = write_backdoor_report(rows, tmp_path)["md"].read_text()
     # the report opens with the control table

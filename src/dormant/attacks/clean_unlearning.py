@@ -21,8 +21,9 @@ surrogate trains on the victim's whole training set.
 
 Controls:
 - a random clean, non-target subset of the same contribution, of the same size
-  (``random_request``); the study unlearns it until its accuracy drops as much as the attack
-  request's did (strength matching);
+  (``random_request``); the study unlearns it with exactly the attack's values
+  (``random-equal``), and until its accuracy drops as much as the attack request's did
+  (``random-clean``, strength matching);
 - the same request on a model trained without poisons (the study's ``unpoisoned``).
 """
 
@@ -77,10 +78,11 @@ class CleanUnlearningSpec:
     sample only supplies counterweights (a surrogate on 20,000 public images made each Fisher
     simulation cost minutes on a CPU)."""
     counterweights: int = Field(0, ge=0)
-    """Natural carriers of a ``mined`` trigger that the attacker brings from its own images
-    (the public sample) into its contribution, in place of other contributed images: the
-    counterweights its request will later delete (0: only those the contribution happens to
-    hold)."""
+    """The most natural carriers of a ``mined`` trigger that the attacker brings from its
+    own images (the public sample) into its contribution, in place of other contributed
+    images: the counterweights its request will later delete (0: only those the contribution
+    happens to hold). Fewer when the public sample holds fewer; the study's rows say how
+    many (``counterweights``)."""
 
     @field_validator("strategy")
     @classmethod
@@ -106,6 +108,19 @@ class Planted:
     trigger: Trigger  # the trigger as planted (a mined one with its location)
 
 
+def attacker_seed(seed: int) -> int:
+    """The seed of everything the attacker draws or trains in study seed ``seed``: it never
+    knows the victim's."""
+    return seed + 10_000
+
+
+def poisons_per_pool(spec: CleanUnlearningSpec, num_classes: int) -> int:
+    """Poisons taken from each pool of ``poison_candidates``: ``per_class`` of each source
+    class (dirty label), or ``per_class`` x #sources of the target class (clean label)."""
+    p = spec.poison
+    return p.per_class * (1 if p.label_mode == "dirty" else len(p.source_classes(num_classes)))
+
+
 def contribution_ids(n: int, spec: CleanUnlearningSpec, seed: int) -> torch.Tensor:
     """The attacker's training ids: a seeded ``spec.contribution`` share of ``n``, sorted."""
     g = torch.Generator().manual_seed(seed)
@@ -120,7 +135,7 @@ def poison_candidates(y: torch.Tensor, contribution: torch.Tensor, carriers: tor
     y_c = y.cpu()[contribution]
     usable = contribution[~carriers.cpu()[contribution]]
     classes = (p.source_classes(num_classes) if p.label_mode == "dirty" else [p.target])
-    need = p.per_class * (1 if p.label_mode == "dirty" else len(p.source_classes(num_classes)))
+    need = poisons_per_pool(spec, num_classes)
     out = {}
     for c in classes:
         pool = usable[y.cpu()[usable] == c]
@@ -143,7 +158,7 @@ def counterweight_slots(y: torch.Tensor, contribution: torch.Tensor, carriers: t
     if k > len(free):
         raise DormantError(f"{k} counterweights asked, but the contribution has only "
                            f"{len(free)} places for them; lower counterweights")
-    g = torch.Generator().manual_seed(seed + 4242)
+    g = torch.Generator().manual_seed(attacker_seed(seed) + 4242)
     return free[torch.randperm(len(free), generator=g)[:k]].sort().values
 
 
@@ -172,11 +187,11 @@ def plant(x: torch.Tensor, y: torch.Tensor, spec: CleanUnlearningSpec, num_class
         y[ids.to(y.device)] = ys.to(y.device)
     carriers = trigger.carries(x).cpu()
     if poisons is None:
-        g = torch.Generator().manual_seed(seed)
-        per = spec.poison.per_class
+        # the attacker's own draw: never the victim's seed stream
+        g = torch.Generator().manual_seed(attacker_seed(seed))
+        k = poisons_per_pool(spec, num_classes)
         picked = []
         for c, pool in poison_candidates(y, contribution, carriers, spec, num_classes).items():
-            k = per if spec.poison.label_mode == "dirty" else per * (num_classes - 1)
             picked.append(pool[torch.randperm(len(pool), generator=g)[:k]])
         poisons = torch.cat(picked).sort().values
     if not torch.isin(poisons, contribution).all():

@@ -23,6 +23,7 @@ from torch import nn
 from dormant.attacks.triggers import Trigger
 from dormant.engine import to_float
 from dormant.engine.grads import per_sample_grads
+from dormant.errors import DormantError
 
 CHUNK = 256
 
@@ -34,6 +35,9 @@ def _flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
 def backdoor_gradient(model: nn.Module, x: torch.Tensor, trigger: Trigger, target: int
                       ) -> torch.Tensor:
     """grad of mean CE(f(stamp(x)), target) over uint8 images ``x``, flattened."""
+    if len(x) == 0:
+        raise DormantError("the attacker holds no held-out image outside the target class to "
+                           "measure its backdoor on; raise public")
     total = None
     for s in range(0, len(x), CHUNK):
         xb = to_float(trigger.stamp(x[s : s + CHUNK]))

@@ -20,10 +20,12 @@ from dormant.attacks import PoisonSpec, poison
 from dormant.attacks.clean_unlearning import (
     CleanUnlearningSpec,
     Planted,
+    attacker_seed,
     contribution_ids,
     counterweight_slots,
     plant,
     poison_candidates,
+    poisons_per_pool,
     random_request,
     select_request,
     surrogate_ids,
@@ -106,7 +108,7 @@ class Victim:
     @property
     def attacker_seed(self) -> int:
         """The attacker's own seed: it never knows the victim's."""
-        return self.seed + 10_000
+        return attacker_seed(self.seed)
 
 
 def study_recipe(spec: BackdoorSpec, ds: Dataset) -> tuple[ModelSpec, Recipe]:
@@ -215,16 +217,22 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
         own_x = torch.cat([x_own[own], px.to(x.dtype)])
         own_y = torch.cat([y_own[own], py.to(y.dtype)])
         clean, _ = _train(cache, mspec, recipe, own_x, own_y, torch.arange(len(own_y)),
-                          seed + 20_000, progress, "surrogate-clean", poisons=poison_key)
+                          attacker_seed(seed) + 10_000, progress, "surrogate-clean",
+                          poisons=poison_key)
         pools = poison_candidates(y_own, own.cpu(), trigger.carries(x_own), attack,
                                   ds.num_classes)
-        k = attack.poison.per_class * (1 if attack.poison.label_mode == "dirty"
-                                       else ds.num_classes - 1)
+        k = poisons_per_pool(attack, ds.num_classes)
         poisons = choose_poisons(clean, x_own, y_own, torch.cat(list(pools.values())),
                                  ex[ey != target], trigger, target,
                                  {c: k for c in pools})
     planted = plant(x, y, attack, ds.num_classes, seed, trigger=trigger, poisons=poisons,
                     swap=swap)
+    # what was built, not only what was asked: the poisons an influence choice made (on a
+    # surrogate that another device may train differently), the trigger's mined place and
+    # the counterweights' places
+    built = cache_key(asked=poison_key, poisons=planted.poisons.tolist(),
+                      trigger=repr(planted.trigger), device=device.type,
+                      slots=None if swap is None else swap[0].tolist())
     known = surrogate_ids(planted, attack).to(device)
     if attack.threat == "full":  # the ablation: the victim's whole set, nothing else
         px, py = px[:0], py[:0]
@@ -236,18 +244,18 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
     everyone = torch.arange(len(y))
     # the attacker's surrogate: its own training run on what it knows, with its own seed
     surrogate, _ = _train(cache, mspec, recipe, att.x, att.y, torch.arange(len(att.y)),
-                          seed + 10_000, progress, "surrogate", data=ds.fingerprint,
-                          poisons=poison_key)
+                          attacker_seed(seed), progress, "surrogate", data=ds.fingerprint,
+                          poisons=built)
     poisoned, pkey = _train(cache, mspec, recipe, planted.x, planted.y, everyone, seed,
-                            progress, "poisoned", data=ds.fingerprint, poisons=poison_key)
+                            progress, "poisoned", data=ds.fingerprint, poisons=built)
     # the twin: the same training set, the attacker's counterweights in it, no poisons
     unpoisoned, ukey = _train(cache, mspec, recipe, planted.x_clean, planted.y_clean,
                               everyone, seed, progress, "unpoisoned", data=ds.fingerprint,
-                              **({"counterweights": poison_key} if swap else {}))
+                              **({"counterweights": built} if swap else {}))
     v = Victim(seed, mspec, recipe, ds.num_classes, attack, planted.x_clean,
                planted.y_clean, planted, att, surrogate,
                torch.zeros(0, dtype=torch.long), poisoned, unpoisoned,
-               {"poisoned": pkey, "unpoisoned": ukey, "attack": poison_key},
+               {"poisoned": pkey, "unpoisoned": ukey, "attack": built},
                counterweights=0 if swap is None else len(swap[0]))
     if attack.strategy != "simulate":
         request = select_request(surrogate, planted, attack, seed)
@@ -291,7 +299,11 @@ def request_for(v: Victim, method: str, hp: dict, cache: ModelCache,
         return {"ids": found.ids.tolist(), **found.summary()}
 
     record = dict(cache.build_record(key, "simulate", search))
-    found = (torch.tensor(record.pop("ids"), dtype=torch.long), record)
+    ids = torch.tensor(record.pop("ids"), dtype=torch.long)
+    if not torch.isin(ids, planted.clean_pool).all():  # a stale or foreign record
+        raise DormantError(f"the cached {method} request holds an image outside the clean "
+                           f"pool; delete {cache.records} and rerun")
+    found = (ids, record)
     v.requests[method] = found
     return found
 

@@ -76,7 +76,10 @@ def public_sample(spec, cache_dir: Path, size: int, seed: int
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``size`` seeded images (uint8, labels, ids into the full training split) of the
     dataset's training split that the study's subset (``load_study_data``) leaves out: a
-    public sample of the same distribution, disjoint from the victim's training set."""
+    public sample of the same distribution, disjoint from the victim's training set. In a
+    seeded random order, not by id: an image folder lists its images class by class, and
+    every prefix of the sample (the attacker's held-out part, its surrogate's part) must
+    hold every class."""
     ds = load_dataset(spec.dataset, root=spec.data_root, download=spec.download,
                       cache_dir=cache_dir)
     n = len(ds.y_train)
@@ -91,7 +94,7 @@ def public_sample(spec, cache_dir: Path, size: int, seed: int
                            f"of the {n} training images lie outside the victim's training set; "
                            "lower public or train_size")
     g = torch.Generator().manual_seed(seed + 31337)
-    ids = outside[torch.randperm(len(outside), generator=g)[:size]].sort().values
+    ids = outside[torch.randperm(len(outside), generator=g)[:size]]
     return ds.x_train[ids], ds.y_train[ids], ids
 
 
