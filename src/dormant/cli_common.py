@@ -79,6 +79,8 @@ HELP = {
               "sample; full: the whole training set (an ablation)",
     "public": "public images (outside the victim's training set) the attacker holds",
     "surrogate_public": "public images the attacker's surrogate trains on",
+    "counterweights": "natural carriers of a mined trigger the attacker brings from its "
+                      "public sample into its contribution",
     "poison_choice": "random poisons, or the influence-chosen ones",
     "retrain_seeds": "training seeds retrain runs each request under",
     "match_budget": "times the attack's steps the matched random control may run",

@@ -16,8 +16,8 @@ target (highest target margin).
 What the attacker knows (``threat``, docs/threat-model.md): ``attacker`` (the default) is its
 own contribution, a public sample of the same distribution disjoint from the victim's
 training set, and the unlearning method's name and public defaults; its surrogate trains on
-the contribution (poisons included) and the public sample. ``full`` is the ablation where the
-surrogate trains on the victim's whole training set.
+the contribution (poisons included) and ``surrogate_public`` public images. ``full`` is the
+ablation where the surrogate trains on the victim's whole training set.
 
 Controls:
 - a random clean, non-target subset of the same contribution, of the same size

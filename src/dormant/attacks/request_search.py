@@ -12,8 +12,8 @@ own held-out ASR. The search is batched:
    taken as gradient ascent on the true label (what Bad Teacher, NegGrad+, Boundary Expand
    and the ascent methods do to first order; Fisher forgetting has no per-image update, so
    for it the proxy is only a heuristic and the simulation decides);
-2. a handful of whole requests (the proxy's top, its next block, the margin ranking, the
-   natural carriers, a mix, a random draw) are each *simulated*: the real method runs on the
+2. up to six whole requests (the proxy's top, its next block, the margin ranking, the
+   natural carriers when there are any, a mix, a random draw) are each *simulated*: the real method runs on the
    surrogate with that request, and the surrogate's ASR rise and clean-accuracy drop are
    measured on the attacker's held-out images;
 3. the request with the largest ASR rise among those costing at most ``max_cost`` points of
@@ -46,7 +46,7 @@ MAX_COST = 5.0
 @dataclass(frozen=True)
 class AttackerData:
     """Everything the attacker holds, as one training set: ``x, y`` are the surrogate's
-    training images (its contribution as planted, then the public sample's training part),
+    training images (its contribution as planted, then ``surrogate_public`` public images),
     ``victim_ids[i]`` the victim's id of row ``i`` (-1 for a public image); ``x_eval,
     y_eval`` are held out (the public sample's rest, or the contribution when there is no
     public sample) for the attacker's own ASR and clean accuracy."""

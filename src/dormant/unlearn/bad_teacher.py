@@ -56,8 +56,8 @@ def _frozen(model, device):
 @register_method("bad_teacher", BadTeacherHparams, presets={
     "backdoor": Preset({"steps": 13, "lr": 1e-4, "batch_size": 256}, doc=(
         "the authors' reference budget (Chundawat et al. 2023): Adam lr 1e-4, batch 256, one "
-        "pass over their stream; on the backdoor study's 10,000 MNIST images a 300-image "
-        "request makes a stream of 300 + 30% of 9,700 = 3,210 images, 13 steps")),
+        "pass over their stream; on the backdoor study's 10,000 MNIST images a 200-image "
+        "request makes a stream of 200 + 30% of 9,800 = 3,140 images, 13 steps")),
 })
 def bad_teacher(model, data, hp, ctx):
     recipe = hp.recipe(ctx.recipe)
