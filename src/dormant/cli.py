@@ -177,8 +177,8 @@ def _backdoor_line(r: dict) -> str:
 
 
 @study_command(app, "backdoor", BackdoorSpec, [*STUDY, *flags(
-    "conditions", "target", "request", "strategy", "threat", "public", "surrogate_public", "counterweights", "poison_choice",
-    "retrain_seeds", "match_budget", trigger="trigger.kind",
+    "conditions", "target", "request", "strategy", "threat", "public", "surrogate_public",
+    "counterweights", "poison_choice", "retrain_seeds", "match_budget", trigger="trigger.kind",
     amplitude="trigger.amplitude", trigger_size="trigger.size", poisons="poisons_per_class"),
     Flag("defenses", "scans", parse=_scans)])
 def backdoor_cmd(spec: BackdoorSpec, out: Path, executor) -> None:

@@ -191,7 +191,7 @@ def plant(x: torch.Tensor, y: torch.Tensor, spec: CleanUnlearningSpec, num_class
         g = torch.Generator().manual_seed(attacker_seed(seed))
         k = poisons_per_pool(spec, num_classes)
         picked = []
-        for c, pool in poison_candidates(y, contribution, carriers, spec, num_classes).items():
+        for pool in poison_candidates(y, contribution, carriers, spec, num_classes).values():
             picked.append(pool[torch.randperm(len(pool), generator=g)[:k]])
         poisons = torch.cat(picked).sort().values
     if not torch.isin(poisons, contribution).all():

@@ -13,9 +13,9 @@ own held-out ASR. The search is batched:
    and the ascent methods do to first order; Fisher forgetting has no per-image update, so
    for it the proxy is only a heuristic and the simulation decides);
 2. up to six whole requests (the proxy's top, its next block, the margin ranking, the
-   natural carriers when there are any, a mix, a random draw) are each *simulated*: the real method runs on the
-   surrogate with that request, and the surrogate's ASR rise and clean-accuracy drop are
-   measured on the attacker's held-out images;
+   natural carriers when there are any, a mix, a random draw) are each *simulated*: the
+   real method runs on the surrogate with that request, and the surrogate's ASR rise and
+   clean-accuracy drop are measured on the attacker's held-out images;
 3. the request with the largest ASR rise among those costing at most ``max_cost`` points of
    clean accuracy wins (all too costly: the cheapest).
 

@@ -1,6 +1,6 @@
 """The backdoor study's report: results.csv, report.md, asr.png, asr_cost.png,
-nc_triggers.png, cd_masks.png and one self-contained report.html, from the rows of results.jsonl and the
-defense artefacts (safetensors) the study saved beside them."""
+nc_triggers.png, cd_masks.png and one self-contained report.html, from the rows of
+results.jsonl and the defense artefacts (safetensors) the study saved beside them."""
 
 from __future__ import annotations
 
