@@ -401,7 +401,7 @@ def test_bad_study_file(capsys, tmp_path: Path, body: str, needles: list[str]) -
 
 def _backdoor(out: Path, *extra: str) -> list[str]:
     return ["backdoor", "--dataset", "digits", "--model", "mlp", "--seeds", "0", "--out", out,
-            "--methods", "bad_teacher", *extra]
+            "--methods", "bad_teacher", "--public", "0", "--counterweights", "0", *extra]
 
 
 @pytest.mark.parametrize(("extra", "needles"), [
@@ -415,6 +415,10 @@ def _backdoor(out: Path, *extra: str) -> list[str]:
     (["--conditions", "attack,bogus"], ["--conditions", "unknown condition 'bogus'"]),
     (["--conditions", "random-clean"], ["--conditions", "add the attack condition"]),
     (["--strategy", "pixels"], ["--strategy", "unknown request strategy 'pixels'"]),
+    # digits trains on its whole training split: nothing is left for a public sample
+    (["--public", "5000"], ["public sample of 5000 images asked", "lower public"]),
+    (["--counterweights", "10"], ["counterweights come from the attacker's public sample"]),
+    (["--poison-choice", "best"], ["--poison-choice", "'random' or 'influence'"]),
 ])
 def test_bad_backdoor_input(capsys, tmp_path: Path, extra, needles) -> None:
     out = tmp_path / "o"

@@ -141,10 +141,10 @@ def poison_candidates(y: torch.Tensor, contribution: torch.Tensor, carriers: tor
         pool = usable[y.cpu()[usable] == c]
         if len(pool) < need:
             held = int((y_c == c).sum())
-            raise DormantError(f"{need} poisons of class {c} asked, but the attacker's "
-                               f"contribution holds only {held} images of class {c} "
-                               f"({len(pool)} without the trigger); lower the poisons or raise "
-                               "the contribution")
+            raise DormantError(f"{p.per_class} poisons per class asked ({need} images of "
+                               f"class {c}), but the attacker's contribution holds only {held} "
+                               f"images of class {c} ({len(pool)} without the trigger); lower "
+                               "the poisons or raise the contribution")
         out[c] = pool
     return out
 

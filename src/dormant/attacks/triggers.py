@@ -67,8 +67,9 @@ class Trigger:
     def check(self, image_shape: tuple[int, int, int]) -> None:
         _, h, w = image_shape
         if self.kind in ("patch", "mined") and self.size > min(h, w):
-            raise DormantError(f"a {self.size}x{self.size} {self.kind} trigger does not fit "
-                               f"{h}x{w} images; pick a trigger size <= {min(h, w)}")
+            shape = "patch" if self.kind == "patch" else "mined block"
+            raise DormantError(f"a {self.size}x{self.size} {shape} does not fit {h}x{w} "
+                               f"images; pick a trigger size <= {min(h, w)}")
         if self.kind == "mined" and self.row is not None and self.col is not None and (
                 self.row + self.size > h or self.col + self.size > w):
             raise DormantError(f"a {self.size}x{self.size} block at ({self.row}, {self.col}) "

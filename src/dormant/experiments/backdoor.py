@@ -124,6 +124,9 @@ def check_spec(spec: BackdoorSpec, ds: Dataset, cache_dir: Path | None = None
     size against the images the dataset holds outside the victim's set, read through
     ``cache_dir``)."""
     attack = spec.attack()
+    if attack.poison.trigger.counterweighted and attack.counterweights and not attack.public:
+        raise DormantError("counterweights come from the attacker's public sample, and it "
+                           "holds none; set public (e.g. --public 20000) or --counterweights 0")
     if attack.public:
         public_sample(spec, Path(cache_dir) if cache_dir else default_cache_dir(),
                       attack.public, spec.seeds[0])
