@@ -162,10 +162,27 @@ def counterweight_slots(y: torch.Tensor, contribution: torch.Tensor, carriers: t
     return free[torch.randperm(len(free), generator=g)[:k]].sort().values
 
 
+Swap = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""(contributed ids, the attacker's own images, their labels) put in those places."""
+
+
+def with_counterweights(x: torch.Tensor, y: torch.Tensor, swap: Swap | None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copies of ``x, y`` with ``swap``'s images and labels in its places (the inputs
+    themselves when there is nothing to swap)."""
+    if swap is None:
+        return x, y
+    ids, xs, ys = swap
+    x, y = x.clone(), y.clone()
+    x[ids.to(x.device)] = xs.to(x.device)
+    y[ids.to(y.device)] = ys.to(y.device)
+    return x, y
+
+
 def plant(x: torch.Tensor, y: torch.Tensor, spec: CleanUnlearningSpec, num_classes: int,
           seed: int, *, trigger: Trigger | None = None,
           poisons: torch.Tensor | None = None,
-          swap: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> Planted:
+          swap: Swap | None = None) -> Planted:
     """The victim's training set with the attacker's contribution (``contribution_ids``) in
     it: ``swap = (ids, images, labels)`` first puts the attacker's own natural images in
     those contributed places (``counterweight_slots``); then ``poisons`` (ids, default
@@ -178,13 +195,9 @@ def plant(x: torch.Tensor, y: torch.Tensor, spec: CleanUnlearningSpec, num_class
     target = spec.poison.target
     n = len(y)
     contribution = contribution_ids(n, spec, seed)
-    if swap is not None:
-        ids, xs, ys = swap
-        if not torch.isin(ids.cpu(), contribution).all():
-            raise DormantError("a counterweight's place lies outside the contribution")
-        x, y = x.clone(), y.clone()
-        x[ids.to(x.device)] = xs.to(x.device)
-        y[ids.to(y.device)] = ys.to(y.device)
+    if swap is not None and not torch.isin(swap[0].cpu(), contribution).all():
+        raise DormantError("a counterweight's place lies outside the contribution")
+    x, y = with_counterweights(x, y, swap)
     carriers = trigger.carries(x).cpu()
     if poisons is None:
         # the attacker's own draw: never the victim's seed stream

@@ -79,19 +79,28 @@ class SearchResult:
                 "candidates": [vars(c) for c in self.candidates]}
 
 
-def _proxy_labels(method: str, hp: dict) -> Callable[[nn.Module, torch.Tensor, torch.Tensor],
-                                                      tuple[torch.Tensor, float]]:
-    """(labels, sign): the method's per-image loss is ``sign * CE(f(x), labels)``."""
-    if method == "boundary_shrink":
-        eps = hp.get("epsilon", 0.1)
+ProxyLabels = Callable[[nn.Module, torch.Tensor, torch.Tensor, dict],
+                      tuple[torch.Tensor, float]]
+"""(surrogate, uint8 images, true labels, the method's values) -> (labels, sign): the
+method's per-image loss is ``sign * CE(f(x), labels)``."""
 
-        def shrink(model, xu, y):
-            nb = [neighbour_labels(model, to_float(xu[s : s + 256]), y[s : s + 256], eps)
-                  for s in range(0, len(xu), 256)]
-            return torch.cat(nb), 1.0
 
-        return shrink
-    return lambda model, xu, y: (y, -1.0)
+def _ascent(model, xu, y, hp):
+    """Gradient ascent on the true label: every method without an entry in ``PROXIES``."""
+    return y, -1.0
+
+
+def _shrink(model, xu, y, hp):
+    """Boundary Shrink pulls each image toward its FGSM neighbour's label."""
+    eps = hp.get("epsilon", 0.1)
+    nb = [neighbour_labels(model, to_float(xu[s : s + 256]), y[s : s + 256], eps)
+          for s in range(0, len(xu), 256)]
+    return torch.cat(nb), 1.0
+
+
+PROXIES: dict[str, ProxyLabels] = {"boundary_shrink": _shrink}
+"""Methods whose per-image update is not gradient ascent on the true label; one entry more
+registers another."""
 
 
 def proxy_scores(method: str, hp: dict, surrogate: nn.Module, att: AttackerData,
@@ -101,7 +110,7 @@ def proxy_scores(method: str, hp: dict, surrogate: nn.Module, att: AttackerData,
     surrogate = surrogate.eval()
     reference = backdoor_gradient(surrogate, att.x_eval[att.y_eval != target], trigger, target)
     xu, y = att.x[rows.to(att.x.device)], att.y[rows.to(att.y.device)]
-    labels, sign = _proxy_labels(method, hp)(surrogate, xu, y)
+    labels, sign = PROXIES.get(method, _ascent)(surrogate, xu, y, hp)
     return sign * alignment(surrogate, xu, labels, reference)
 
 

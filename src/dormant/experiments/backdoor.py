@@ -30,6 +30,7 @@ from dormant.attacks.clean_unlearning import (
     select_request,
     surrogate_ids,
     target_margin,
+    with_counterweights,
 )
 from dormant.attacks.influence import backdoor_gradient, choose_poisons
 from dormant.attacks.natural import mine
@@ -209,12 +210,7 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
         rest = torch.ones(len(py), dtype=torch.bool, device=py.device)
         rest[found[:k]] = False
         px, py = px[rest], py[rest]
-        x_own = x.clone()
-        x_own[slots.to(device)] = swap[1]
-        y_own = y.clone()
-        y_own[slots.to(device)] = swap[2]
-    else:
-        x_own, y_own = x, y
+    x_own, y_own = with_counterweights(x, y, swap)
     poisons = None
     if attack.poison_choice == "influence":
         own_x = torch.cat([x_own[own], px.to(x.dtype)])
