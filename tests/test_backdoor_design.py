@@ -104,11 +104,15 @@ def test_the_surrogate_knows_only_the_attackers_share(armed, digits):
     publics = att.victim_ids < 0
     assert int(publics.sum()) == spec.public - spec.public // 4 - spec.counterweights
     # the public sample never overlaps the victim's training ids (in the full split)
-    _, _, pub_ids = public_sample(spec, cache, spec.public, 0)
+    pub_x, _, pub_ids = public_sample(spec, cache, spec.public, 0)
     victim_ids = stratified_ids(digits.y_train, spec.train_size, 10, 0)
     assert not torch.isin(pub_ids, victim_ids).any()
-    # its held-out images are the public sample's own, not the victim's
-    assert len(att.x_eval) == spec.public // 4
+    # its held-out images are the public sample's first quarter, and every other public row
+    # of the surrogate is an image of the public sample too
+    n_eval = spec.public // 4
+    assert torch.equal(att.x_eval, pub_x[:n_eval])
+    public_images = {bytes(im.flatten().tolist()) for im in pub_x[n_eval:]}
+    assert all(bytes(im.flatten().tolist()) in public_images for im in att.x[publics])
     full = BackdoorSpec(**{**STUDY, "threat": "full"})
     vf = prepare_victim(full, full.attack(), ds, 0, ModelCache(cache), None, cache)
     assert torch.equal(vf.attacker.victim_ids, torch.arange(len(ds.y_train)))

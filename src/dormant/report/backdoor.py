@@ -596,7 +596,10 @@ def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
             Block("p", "`simulate`: on the attacker's surrogate, each candidate request was "
                        "unlearned by the named method itself and the surrogate's ASR and "
                        "clean accuracy measured on the attacker's held-out public images; "
-                       "the largest ASR rise at a clean cost of at most 5 points won. The "
+                       "the largest ASR rise at a clean cost of at most 5 points won (when "
+                       "none cost so little, the cheapest). The surrogate's figures are "
+                       "measured on the "
+                       "images the choice was made on, so they are optimistic. The "
                        "Spearman column measures the first-order proxy against that real "
                        "simulation over the candidates."),
             Block("table", table=design)]
