@@ -4,7 +4,7 @@ one ``error: ...`` line on stderr with exit code 2, no traceback, and nothing wr
 
 Nothing expensive runs: study files go to ``dormant plan --step-seconds 0.001`` (it trains
 nothing), and where a study or a request would start work, its first expensive call
-(``execute`` of the study, ``process_request`` of the request, ``audit``) is replaced by one
+(``execute`` of the study, ``process_batch`` of the requests, ``audit``) is replaced by one
 that raises ``Accepted``: the input passed every check the CLI makes before working.
 
 ``make test`` runs 25 examples per property (derandomized, so it is repeatable);
@@ -57,7 +57,7 @@ def _no_work(tmp_path_factory):
         mp.setenv("DORMANT_CACHE", str(cache))
         mp.setattr(relearn, "execute", _accept)
         mp.setattr(backdoor, "execute", _accept)
-        mp.setattr(requests, "process_request", _accept)
+        mp.setattr(requests, "process_batch", _accept)
         mp.setattr(requests, "audit", _accept)
         yield
 

@@ -28,6 +28,7 @@ from dormant.cli_common import (
     console,
     flag_values,
     flags,
+    key_values,
     load_spec,
     study_command,
 )
@@ -214,12 +215,16 @@ def train(
     device: Device = "auto",
     store: Annotated[Path | None, typer.Option(help="also add the model to this store")] = None,
     name: Annotated[str | None, typer.Option(help="its name in the store")] = None,
+    sisa: Annotated[str | None, typer.Option(
+        help="train a SISA ensemble: shards=S,slices=R[,aggregate=mean|vote] (see dormant "
+             "methods: sisa)")] = None,
 ) -> None:
     """Train a model with the dataset's memorising recipe and save it (safetensors)."""
     from dormant.experiments.single import train_model
     from dormant.requests import ModelStore
     from dormant.requests.store import check_name
 
+    sisa_values = parse_sisa(sisa) if sisa is not None else None
     spec = load_spec(RelearnSpec, given=flag_values(
         dataset=dataset, data_root=_check_data_root(data_root), download=download,
         train_size=train_size, model=model, forget=forget, device=device)
@@ -232,12 +237,21 @@ def train(
         check_name(name)
         ModelStore(store, create=True)  # a folder that is not a store fails before training
     with ProgressBars(console) as bars:
-        path, m = train_model(spec, out, seed=seed, progress=bars)
+        path, m = train_model(spec, out, seed=seed, progress=bars, sisa=sisa_values)
     console.print(f"saved {path}: fits {m['train_fit_acc']:.1f}% of train, "
                   f"test {m['test_acc']:.1f}%, {m['seconds']:.1f} s")
     if store is not None:
         v = ModelStore(store).add(name, path)
         console.print(f"added to {store} as {name} v{v.version} (ledger row {v.seq})")
+
+
+def parse_sisa(text: str) -> dict:
+    """``--sisa shards=5,slices=4``: the ``sisa`` method's hyper-parameters, checked."""
+    from dormant.unlearn import make_hparams
+
+    values = key_values(text.split(","), "--sisa", "shards=5,slices=4")
+    make_hparams("sisa", values)
+    return values
 
 
 @app.command("unlearn")

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from dormant.errors import DormantError
-from dormant.settings import apply_sets, load_yaml, not_finite, put, short, validate
+from dormant.settings import apply_sets, load_yaml, not_finite, parse_yaml, put, short, validate
 
 console = Console()
 
@@ -312,3 +312,15 @@ def _check_positive(**values: int | None) -> None:
     for name, v in values.items():
         if v is not None and v <= 0:
             raise DormantError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+
+
+def key_values(items: list[str] | None, flag: str, example: str) -> dict:
+    """``key=value`` items (values read as YAML scalars) as a dict; ``flag`` and ``example``
+    name the option in the one-line error."""
+    out = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise DormantError(f"{flag} takes key=value, e.g. {example}; got {item!r}")
+        out[key.strip()] = parse_yaml(value, f"{flag} {item!r}")
+    return out

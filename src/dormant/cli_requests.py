@@ -20,11 +20,11 @@ from dormant.cli_common import (
     _check_out,
     console,
     flag_values,
+    key_values,
     load_spec,
 )
 from dormant.cli_progress import ProgressBars
 from dormant.errors import DormantError
-from dormant.settings import parse_yaml
 
 store_app = typer.Typer(no_args_is_help=True, help="The model store: add and list versions.")
 ledger_app = typer.Typer(no_args_is_help=True,
@@ -47,16 +47,6 @@ def _dataset(dataset: str, data_root: Path | None, train_size: int | None):
     spec = load_spec(RelearnSpec, given=flag_values(
         dataset=dataset, data_root=_check_data_root(data_root), train_size=train_size))
     return load_study_data(spec, default_cache_dir())
-
-
-def _hparams(items: list[str] | None) -> dict:
-    out = {}
-    for item in items or []:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise DormantError(f"--hparam takes key=value, e.g. steps=200; got {item!r}")
-        out[key.strip()] = parse_yaml(value, f"--hparam {item!r}")
-    return out
 
 
 def _open_ledger(path: Path):
@@ -86,14 +76,17 @@ def _num(v) -> str:
 def forget(
     store: StoreDir,
     model: Annotated[str, typer.Option("--model", help="NAME or NAME@VERSION in the store")],
-    ids: Ids,
+    ids: Annotated[list[Path], typer.Option(
+        "--ids", help="training ids to delete: a text or .npy file; repeat it, or give a "
+                      "folder of such files, to process several requests as one batch")],
     requester: Annotated[str, typer.Option(help="who asked for the deletion")],
     reason: Annotated[str, typer.Option(help="why, in a few words")],
     dataset: DataName = "digits",
     data_root: DataRoot = None,
     train_size: TrainSize = None,
     method: Annotated[str | None, typer.Option(
-        help="unlearning method (default: retrain, the most tamper-resistant)")] = None,
+        help="unlearning method (default: sisa on a SISA version, else retrain: the exact "
+             "ones)")] = None,
     hparam: Annotated[list[str] | None, typer.Option(
         help="a method hyper-parameter, key=value; repeat it")] = None,
     preset: Annotated[str | None, typer.Option(
@@ -105,16 +98,11 @@ def forget(
     seed: int = 0,
     device: Device = "auto",
 ) -> None:
-    """Process one deletion request: record, unlearn, check, judge, record the outcome."""
+    """Process deletion requests: record, unlearn, check, judge, record the outcome. Several
+    --ids (or a folder of ids files) are one batch: one unlearning run for all of them, and
+    each request's own ledger rows, checks, verdict and report."""
     from dormant.data.forget import read_ids
-    from dormant.requests import (
-        DEFAULT_METHOD,
-        ModelStore,
-        Request,
-        load_policy,
-        parse_ref,
-        process_request,
-    )
+    from dormant.requests import ModelStore, Request, load_policy, parse_ref, process_batch
     from dormant.requests.forget import RequestFailed, check_text
     from dormant.unlearn import get_preset, make_hparams
 
@@ -122,19 +110,20 @@ def forget(
     check_text("reason", reason, "why, in a few words, e.g. 'GDPR art. 17'")
     name, version = parse_ref(model)
     pol = load_policy(policy)
-    method = method or DEFAULT_METHOD
-    hp = _hparams(hparam)
-    get_preset(method, preset)  # a bad method, preset or hyper-parameter fails before any
-    make_hparams(method, hp)  # data loads; the preset is resolved once the data is there
+    hp = key_values(hparam, "--hparam", "steps=200")
+    if method is not None:
+        get_preset(method, preset)  # a bad method, preset or hyper-parameter fails before any
+        make_hparams(method, hp)  # data loads; the preset is resolved once the data is there
+    files = ids_files(ids)
     st = ModelStore(store, ledger)
     st.resolve(name, version)
     ds = _dataset(dataset, data_root, train_size)
-    req = Request(name, read_ids(ids, len(ds.y_train)), requester, reason, version, method, hp,
-                  accept_warnings, seed, preset)
+    reqs = [Request(name, read_ids(f, len(ds.y_train)), requester, reason, version, method, hp,
+                    accept_warnings, seed, preset) for f in files]
     try:
         with ProgressBars(console) as bars:
-            rec, out = process_request(
-                st, ds, req, pol, device=device, progress=bars,
+            done = process_batch(
+                st, ds, reqs, pol, device=device, progress=bars,
                 on_stage=lambda s: bars.bars.console.print(s, highlight=False),
                 on_wait=lambda: bars.bars.console.print(
                     f"waiting for the store lock ({store / '.lock'}): another request is "
@@ -144,12 +133,39 @@ def forget(
         # the ledger already holds its request-failed row
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(1) from None
-    console.print(_summary(rec))
-    to = f"v{rec['to_version']}"
-    console.print(f"request {rec['request_id']}: {rec['model']} v{rec['from_version']} -> {to} "
-                  f"({'promoted' if rec['promoted'] else 'kept, not promoted'}: "
-                  f"{rec['promotion_reason']}) in {rec['durations']['total']:.1f} s; "
-                  f"report {out / 'report.html'}")
+    for f, (rec, out) in zip(files, done, strict=True):
+        console.print(_summary(rec))
+        to = f"v{rec['to_version']}"
+        cost = rec["cost"]
+        saving = "" if cost["full_retrain_seconds"] is None else (
+            f"; training {cost['training_seconds']:.1f} s against "
+            f"{cost['full_retrain_seconds']:.1f} s for a full retrain")
+        console.print(
+            f"request {rec['request_id']} ({f}): {rec['model']} v{rec['from_version']} -> {to} "
+            f"({'promoted' if rec['promoted'] else 'kept, not promoted'}: "
+            f"{rec['promotion_reason']}) in {rec['durations']['total']:.1f} s{saving}; "
+            f"report {out / 'report.html'}", highlight=False)
+
+
+IDS_SUFFIXES = (".txt", ".csv", ".npy")
+
+
+def ids_files(paths: list[Path]) -> list[Path]:
+    """``--ids`` as request files: each file is one request; a folder gives every ids file in
+    it (``.txt``, ``.csv``, ``.npy``), in name order."""
+    out = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in IDS_SUFFIXES)
+            if not found:
+                raise DormantError(f"--ids {p} is a folder with no ids files (.txt, .csv or "
+                                   ".npy); put one file per pending request in it")
+            out += found
+        else:
+            out.append(p)
+    if len(set(out)) != len(out):
+        raise DormantError("--ids names the same file twice; give each request once")
+    return out
 
 
 def audit(
@@ -260,7 +276,7 @@ def ledger_show(ledger: LedgerArg,
                 model: Annotated[str | None, typer.Option(help="only this model")] = None
                 ) -> None:
     """Every row, with each request's checks and the drift since the model's first version."""
-    from dormant.requests.history import history_rows
+    from dormant.requests.history import cost_line, history_rows
 
     t = Table(title=f"ledger {ledger}")
     cols = ("row", "time", "kind", "model", "request", "versions", "ids", "method", "verdict",
@@ -274,6 +290,9 @@ def ledger_show(ledger: LedgerArg,
     console.print("test: test accuracy after the row's request; drift: its change since the "
                   "model's first version (points)")
     book = _open_ledger(ledger)
+    line = cost_line(book, model)
+    if line is not None:
+        console.print(line, highlight=False)
     for s in book.requests(model):
         if s.status == "unfinished":
             console.print(f"[yellow]unfinished[/] request {s.describe()}: no outcome row; killed, "

@@ -11,7 +11,7 @@ from torch import nn
 
 from dormant.data.dataset import stratified_ids
 from dormant.experiments.prepare import Prepared
-from dormant.metrics import l2_distance, lmc_curve, loss_auc, loss_barrier, svc_mia_auc
+from dormant.metrics import comparable, l2_distance, lmc_curve, loss_auc, loss_barrier, svc_mia_auc
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,12 @@ def mia(prep: Prepared, probe: Probe, model: nn.Module) -> dict:
 
 def analyse(prep: Prepared, probe: Probe, model: nn.Module, is_original: bool,
             lmc_points: int) -> dict:
-    out = {"l2_to_oracle": round(l2_distance(model, prep.oracle), 6), **mia(prep, probe, model)}
-    if is_original:
+    """A model with other weights than the original's (a SISA ensemble) has no distance or
+    path to it: those columns are None."""
+    same = comparable(model, prep.original)
+    out = {"l2_to_oracle": round(l2_distance(model, prep.oracle), 6) if same else None,
+           **mia(prep, probe, model)}
+    if is_original or not same:
         return {**out, "barrier": None, "lmc": None}
     sets = {"retain": (prep.x, prep.y, probe.retain), "forget": (prep.x, prep.y, probe.heldout),
             "test": (prep.x_test, prep.y_test, probe.test)}

@@ -41,7 +41,7 @@ from dormant.experiments.prepare import (
 )
 from dormant.experiments.profiles import Profile, profile_for
 from dormant.experiments.spec import RelearnSpec
-from dormant.metrics import aurc, l2_distance, recovery, tow
+from dormant.metrics import aurc, comparable, l2_distance, recovery, tow
 from dormant.models import ModelSpec, create_model
 from dormant.rows import RelearnRow
 from dormant.store import ModelCache, ResultsLog, cache_key
@@ -328,7 +328,8 @@ def _measure(prep: Prepared, model: nn.Module) -> dict:
             "test_acc": round(test, 4), "tow": round(tow(retain, forget, test), 4),
             "train_fit_acc": round(prep.train_fit_acc, 4),
             "train_steps": prep.train_steps_taken,
-            "l2_to_original": round(l2_distance(model, prep.original), 6),
+            "l2_to_original": round(l2_distance(model, prep.original), 6)
+            if comparable(model, prep.original) else None,
             "forget_size": len(prep.split.forget), "heldout_size": len(prep.split.heldout),
             "split": prep.split.hash}
 

@@ -34,9 +34,12 @@ from dormant.unlearn import (
 
 
 def train_model(spec: RelearnSpec, out: Path, *, seed: int = 0,
-                progress: Progress | None = None) -> tuple[Path, dict]:
+                progress: Progress | None = None, sisa: dict | None = None
+                ) -> tuple[Path, dict]:
     """Train a model with the dataset's memorising recipe; ``spec.forget`` matters only for
-    ``canary:N``, whose relabelled images must be in the training labels."""
+    ``canary:N``, whose relabelled images must be in the training labels. ``sisa`` (the
+    ``sisa`` method's hyper-parameters, e.g. ``{"shards": 5, "slices": 4}``) trains a SISA
+    ensemble of that model instead, written with its shards, slices and assignment."""
     cache_dir = default_cache_dir()
     ds = load_study_data(spec, cache_dir)
     device = resolve_device(spec.device)
@@ -53,6 +56,13 @@ def train_model(spec: RelearnSpec, out: Path, *, seed: int = 0,
     y_cpu, _ = canary_labels(fspec, ds.y_train, ds.num_classes, seed) if fspec else (ds.y_train,
                                                                                       None)
     x, y = ds.x_train.to(device), y_cpu.to(device)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "model.safetensors"
+    meta = {"kind": "trained", "dataset": spec.dataset, "train_size": spec.train_size,
+            "data_fingerprint": ds.fingerprint, "recipe": recipe.to_dict(), "seed": seed,
+            "label_noise": fspec.text if fspec and fspec.kind == "canary" else None}
+    if sisa is not None:
+        return _train_sisa(sisa, mspec, recipe, x, y, ds, device, path, meta, seed, progress)
     model = create_model(mspec, seed=seed)
     res = fit(model, x, y, torch.arange(len(y), device=device), recipe,
               generator=torch.Generator().manual_seed(seed), track=True, progress=progress,
@@ -62,15 +72,33 @@ def train_model(spec: RelearnSpec, out: Path, *, seed: int = 0,
         "test_acc": evaluate(model, ds.x_test.to(device), ds.y_test.to(device)).acc,
         "seconds": round(res.seconds, 3),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "model.safetensors"
-    meta = {"kind": "trained", "dataset": spec.dataset, "train_size": spec.train_size,
-            "data_fingerprint": ds.fingerprint, "recipe": recipe.to_dict(), "seed": seed,
-            "label_noise": fspec.text if fspec and fspec.kind == "canary" else None,
-            "metrics": metrics}
-    save_checkpoint(path, model, mspec, meta)
+    save_checkpoint(path, model, mspec, {**meta, "metrics": metrics})
     atomic_write_bytes(path.with_suffix(".extra.safetensors"),
                        safetensors.torch.save({"learning_speed": res.learning_speed.contiguous()}))
+    return path, metrics
+
+
+def _train_sisa(values: dict, mspec: ModelSpec, recipe: Recipe, x, y, ds, device, path: Path,
+                meta: dict, seed: int, progress: Progress | None) -> tuple[Path, dict]:
+    """``train_model`` for a SISA ensemble: every shard and slice from scratch, timed; that
+    time is the model's full-retrain cost every deletion request is compared with."""
+    from dormant.store.sisa import save_sisa
+    from dormant.unlearn.sisa import Plan, side_by_side
+    from dormant.unlearn.sisa import train as train_sisa
+
+    plan = Plan.of(make_hparams("sisa", values), recipe, len(y), seed)
+    init = lambda s: create_model(mspec, seed=s)  # noqa: E731
+    trained, cost = train_sisa(plan, x, y, torch.arange(len(y)), init, progress=progress,
+                               workers=side_by_side(device, plan.shards))
+    model = trained.ensemble(init, device)
+    metrics = {
+        "train_fit_acc": evaluate(model, x, y).acc,
+        "test_acc": evaluate(model, ds.x_test.to(device), ds.y_test.to(device)).acc,
+        "seconds": round(cost.seconds, 3),
+    }
+    costs = {"training_seconds": round(cost.seconds, 3), "steps": cost.steps,
+             "full_retrain_seconds": round(cost.seconds, 3)}
+    save_sisa(path, trained, model, mspec, {**meta, "metrics": metrics, "sisa": costs})
     return path, metrics
 
 

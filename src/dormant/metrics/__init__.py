@@ -25,6 +25,13 @@ def recovery(forget_acc_unlearned: float, forget_acc_attacked_best: float) -> fl
     return forget_acc_attacked_best - forget_acc_unlearned
 
 
+def comparable(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two models share their parameters' names and shapes, so that weight distances
+    and interpolations between them mean something (a SISA ensemble and one model do not)."""
+    shapes = lambda m: [(n, p.shape) for n, p in m.named_parameters()]  # noqa: E731
+    return shapes(a) == shapes(b)
+
+
 def l2_distance(a: nn.Module, b: nn.Module) -> float:
     """L2 norm of the difference of trainable parameters (no BatchNorm running stats)."""
     total = torch.zeros((), dtype=torch.float64)
@@ -36,6 +43,6 @@ def l2_distance(a: nn.Module, b: nn.Module) -> float:
 
 
 __all__ = [
-    "aurc", "auroc", "end_mean", "example_losses", "interpolate_state", "l2_distance",
+    "aurc", "auroc", "comparable", "end_mean", "example_losses", "interpolate_state", "l2_distance",
     "lmc_curve", "loss_auc", "loss_barrier", "recovery", "softmax_features", "svc_mia_auc", "tow",
 ]

@@ -1,6 +1,6 @@
 """Model registry. Importing this package registers every built-in architecture."""
 
-from dormant.models import cnn_small, resnet_cifar, torchvision_models  # noqa: F401
+from dormant.models import cnn_small, ensemble, resnet_cifar, torchvision_models  # noqa: F401
 from dormant.models.registry import (
     ModelSpec,
     available_models,

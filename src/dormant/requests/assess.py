@@ -80,9 +80,11 @@ def device_data(ds: Dataset, device: torch.device) -> tuple[torch.Tensor, ...]:
 def assess(old: nn.Module, new: nn.Module, tensors: tuple[torch.Tensor, ...],
            forget: torch.Tensor, retain: torch.Tensor, recipe: Recipe, num_classes: int,
            policy: Policy, *, oracle: Oracle | None = None, seed: int = 0,
-           old_profile: dict | None = None, progress: Progress | None = None) -> Assessment:
+           old_profile: dict | None = None, new_profile: dict | None = None,
+           progress: Progress | None = None) -> Assessment:
     """Run every check of ``new`` against ``old`` for the forgotten ids and judge them; the
-    tamper test compares with ``oracle`` (``None``: no oracle, so no tamper verdict)."""
+    tamper test compares with ``oracle`` (``None``: no oracle, so no tamper verdict).
+    ``old_profile``/``new_profile``: the models' backdoor profiles, when already measured."""
     t0 = time.perf_counter()
     x, y, x_test, y_test = tensors
     dev = x.device
@@ -94,7 +96,7 @@ def assess(old: nn.Module, new: nn.Module, tensors: tuple[torch.Tensor, ...],
     data = RequestData(x, y, x_test, y_test, heldout.to(dev), leakable.to(dev),
                        retain.to(dev), recipe, num_classes)
     m = run_checks(old, new, data, policy.check_budget(), oracle=oracle,
-                   old_profile=old_profile, progress=progress)
+                   old_profile=old_profile, new_profile=new_profile, progress=progress)
     checks = judge(policy, m)
     return Assessment(m, checks, verdict(checks), time.perf_counter() - t0)
 

@@ -348,14 +348,14 @@ def change_block(old: nn.Module, new: nn.Module, data: RequestData,
 
 def run_checks(old: nn.Module, new: nn.Module, data: RequestData, budget: CheckBudget, *,
                oracle: Oracle | None = None, old_profile: dict | None = None,
-               progress: Progress | None = None) -> dict:
+               new_profile: dict | None = None, progress: Progress | None = None) -> dict:
     """The full measurement record of a request: both models' state, the attack on the new
     one against ``oracle`` (see :func:`tamper_test`), and the budget spent. ``old_profile``
-    is the old model's cached backdoor profile."""
+    and ``new_profile`` are the models' backdoor profiles, when already measured."""
     change = change_block(old, new, data, oracle)  # before any attack touches a model
     return {
         "before": model_state(old, data, budget, profile=old_profile, progress=progress),
-        "after": model_state(new, data, budget, progress=progress),
+        "after": model_state(new, data, budget, profile=new_profile, progress=progress),
         "tamper": tamper_test(new, data, budget, oracle=oracle, progress=progress),
         "change": change,
         "evidence": {"heldout": len(data.heldout), "leakable": len(data.leakable),

@@ -35,10 +35,13 @@ from dormant.requests.assess import (
 )
 from dormant.requests.checks import RETRAINED_ORACLE, Oracle
 from dormant.requests.policy import Policy
+from dormant.requests.sharded import initialiser, is_sisa, read_sisa, sisa_block, write_parts
 from dormant.requests.store import ModelStore, Version, one_line_of
 from dormant.store.checkpoint import sidecar_path
 from dormant.store.files import atomic_write_text
 from dormant.unlearn import UnlearnContext, UnlearnData, make_hparams, resolve_hparams, unlearn
+from dormant.unlearn.sisa import forget as sisa_forget
+from dormant.unlearn.sisa import side_by_side
 
 DEFAULT_METHOD = "retrain"
 """Retraining without the request: it is the retrain oracle the tamper verdict compares every
@@ -54,7 +57,8 @@ class Request:
     requester: str
     reason: str
     version: int | None = None
-    method: str = DEFAULT_METHOD
+    method: str | None = None
+    """None: ``sisa`` on a SISA version, ``DEFAULT_METHOD`` on any other."""
     hparams: dict = field(default_factory=dict)
     accept_warnings: bool = False
     seed: int = 0
@@ -143,131 +147,294 @@ def process_request(store: ModelStore, ds: Dataset, req: Request, policy: Policy
                     on_stage: Callable[[str], None] | None = None,
                     on_wait: Callable[[], None] | None = None) -> tuple[dict, Path]:
     """Process ``req``; returns its record and the folder holding its report."""
+    return process_batch(store, ds, [req], policy, device=device, progress=progress,
+                         on_stage=on_stage, on_wait=on_wait)[0]
+
+
+def method_of(req: Request, base: Version) -> str:
+    """The request's method: the one asked for, else ``sisa`` on a SISA version and
+    ``DEFAULT_METHOD`` on any other. A SISA version is unlearned by ``sisa`` only: any other
+    method would leave a model without the shards the next deletion needs."""
+    method = req.method or ("sisa" if is_sisa(base) else DEFAULT_METHOD)
+    if is_sisa(base) and method != "sisa":
+        raise DormantError(f"{base.name} v{base.version} is a SISA ensemble; delete from it with "
+                           f"--method sisa (the default), not {method}")
+    if method == "sisa" and not is_sisa(base):
+        raise DormantError(f"--method sisa needs a SISA version, and {base.name} "
+                           f"v{base.version} is one model; train one with dormant train --sisa")
+    if method == "sisa" and req.hparams:
+        raise DormantError("a SISA version's shards, slices and aggregate were fixed when it "
+                           "was trained; drop --hparam")
+    return method
+
+
+def _check_batch(reqs: list[Request]) -> None:
+    if not reqs:
+        raise DormantError("no requests to process; give --ids at least once")
+    first = reqs[0]
+    for r in reqs[1:]:
+        for what in ("model", "version", "method", "hparams", "preset", "seed",
+                     "accept_warnings"):
+            if getattr(r, what) != getattr(first, what):
+                raise DormantError(f"the requests of one batch must share their {what}; "
+                                   "process the others as another batch")
+
+
+def process_batch(store: ModelStore, ds: Dataset, reqs: list[Request], policy: Policy, *,
+                  device: str = "auto", progress: Progress | None = None,
+                  on_stage: Callable[[str], None] | None = None,
+                  on_wait: Callable[[], None] | None = None) -> list[tuple[dict, Path]]:
+    """Process ``reqs`` (same model, version, method and settings) with one unlearning run on
+    the union of their ids: one new version, which each request records as its own, each
+    with its own ledger rows, checks on its own ids, verdict and report. The version is
+    promoted only if every request's verdict promotes it. Returns each request's record and
+    report folder, in order."""
+    _check_batch(reqs)
     stage = on_stage or (lambda _text: None)
-    hp = method_hparams(req.method, req.hparams, req.preset, len(ds.y_train))
+    first = reqs[0]
     dev = resolve_device(device)
     with store.lock(on_wait):
         t0 = time.perf_counter()
         store.sweep()
-        base = store.resolve(req.model, req.version)
+        base = store.resolve(first.model, first.version)
         base_path = store.verify_file(base)
-        deleted = store.deleted(base)
-        asked = sorted(int(i) for i in req.ids.tolist())
-        new_ids = [i for i in asked if i not in deleted]
-        if not new_ids:
-            earlier = sorted({deleted[i] for i in asked})
-            raise DormantError(
-                f"all {len(asked)} ids were already deleted from {base.name} v{base.version} "
-                f"by request {', '.join(earlier)}; nothing is done twice")
-        dropped: dict[str, list[int]] = {}
-        for i in asked:
-            if i in deleted:
-                dropped.setdefault(deleted[i], []).append(i)
-        if dropped:
-            stage(already_deleted_note(dropped, len(asked)))
-        model, side, spec = load_for(base_path, ds, None, dev)
-        key = _key(base, new_ids, req.method, hp, req.seed)
-        resumed = next((e for e in store.unfinished(base.name) if e.payload["key"] == key), None)
-        if resumed is not None:
-            rid, to_version = resumed.request_id, resumed.payload["to_version"]
-            store.ledger.append("request-resumed", {"restarts_row": resumed.seq},
-                                request_id=rid, model=base.name)
-            stage(f"resuming request {rid} (started at row {resumed.seq})")
+        method = method_of(first, base)
+        if method == "sisa":  # fixed by the version, not by the request
+            hp = {k: base.sisa["plan"][k] for k in ("shards", "slices", "aggregate")}
         else:
-            rid, to_version = uuid.uuid4().hex[:16], store.next_version(base.name)
-            store.ledger.append("request-started", {
-                "key": key, "from_version": base.version, "to_version": to_version,
-                "ids": new_ids, "already_deleted": len(asked) - len(new_ids),
-                "already_deleted_by": dropped,
-                "method": req.method, "hparams": hp, "requester": req.requester,
-                "reason": req.reason, "policy": policy.to_dict(), "seed": req.seed,
-                "data_fingerprint": ds.fingerprint,
-            }, request_id=rid, model=base.name)
+            hp = method_hparams(method, first.hparams, first.preset, len(ds.y_train))
+        deleted = store.deleted(base)
+        asks = [_new_ids(r, deleted, base, stage) for r in reqs]
+        model, side, spec = load_for(base_path, ds, None, dev)
+        keys = [_key(base, new, method, hp, first.seed) for new, _, _ in asks]
+        if len(reqs) > 1:  # a request of a batch resumes only in that same batch
+            batch = hashlib.sha256(json.dumps(keys).encode()).hexdigest()
+            keys = [hashlib.sha256(f"{k}/{batch}".encode()).hexdigest() for k in keys]
+        rids, to_version = _start(store, base, reqs, asks, keys, method, hp, policy, ds, stage)
         try:
             _failpoint("started")
-            tensors = device_data(ds, dev)
-            x, y = tensors[0], tensors[1]
-            gone = torch.tensor(sorted({*deleted, *new_ids}), dtype=torch.long)
-            keep = torch.ones(len(y), dtype=torch.bool)
-            keep[gone] = False
-            retain = torch.nonzero(keep).flatten()
-            forget = torch.tensor(new_ids, dtype=torch.long)
-            recipe = recipe_of(side, ds)
-            stage(f"unlearning {len(new_ids)} ids from {base.name} v{base.version} with "
-                  f"{req.method}")
-            t1 = time.perf_counter()
-            data = UnlearnData(x, y, forget.to(dev), retain.to(dev), forget[:0].to(dev),
-                               ds.num_classes)
-            train_seed = side.get("seed", req.seed)
-            ctx = UnlearnContext(recipe, lambda s=None: create_model(
-                spec, seed=train_seed if s is None else s), req.seed,
-                                 progress)
-            new = unlearn(req.method, model, data, ctx, **hp)
-            t_unlearn = time.perf_counter() - t1
-            rel, sha = store.write_version(base.name, to_version, new, spec, {
-                "kind": "unlearned", "request_id": rid, "method": req.method, "hparams": hp,
-                "from_version": base.version, "dataset": ds.name,
-                "data_fingerprint": ds.fingerprint, "recipe": recipe.to_dict(), "seed": train_seed,
-            })
-            _failpoint("written")
-            # the tamper verdict compares with the retrain oracle of this very request: the new
-            # model when the method is retrain, else a retrain the way ``retrain`` would do it
-            t2 = time.perf_counter()
-            if req.method == "retrain":
-                oracle = Oracle.itself()
-            else:
-                stage("retraining the oracle the tamper test compares with")
-                oracle = Oracle(RETRAINED_ORACLE, unlearn("retrain", model, data, ctx))
-            t_oracle = time.perf_counter() - t2
-            stage("checking the new version against the old")
-            a = assess(model, new, tensors, forget, retain, recipe, ds.num_classes, policy,
-                       oracle=oracle, seed=req.seed,
-                       old_profile=_known_profile(store, base, budget_dict(policy)),
-                       progress=progress)
-            promoted, why = a.promote(req.accept_warnings)
-            rec = record(
-                a, promoted, why, kind="forget", request_id=rid, model=base.name,
-                from_version=base.version, to_version=to_version, method=req.method, hparams=hp,
-                requester=req.requester, reason=req.reason, ids=len(new_ids),
-                already_deleted=len(asked) - len(new_ids), already_deleted_by=dropped,
-                oracle=oracle.label,
-                sha256={"original": base.sha256, "unlearned": sha},
-                durations={"unlearn": round(t_unlearn, 2), "oracle": round(t_oracle, 2),
-                           "checks": round(a.seconds, 2),
-                           "total": round(time.perf_counter() - t0, 2)},
-            )
-            out = store.root / "requests" / rid
-            from dormant.requests.report import write_request_report  # matplotlib: when used
-
-            write_request_report(rec, out)
-            atomic_write_text(out / "record.json", json.dumps(rec, indent=2))
-            _failpoint("reported")
-            store.ledger.append("request-finished", {
-                **{k: v for k, v in rec.items() if k not in ("request_id", "model")},
-                "ids": new_ids,
-                "files": [{"path": base.rel, "sha256": base.sha256, "role": "original"},
-                          {"path": rel, "sha256": sha, "role": "unlearned"}],
-                "report": str(out.relative_to(store.root) / "report.html"),
-            }, request_id=rid, model=base.name)
+            out = _run(store, ds, reqs, asks, rids, to_version, base, deleted, model, side,
+                       spec, method, hp, policy, dev, progress, stage, t0)
         except BaseException as e:
-            _record_failure(store, base.name, rid, to_version, e)
-    return rec, out
+            _record_failure(store, base.name, rids, to_version, e)
+    return out
 
 
-def _record_failure(store: ModelStore, name: str, rid: str, to_version: int,
+def _new_ids(req: Request, deleted: dict[int, str], base: Version, stage
+             ) -> tuple[list[int], int, dict[str, list[int]]]:
+    """The ids of ``req`` not deleted yet, how many it asked for, and the ones dropped (by
+    the request that deleted them)."""
+    asked = sorted(int(i) for i in req.ids.tolist())
+    new_ids = [i for i in asked if i not in deleted]
+    if not new_ids:
+        earlier = sorted({deleted[i] for i in asked})
+        raise DormantError(
+            f"all {len(asked)} ids were already deleted from {base.name} v{base.version} "
+            f"by request {', '.join(earlier)}; nothing is done twice")
+    dropped: dict[str, list[int]] = {}
+    for i in asked:
+        if i in deleted:
+            dropped.setdefault(deleted[i], []).append(i)
+    if dropped:
+        stage(already_deleted_note(dropped, len(asked)))
+    return new_ids, len(asked), dropped
+
+
+def _start(store: ModelStore, base: Version, reqs: list[Request], asks, keys: list[str],
+           method: str, hp: dict, policy: Policy, ds: Dataset, stage
+           ) -> tuple[list[str], int]:
+    """Each request's ``request-started`` row, or its ``request-resumed`` row when an earlier
+    run of the same request (same batch) was killed; all in one transaction."""
+    unfinished = {e.payload["key"]: e for e in store.unfinished(base.name)}
+    resumed = [unfinished.get(k) for k in keys]
+    earlier = [e for e in resumed if e is not None]
+    to_version = earlier[0].payload["to_version"] if earlier else store.next_version(base.name)
+    rids = []
+    with store.ledger.transaction():
+        for req, (new_ids, asked, dropped), key, e in zip(reqs, asks, keys, resumed,
+                                                          strict=True):
+            if e is not None:
+                rids.append(e.request_id)
+                store.ledger.append("request-resumed", {"restarts_row": e.seq},
+                                    request_id=e.request_id, model=base.name)
+                stage(f"resuming request {e.request_id} (started at row {e.seq})")
+                continue
+            rid = uuid.uuid4().hex[:16]
+            rids.append(rid)
+            store.ledger.append("request-started", {
+                "key": key, "from_version": base.version, "to_version": to_version,
+                "ids": new_ids, "already_deleted": asked - len(new_ids),
+                "already_deleted_by": dropped,
+                "method": method, "hparams": hp, "requester": req.requester,
+                "reason": req.reason, "policy": policy.to_dict(), "seed": req.seed,
+                "data_fingerprint": ds.fingerprint, "batch": len(reqs),
+            }, request_id=rid, model=base.name)
+    return rids, to_version
+
+
+def _run(store: ModelStore, ds: Dataset, reqs: list[Request], asks, rids: list[str],
+         to_version: int, base: Version, deleted: dict[int, str], model, side: dict, spec,
+         method: str, hp: dict,
+         policy: Policy, dev, progress, stage, t0: float) -> list[tuple[dict, Path]]:
+    """Unlearn the union once, write the version, check every request, record the outcomes."""
+    first = reqs[0]
+    tensors = device_data(ds, dev)
+    x, y = tensors[0], tensors[1]
+    union = sorted({i for new_ids, _, _ in asks for i in new_ids})
+    gone = torch.tensor(sorted({*deleted, *union}), dtype=torch.long)
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[gone] = False
+    retain = torch.nonzero(keep).flatten()
+    forget = torch.tensor(union, dtype=torch.long)
+    recipe = recipe_of(side, ds)
+    what = f"{len(reqs)} requests, " if len(reqs) > 1 else ""
+    stage(f"unlearning {what}{len(union)} ids from {base.name} v{base.version} with {method}")
+    train_seed = side.get("seed", first.seed)
+    ctx = UnlearnContext(recipe, lambda s=None: create_model(
+        spec, seed=train_seed if s is None else s), first.seed, progress)
+    data = UnlearnData(x, y, forget.to(dev), retain.to(dev), forget[:0].to(dev),
+                       ds.num_classes)
+    t1 = time.perf_counter()
+    sisa_out = None
+    if method == "sisa":
+        init = initialiser(spec)
+        after, cost = sisa_forget(read_sisa(store, base, len(y)), x, y, forget, init,
+                                  progress=progress,
+                                  workers=side_by_side(dev, base.sisa["plan"]["shards"]))
+        new = after.ensemble(init, dev)
+        stage(f"retrained {len(cost.stages)} of {after.plan.shards} shards: " + ", ".join(
+            f"shard {s} from slice {r}" for s, r in sorted(cost.stages.items())))
+    else:
+        new = unlearn(method, model, data, ctx, **hp)
+    t_unlearn = time.perf_counter() - t1
+    rel, sha = store.write_version(base.name, to_version, new, spec, {
+        "kind": "unlearned", "request_ids": rids, "method": method, "hparams": hp,
+        "from_version": base.version, "dataset": ds.name,
+        "data_fingerprint": ds.fingerprint, "recipe": recipe.to_dict(), "seed": train_seed,
+    })
+    files = [{"path": base.rel, "sha256": base.sha256, "role": "original"},
+             {"path": rel, "sha256": sha, "role": "unlearned"}]
+    if method == "sisa":
+        files += write_parts(store, base.name, to_version, after)
+        sisa_out = sisa_block(after, files, {
+            "full_retrain_seconds": base.sisa.get("full_retrain_seconds"),
+            "training_seconds": round(cost.seconds, 3), "steps": cost.steps,
+            "retrained": [{"shard": s, "from_slice": r} for s, r in sorted(cost.stages.items())],
+        })
+    _failpoint("written")
+    # the tamper verdict compares with the retrain oracle of this very request: the new model
+    # when the method is retrain or sisa (exact: its shards never saw the ids), else a retrain
+    # the way ``retrain`` would do it, once for the whole batch
+    t2 = time.perf_counter()
+    if method in EXACT:
+        oracle = Oracle.itself()
+    else:
+        stage("retraining the oracle the tamper test compares with")
+        oracle = Oracle(RETRAINED_ORACLE, unlearn("retrain", model, data, ctx))
+    t_oracle = time.perf_counter() - t2
+    cost = cost_of(method, base, side, t_unlearn, t_oracle, sisa_out, len(reqs))
+    checked = []
+    old_profile = _known_profile(store, base, budget_dict(policy))
+    new_profile = None
+    for req, (new_ids, _, _) in zip(reqs, asks, strict=True):
+        stage("checking the new version against the old" + (
+            f" for request {len(checked) + 1} of {len(reqs)}" if len(reqs) > 1 else ""))
+        a = assess(model, new, tensors, torch.tensor(new_ids, dtype=torch.long), retain, recipe,
+                   ds.num_classes, policy, oracle=oracle, seed=req.seed,
+                   old_profile=old_profile, new_profile=new_profile, progress=progress)
+        # the models are the same for every request of a batch, so are their profiles
+        old_profile, new_profile = profile_of(a.measurements, "before"), \
+            profile_of(a.measurements, "after")
+        checked.append(a)
+    promoted, why = _promotion(checked, rids, first.accept_warnings)
+    out = []
+    finished = []
+    for i, (req, (new_ids, asked, dropped), rid, a) in enumerate(
+            zip(reqs, asks, rids, checked, strict=True)):
+        rec = record(
+            a, promoted, why[i], kind="forget", request_id=rid, model=base.name,
+            from_version=base.version, to_version=to_version, method=method, hparams=hp,
+            requester=req.requester, reason=req.reason, ids=len(new_ids),
+            already_deleted=asked - len(new_ids), already_deleted_by=dropped,
+            oracle=oracle.label,
+            sha256={"original": base.sha256, "unlearned": sha},
+            durations={"unlearn": round(t_unlearn, 2), "oracle": round(t_oracle, 2),
+                       "checks": round(a.seconds, 2),
+                       "total": round(time.perf_counter() - t0, 2)},
+            cost=cost, batch={"size": len(reqs), "index": i, "requests": rids},
+            **({"sisa": sisa_out} if sisa_out is not None else {}),
+        )
+        folder = store.root / "requests" / rid
+        from dormant.requests.report import write_request_report  # matplotlib: when used
+
+        write_request_report(rec, folder)
+        atomic_write_text(folder / "record.json", json.dumps(rec, indent=2))
+        _failpoint("reported")
+        finished.append((rid, {
+            **{k: v for k, v in rec.items() if k not in ("request_id", "model")},
+            "ids": new_ids, "files": files,
+            "report": str(folder.relative_to(store.root) / "report.html"),
+        }))
+        out.append((rec, folder))
+    with store.ledger.transaction():  # a batch's version exists once every request says so
+        for rid, payload in finished:
+            store.ledger.append("request-finished", payload, request_id=rid, model=base.name)
+    return out
+
+
+EXACT = ("retrain", "sisa")
+"""Methods whose new model is its own retrain oracle: ``retrain`` trains without the ids, and
+``sisa`` retrains every shard that held one from before it saw them (tested bit for bit)."""
+
+
+def cost_of(method: str, base: Version, side: dict, t_unlearn: float, t_oracle: float,
+            sisa_out: dict | None, batch: int) -> dict:
+    """A request's training cost against a full retrain of the model. ``training_seconds``:
+    the unlearning run plus the oracle's retrain, split evenly among a batch's requests;
+    ``full_retrain_seconds``: what retraining the model from scratch took when it was trained
+    (a SISA version: every shard; a model dormant trained: its training run; a ``retrain``
+    request: the retrain itself), the same share of it; None when nobody measured it."""
+    if sisa_out is not None:
+        full = sisa_out.get("full_retrain_seconds")
+    elif method == "retrain":
+        full = t_unlearn
+    else:
+        full = (side.get("metrics") or {}).get("seconds")
+    spent = t_unlearn + t_oracle
+    return {"training_seconds": round(spent / batch, 3),
+            "full_retrain_seconds": None if full is None else round(full / batch, 3),
+            "batch_training_seconds": round(spent, 3)}
+
+
+def _promotion(checked: list, rids: list[str], accept: bool) -> tuple[bool, list[str]]:
+    """All or nothing: the batch's one version is promoted only if every request promotes it."""
+    each = [a.promote(accept) for a in checked]
+    promoted = all(ok for ok, _ in each)
+    if promoted or len(each) == 1:
+        return promoted, [why for _, why in each]
+    blockers = ", ".join(rid for (ok, _), rid in zip(each, rids, strict=True) if not ok)
+    return False, [why if not ok else f"not promoted: request {blockers} of its batch was not"
+                   for ok, why in each]
+
+
+def _record_failure(store: ModelStore, name: str, rids: list[str], to_version: int,
                     e: BaseException) -> None:
-    """Append ``request-failed`` (the error, one line) for a request that stopped after its
-    ``request-started`` row, remove its half-made checkpoint, and raise: bad input as the
+    """Append ``request-failed`` (the error, one line) for each request that stopped after its
+    ``request-started`` row, remove the half-made version, and raise: bad input as the
     ``DormantError`` it was (naming the request), anything else as :class:`RequestFailed`
     (from the original), an interrupt as itself."""
     error = f"{type(e).__name__}: {one_line_of(e)}"
     rel = store.rel(name, to_version)
-    for p in (store.path(rel), sidecar_path(store.path(rel))):
+    for p in (store.path(rel), sidecar_path(store.path(rel)),
+              store.path(rel).with_suffix(".assignment.safetensors")):
         p.unlink(missing_ok=True)
+    rid = rids[0] if len(rids) == 1 else f"{rids[0]} (and {len(rids) - 1} more of its batch)"
     try:
-        row = store.ledger.append("request-failed", {"error": error, "to_version": to_version},
-                                  request_id=rid, model=name)
-        seq, where = row.seq, f"recorded as request-failed at ledger row {row.seq}"
+        with store.ledger.transaction():
+            rows = [store.ledger.append("request-failed", {"error": error,
+                                                           "to_version": to_version},
+                                        request_id=r, model=name) for r in rids]
+        seq, where = rows[0].seq, f"recorded as request-failed at ledger row {rows[0].seq}"
     except Exception as ledger_error:  # noqa: BLE001 - the original error matters more
         seq, where = None, f"and the ledger could not record it ({one_line_of(ledger_error)})"
     if not isinstance(e, Exception):
@@ -275,4 +442,4 @@ def _record_failure(store: ModelStore, name: str, rid: str, to_version: int,
     if isinstance(e, DormantError):
         raise DormantError(f"{e} (request {rid} {where})") from e
     raise RequestFailed(f"request {rid} failed: {error}; {where}; rerun the same request to "
-                        "retry it", rid, seq) from e
+                        "retry it", rids[0], seq) from e

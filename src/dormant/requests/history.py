@@ -43,3 +43,22 @@ def history_rows(ledger: Ledger, model: str | None = None) -> list[dict]:
                        promoted="yes" if p.get("promoted") else "no")
         out.append(row)
     return out
+
+
+def cost_line(ledger: Ledger, model: str | None = None) -> str | None:
+    """The cumulative training cost of the finished requests against a full retrain each
+    (batch members count their share), in one line; None when no request measured both."""
+    spent = full = 0.0
+    n = 0
+    for e in ledger.entries(kind="request-finished", model=model):
+        cost = e.payload.get("cost") or {}
+        if cost.get("full_retrain_seconds") is None:
+            continue
+        spent += cost["training_seconds"]
+        full += cost["full_retrain_seconds"]
+        n += 1
+    if not n:
+        return None
+    times = f" ({full / spent:.1f}x cheaper)" if spent > 0 else ""
+    return (f"training: {spent:.1f} s over {n} request{'s' if n > 1 else ''}; a full retrain "
+            f"for each would have cost {full:.1f} s: {full - spent:.1f} s saved{times}")

@@ -314,7 +314,37 @@ def header_blocks(record: dict) -> list[Block]:
         why = record.get("promotion_reason") or ""
         head = "Promoted" if record.get("promoted") else "Not promoted"
         blocks.append(Block("p", f"{head}{': ' + why if why else ''}."))
+        blocks += cost_blocks(record)
     return blocks
+
+
+def cost_blocks(record: dict) -> list[Block]:
+    """The request's training cost against a full retrain, its batch and, for SISA, what was
+    retrained."""
+    out = []
+    cost = record.get("cost") or {}
+    batch = record.get("batch") or {}
+    if batch.get("size", 1) > 1:
+        out.append(Block("p", f"Request {batch['index'] + 1} of a batch of {batch['size']}, "
+                              "processed with one unlearning run; the costs are its share."))
+    if cost.get("training_seconds") is not None:
+        full = cost.get("full_retrain_seconds")
+        text = f"Training: {cost['training_seconds']:.1f} s"
+        if full is not None:
+            ratio = f", {full / cost['training_seconds']:.1f}x less" \
+                if cost["training_seconds"] > 0 else ""
+            text += f" against {full:.1f} s for a full retrain{ratio}"
+        out.append(Block("p", text + "."))
+    sisa = record.get("sisa")
+    if sisa:
+        plan = sisa["plan"]
+        stages = ", ".join(f"shard {r['shard']} from slice {r['from_slice']}"
+                           for r in sisa["retrained"]) or "nothing"
+        out.append(Block("p", f"SISA, {plan['shards']} shards of {plan['slices']} slices: "
+                              f"retrained {stages}; every other shard checkpoint is the same "
+                              f"file as before. Assignment sha256 "
+                              f"`{sisa['assignment_sha256'][:16]}`."))
+    return out
 
 
 def _nc_caption(record: dict) -> str:

@@ -37,6 +37,13 @@ class Version:
     promoted: bool
     request_id: str | None = None  # the request that made it; None for an added model
     from_version: int | None = None
+    files: tuple[dict, ...] = ()  # every file the ledger row recorded for it
+    sisa: dict | None = None  # a SISA version's plan and costs (``requests.sharded``)
+
+
+def _own_files(files: list[dict]) -> tuple[dict, ...]:
+    """A row's files that belong to the version it wrote (not the ``original`` it came from)."""
+    return tuple(f for f in files if f.get("role") != "original")
 
 
 def parse_ref(text: str) -> tuple[str, int | None]:
@@ -175,16 +182,21 @@ class ModelStore:
 
     def versions(self, name: str) -> list[Version]:
         """Every written version of ``name``, oldest first."""
-        out = []
+        out, seen = [], set()
         for e in self.ledger.entries(model=name):
             p = e.payload
             if e.kind == "model-added":
                 out.append(Version(name, p["version"], p["files"][0]["path"],
-                                   p["files"][0]["sha256"], e.seq, True))
-            elif e.kind == "request-finished" and p.get("to_version") is not None:
+                                   p["files"][0]["sha256"], e.seq, True,
+                                   files=_own_files(p["files"]), sisa=p.get("sisa")))
+            # the requests of a batch share the version they made: the first row names it
+            elif e.kind == "request-finished" and p.get("to_version") is not None \
+                    and p["to_version"] not in seen:
+                seen.add(p["to_version"])
                 new = next(f for f in p["files"] if f["role"] == "unlearned")
                 out.append(Version(name, p["to_version"], new["path"], new["sha256"], e.seq,
-                                   bool(p["promoted"]), e.request_id, p["from_version"]))
+                                   bool(p["promoted"]), e.request_id, p["from_version"],
+                                   _own_files(p["files"]), p.get("sisa")))
         return out
 
     def models(self) -> list[str]:
@@ -221,14 +233,21 @@ class ModelStore:
     def deleted(self, v: Version) -> dict[int, str]:
         """Every id deleted on the way to ``v``, mapped to the request that deleted it."""
         by_version = {x.version: x for x in self.versions(v.name)}
-        finished = {e.request_id: e.payload for e in
-                    self.ledger.entries(kind="request-finished", model=v.name)}
+        made: dict[int, list[Entry]] = {}
+        for e in self.ledger.entries(kind="request-finished", model=v.name):
+            made.setdefault(e.payload.get("to_version"), []).append(e)
         out: dict[int, str] = {}
         cur: Version | None = v
         while cur is not None and cur.request_id is not None:
-            out.update(dict.fromkeys(finished[cur.request_id]["ids"], cur.request_id))
+            for e in made[cur.version]:  # every request of the batch that made it
+                out.update(dict.fromkeys(e.payload["ids"], e.request_id))
             cur = by_version.get(cur.from_version)
         return out
+
+    def request_ids(self, v: Version) -> list[str]:
+        """Every request that made ``v``: one, or each request of the batch."""
+        return [e.request_id for e in self.ledger.entries(kind="request-finished", model=v.name)
+                if e.payload.get("to_version") == v.version]
 
     def unfinished(self, name: str) -> list[Entry]:
         """``request-started`` rows of ``name`` with no ``request-finished`` row."""
@@ -252,10 +271,19 @@ class ModelStore:
         """Remove what a killed writer can leave: temp files, and the checkpoint of a started
         request that never finished (its rerun writes it again)."""
         gone = list((self.root / "models").glob("*/.*.tmp"))
+        gone += list((self.root / "models").glob("*/shards/.*.tmp"))
         for name in self.models():
             for e in self.unfinished(name):
                 rel = self.rel(name, e.payload["to_version"])
-                gone += [p for p in (self.path(rel), sidecar_path(self.path(rel))) if p.exists()]
+                made = (self.path(rel), sidecar_path(self.path(rel)),
+                        self.path(rel).with_suffix(".assignment.safetensors"))
+                gone += [p for p in made if p.exists()]
+        # a SISA shard checkpoint no ledger row names was written by a request that never
+        # finished (shards are shared between versions, so only the ledger can tell)
+        named = {f["path"] for e in self.ledger.entries() for f in e.payload.get("files", [])
+                 if isinstance(f, dict)}
+        gone += [p for p in (self.root / "models").glob("*/shards/*.safetensors")
+                 if str(p.relative_to(self.root)) not in named]
         for p in gone:
             p.unlink(missing_ok=True)
         return gone
@@ -280,6 +308,11 @@ class ModelStore:
             raise DormantError(f"{checkpoint} has no sidecar naming its architecture; pass "
                                "--arch (e.g. cnn-small)")
         spec = fit_spec(state, side, arch, Path(checkpoint))  # before anything is written
+        ensemble = None
+        if side.get("sisa") is not None:  # its shards, slices and assignment come with it
+            from dormant.store.sisa import load_sisa
+
+            ensemble = load_sisa(Path(checkpoint), side)
         with self.lock():
             self.sweep()
             version = self.next_version(name)
@@ -293,10 +326,18 @@ class ModelStore:
                     "source": str(checkpoint), **(meta or {})}
             atomic_write_bytes(sidecar_path(dest), json.dumps(side, indent=2).encode())
             sha = sha256_file(dest)
+            files = [{"path": rel, "sha256": sha, "role": "checkpoint"}]
+            extra = {}
+            if ensemble is not None:
+                from dormant.requests.sharded import sisa_block, write_parts
+
+                files += write_parts(self, name, version, ensemble)
+                extra["sisa"] = sisa_block(ensemble, files, {
+                    k: v for k, v in side["sisa"].items() if k != "plan"})
             e = self.ledger.append("model-added", {
                 "version": version, "arch": arch, "source": str(checkpoint),
                 "num_classes": spec.num_classes, "in_channels": spec.in_channels,
-                "files": [{"path": rel, "sha256": sha, "role": "checkpoint"}],
-                "data_fingerprint": side.get("data_fingerprint"),
+                "files": files, "data_fingerprint": side.get("data_fingerprint"), **extra,
             }, model=name)
-        return Version(name, version, rel, sha, e.seq, True)
+        return Version(name, version, rel, sha, e.seq, True, files=tuple(files),
+                       sisa=extra.get("sisa"))

@@ -14,6 +14,7 @@ from torch import nn
 
 from dormant.errors import DormantError
 from dormant.models import ModelSpec, create_model
+from dormant.models.ensemble import member_name, spec_of
 from dormant.store.files import atomic_write_bytes, atomic_write_text
 
 FORMAT = "dormant-checkpoint/1"
@@ -49,8 +50,10 @@ def versions() -> dict:
 def save_checkpoint(
     path: Path, model: nn.Module, spec: ModelSpec, meta: dict | None = None
 ) -> Path:
-    """Write ``path`` (.safetensors) and its sidecar; both atomically."""
+    """Write ``path`` (.safetensors) and its sidecar; both atomically. A SISA ensemble of
+    ``spec``'s architecture is recorded as the ensemble (``models.ensemble.spec_of``)."""
     path = Path(path)
+    spec = spec_of(model, spec)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(path, safetensors.torch.save(state))
     sidecar = {"format": FORMAT, "model": spec.to_dict(), **(meta or {}),
@@ -147,6 +150,8 @@ def load_model(
     if expect is not None:
         for name in ("name", "num_classes", "in_channels"):
             have, want = getattr(spec, name), getattr(expect, name)
+            if name == "name":  # an ensemble of the expected architecture is that model too
+                have, want = member_name(have), member_name(want)
             if have != want:
                 raise DormantError(
                     f"checkpoint {path} has {name}={have!r} but this run needs {name}={want!r}; "

@@ -21,6 +21,7 @@ from dormant.unlearn import (  # noqa: F401  (importing a module registers its m
     retrain,
     salun,
     scrub,
+    sisa,
     ssd,
     tar,
     weight_attenuation,
