@@ -17,7 +17,7 @@ from dormant.unlearn import StoppableHparams, UnlearnData, available_methods, ge
 # the module, not the function of the same name that dormant.engine re-exports
 evaluate_module = importlib.import_module("dormant.engine.evaluate")
 CHEAP = {"tar": {"adversaries": 1, "inner_steps": 2}, "fisher_forgetting": {"max_samples": 200},
-         "ssd": {"max_samples": 300}}
+         "ssd": {"max_samples": 300}, "sisa": {"shards": 2, "slices": 2}}
 
 
 def test_unlearn_data_does_not_name_the_heldout_split():

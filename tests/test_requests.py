@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import run_cli as _cli
+from cli_helpers import write_ids as _ids
 
 from dormant.cli import main
 from dormant.requests import Ledger, ModelStore
@@ -28,20 +30,10 @@ budget: {relearn_steps: 30, relearn_lr: 1.0e-3, eval_every: 5, leaked_k: 2,
 """
 
 
-def _ids(path: Path, ids) -> Path:
-    path.write_text("\n".join(str(int(i)) for i in ids) + "\n")
-    return path
-
-
 def _forget(store: Path, ids: Path, policy: Path, *extra: str) -> int:
     return main(["forget", "--store", str(store), "--model", "digits", "--ids", str(ids),
                  "--requester", "alice", "--reason", "gdpr art. 17", "--policy", str(policy),
                  "--device", "cpu", *extra])
-
-
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dormant", *args], capture_output=True,
-                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
 @pytest.fixture(scope="module")

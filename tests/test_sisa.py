@@ -5,15 +5,14 @@ run ``dormant train --sisa``, ``dormant forget`` and ``dormant ledger`` as a use
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_helpers import run_cli as _cli
+from cli_helpers import write_ids as _ids
 
 from dormant.cli import main
 from dormant.engine import Recipe, evaluate
@@ -76,29 +75,37 @@ def test_a_deletion_is_bit_exact_and_touches_only_the_shards_that_held_the_ids(t
     plan = _plan()
     trained, cost = train(plan, x, y, torch.arange(len(y)), _init)
     assert len(cost.stages) == 3 and cost.steps > 0
-    # two ids of one shard in different slices, none of the other shards
-    s0 = trained.assignment.shard == 0
-    gone = torch.stack([torch.nonzero(s0 & (trained.assignment.slice == r)).flatten()[0]
-                        for r in (1, 1)]).unique()
-    gone = torch.cat([gone, torch.nonzero(s0 & (trained.assignment.slice == 1)).flatten()[1:2]])
-    after, done = forget(trained, x, y, gone, _init)
-    assert done.stages == {0: 1}  # shard 0 from slice 1: slice 0 never saw the ids
+    a = trained.assignment
+
+    def held(shard: int, slice_: int, n: int = 1) -> torch.Tensor:
+        return torch.nonzero((a.shard == shard) & (a.slice == slice_)).flatten()[:n]
+
+    # two ids of shard 0, both in slice 1: slice 0's checkpoint never saw them
+    first = held(0, 1, 2)
+    after, done = forget(trained, x, y, first, _init)
+    assert done.stages == {0: 1}
     for s in (1, 2):  # untouched: the very same checkpoints
         assert all(a is b for a, b in zip(after.checkpoints[s], trained.checkpoints[s],
                                            strict=True))
     assert after.checkpoints[0][0] is trained.checkpoints[0][0]
     assert not _same(after.checkpoints[0][1], trained.checkpoints[0][1])
-    # the forgotten ids are in no shard's training ids any more
-    assert (after.assignment.shard[gone] == -1).all()
+    # then ids of shard 1 in slices 1 and 0: retrained from the earliest, slice 0
+    second = torch.cat([held(1, 1), held(1, 0)])
+    final, done = forget(after, x, y, second, _init)
+    assert done.stages == {1: 0}
+    assert all(a is b for a, b in zip(final.checkpoints[0], after.checkpoints[0], strict=True))
+    # the forgotten ids, of both requests, are in no shard's training ids any more
+    gone = torch.cat([first, second])
+    assert (final.assignment.shard[gone] == -1).all()
     for s in range(3):
-        assert not set(after.assignment.ids(s, 1).tolist()) & set(gone.tolist())
+        assert not set(final.assignment.ids(s, 1).tolist()) & set(gone.tolist())
     # exact: bit for bit what training from scratch without the ids gives
-    scratch, _ = train(plan, x, y, None, _init, assignment=after.assignment)
-    for got, want in zip(after.checkpoints, scratch.checkpoints, strict=True):
+    scratch, _ = train(plan, x, y, None, _init, assignment=final.assignment)
+    for got, want in zip(final.checkpoints, scratch.checkpoints, strict=True):
         assert all(_same(a, b) for a, b in zip(got, want, strict=True))
     # and the shards retrained side by side give the same bits
-    threaded, _ = forget(trained, x, y, gone, _init, workers=2)
-    assert all(_same(a, b) for ga, gb in zip(threaded.checkpoints, after.checkpoints,
+    threaded, _ = forget(after, x, y, second, _init, workers=2)
+    assert all(_same(a, b) for ga, gb in zip(threaded.checkpoints, final.checkpoints,
                                              strict=True) for a, b in zip(ga, gb, strict=True))
 
 
@@ -114,9 +121,9 @@ def test_the_ensemble_aggregates_by_mean_or_vote_and_passes_gradients(tensors):
     counts = F.one_hot(labels, 10).sum(0)
     winners = vote(inputs).argmax(1)
     assert (counts.gather(1, winners[:, None]).squeeze(1) == counts.max(1).values).all()
-    # each member alone is weaker than the three together on the test set
+    # averaging helps: the ensemble beats its members' mean accuracy on the test set
     accs = [evaluate(m, xt, yt).acc for m in ens.shards]
-    assert evaluate(ens, xt, yt).acc > max(accs) - 1.0
+    assert evaluate(ens, xt, yt).acc > sum(accs) / len(accs)
     # one loss on the aggregate trains every member (what the relearning attack does)
     ens.train()
     F.cross_entropy(vote(inputs), yt[:64]).backward()
@@ -125,16 +132,6 @@ def test_the_ensemble_aggregates_by_mean_or_vote_and_passes_gradients(tensors):
 
 
 # --- the store, through the CLI ---------------------------------------------------------------
-
-
-def _ids(path: Path, ids) -> Path:
-    path.write_text("\n".join(str(int(i)) for i in ids) + "\n")
-    return path
-
-
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dormant", *args], capture_output=True,
-                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +205,7 @@ def test_a_sisa_version_retrains_one_shard_and_keeps_the_others_byte_identical(
     assert "11 checkpoint(s) re-hashed" in " ".join(capsys.readouterr().out.split())
     assert main(["ledger", "show", str(sisa_store)]) == 0
     shown = " ".join(capsys.readouterr().out.split())
-    assert "a full retrain for each would have cost" in shown and "saved" in shown
+    assert "for a full retrain per request" in shown and "saved" in shown
     # a changed shard checkpoint that no request retrained is caught
     untouched = sisa_store / after[(0, 1)]["path"]
     data = bytearray(untouched.read_bytes())
@@ -257,13 +254,20 @@ def test_a_batch_retrains_once_and_gives_each_request_its_own_trail(sisa_store, 
 def test_kill_9_at_three_points_then_rerun_finishes_the_sisa_request(sisa_store, sisa_base,
                                                                     tmp_path):
     ids = _ids(tmp_path / "k.txt", range(300, 330))
+    clean = tmp_path / "clean"
+    shutil.copytree(sisa_store, clean)
+    assert main(_forget(clean, sisa_base["policy"], ids)) == 0  # the run nobody killed
     args = _forget(sisa_store, sisa_base["policy"], ids)
     book = Ledger(sisa_store / "ledger.sqlite")
+    shards = sisa_store / "models" / "d" / "shards"
     for point in ("started", "written", "reported"):
         crashed = _cli(*args, env={"DORMANT_FAILPOINT": point})
         assert crashed.returncode == -9, (point, crashed.stderr)
         assert book.verify(store=sisa_store).ok
         assert [e.kind for e in book.entries()][-1] in ("request-started", "request-resumed")
+    # a shard checkpoint no row names (a killed run's) is swept by the rerun
+    orphan = shards / ("0" * 64 + ".safetensors")
+    orphan.write_bytes(b"left by a killed run")
     assert main(args) == 0
     kinds = [e.kind for e in book.entries()]
     assert kinds == ["model-added", "request-started", "request-resumed", "request-resumed",
@@ -272,10 +276,28 @@ def test_kill_9_at_three_points_then_rerun_finishes_the_sisa_request(sisa_store,
     assert book.verify(store=sisa_store).ok
     # on disk: exactly what the ledger names, nothing a killed run left behind
     named = {f["path"] for e in book.entries() for f in e.payload.get("files", [])}
-    shards = {str(p.relative_to(sisa_store)) for p in
-              (sisa_store / "models" / "d" / "shards").iterdir()}
-    assert shards <= named
+    assert not orphan.exists()
+    assert {str(p.relative_to(sisa_store)) for p in shards.iterdir()} <= named
     assert not list((sisa_store / "models").rglob(".*.tmp"))
+    # and the version is the one the uninterrupted run made
+    assert _files(ModelStore(sisa_store).resolve("d", 2)) == \
+        _files(ModelStore(clean).resolve("d", 2))
+
+
+@pytest.mark.slow
+def test_a_batch_killed_after_its_first_report_resumes_every_request(sisa_store, sisa_base,
+                                                                     tmp_path):
+    parts = [_ids(tmp_path / f"r{i}.txt", range(400 + 10 * i, 410 + 10 * i)) for i in range(3)]
+    args = _forget(sisa_store, sisa_base["policy"], *parts)
+    crashed = _cli(*args, env={"DORMANT_FAILPOINT": "reported"})
+    assert crashed.returncode == -9, crashed.stderr
+    book = Ledger(sisa_store / "ledger.sqlite")
+    started = [e.request_id for e in book.entries(kind="request-started")]
+    assert len(started) == 3 and not book.entries(kind="request-finished")
+    assert main(args) == 0
+    assert [e.request_id for e in book.entries(kind="request-resumed")] == started
+    assert [e.request_id for e in book.entries(kind="request-finished")] == started
+    assert book.verify(store=sisa_store).ok
 
 
 def test_sisa_bad_input_is_one_line(sisa_store, sisa_base, tmp_path, capsys):

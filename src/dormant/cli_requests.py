@@ -103,7 +103,7 @@ def forget(
     each request's own ledger rows, checks, verdict and report."""
     from dormant.data.forget import read_ids
     from dormant.requests import ModelStore, Request, load_policy, parse_ref, process_batch
-    from dormant.requests.forget import RequestFailed, check_text
+    from dormant.requests.forget import RequestFailed, check_text, method_of
     from dormant.unlearn import get_preset, make_hparams
 
     check_text("requester", requester, "who asked for the deletion, e.g. alice")
@@ -111,12 +111,13 @@ def forget(
     name, version = parse_ref(model)
     pol = load_policy(policy)
     hp = key_values(hparam, "--hparam", "steps=200")
-    if method is not None:
-        get_preset(method, preset)  # a bad method, preset or hyper-parameter fails before any
-        make_hparams(method, hp)  # data loads; the preset is resolved once the data is there
     files = ids_files(ids)
     st = ModelStore(store, ledger)
-    st.resolve(name, version)
+    # a bad method, preset or hyper-parameter fails before any data loads; the preset is
+    # resolved once the data is there
+    chosen = method_of(method, hp, st.resolve(name, version))
+    get_preset(chosen, preset)
+    make_hparams(chosen, hp)
     ds = _dataset(dataset, data_root, train_size)
     reqs = [Request(name, read_ids(f, len(ds.y_train)), requester, reason, version, method, hp,
                     accept_warnings, seed, preset) for f in files]

@@ -1,9 +1,11 @@
-"""One deletion request against a store: record it, unlearn, check, judge, record the outcome.
+"""Deletion requests against a store: record them, unlearn, check, judge, record the outcome.
 
-The whole request runs under the store's lock, so concurrent requests queue and each builds
-on the version the one before it promoted. The ``request-started`` row is written before any
-work; a process killed after it leaves that row, and the rerun of the same request (same
-model version, ids, method and hyper-parameters) resumes it under the same request id."""
+Requests run under the store's lock, so concurrent ones queue and each builds on the version
+the one before it promoted. Several requests may run as one batch: one unlearning run on the
+union of their ids, one new version, and each request's own rows, checks, verdict and report.
+The ``request-started`` rows are written before any work; a process killed after them leaves
+those rows, and the rerun of the same request, or the same batch (same model version, ids,
+method and hyper-parameters), resumes it under the same request ids."""
 
 from __future__ import annotations
 
@@ -37,7 +39,6 @@ from dormant.requests.checks import RETRAINED_ORACLE, Oracle
 from dormant.requests.policy import Policy
 from dormant.requests.sharded import initialiser, is_sisa, read_sisa, sisa_block, write_parts
 from dormant.requests.store import ModelStore, Version, one_line_of
-from dormant.store.checkpoint import sidecar_path
 from dormant.store.files import atomic_write_text
 from dormant.unlearn import UnlearnContext, UnlearnData, make_hparams, resolve_hparams, unlearn
 from dormant.unlearn.sisa import forget as sisa_forget
@@ -151,18 +152,18 @@ def process_request(store: ModelStore, ds: Dataset, req: Request, policy: Policy
                          on_stage=on_stage, on_wait=on_wait)[0]
 
 
-def method_of(req: Request, base: Version) -> str:
-    """The request's method: the one asked for, else ``sisa`` on a SISA version and
+def method_of(asked: str | None, hparams: dict, base: Version) -> str:
+    """The request's method: the one ``asked`` for, else ``sisa`` on a SISA version and
     ``DEFAULT_METHOD`` on any other. A SISA version is unlearned by ``sisa`` only: any other
     method would leave a model without the shards the next deletion needs."""
-    method = req.method or ("sisa" if is_sisa(base) else DEFAULT_METHOD)
+    method = asked or ("sisa" if is_sisa(base) else DEFAULT_METHOD)
     if is_sisa(base) and method != "sisa":
         raise DormantError(f"{base.name} v{base.version} is a SISA ensemble; delete from it with "
                            f"--method sisa (the default), not {method}")
     if method == "sisa" and not is_sisa(base):
         raise DormantError(f"--method sisa needs a SISA version, and {base.name} "
                            f"v{base.version} is one model; train one with dormant train --sisa")
-    if method == "sisa" and req.hparams:
+    if method == "sisa" and hparams:
         raise DormantError("a SISA version's shards, slices and aggregate were fixed when it "
                            "was trained; drop --hparam")
     return method
@@ -198,7 +199,7 @@ def process_batch(store: ModelStore, ds: Dataset, reqs: list[Request], policy: P
         store.sweep()
         base = store.resolve(first.model, first.version)
         base_path = store.verify_file(base)
-        method = method_of(first, base)
+        method = method_of(first.method, first.hparams, base)
         if method == "sisa":  # fixed by the version, not by the request
             hp = {k: base.sisa["plan"][k] for k in ("shards", "slices", "aggregate")}
         else:
@@ -207,9 +208,11 @@ def process_batch(store: ModelStore, ds: Dataset, reqs: list[Request], policy: P
         asks = [_new_ids(r, deleted, base, stage) for r in reqs]
         model, side, spec = load_for(base_path, ds, None, dev)
         keys = [_key(base, new, method, hp, first.seed) for new, _, _ in asks]
-        if len(reqs) > 1:  # a request of a batch resumes only in that same batch
+        if len(reqs) > 1:  # a request of a batch resumes only in that same batch, at its
+            # own place in it (two requests may ask for the same ids)
             batch = hashlib.sha256(json.dumps(keys).encode()).hexdigest()
-            keys = [hashlib.sha256(f"{k}/{batch}".encode()).hexdigest() for k in keys]
+            keys = [hashlib.sha256(f"{k}/{batch}/{i}".encode()).hexdigest()
+                    for i, k in enumerate(keys)]
         rids, to_version = _start(store, base, reqs, asks, keys, method, hp, policy, ds, stage)
         try:
             _failpoint("started")
@@ -288,7 +291,8 @@ def _run(store: ModelStore, ds: Dataset, reqs: list[Request], asks, rids: list[s
     forget = torch.tensor(union, dtype=torch.long)
     recipe = recipe_of(side, ds)
     what = f"{len(reqs)} requests, " if len(reqs) > 1 else ""
-    stage(f"unlearning {what}{len(union)} ids from {base.name} v{base.version} with {method}")
+    ids = f"{len(union)} id{'s' if len(union) > 1 else ''}"
+    stage(f"unlearning {what}{ids} from {base.name} v{base.version} with {method}")
     train_seed = side.get("seed", first.seed)
     ctx = UnlearnContext(recipe, lambda s=None: create_model(
         spec, seed=train_seed if s is None else s), first.seed, progress)
@@ -318,7 +322,7 @@ def _run(store: ModelStore, ds: Dataset, reqs: list[Request], asks, rids: list[s
         files += write_parts(store, base.name, to_version, after)
         sisa_out = sisa_block(after, files, {
             "full_retrain_seconds": base.sisa.get("full_retrain_seconds"),
-            "training_seconds": round(cost.seconds, 3), "steps": cost.steps,
+            "retrain_seconds": round(cost.seconds, 3), "steps": cost.steps,
             "retrained": [{"shard": s, "from_slice": r} for s, r in sorted(cost.stages.items())],
         })
     _failpoint("written")
@@ -420,13 +424,12 @@ def _promotion(checked: list, rids: list[str], accept: bool) -> tuple[bool, list
 def _record_failure(store: ModelStore, name: str, rids: list[str], to_version: int,
                     e: BaseException) -> None:
     """Append ``request-failed`` (the error, one line) for each request that stopped after its
-    ``request-started`` row, remove the half-made version, and raise: bad input as the
+    ``request-started`` row, remove the half-made version's own files (a SISA version's new
+    shard checkpoints, named by no row, go at the next ``sweep``), and raise: bad input as the
     ``DormantError`` it was (naming the request), anything else as :class:`RequestFailed`
     (from the original), an interrupt as itself."""
     error = f"{type(e).__name__}: {one_line_of(e)}"
-    rel = store.rel(name, to_version)
-    for p in (store.path(rel), sidecar_path(store.path(rel)),
-              store.path(rel).with_suffix(".assignment.safetensors")):
+    for p in store.version_files(name, to_version):
         p.unlink(missing_ok=True)
     rid = rids[0] if len(rids) == 1 else f"{rids[0]} (and {len(rids) - 1} more of its batch)"
     try:

@@ -46,8 +46,9 @@ def history_rows(ledger: Ledger, model: str | None = None) -> list[dict]:
 
 
 def cost_line(ledger: Ledger, model: str | None = None) -> str | None:
-    """The cumulative training cost of the finished requests against a full retrain each
-    (batch members count their share), in one line; None when no request measured both."""
+    """The cumulative training cost of the finished requests against a full retrain per
+    request, in one line; a batch's requests share one full retrain, as they share one
+    unlearning run. None when no request measured both."""
     spent = full = 0.0
     n = 0
     for e in ledger.entries(kind="request-finished", model=model):
@@ -60,5 +61,6 @@ def cost_line(ledger: Ledger, model: str | None = None) -> str | None:
     if not n:
         return None
     times = f" ({full / spent:.1f}x cheaper)" if spent > 0 else ""
-    return (f"training: {spent:.1f} s over {n} request{'s' if n > 1 else ''}; a full retrain "
-            f"for each would have cost {full:.1f} s: {full - spent:.1f} s saved{times}")
+    return (f"training: {spent:.1f} s over {n} request{'s' if n > 1 else ''}, against "
+            f"{full:.1f} s for a full retrain per request (a batch shares one): "
+            f"{full - spent:.1f} s saved{times}")

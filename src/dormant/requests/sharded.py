@@ -31,10 +31,6 @@ def blob_rel(name: str, sha: str) -> str:
     return f"models/{name}/shards/{sha}.safetensors"
 
 
-def assignment_rel(name: str, version: int) -> str:
-    return f"models/{name}/v{version}.assignment.safetensors"
-
-
 def _put(store: ModelStore, rel: str, sha: str, data: bytes) -> None:
     """A content-addressed file is written once; one whose bytes no longer match its name is
     written again."""
@@ -47,7 +43,7 @@ def write_parts(store: ModelStore, name: str, version: int, sisa: Sisa) -> list[
     """Write ``sisa``'s assignment and any shard checkpoint the store lacks; the ledger's
     ``files`` entries for them (assignment first)."""
     data = assignment_bytes(sisa.assignment)
-    rel = assignment_rel(name, version)
+    rel = store.assignment_rel(name, version)
     atomic_write_bytes(store.path(rel), data)
     files = [{"path": rel, "sha256": sha256_file(store.path(rel)), "role": ASSIGNMENT}]
     for s, stages in enumerate(sisa.checkpoints):
@@ -63,7 +59,8 @@ def write_parts(store: ModelStore, name: str, version: int, sisa: Sisa) -> list[
 def sisa_block(sisa: Sisa, files: list[dict], costs: dict) -> dict:
     """A SISA version's ledger ``sisa`` block: the plan, the assignment's hash, and the costs
     (``full_retrain_seconds``: what training every shard from scratch took, measured when the
-    model was trained; a request's ``training_seconds``, ``retrained`` stages)."""
+    model was trained; ``retrain_seconds`` and ``steps``: what this version's shards took to
+    train; a request's ``retrained`` stages)."""
     sha = next(f["sha256"] for f in files if f["role"] == ASSIGNMENT)
     return {"plan": sisa.plan.to_dict(), "assignment_sha256": sha,
             "trained_ids": len(sisa.assignment.trained()), **costs}

@@ -178,6 +178,16 @@ class ModelStore:
     def rel(name: str, version: int) -> str:
         return f"models/{name}/v{version}.safetensors"
 
+    @staticmethod
+    def assignment_rel(name: str, version: int) -> str:
+        """A SISA version's assignment of training ids to shards and slices."""
+        return f"models/{name}/v{version}.assignment.safetensors"
+
+    def version_files(self, name: str, version: int) -> tuple[Path, ...]:
+        """The files only this version has: its checkpoint, sidecar and (SISA) assignment."""
+        ckpt = self.path(self.rel(name, version))
+        return ckpt, sidecar_path(ckpt), self.path(self.assignment_rel(name, version))
+
     # --- what the ledger says -------------------------------------------------------------
 
     def versions(self, name: str) -> list[Version]:
@@ -268,22 +278,22 @@ class ModelStore:
     # --- writing (call these under ``lock``) -----------------------------------------------
 
     def sweep(self) -> list[Path]:
-        """Remove what a killed writer can leave: temp files, and the checkpoint of a started
-        request that never finished (its rerun writes it again)."""
+        """Remove what a killed writer can leave: temp files, the files of a started request's
+        version that never finished (its rerun writes them again), and SISA shard checkpoints
+        no ledger row names (a killed request wrote them; shards are shared between versions,
+        so only the ledger can tell). Those are removed only under the store's own ledger: a
+        store opened with another ``--ledger`` file could not tell its shards from orphans."""
         gone = list((self.root / "models").glob("*/.*.tmp"))
         gone += list((self.root / "models").glob("*/shards/.*.tmp"))
         for name in self.models():
             for e in self.unfinished(name):
-                rel = self.rel(name, e.payload["to_version"])
-                made = (self.path(rel), sidecar_path(self.path(rel)),
-                        self.path(rel).with_suffix(".assignment.safetensors"))
-                gone += [p for p in made if p.exists()]
-        # a SISA shard checkpoint no ledger row names was written by a request that never
-        # finished (shards are shared between versions, so only the ledger can tell)
-        named = {f["path"] for e in self.ledger.entries() for f in e.payload.get("files", [])
-                 if isinstance(f, dict)}
-        gone += [p for p in (self.root / "models").glob("*/shards/*.safetensors")
-                 if str(p.relative_to(self.root)) not in named]
+                gone += [p for p in self.version_files(name, e.payload["to_version"])
+                         if p.exists()]
+        if self.ledger.path.resolve() == (self.root / "ledger.sqlite").resolve():
+            named = {f["path"] for e in self.ledger.entries()
+                     for f in e.payload.get("files", []) if isinstance(f, dict)}
+            gone += [p for p in (self.root / "models").glob("*/shards/*.safetensors")
+                     if str(p.relative_to(self.root)) not in named]
         for p in gone:
             p.unlink(missing_ok=True)
         return gone

@@ -148,15 +148,18 @@ def load_model(
     if spec is None:
         raise DormantError(f"{path} has no sidecar naming its model; pass --model")
     if expect is not None:
-        for name in ("name", "num_classes", "in_channels"):
-            have, want = getattr(spec, name), getattr(expect, name)
-            if name == "name":  # an ensemble of the expected architecture is that model too
-                have, want = member_name(have), member_name(want)
-            if have != want:
-                raise DormantError(
-                    f"checkpoint {path} has {name}={have!r} but this run needs {name}={want!r}; "
-                    "pass the matching --model/--dataset or another checkpoint"
-                )
+        # a SISA ensemble of the expected architecture is that model too (a study's cache
+        # holds ``sisa`` rows under the member's spec); the other way round it is not
+        mismatched = [(n, getattr(spec, n), getattr(expect, n))
+                      for n in ("num_classes", "in_channels") if getattr(spec, n) !=
+                      getattr(expect, n)]
+        if expect.name not in (spec.name, member_name(spec.name)):
+            mismatched.insert(0, ("name", spec.name, expect.name))
+        if mismatched:
+            name, have, want = mismatched[0]
+            raise DormantError(
+                f"checkpoint {path} has {name}={have!r} but this run needs {name}={want!r}; "
+                "pass the matching --model/--dataset or another checkpoint")
     model = create_model(spec)
     try:
         model.load_state_dict(state, strict=True)

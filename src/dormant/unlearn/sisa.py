@@ -1,17 +1,19 @@
 """SISA: Sharded, Isolated, Sliced, Aggregated training (Bourtoule et al., "Machine
 Unlearning", IEEE S&P 2021), and exact deletion by retraining only what saw the ids.
 
-The training set is split at random into S disjoint shards, each into R disjoint slices. Each
-shard trains its own model in R stages: stage r trains on slices 1..r, starting from the
-checkpoint stage r-1 left, and a checkpoint is kept after every stage. Deleting an id retrains
-its shard from the checkpoint before the slice that holds it; nothing else is touched.
+The training set is split at random into S disjoint shards, each into R disjoint slices,
+numbered from 0. Each shard trains its own model in R stages: stage r trains on slices 0..r,
+starting from the checkpoint stage r-1 left, and a checkpoint is kept after every stage.
+Deleting an id retrains its shard from the checkpoint before the slice that holds it (from a
+fresh initialisation for slice 0); nothing else is touched.
 
 Two choices the paper leaves open, stated so that a deletion is exact:
 
 - Each stage is one run of the original's recipe (its optimiser and schedule) from a fresh
   optimiser, so a checkpoint's weights are all that stage r needs: retraining from it gives
-  bit for bit what training without the deleted ids from scratch gives (tested).
-- Stage r runs ``epochs * 2 / (R + 1)`` passes over slices 1..r, where ``epochs`` is the
+  bit for bit what training without the deleted ids from scratch gives on the same device
+  (tested on a CPU; GPU kernels need not be deterministic).
+- Stage r runs ``epochs * 2 / (R + 1)`` passes over slices 0..r, where ``epochs`` is the
   monolithic recipe's passes over the training set: the paper's rule (section VI) under which
   a sliced shard costs what an unsliced one does. It is fixed when the ensemble is trained, so
   a deletion changes only the number of images, not the passes.
@@ -156,7 +158,8 @@ class Sisa:
 
 @dataclass(frozen=True)
 class Retrained:
-    """What a deletion retrained: per shard, the first stage rerun; and the training seconds."""
+    """What a training or deletion ran: per shard, the first stage rerun (slices from 0), the
+    seconds it took and the optimiser steps over every stage."""
 
     stages: dict[int, int]
     seconds: float
