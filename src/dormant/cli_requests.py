@@ -111,10 +111,14 @@ def forget(
     name, version = parse_ref(model)
     pol = load_policy(policy)
     hp = key_values(hparam, "--hparam", "steps=200")
+    # a bad method, preset or hyper-parameter fails before anything is opened, and a method
+    # left to the version's kind once the store says which; the preset is resolved once the
+    # data is there
+    if method is not None:
+        get_preset(method, preset)
+        make_hparams(method, hp)
     files = ids_files(ids)
     st = ModelStore(store, ledger)
-    # a bad method, preset or hyper-parameter fails before any data loads; the preset is
-    # resolved once the data is there
     chosen = method_of(method, hp, st.resolve(name, version))
     get_preset(chosen, preset)
     make_hparams(chosen, hp)
