@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,3 +19,22 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m dormant ARGS`` on one thread (a crash test kills it mid-way)."""
     return subprocess.run([sys.executable, "-m", "dormant", *args], capture_output=True,
                           text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def trained_store(root: Path, name: str, policy: str, *train: str) -> dict:
+    """A store under ``root`` holding a digits model trained by ``dormant train --store`` (with
+    the extra ``train`` flags) as ``name`` v1, and a policy file of ``policy``."""
+    from dormant.cli import main
+
+    store = root / "store"
+    assert main(["train", "--dataset", "digits", "--out", str(root / "train"), *train,
+                 "--store", str(store), "--name", name, "--device", "cpu"]) == 0
+    (root / "policy.yaml").write_text(policy)
+    return {"root": root, "store": store, "policy": root / "policy.yaml"}
+
+
+def copy_store(base: dict, tmp_path: Path) -> Path:
+    """A private copy of ``base``'s store, so a test can tamper with it."""
+    dest = tmp_path / "store"
+    shutil.copytree(base["store"], dest)
+    return dest

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import copy_store, trained_store
 from cli_helpers import run_cli as _cli
 from cli_helpers import write_ids as _ids
 
@@ -38,22 +39,14 @@ def _forget(store: Path, ids: Path, policy: Path, *extra: str) -> int:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> dict:
-    """A store holding the digits MLP as ``digits`` v1, a policy file and a pristine copy."""
-    root = tmp_path_factory.mktemp("requests")
-    store = root / "store"
-    assert main(["train", "--dataset", "digits", "--out", str(root / "train"), "--store",
-                 str(store), "--name", "digits", "--device", "cpu"]) == 0
-    policy = root / "policy.yaml"
-    policy.write_text(POLICY)
-    return {"root": root, "store": store, "policy": policy}
+    """A store holding the digits MLP as ``digits`` v1, and a policy file."""
+    return trained_store(tmp_path_factory.mktemp("requests"), "digits", POLICY)
 
 
 @pytest.fixture
 def store(base, tmp_path) -> Path:
     """A private copy of the base store, so tests can tamper with it."""
-    dest = tmp_path / "store"
-    shutil.copytree(base["store"], dest)
-    return dest
+    return copy_store(base, tmp_path)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_helpers import copy_store, trained_store
 from cli_helpers import run_cli as _cli
 from cli_helpers import write_ids as _ids
 
@@ -136,21 +137,13 @@ def test_the_ensemble_aggregates_by_mean_or_vote_and_passes_gradients(tensors):
 
 @pytest.fixture(scope="module")
 def sisa_base(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("sisa")
-    store = root / "store"
-    assert main(["train", "--dataset", "digits", "--out", str(root / "train"), "--sisa",
-                 "shards=3,slices=2", "--store", str(store), "--name", "d",
-                 "--device", "cpu"]) == 0
-    policy = root / "policy.yaml"
-    policy.write_text(POLICY)
-    return {"root": root, "store": store, "policy": policy}
+    return trained_store(tmp_path_factory.mktemp("sisa"), "d", POLICY, "--sisa",
+                         "shards=3,slices=2")
 
 
 @pytest.fixture
 def sisa_store(sisa_base, tmp_path) -> Path:
-    dest = tmp_path / "store"
-    shutil.copytree(sisa_base["store"], dest)
-    return dest
+    return copy_store(sisa_base, tmp_path)
 
 
 def _forget(store: Path, policy: Path, *ids: Path, extra: tuple[str, ...] = ()) -> list[str]:
