@@ -179,7 +179,7 @@ def test_a_check_registered_outside_is_measured_judged_and_in_the_policy(tmp_pat
                        torch.arange(10, 40), Recipe(10), 2)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
     skip = {"nc_norms": [1.0, 1.0], "uap_success": [0.0, 0.0]}
-    state = model_state(model, data, CheckBudget(mia_size=10), profile=skip)
+    state = model_state(model, data, CheckBudget(mia_size=10), known=skip)
     assert state["weight_norm"] == _weights(model, data, None)["weight_norm"]
     assert not math.isnan(state["retain_acc"])
 

@@ -150,8 +150,8 @@ def test_model_state_measures_what_unlearning_changed(digits_setup):
     ga = unlearn("gradient_ascent", prep.original, prep.unlearn_data(), prep.context(None),
                  steps=200, lr=1e-4, stop_acc=stop)
     skip = {"nc_norms": [], "uap_success": []}  # a cached profile: nothing recomputed
-    before = model_state(prep.original, data, CheckBudget(), profile=skip)
-    after = model_state(ga, data, CheckBudget(), profile=skip)
+    before = model_state(prep.original, data, CheckBudget(), known=skip)
+    after = model_state(ga, data, CheckBudget(), known=skip)
     assert before["forget_acc"] == pytest.approx(
         evaluate(prep.original, prep.x, prep.y, prep.split.heldout).acc, abs=1e-4)
     assert before["retain_acc"] == pytest.approx(
@@ -169,7 +169,7 @@ def test_run_checks_flags_the_backdoor_class_and_nothing_on_a_clean_update(digit
     clean, bad = digits_backdoor["clean"], digits_backdoor["badnets"]
     budget = CheckBudget(relearn_steps=20, leaked_k=0, uap={"eps": 0.2}, nc={"epochs": 30})
     cached = backdoor_profile(clean, data, budget)
-    m = run_checks(clean, bad, data, budget, old_profile=cached)
+    m = run_checks(clean, bad, data, budget, old_known=cached)
     assert set(m) == {"before", "after", "tamper", "change", "evidence", "budget"}
     assert m["budget"] == budget.model_dump() and set(m["tamper"]) == {"k0"}
     assert len(m["before"]["nc_norms"]) == len(m["after"]["uap_success"]) == 10
@@ -184,7 +184,7 @@ def test_run_checks_flags_the_backdoor_class_and_nothing_on_a_clean_update(digit
     assert checks["excess"].value != checks["excess"].value  # NaN
     assert checks["excess"].detail.endswith("no oracle: no verdict")
     # clean -> clean: the same model measures the same, so nothing is flagged
-    same = run_checks(clean, copy.deepcopy(clean), data, budget, old_profile=cached)
+    same = run_checks(clean, copy.deepcopy(clean), data, budget, old_known=cached)
     assert same["after"] == same["before"]
     judged = judge(Policy(), same)
     assert verdict(judged) == "pass" and not any(c.classes for c in judged)

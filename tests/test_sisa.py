@@ -235,7 +235,14 @@ def test_a_batch_retrains_once_and_gives_each_request_its_own_trail(sisa_store, 
         assert (sisa_store / e.payload["report"]).is_file()
     assert set(st.deleted(st.resolve("d", 2))) == set(order[:125].tolist())
     # one retrain for the batch: the same stages and steps as one request of all the ids
-    alone = ModelStore(single).ledger.entries(kind="request-finished")[-1].payload["sisa"]
+    whole = ModelStore(single).ledger.entries(kind="request-finished")[-1].payload
+    alone = whole["sisa"]
+    # what the batch measured once and shared (same models, same retain set) is what the
+    # single request measured
+    for e in rows:
+        for when in ("before", "after"):
+            for key in ("retain_acc", "test_acc", "nc_norms", "uap_success"):
+                assert e.payload["measurements"][when][key] == whole["measurements"][when][key]
     assert rows[0].payload["sisa"]["retrained"] == alone["retrained"]
     assert rows[0].payload["sisa"]["steps"] == alone["steps"]
     # and the same model: the union deleted at once, whichever way it was asked

@@ -17,7 +17,7 @@ from dormant.engine import Progress, Recipe
 from dormant.errors import DormantError
 from dormant.experiments.profiles import profile_for
 from dormant.models import ModelSpec
-from dormant.requests.checks import Oracle, RequestData, run_checks
+from dormant.requests.checks import KNOWN, Oracle, RequestData, run_checks
 from dormant.requests.policy import Policy, judge, verdict
 from dormant.store.checkpoint import load_model, read_sidecar, versions
 
@@ -80,11 +80,12 @@ def device_data(ds: Dataset, device: torch.device) -> tuple[torch.Tensor, ...]:
 def assess(old: nn.Module, new: nn.Module, tensors: tuple[torch.Tensor, ...],
            forget: torch.Tensor, retain: torch.Tensor, recipe: Recipe, num_classes: int,
            policy: Policy, *, oracle: Oracle | None = None, seed: int = 0,
-           old_profile: dict | None = None, new_profile: dict | None = None,
+           old_known: dict | None = None, new_known: dict | None = None,
            progress: Progress | None = None) -> Assessment:
     """Run every check of ``new`` against ``old`` for the forgotten ids and judge them; the
     tamper test compares with ``oracle`` (``None``: no oracle, so no tamper verdict).
-    ``old_profile``/``new_profile``: the models' backdoor profiles, when already measured."""
+    ``old_known``/``new_known``: values already measured on the models
+    (``checks.KNOWN``)."""
     t0 = time.perf_counter()
     x, y, x_test, y_test = tensors
     dev = x.device
@@ -96,13 +97,20 @@ def assess(old: nn.Module, new: nn.Module, tensors: tuple[torch.Tensor, ...],
     data = RequestData(x, y, x_test, y_test, heldout.to(dev), leakable.to(dev),
                        retain.to(dev), recipe, num_classes)
     m = run_checks(old, new, data, policy.check_budget(), oracle=oracle,
-                   old_profile=old_profile, new_profile=new_profile, progress=progress)
+                   old_known=old_known, new_known=new_known, progress=progress)
     checks = judge(policy, m)
     return Assessment(m, checks, verdict(checks), time.perf_counter() - t0)
 
 
 def profile_of(m: dict, when: str) -> dict:
+    """The backdoor profile of a record's ``before`` or ``after`` model."""
     return {k: m[when][k] for k in ("nc_norms", "uap_success")}
+
+
+def known_of(m: dict, when: str) -> dict:
+    """Every value of a record's ``before`` or ``after`` model that another request of the same
+    batch (same models, same retain set) need not measure again."""
+    return {k: m[when][k] for k in KNOWN}
 
 
 def record(assessment: Assessment, promoted: bool, why: str, **fields) -> dict:

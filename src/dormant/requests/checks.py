@@ -186,10 +186,19 @@ def get_check(name: str) -> CheckInfo:
     return _CHECKS[name]
 
 
+KNOWN = ("nc_norms", "uap_success", "retain_acc", "test_acc")
+"""What ``model_state`` may be given instead of measuring it: the backdoor profile (it depends
+only on the model and the budget) and, within one batch of requests, whose retain set is one,
+the retain and test accuracy."""
+
+
 def model_state(model: nn.Module, data: RequestData, budget: CheckBudget, *,
-                profile: dict | None = None, progress: Progress | None = None) -> dict:
+                known: dict | None = None, progress: Progress | None = None) -> dict:
     """Retain, test and held-out forget accuracy (percent), the SVC MIA AUC of the held-out
-    ids against unseen test images, and the backdoor profile (computed unless given)."""
+    ids against unseen test images, and the backdoor profile; ``known`` (keys of
+    :data:`KNOWN`) holds values already measured on this model, which are not measured
+    again."""
+    known = dict(known or {})
     # the MIA scores against a seeded pick of test images; the SVC learns "unseen" from the
     # other test images, so no test image is both a shadow and a scored one
     n_test = len(data.y_test)
@@ -197,19 +206,23 @@ def model_state(model: nn.Module, data: RequestData, budget: CheckBudget, *,
     n_eval = min(budget.mia_size, n_test // 2)
     mia = svc_mia_auc(model, data.x, data.y, data.retain, data.x_test, data.y_test,
                       perm[n_eval:], data.heldout, perm[:n_eval], seed=budget.seed)
-    if profile is None:
-        profile = backdoor_profile(model, data, budget, progress=progress)
+    if "nc_norms" not in known or "uap_success" not in known:
+        known.update(backdoor_profile(model, data, budget, progress=progress))
+    if "retain_acc" not in known:
+        known["retain_acc"] = _num(evaluate(model, data.x, data.y, data.retain).acc)
+    if "test_acc" not in known:
+        known["test_acc"] = _num(evaluate(model, data.x_test, data.y_test).acc)
     extra = {}
     for info in list(_CHECKS.values()):
         if info.measure is not None:
             extra.update(info.measure(model, data, budget))
     return {**extra,
-        "retain_acc": _num(evaluate(model, data.x, data.y, data.retain).acc),
-        "test_acc": _num(evaluate(model, data.x_test, data.y_test).acc),
+        "retain_acc": known["retain_acc"],
+        "test_acc": known["test_acc"],
         "forget_acc": _num(evaluate(model, data.x, data.y, data.heldout).acc),
         "mia_auc": _num(mia),
-        "nc_norms": list(profile["nc_norms"]),
-        "uap_success": list(profile["uap_success"]),
+        "nc_norms": list(known["nc_norms"]),
+        "uap_success": list(known["uap_success"]),
     }
 
 
@@ -347,15 +360,15 @@ def change_block(old: nn.Module, new: nn.Module, data: RequestData,
 
 
 def run_checks(old: nn.Module, new: nn.Module, data: RequestData, budget: CheckBudget, *,
-               oracle: Oracle | None = None, old_profile: dict | None = None,
-               new_profile: dict | None = None, progress: Progress | None = None) -> dict:
+               oracle: Oracle | None = None, old_known: dict | None = None,
+               new_known: dict | None = None, progress: Progress | None = None) -> dict:
     """The full measurement record of a request: both models' state, the attack on the new
-    one against ``oracle`` (see :func:`tamper_test`), and the budget spent. ``old_profile``
-    and ``new_profile`` are the models' backdoor profiles, when already measured."""
+    one against ``oracle`` (see :func:`tamper_test`), and the budget spent. ``old_known``
+    and ``new_known``: values already measured on the models (see :data:`KNOWN`)."""
     change = change_block(old, new, data, oracle)  # before any attack touches a model
     return {
-        "before": model_state(old, data, budget, profile=old_profile, progress=progress),
-        "after": model_state(new, data, budget, profile=new_profile, progress=progress),
+        "before": model_state(old, data, budget, known=old_known, progress=progress),
+        "after": model_state(new, data, budget, known=new_known, progress=progress),
         "tamper": tamper_test(new, data, budget, oracle=oracle, progress=progress),
         "change": change,
         "evidence": {"heldout": len(data.heldout), "leakable": len(data.leakable),

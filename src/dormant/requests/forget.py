@@ -30,6 +30,7 @@ from dormant.requests.assess import (
     assess,
     budget_dict,
     device_data,
+    known_of,
     load_for,
     profile_of,
     recipe_of,
@@ -338,17 +339,18 @@ def _run(store: ModelStore, ds: Dataset, reqs: list[Request], asks, rids: list[s
     t_oracle = time.perf_counter() - t2
     cost = cost_of(method, base, side, t_unlearn, t_oracle, sisa_out, len(reqs))
     checked = []
-    old_profile = _known_profile(store, base, budget_dict(policy))
-    new_profile = None
+    old_known = _known_profile(store, base, budget_dict(policy))
+    new_known = None
     for req, (new_ids, _, _) in zip(reqs, asks, strict=True):
         stage("checking the new version against the old" + (
             f" for request {len(checked) + 1} of {len(reqs)}" if len(reqs) > 1 else ""))
         a = assess(model, new, tensors, torch.tensor(new_ids, dtype=torch.long), retain, recipe,
                    ds.num_classes, policy, oracle=oracle, seed=req.seed,
-                   old_profile=old_profile, new_profile=new_profile, progress=progress)
-        # the models are the same for every request of a batch, so are their profiles
-        old_profile, new_profile = profile_of(a.measurements, "before"), \
-            profile_of(a.measurements, "after")
+                   old_known=old_known, new_known=new_known, progress=progress)
+        # the models and the retain set are the same for every request of a batch, so are
+        # their profiles and their retain and test accuracy
+        old_known, new_known = known_of(a.measurements, "before"), \
+            known_of(a.measurements, "after")
         checked.append(a)
     promoted, why = _promotion(checked, rids, first.accept_warnings)
     out = []
