@@ -303,12 +303,12 @@ def _run(store: ModelStore, ds: Dataset, reqs: list[Request], asks, rids: list[s
     sisa_out = None
     if method == "sisa":
         init = initialiser(spec)
-        after, cost = sisa_forget(read_sisa(store, base, len(y)), x, y, forget, init,
+        after, done = sisa_forget(read_sisa(store, base, len(y)), x, y, forget, init,
                                   progress=progress,
                                   workers=side_by_side(dev, base.sisa["plan"]["shards"]))
         new = after.ensemble(init, dev)
-        stage(f"retrained {len(cost.stages)} of {after.plan.shards} shards: " + ", ".join(
-            f"shard {s} from slice {r}" for s, r in sorted(cost.stages.items())))
+        stage(f"retrained {len(done.stages)} of {after.plan.shards} shards: " + ", ".join(
+            f"shard {s} from slice {r}" for s, r in sorted(done.stages.items())))
     else:
         new = unlearn(method, model, data, ctx, **hp)
     t_unlearn = time.perf_counter() - t1
@@ -323,8 +323,8 @@ def _run(store: ModelStore, ds: Dataset, reqs: list[Request], asks, rids: list[s
         files += write_parts(store, base.name, to_version, after)
         sisa_out = sisa_block(after, files, {
             "full_retrain_seconds": base.sisa.get("full_retrain_seconds"),
-            "retrain_seconds": round(cost.seconds, 3), "steps": cost.steps,
-            "retrained": [{"shard": s, "from_slice": r} for s, r in sorted(cost.stages.items())],
+            "retrain_seconds": round(done.seconds, 3), "steps": done.steps,
+            "retrained": [{"shard": s, "from_slice": r} for s, r in sorted(done.stages.items())],
         })
     _failpoint("written")
     # the tamper verdict compares with the retrain oracle of this very request: the new model

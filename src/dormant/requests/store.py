@@ -254,11 +254,6 @@ class ModelStore:
             cur = by_version.get(cur.from_version)
         return out
 
-    def request_ids(self, v: Version) -> list[str]:
-        """Every request that made ``v``: one, or each request of the batch."""
-        return [e.request_id for e in self.ledger.entries(kind="request-finished", model=v.name)
-                if e.payload.get("to_version") == v.version]
-
     def unfinished(self, name: str) -> list[Entry]:
         """``request-started`` rows of ``name`` with no ``request-finished`` row."""
         done = {e.request_id for e in self.ledger.entries(kind="request-finished", model=name)}
