@@ -218,6 +218,9 @@ def train(
     sisa: Annotated[str | None, typer.Option(
         help="train a SISA ensemble: shards=S,slices=R[,aggregate=mean|vote] (see dormant "
              "methods: sisa)")] = None,
+    new_lineage: Annotated[str | None, typer.Option(
+        help="with --store: why this model replaces a name that has promoted deletions (a new "
+             "lineage, recorded in the ledger)")] = None,
 ) -> None:
     """Train a model with the dataset's memorising recipe and save it (safetensors)."""
     from dormant.experiments.single import train_model
@@ -233,15 +236,24 @@ def train(
     check_sizes(spec)
     if (store is None) != (name is None):
         raise DormantError("--store and --name go together: name the model the store keeps")
+    if new_lineage is not None and store is None:
+        raise DormantError("--new-lineage goes with --store and --name: it starts a new "
+                           "lineage of a name in a store")
     if store is not None:
         check_name(name)
-        ModelStore(store, create=True)  # a folder that is not a store fails before training
+        # a folder that is not a store, and a re-add the store would refuse, fail before
+        # training
+        st = ModelStore(store, create=True)
+        if new_lineage is None:
+            st.check_addable(name)
     with ProgressBars(console) as bars:
         path, m = train_model(spec, out, seed=seed, progress=bars, sisa=sisa_values)
     console.print(f"saved {path}: fits {m['train_fit_acc']:.1f}% of train, "
                   f"test {m['test_acc']:.1f}%, {m['seconds']:.1f} s")
     if store is not None:
-        v = ModelStore(store).add(name, path)
+        from dormant.requests.deleters import add_model
+
+        v = add_model(ModelStore(store), name, path, new_lineage=new_lineage)
         console.print(f"added to {store} as {name} v{v.version} (ledger row {v.seq})")
 
 
@@ -398,6 +410,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine, not the input: a full disk, a read-only folder
+        if debug:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}; nothing recorded was lost (free space or fix "
+              "the permissions, then rerun)", file=sys.stderr)
+        return 1
     return 0
 
 

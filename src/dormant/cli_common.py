@@ -274,10 +274,12 @@ def _check_data_root(data_root: Path | str | None, flag: str = "--data-root") ->
 
 def _check_out(out: Path | None, flag: str = "--out") -> None:
     """Refuse, before any work, an output folder that cannot be made or written: a file, a
-    folder under a file, or one whose nearest existing folder is not writable."""
+    folder under a file, one whose nearest existing folder is not writable, or one inside a
+    model store (only the store writes there)."""
     if out is None:
         return
     out = Path(out)
+    outside_stores(out, flag)
     if out.exists() and not out.is_dir():
         raise DormantError(f"{flag} {out} is a file; give a folder to write into")
     ancestor = out
@@ -289,6 +291,44 @@ def _check_out(out: Path | None, flag: str = "--out") -> None:
     if not os.access(ancestor, os.W_OK | os.X_OK):
         what = "write into" if ancestor == out else "create folders in"
         raise DormantError(f"{flag} {out}: cannot {what} {ancestor} (permission denied or "
+                           "a read-only file system); give a writable path")
+
+
+def outside_stores(path: Path, flag: str = "--out") -> None:
+    """Refuse a path inside a dormant model store: its checkpoints, ledger and request
+    evidence are written by the store alone, and never overwritten."""
+    from dormant.requests.store import store_root_of
+
+    root = store_root_of(path)
+    if root is not None:
+        raise DormantError(f"{flag} {path} is inside the model store {root}; only the store "
+                           "writes there (its checkpoints, ledger and evidence are never "
+                           "overwritten): give a path outside it")
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_file_out(out: Path, flag: str = "--out") -> None:
+    """Refuse, before any work, an output file that cannot be written or must not be: inside
+    a model store, a folder, an SQLite file (a ledger?), or under a missing or unwritable
+    folder."""
+    out = Path(out)
+    outside_stores(out, flag)
+    if out.is_dir():
+        raise DormantError(f"{flag} {out} is a folder; give a file name, e.g. "
+                           f"{out / 'ledger.json'}")
+    if out.is_file():
+        with open(out, "rb") as f:
+            if f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC:
+                raise DormantError(f"{flag} {out} is an SQLite database (a ledger?); an export "
+                                   "never replaces one: give a new file name")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise DormantError(f"{flag} {out}: folder {parent} does not exist; create it or give "
+                           "another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DormantError(f"{flag} {out}: cannot write into {parent} (permission denied or "
                            "a read-only file system); give a writable path")
 
 

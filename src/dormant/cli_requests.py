@@ -18,6 +18,7 @@ from dormant.cli_common import (
     TrainSize,
     _check_data_root,
     _check_out,
+    check_file_out,
     console,
     flag_values,
     key_values,
@@ -37,6 +38,9 @@ DataName = Annotated[str, typer.Option("--dataset", help="the dataset the model 
 Ids = Annotated[Path, typer.Option("--ids", help="training ids to delete: text or .npy")]
 PolicyOpt = Annotated[Path | None, typer.Option("--policy", help="policy YAML (thresholds)")]
 LedgerArg = Annotated[Path, typer.Argument(help="a ledger.sqlite, or a store folder")]
+NewLineage = Annotated[str | None, typer.Option(
+    help="why this checkpoint replaces a name that has promoted deletions (a new lineage, "
+         "recorded in the ledger), e.g. 'retrained without every deleted id'")]
 
 
 def _dataset(dataset: str, data_root: Path | None, train_size: int | None):
@@ -134,10 +138,10 @@ def forget(
                     f"waiting for the store lock ({store / '.lock'}): another request is "
                     "running"))
     except RequestFailed as e:
-        # not bad input but a run that failed (e.g. a diverging method): exit 1, one line;
-        # the ledger already holds its request-failed row
+        # not bad input but a run that failed (a diverging method, a full disk, SIGTERM):
+        # exit 1 (128 + the signal's number), one line; the ledger holds its request-failed row
         print(f"error: {e}", file=sys.stderr)
-        raise typer.Exit(1) from None
+        raise typer.Exit(e.exit_code) from None
     for f, (rec, out) in zip(files, done, strict=True):
         console.print(_summary(rec))
         to = f"v{rec['to_version']}"
@@ -218,12 +222,17 @@ def store_add(
     arch: Annotated[str | None, typer.Option(
         help="architecture of a plain state dict, e.g. cnn-small")] = None,
     ledger: LedgerOpt = None,
+    new_lineage: NewLineage = None,
 ) -> None:
-    """Add a checkpoint as NAME's next version (promoted)."""
+    """Add a checkpoint as NAME's next version (promoted). A name with promoted deletions
+    takes a new checkpoint only as a new lineage (--new-lineage)."""
     from dormant.requests import ModelStore
+    from dormant.requests.deleters import add_model
 
-    v = ModelStore(store, ledger, create=True).add(name, checkpoint, arch=arch)
-    console.print(f"added {name} v{v.version} ({v.sha256[:12]}) at ledger row {v.seq}")
+    v = add_model(ModelStore(store, ledger, create=True), name, checkpoint, arch=arch,
+                  new_lineage=new_lineage)
+    console.print(f"added {name} v{v.version} ({v.sha256[:12]}) at ledger row {v.seq}"
+                  + (f", lineage {v.lineage}" if new_lineage else ""))
 
 
 @store_app.command("list")
@@ -316,6 +325,8 @@ def ledger_export(
     """Every row for auditors, as JSON or CSV."""
     from dormant.store.files import atomic_write_text
 
+    if out is not None:
+        check_file_out(out)
     text = _open_ledger(ledger).export(format)
     if out is None:
         print(text)

@@ -117,6 +117,8 @@ class Curve:
     forget_acc: list[float] = field(default_factory=list)
     test_steps: list[int] = field(default_factory=list)
     test_acc: list[float] = field(default_factory=list)
+    groups: list[list[float]] = field(default_factory=list)
+    """Held-out forget accuracy of each of ``relearn``'s ``groups``, at ``steps``."""
 
     @property
     def best(self) -> float:
@@ -142,14 +144,20 @@ def relearn(
     *,
     seed: int = 0,
     progress: Progress | None = None,
+    groups: tuple[torch.Tensor, ...] = (),
 ) -> tuple[nn.Module, Curve]:
-    """Attack a copy of ``model``; returns the attacked model and its recovery curve."""
+    """Attack a copy of ``model``; returns the attacked model and its recovery curve.
+    ``groups``: more id sets whose forget accuracy the curve follows (``Curve.groups``), each
+    evaluated on its own; the attack itself does not depend on them, so one attack serves
+    every request of a batch that shares its training set."""
     attacked = copy.deepcopy(model)
-    curve = Curve()
+    curve = Curve(groups=[[] for _ in groups])
 
     def record(step: int, m: nn.Module) -> None:
         curve.steps.append(step)
         curve.forget_acc.append(evaluate(m, data.x, data.y, data.heldout).acc)
+        for acc, ids in zip(curve.groups, groups, strict=True):
+            acc.append(evaluate(m, data.x, data.y, ids).acc)
         if step % cfg.test_every == 0 or step == cfg.steps:
             curve.test_steps.append(step)
             curve.test_acc.append(evaluate(m, data.x_test, data.y_test).acc)

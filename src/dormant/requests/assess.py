@@ -17,9 +17,9 @@ from dormant.engine import Progress, Recipe
 from dormant.errors import DormantError
 from dormant.experiments.profiles import profile_for
 from dormant.models import ModelSpec
-from dormant.requests.checks import KNOWN, Oracle, RequestData, run_checks
+from dormant.requests.checks import Oracle, RequestData, run_batch_checks
 from dormant.requests.policy import Policy, judge, verdict
-from dormant.store.checkpoint import load_model, read_sidecar, versions
+from dormant.store.checkpoint import load_model, read_sidecar
 
 
 @dataclass(frozen=True)
@@ -86,44 +86,44 @@ def assess(old: nn.Module, new: nn.Module, tensors: tuple[torch.Tensor, ...],
     tamper test compares with ``oracle`` (``None``: no oracle, so no tamper verdict).
     ``old_known``/``new_known``: values already measured on the models
     (``checks.KNOWN``)."""
+    return assess_batch(old, new, tensors, [forget], retain, recipe, num_classes, policy,
+                        oracle=oracle, seed=seed, old_known=old_known, new_known=new_known,
+                        progress=progress)[0]
+
+
+def assess_batch(old: nn.Module, new: nn.Module, tensors: tuple[torch.Tensor, ...],
+                 forgets: list[torch.Tensor], retain: torch.Tensor, recipe: Recipe,
+                 num_classes: int, policy: Policy, *, oracle: Oracle | None = None,
+                 seed: int = 0, old_known: dict | None = None, new_known: dict | None = None,
+                 progress: Progress | None = None) -> list[Assessment]:
+    """:func:`assess` for each request of a batch (its ids in ``forgets``), measuring once
+    what the requests share (``checks.run_batch_checks``); each request's ``seconds`` are
+    its share of the time."""
     t0 = time.perf_counter()
     x, y, x_test, y_test = tensors
     dev = x.device
-    if len(forget) >= 2:
-        split = make_split(forget.cpu(), len(y), seed)
-        heldout, leakable = split.heldout, split.leakable
-    else:  # one record: it is measured, and there is nothing left to leak to the attacker
-        heldout, leakable = forget.cpu(), forget[:0].cpu()
-    data = RequestData(x, y, x_test, y_test, heldout.to(dev), leakable.to(dev),
-                       retain.to(dev), recipe, num_classes)
-    m = run_checks(old, new, data, policy.check_budget(), oracle=oracle,
-                   old_known=old_known, new_known=new_known, progress=progress)
-    checks = judge(policy, m)
-    return Assessment(m, checks, verdict(checks), time.perf_counter() - t0)
+    datas = []
+    for forget in forgets:
+        if len(forget) >= 2:
+            split = make_split(forget.cpu(), len(y), seed)
+            heldout, leakable = split.heldout, split.leakable
+        else:  # one record: it is measured, and there is nothing left to leak to the attacker
+            heldout, leakable = forget.cpu(), forget[:0].cpu()
+        datas.append(RequestData(x, y, x_test, y_test, heldout.to(dev), leakable.to(dev),
+                                 retain.to(dev), recipe, num_classes))
+    records = run_batch_checks(old, new, datas, policy.check_budget(), oracle=oracle,
+                               old_known=old_known, new_known=new_known, progress=progress)
+    share = (time.perf_counter() - t0) / len(forgets)
+    out = []
+    for m in records:
+        checks = judge(policy, m)
+        out.append(Assessment(m, checks, verdict(checks), share))
+    return out
 
 
 def profile_of(m: dict, when: str) -> dict:
     """The backdoor profile of a record's ``before`` or ``after`` model."""
     return {k: m[when][k] for k in ("nc_norms", "uap_success")}
-
-
-def known_of(m: dict, when: str) -> dict:
-    """Every value of a record's ``before`` or ``after`` model that another request of the same
-    batch (same models, same retain set) need not measure again."""
-    return {k: m[when][k] for k in KNOWN}
-
-
-def record(assessment: Assessment, promoted: bool, why: str, **fields) -> dict:
-    """The request record: what the report renders and the ledger keeps."""
-    return {
-        **fields,
-        "measurements": assessment.measurements,
-        "checks": [c.to_dict() for c in assessment.checks],
-        "verdict": assessment.verdict,
-        "promoted": promoted,
-        "promotion_reason": why,
-        "versions": versions(),
-    }
 
 
 def budget_dict(policy: Policy) -> dict:

@@ -20,10 +20,11 @@ import torch
 from dormant.data import Dataset
 from dormant.engine import Progress, resolve_device
 from dormant.models import create_model
-from dormant.requests.assess import assess, device_data, load_for, recipe_of, record
+from dormant.requests.assess import assess, device_data, load_for, recipe_of
 from dormant.requests.checks import RETRAINED_ORACLE, Oracle
 from dormant.requests.ledger import Ledger
 from dormant.requests.policy import Policy
+from dormant.requests.record import record
 from dormant.store.files import atomic_write_text, sha256_file
 from dormant.unlearn import UnlearnContext, UnlearnData, unlearn
 

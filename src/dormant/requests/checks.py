@@ -27,7 +27,7 @@ from dormant.defenses.universal_targets import TargetedUAPConfig, targeted_succe
 from dormant.engine import Progress, Recipe, evaluate
 from dormant.errors import DormantError
 from dormant.experiments.verdicts import classify
-from dormant.metrics import aurc, recovery, svc_mia_auc
+from dormant.metrics import aurc, end_mean, recovery, svc_mia_auc
 from dormant.settings import Settings, one_line
 
 DIGITS = 4  # rounding of the record: far below any threshold, and stable across runs
@@ -172,10 +172,9 @@ def register_check(name: str, *, group: str, warn: float | None, fail: float | N
 
 
 def available_checks() -> list[str]:
-    """Every registered check, in the order they are judged (the built-ins register in
-    ``dormant.requests.policy``)."""
-    import dormant.requests.policy  # noqa: F401 - the built-in checks
-
+    """Every registered check, in the order they are judged. The built-ins register in
+    ``dormant.requests.policy``, which the package imports before any of its modules is
+    used, so they are always there (this module imports nothing of the policy's)."""
     return list(_CHECKS)
 
 
@@ -248,43 +247,65 @@ class Oracle:
         return cls(SELF_ORACLE)
 
 
-def _attack(model: nn.Module, data: RequestData, budget: CheckBudget, leaked: torch.Tensor,
-            start: float, start_test: float, progress: Progress | None) -> dict:
-    heldout = data.heldout.to(data.x.device)
-    rdata = RelearnData.build("retain", data.x, data.y, data.x_test, data.y_test, data.retain,
-                              leaked, heldout, torch.unique(data.y[heldout]))
-    cfg = RelearnConfig(k=len(leaked), steps=budget.relearn_steps, lr=budget.relearn_lr,
-                        final_lr=budget.relearn_lr / 10, batch_size=budget.relearn_batch,
-                        eval_every=budget.eval_every, test_every=budget.relearn_steps)
-    _, curve = relearn(model, rdata, cfg, data.recipe, seed=budget.seed, progress=progress)
-    # recovery as in the study: the attack's best point (steps >= 1) minus the start; a
-    # column, not a verdict (it scores over-forgetting as relearning)
+def _relearn_cfg(budget: CheckBudget, k: int) -> RelearnConfig:
+    return RelearnConfig(k=k, steps=budget.relearn_steps, lr=budget.relearn_lr,
+                         final_lr=budget.relearn_lr / 10, batch_size=budget.relearn_batch,
+                         eval_every=budget.eval_every, test_every=budget.relearn_steps)
+
+
+def _block(k: int, curve, forget_acc: list[float], start: float, start_test: float) -> dict:
+    """One attack's record for one request: its held-out forget curve ``forget_acc`` (at
+    ``curve.steps``) and the test curve, from ``start``. Recovery as in the study: the
+    attack's best point (steps >= 1) minus the start; a column, not a verdict (it scores
+    over-forgetting as relearning)."""
+    best, end = max(forget_acc), end_mean(forget_acc)
     return {
-        "k": len(leaked),
+        "k": k,
         "steps": [0, *curve.steps],
-        "forget_acc": [_num(start), *map(_num, curve.forget_acc)],
+        "forget_acc": [_num(start), *map(_num, forget_acc)],
         "test_steps": [0, *curve.test_steps],
         "test_acc": [_num(start_test), *map(_num, curve.test_acc)],
         "start": _num(start),
-        "best": _num(curve.best),
-        "end": _num(curve.end),
-        "recovery": _num(recovery(start, curve.best)),
-        "aurc": _num(aurc(curve.steps, curve.forget_acc, start)),
+        "best": _num(best),
+        "end": _num(end),
+        "recovery": _num(recovery(start, best)),
+        "aurc": _num(aurc(curve.steps, forget_acc, start)),
     }
 
 
-def _attacks(model: nn.Module, data: RequestData, budget: CheckBudget,
-             progress: Progress | None) -> dict:
-    """The retain-only attack (``"k0"``) and, unless ``leaked_k`` is 0, the k-leaked one."""
-    start = evaluate(model, data.x, data.y, data.heldout).acc
-    start_test = evaluate(model, data.x_test, data.y_test).acc
-    k0 = _attack(model, data, budget, data.heldout[:0], start, start_test, progress)
-    out = {"k0": k0}
+def _attack(model: nn.Module, datas: list[RequestData], budget: CheckBudget,
+            leaked: torch.Tensor, progress: Progress | None) -> list[dict]:
+    """One relearning attack on ``model`` (retain set plus ``leaked``), followed on each
+    request's held-out ids: the attack depends only on the retain set and the leaked ids, so
+    requests that share both share the attack."""
+    first = datas[0]
+    heldouts = tuple(d.heldout.to(first.x.device) for d in datas)
+    rdata = RelearnData.build("retain", first.x, first.y, first.x_test, first.y_test,
+                              first.retain, leaked, heldouts[0],
+                              torch.unique(first.y[torch.cat(heldouts)]))
+    starts = [evaluate(model, first.x, first.y, h).acc for h in heldouts]
+    start_test = evaluate(model, first.x_test, first.y_test).acc
+    _, curve = relearn(model, rdata, _relearn_cfg(budget, len(leaked)), first.recipe,
+                       seed=budget.seed, progress=progress, groups=heldouts[1:])
+    curves = [curve.forget_acc, *curve.groups]
+    return [_block(len(leaked), curve, c, s, start_test)
+            for c, s in zip(curves, starts, strict=True)]
+
+
+def _attacks(model: nn.Module, datas: list[RequestData], budget: CheckBudget,
+             progress: Progress | None) -> list[dict]:
+    """Per request: the retain-only attack (``"k0"``), run once for the whole batch (the
+    requests share their retain set), and, unless ``leaked_k`` is 0, the k-leaked one, which
+    depends on each request's own leakable ids."""
+    k0 = _attack(model, datas, budget, datas[0].heldout[:0], progress)
+    out = [{"k0": b} for b in k0]
     if budget.leaked_k > 0:
-        perm = _pick(len(data.leakable), budget.leaked_k, budget.seed).to(data.leakable.device)
-        leaked = data.leakable[perm]
-        out[f"k{budget.leaked_k}"] = k0 if len(leaked) == 0 else _attack(
-            model, data, budget, leaked, start, start_test, progress)
+        for data, blocks in zip(datas, out, strict=True):
+            perm = _pick(len(data.leakable), budget.leaked_k, budget.seed).to(
+                data.leakable.device)
+            leaked = data.leakable[perm]
+            blocks[f"k{budget.leaked_k}"] = blocks["k0"] if len(leaked) == 0 else _attack(
+                model, [data], budget, leaked, progress)[0]
     return out
 
 
@@ -326,11 +347,21 @@ def tamper_test(model: nn.Module, data: RequestData, budget: CheckBudget, *,
     Each block is compared with ``oracle`` attacked the same way (same budget, seed, leaked
     ids; see :func:`against`): ``oracle.model`` is attacked here, ``Oracle.itself()`` reuses
     ``model``'s own curves, and ``None`` records ``"no oracle: no verdict"``."""
-    own = _attacks(model, data, budget, progress)
+    return tamper_tests(model, [data], budget, oracle=oracle, progress=progress)[0]
+
+
+def tamper_tests(model: nn.Module, datas: list[RequestData], budget: CheckBudget, *,
+                 oracle: Oracle | None = None, progress: Progress | None = None
+                 ) -> list[dict]:
+    """:func:`tamper_test` for each request of a batch (same retain set), with the
+    retain-only attack on ``model`` and on the oracle run once for all of them."""
+    own = _attacks(model, datas, budget, progress)
     if oracle is None:
-        return {key: against(b, None, None) for key, b in own.items()}
-    ref = {} if oracle.model is None else _attacks(oracle.model, data, budget, progress)
-    return {key: against(b, ref.get(key), oracle.label) for key, b in own.items()}
+        return [{key: against(b, None, None) for key, b in blocks.items()} for blocks in own]
+    refs = ([{}] * len(datas) if oracle.model is None
+            else _attacks(oracle.model, datas, budget, progress))
+    return [{key: against(b, ref.get(key), oracle.label) for key, b in blocks.items()}
+            for blocks, ref in zip(own, refs, strict=True)]
 
 
 def _flat(model: nn.Module) -> torch.Tensor:
@@ -365,13 +396,30 @@ def run_checks(old: nn.Module, new: nn.Module, data: RequestData, budget: CheckB
     """The full measurement record of a request: both models' state, the attack on the new
     one against ``oracle`` (see :func:`tamper_test`), and the budget spent. ``old_known``
     and ``new_known``: values already measured on the models (see :data:`KNOWN`)."""
-    change = change_block(old, new, data, oracle)  # before any attack touches a model
-    return {
-        "before": model_state(old, data, budget, known=old_known, progress=progress),
-        "after": model_state(new, data, budget, known=new_known, progress=progress),
-        "tamper": tamper_test(new, data, budget, oracle=oracle, progress=progress),
-        "change": change,
-        "evidence": {"heldout": len(data.heldout), "leakable": len(data.leakable),
+    return run_batch_checks(old, new, [data], budget, oracle=oracle, old_known=old_known,
+                            new_known=new_known, progress=progress)[0]
+
+
+def run_batch_checks(old: nn.Module, new: nn.Module, datas: list[RequestData],
+                     budget: CheckBudget, *, oracle: Oracle | None = None,
+                     old_known: dict | None = None, new_known: dict | None = None,
+                     progress: Progress | None = None) -> list[dict]:
+    """:func:`run_checks` for each request of a batch (one old and one new model, one retain
+    set). What does not depend on a request's ids is measured once: both models' backdoor
+    profiles, retain and test accuracy (:data:`KNOWN`), and the retain-only attack on the new
+    model and on the oracle; each request adds its forget accuracy, MIA, change and k-leaked
+    attack."""
+    changes = [change_block(old, new, d, oracle) for d in datas]  # before any attack
+    before, after = [], []
+    for d in datas:
+        before.append(model_state(old, d, budget, known=old_known, progress=progress))
+        after.append(model_state(new, d, budget, known=new_known, progress=progress))
+        old_known = {k: before[-1][k] for k in KNOWN}
+        new_known = {k: after[-1][k] for k in KNOWN}
+    tampers = tamper_tests(new, datas, budget, oracle=oracle, progress=progress)
+    return [{
+        "before": b, "after": a, "tamper": t, "change": c,
+        "evidence": {"heldout": len(d.heldout), "leakable": len(d.leakable),
                      "min_heldout": budget.min_heldout},
         "budget": budget.model_dump(),
-    }
+    } for d, b, a, t, c in zip(datas, before, after, tampers, changes, strict=True)]

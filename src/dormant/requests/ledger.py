@@ -164,6 +164,7 @@ class Ledger:
         # isolation_level=None: transactions are exactly the BEGIN/COMMIT issued here.
         self._con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         self._depth = 0
+        self._intact: str | None = None  # the head last proven to end an intact chain
         try:
             self._open(create)
         except BaseException:
@@ -224,9 +225,7 @@ class Ledger:
         try:
             self._con.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
-            why = (f"another process has held it for over {BUSY_TIMEOUT_S:.0f} s"
-                   if "locked" in str(e) else str(e))
-            raise DormantError(f"cannot write to the ledger {self.path}: {why}") from None
+            raise self._unwritable(e) from None
         self._depth = 1
         try:
             yield self
@@ -236,7 +235,41 @@ class Ledger:
                 self._con.execute("ROLLBACK")
             raise
         self._depth = 0
-        self._con.execute("COMMIT")
+        try:
+            self._con.execute("COMMIT")
+        except sqlite3.OperationalError as e:  # a full disk may surface only here
+            if self._con.in_transaction:
+                self._con.execute("ROLLBACK")
+            raise self._unwritable(e) from None
+
+    def _unwritable(self, e: sqlite3.Error) -> DormantError:
+        """One line for a ledger that cannot take a row: locked too long, read-only, full."""
+        text = str(e)
+        why = (f"another process has held it for over {BUSY_TIMEOUT_S:.0f} s"
+               if "locked" in text else
+               "it is read-only (permission denied or a read-only file system)"
+               if "readonly" in text or "read-only" in text else
+               "the disk is full" if "full" in text else text)
+        return DormantError(f"cannot write to the ledger {self.path}: {why}; nothing was "
+                            "recorded")
+
+    def require_intact(self) -> None:
+        """Refuse to build on a chain that does not verify: an edited, deleted or reordered row
+        means the history a new row would extend is not the one recorded. The chain (not the
+        checkpoints) is re-walked whenever the head differs from the last one proven."""
+        head = self.head()
+        if head is None or head == self._intact:
+            return
+        rows = self._con.execute(
+            f"SELECT {', '.join(COLUMNS)} FROM entries ORDER BY seq").fetchall()
+        try:
+            self._walk(rows, None)
+        except _Bad as bad:
+            raise DormantError(
+                f"the ledger {self.path} does not verify (row {bad.seq}: {bad.problem}); "
+                "nothing is appended to a broken chain: restore it from a backup and check it "
+                "with dormant ledger verify") from None
+        self._intact = head
 
     def append(self, kind: str, payload: dict, *, request_id: str | None = None,
                model: str | None = None) -> Entry:
@@ -247,15 +280,20 @@ class Ledger:
         # returned Entry and verify agree byte for byte.
         parsed = json.loads(text)
         with self.transaction():
+            self.require_intact()  # under the write lock: no row lands on a broken chain
             last = self._con.execute(
                 "SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
             seq, prev = (1, GENESIS) if last is None else (last[0] + 1, last[1])
             ts = datetime.now(UTC).isoformat(timespec="microseconds")
             digest = row_hash(seq, ts, kind, request_id, model, parsed, prev)
-            self._con.execute(
-                "INSERT INTO entries (seq, ts, kind, request_id, model, payload, prev_hash, hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (seq, ts, kind, request_id, model, text, prev, digest))
+            try:
+                self._con.execute(
+                    "INSERT INTO entries (seq, ts, kind, request_id, model, payload, prev_hash, "
+                    "hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (seq, ts, kind, request_id, model, text, prev, digest))
+            except sqlite3.OperationalError as e:
+                raise self._unwritable(e) from None
+        self._intact = digest
         return Entry(seq, ts, kind, request_id, model, parsed, prev, digest)
 
     def entries(self, *, kind: str | None = None, request_id: str | None = None,

@@ -297,7 +297,7 @@ def header_blocks(record: dict) -> list[Block]:
            else "Unlearning method: not recorded (unlearned elsewhere).")
     ids = f"Ids: {record.get('ids', '-')}"
     if record.get("already_deleted_by"):
-        from dormant.requests.forget import already_deleted_note
+        from dormant.requests.plan import already_deleted_note
 
         asked = int(record.get("ids") or 0) + int(record.get("already_deleted") or 0)
         ids += f" ({already_deleted_note(record['already_deleted_by'], asked)})"

@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dormant.errors import DormantError
 from dormant.models import ModelSpec, create_model
 from dormant.models.ensemble import member_name
-from dormant.requests.store import ModelStore, Version
+from dormant.requests.version import Version
 from dormant.store.checkpoint import read_checkpoint
 from dormant.store.files import atomic_write_bytes, sha256_file
 from dormant.store.sisa import assignment_bytes, read_assignment, state_bytes
 from dormant.unlearn.sisa import Plan, Sisa
+
+if TYPE_CHECKING:  # the store imports nothing of this file; this file needs only its paths
+    from dormant.requests.store import ModelStore
 
 SHARD = "shard"
 ASSIGNMENT = "assignment"
@@ -54,6 +58,20 @@ def write_parts(store: ModelStore, name: str, version: int, sisa: Sisa) -> list[
             files.append({"path": blob_rel(name, sha), "sha256": sha, "role": SHARD,
                           "shard": s, "slice": r})
     return files
+
+
+def added_parts(store: ModelStore, name: str, version: int, checkpoint: Path, side: dict
+                ) -> tuple[list[dict], dict]:
+    """``ModelStore.add``'s ``parts`` for a SISA checkpoint: its shards, slices and
+    assignment come with it, and the row's ``sisa`` block; nothing for a single model."""
+    if side.get("sisa") is None:
+        return [], {}
+    from dormant.store.sisa import load_sisa
+
+    ensemble = load_sisa(checkpoint, side)
+    files = write_parts(store, name, version, ensemble)
+    return files, {"sisa": sisa_block(ensemble, files, {
+        k: v for k, v in side["sisa"].items() if k != "plan"})}
 
 
 def sisa_block(sisa: Sisa, files: list[dict], costs: dict) -> dict:

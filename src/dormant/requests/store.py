@@ -9,9 +9,9 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,30 +20,12 @@ from torch import nn
 from dormant.errors import DormantError
 from dormant.models import ModelSpec, available_models, create_model
 from dormant.requests.ledger import Entry, Ledger
+from dormant.requests.version import Version, own_files
 from dormant.store.checkpoint import read_checkpoint, save_checkpoint, sidecar_path
 from dormant.store.files import atomic_write_bytes, atomic_write_text, sha256_file
 
 FORMAT = "dormant-store/1"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-@dataclass(frozen=True)
-class Version:
-    name: str
-    version: int
-    rel: str  # the checkpoint's path relative to the store root, as the ledger records it
-    sha256: str
-    seq: int  # the ledger row that wrote it
-    promoted: bool
-    request_id: str | None = None  # the request that made it; None for an added model
-    from_version: int | None = None
-    files: tuple[dict, ...] = ()  # every file the ledger row recorded for it
-    sisa: dict | None = None  # a SISA version's plan and costs (``requests.sharded``)
-
-
-def _own_files(files: list[dict]) -> tuple[dict, ...]:
-    """A row's files that belong to the version it wrote (not the ``original`` it came from)."""
-    return tuple(f for f in files if f.get("role") != "original")
 
 
 def parse_ref(text: str) -> tuple[str, int | None]:
@@ -120,6 +102,21 @@ def fit_spec(state: dict[str, torch.Tensor], side: dict, arch: str, path: Path) 
                        "the architecture they were trained with")
 
 
+def store_root_of(path: Path) -> Path | None:
+    """The model store ``path`` is in (or is), or None: the nearest folder at or above it
+    holding a dormant ``store.json``."""
+    here = Path(path).resolve()
+    for folder in (here, *here.parents):
+        marker = folder / "store.json"
+        if marker.is_file():
+            try:
+                if json.loads(marker.read_text()).get("format") == FORMAT:
+                    return folder
+            except (OSError, ValueError, AttributeError):
+                continue
+    return None
+
+
 def one_line_of(e: BaseException) -> str:
     """An exception's message as one short line (its type when it has none)."""
     text = " ".join(str(e).split())
@@ -192,21 +189,25 @@ class ModelStore:
 
     def versions(self, name: str) -> list[Version]:
         """Every written version of ``name``, oldest first."""
-        out, seen = [], set()
+        out: list[Version] = []
+        lineage: dict[int, int] = {}
         for e in self.ledger.entries(model=name):
             p = e.payload
             if e.kind == "model-added":
+                lineage[p["version"]] = p.get("lineage", 1)
                 out.append(Version(name, p["version"], p["files"][0]["path"],
                                    p["files"][0]["sha256"], e.seq, True,
-                                   files=_own_files(p["files"]), sisa=p.get("sisa")))
+                                   files=own_files(p["files"]), sisa=p.get("sisa"),
+                                   lineage=lineage[p["version"]]))
             # the requests of a batch share the version they made: the first row names it
             elif e.kind == "request-finished" and p.get("to_version") is not None \
-                    and p["to_version"] not in seen:
-                seen.add(p["to_version"])
+                    and p["to_version"] not in lineage:
+                lineage[p["to_version"]] = lineage.get(p["from_version"], 1)
                 new = next(f for f in p["files"] if f["role"] == "unlearned")
                 out.append(Version(name, p["to_version"], new["path"], new["sha256"], e.seq,
                                    bool(p["promoted"]), e.request_id, p["from_version"],
-                                   _own_files(p["files"]), p.get("sisa")))
+                                   own_files(p["files"]), p.get("sisa"),
+                                   lineage[p["to_version"]]))
         return out
 
     def models(self) -> list[str]:
@@ -260,6 +261,57 @@ class ModelStore:
         return [e for e in self.ledger.entries(kind="request-started", model=name)
                 if e.request_id not in done]
 
+    def promoted_deletions(self, name: str, lineage: int) -> dict[int, str]:
+        """Every id a promoted request deleted from a version of ``name``'s ``lineage``, mapped
+        to that request: what the current version must not hold."""
+        versions = {v.version: v for v in self.versions(name)}
+        out: dict[int, str] = {}
+        for e in self.ledger.entries(kind="request-finished", model=name):
+            made = versions.get(e.payload.get("to_version"))
+            if made is not None and made.promoted and made.lineage == lineage:
+                out.update(dict.fromkeys(e.payload["ids"], e.request_id))
+        return out
+
+    def missing_deletions(self, v: Version) -> dict[int, str]:
+        """The promoted deletions of ``v``'s lineage that ``v`` still holds (id -> request)."""
+        done = self.deleted(v)
+        return {i: rid for i, rid in self.promoted_deletions(v.name, v.lineage).items()
+                if i not in done}
+
+    def require_base(self, v: Version) -> None:
+        """Refuse, in one line, to build a version on ``v`` when the version it would make
+        could not be served: ``v`` lacks a promoted deletion, or is of an older lineage."""
+        current = self.resolve(v.name)
+        if v.lineage != current.lineage:
+            raise DormantError(
+                f"{v.name} v{v.version} is of lineage {v.lineage}, but v{current.version} "
+                f"(lineage {current.lineage}) is current; a request builds on the current "
+                f"lineage only: drop @{v.version}")
+        missing = self.missing_deletions(v)
+        if missing:
+            by = sorted(set(missing.values()))
+            raise DormantError(
+                f"{v.name} v{v.version} still holds {len(missing)} id(s) that request "
+                f"{', '.join(by)} deleted and v{current.version} (current) does not; a version "
+                "built on it could never be promoted: drop "
+                f"@{v.version} to build on v{current.version}")
+
+    def require_writable(self, name: str) -> None:
+        """Refuse a store that cannot take a new version (read-only, or no space even for a
+        probe file) before any row records a request that could not finish."""
+        folder = self.root / "models" / name
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe.", suffix=".tmp")
+            os.close(fd)
+            os.unlink(probe)
+            with open(self.ledger.path, "r+b"):
+                pass
+        except OSError as e:
+            raise DormantError(f"the store {self.root} cannot be written ({e.strerror or e}: "
+                               f"{e.filename or folder}); nothing was recorded: make it "
+                               "writable, or free space, and rerun") from None
+
     def next_version(self, name: str) -> int:
         """One past every version written, reserved by a started request, or on disk."""
         used = [v.version for v in self.versions(name)]
@@ -301,10 +353,20 @@ class ModelStore:
         return rel, sha256_file(self.path(rel))
 
     def add(self, name: str, checkpoint: Path, *, arch: str | None = None,
-            meta: dict | None = None) -> Version:
+            meta: dict | None = None, new_lineage: str | None = None,
+            parts: Callable | None = None) -> Version:
         """Copy a checkpoint into the store as ``name``'s next version, promoted. Its sidecar,
-        if any, comes with it; a plain state dict needs ``arch`` (the model's name)."""
+        if any, comes with it; a plain state dict needs ``arch`` (the model's name).
+
+        A name whose current lineage has promoted deletions is refused: the checkpoint could
+        hold what they deleted. ``new_lineage`` (why, in words) starts a new lineage of the
+        name instead; the ledger row records it, and which deletions the old lineage made.
+        ``parts(store, name, version, checkpoint, side) -> (files, extra)``, when given, writes
+        the version's other files (a SISA version's shards) and says what the row records."""
         check_name(name)
+        if new_lineage is not None and not new_lineage.strip():
+            raise DormantError("--new-lineage is empty; say why this model replaces the "
+                               "lineage, e.g. 'retrained without every deleted id'")
         state, side = read_checkpoint(Path(checkpoint))  # refuses pickles and damaged files
         if not all(isinstance(t, torch.Tensor) for t in state.values()):
             raise DormantError(f"{checkpoint} is not a state dict of tensors")
@@ -313,36 +375,63 @@ class ModelStore:
             raise DormantError(f"{checkpoint} has no sidecar naming its architecture; pass "
                                "--arch (e.g. cnn-small)")
         spec = fit_spec(state, side, arch, Path(checkpoint))  # before anything is written
-        ensemble = None
-        if side.get("sisa") is not None:  # its shards, slices and assignment come with it
-            from dormant.store.sisa import load_sisa
-
-            ensemble = load_sisa(Path(checkpoint), side)
         with self.lock():
+            self.ledger.require_intact()
+            self.require_writable(name)
             self.sweep()
+            lineage, replaced = self._lineage_of_add(name, new_lineage)
             version = self.next_version(name)
             rel = self.rel(name, version)
             dest = self.path(rel)
-            dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.copy.tmp")
-            shutil.copyfile(checkpoint, tmp)
-            os.replace(tmp, dest)
-            side = {**side, "kind": side.get("kind", "added"), "arch": arch,
-                    "source": str(checkpoint), **(meta or {})}
-            atomic_write_bytes(sidecar_path(dest), json.dumps(side, indent=2).encode())
-            sha = sha256_file(dest)
-            files = [{"path": rel, "sha256": sha, "role": "checkpoint"}]
-            extra = {}
-            if ensemble is not None:
-                from dormant.requests.sharded import sisa_block, write_parts
-
-                files += write_parts(self, name, version, ensemble)
-                extra["sisa"] = sisa_block(ensemble, files, {
-                    k: v for k, v in side["sisa"].items() if k != "plan"})
-            e = self.ledger.append("model-added", {
-                "version": version, "arch": arch, "source": str(checkpoint),
-                "num_classes": spec.num_classes, "in_channels": spec.in_channels,
-                "files": files, "data_fingerprint": side.get("data_fingerprint"), **extra,
-            }, model=name)
+            try:
+                shutil.copyfile(checkpoint, tmp)
+                os.replace(tmp, dest)
+                side = {**side, "kind": side.get("kind", "added"), "arch": arch,
+                        "source": str(checkpoint), **(meta or {})}
+                atomic_write_bytes(sidecar_path(dest), json.dumps(side, indent=2).encode())
+                sha = sha256_file(dest)
+                files = [{"path": rel, "sha256": sha, "role": "checkpoint"}]
+                extra: dict = {}
+                if parts is not None:
+                    more, extra = parts(self, name, version, Path(checkpoint), side)
+                    files += more
+                lines = {} if new_lineage is None else {"lineage": lineage, "lineage_reason":
+                                                        new_lineage, "replaces": replaced}
+                e = self.ledger.append("model-added", {
+                    "version": version, "arch": arch, "source": str(checkpoint),
+                    "num_classes": spec.num_classes, "in_channels": spec.in_channels,
+                    "files": files, "data_fingerprint": side.get("data_fingerprint"),
+                    **lines, **extra,
+                }, model=name)
+            except BaseException:  # nothing half-added: no row names these files
+                tmp.unlink(missing_ok=True)
+                for p in self.version_files(name, version):
+                    p.unlink(missing_ok=True)
+                raise
         return Version(name, version, rel, sha, e.seq, True, files=tuple(files),
-                       sisa=extra.get("sisa"))
+                       sisa=extra.get("sisa"), lineage=lineage)
+
+    def check_addable(self, name: str) -> None:
+        """Refuse, before a model is trained for it, an add the store would refuse."""
+        self._lineage_of_add(name, None)
+
+    def _lineage_of_add(self, name: str, new_lineage: str | None) -> tuple[int, dict]:
+        """The lineage a model added to ``name`` joins, and (with ``new_lineage``) what the
+        lineage it replaces had deleted; a re-add over promoted deletions is refused."""
+        if not self.versions(name):
+            return 1, {}
+        current = self.resolve(name)
+        deleted = self.promoted_deletions(name, current.lineage)
+        if new_lineage is None:
+            if deleted:
+                by = sorted(set(deleted.values()))
+                raise DormantError(
+                    f"{name} has {len(deleted)} promoted deletion(s) (request "
+                    f"{', '.join(by)}); adding a checkpoint under its name could serve what "
+                    "they deleted: add it under a new name, or pass --new-lineage 'why' to "
+                    "start a new lineage of it (recorded in the ledger)")
+            return current.lineage, {}
+        return current.lineage + 1, {"lineage": current.lineage, "version": current.version,
+                                     "deleted_ids": len(deleted),
+                                     "requests": sorted(set(deleted.values()))}

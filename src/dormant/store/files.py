@@ -8,13 +8,20 @@ import os
 import tempfile
 from pathlib import Path
 
+from dormant.failpoints import disk_point
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if path.suffix == ".safetensors":
+                f.write(data[: len(data) // 2])
+                disk_point(len(data) // 2)
+                f.write(data[len(data) // 2:])
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
