@@ -274,17 +274,16 @@ def _block(k: int, curve, forget_acc: list[float], start: float, start_test: flo
 
 
 def _attack(model: nn.Module, datas: list[RequestData], budget: CheckBudget,
-            leaked: torch.Tensor, progress: Progress | None) -> list[dict]:
+            leaked: torch.Tensor, starts: list[float], start_test: float,
+            progress: Progress | None) -> list[dict]:
     """One relearning attack on ``model`` (retain set plus ``leaked``), followed on each
-    request's held-out ids: the attack depends only on the retain set and the leaked ids, so
-    requests that share both share the attack."""
+    request's held-out ids (``starts``: their accuracy before it): the attack depends only on
+    the retain set and the leaked ids, so requests that share both share the attack."""
     first = datas[0]
     heldouts = tuple(d.heldout.to(first.x.device) for d in datas)
     rdata = RelearnData.build("retain", first.x, first.y, first.x_test, first.y_test,
                               first.retain, leaked, heldouts[0],
                               torch.unique(first.y[torch.cat(heldouts)]))
-    starts = [evaluate(model, first.x, first.y, h).acc for h in heldouts]
-    start_test = evaluate(model, first.x_test, first.y_test).acc
     _, curve = relearn(model, rdata, _relearn_cfg(budget, len(leaked)), first.recipe,
                        seed=budget.seed, progress=progress, groups=heldouts[1:])
     curves = [curve.forget_acc, *curve.groups]
@@ -297,15 +296,18 @@ def _attacks(model: nn.Module, datas: list[RequestData], budget: CheckBudget,
     """Per request: the retain-only attack (``"k0"``), run once for the whole batch (the
     requests share their retain set), and, unless ``leaked_k`` is 0, the k-leaked one, which
     depends on each request's own leakable ids."""
-    k0 = _attack(model, datas, budget, datas[0].heldout[:0], progress)
+    first = datas[0]
+    starts = [evaluate(model, d.x, d.y, d.heldout).acc for d in datas]
+    start_test = evaluate(model, first.x_test, first.y_test).acc
+    k0 = _attack(model, datas, budget, first.heldout[:0], starts, start_test, progress)
     out = [{"k0": b} for b in k0]
     if budget.leaked_k > 0:
-        for data, blocks in zip(datas, out, strict=True):
+        for data, start, blocks in zip(datas, starts, out, strict=True):
             perm = _pick(len(data.leakable), budget.leaked_k, budget.seed).to(
                 data.leakable.device)
             leaked = data.leakable[perm]
             blocks[f"k{budget.leaked_k}"] = blocks["k0"] if len(leaked) == 0 else _attack(
-                model, [data], budget, leaked, progress)[0]
+                model, [data], budget, leaked, [start], start_test, progress)[0]
     return out
 
 

@@ -164,6 +164,8 @@ def _close_stale(store: ModelStore, p: Plan, why: str) -> None:
         rows = [store.ledger.append("request-failed", {
             "error": f"superseded: {why}", "to_version": e.payload["to_version"]},
             request_id=e.request_id, model=p.base.name) for e in stale]
+    for path in store.version_files(p.base.name, stale[0].payload["to_version"]):
+        path.unlink(missing_ok=True)  # what its killed run wrote: it will never be named
     raise DormantError(
         f"request {stale[0].request_id} was started on {p.base.name} v{p.base.version} and "
         f"cannot resume: {why}; it is closed as request-failed at ledger row {rows[0].seq}: "

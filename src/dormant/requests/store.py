@@ -156,7 +156,13 @@ class ModelStore:
     @contextmanager
     def lock(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
         """An exclusive lock on the whole store for one writer; others wait their turn."""
-        with open(self.root / ".lock", "a+") as f:
+        try:
+            f = open(self.root / ".lock", "a+")  # noqa: SIM115 - closed below
+        except OSError as e:
+            raise DormantError(f"the store {self.root} cannot be written (its lock file: "
+                               f"{e.strerror or e}); nothing was recorded: make it writable "
+                               "and rerun") from None
+        with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -5,6 +5,6 @@ costs that retrain as well as the method."""
 
 from __future__ import annotations
 
-from dormant.requests.deleters import Deleter, register_deleter
+from dormant.requests.deleters.base import Deleter, register_deleter
 
 register_deleter(Deleter())

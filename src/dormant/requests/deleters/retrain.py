@@ -5,7 +5,7 @@ scale it costs one training run. It is the default on a single model."""
 
 from __future__ import annotations
 
-from dormant.requests.deleters import Deleter, Job, Made, register_deleter
+from dormant.requests.deleters.base import Deleter, Job, Made, register_deleter
 
 DEFAULT_METHOD = "retrain"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from dormant.errors import DormantError
-from dormant.requests.deleters import Deleter, Job, Made, register_deleter
+from dormant.requests.deleters.base import Deleter, Job, Made, register_deleter
 from dormant.requests.sharded import (
     added_parts,
     initialiser,
