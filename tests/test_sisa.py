@@ -180,7 +180,9 @@ def test_a_sisa_version_retrains_one_shard_and_keeps_the_others_byte_identical(
     rec = st.ledger.entries(kind="request-finished")[-1].payload
     assert rec["method"] == "sisa" and rec["oracle"].startswith("the new model")
     assert rec["sisa"]["retrained"] == [{"shard": 1, "from_slice": 1}]
-    assert rec["cost"]["training_seconds"] < rec["cost"]["full_retrain_seconds"]
+    # cheaper than a full retrain, in optimiser steps (seconds depend on the machine's load)
+    assert 0 < rec["sisa"]["steps"] < v1.sisa["steps"]
+    assert rec["cost"]["full_retrain_seconds"] == v1.sisa["full_retrain_seconds"]
     before, after = _files(v1), _files(v2)
     for key in before:  # byte-identical: the same file, and the same bytes
         same = key != (1, 1)

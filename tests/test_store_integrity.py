@@ -101,6 +101,12 @@ def test_a_resumed_request_never_undoes_a_later_deletion(store, base, tmp_path, 
     assert main(forget_args(store, a, base["policy"])) == 0
     assert st.resolve("digits").version == 4
     assert held(store) == set(range(100, 130)) | set(range(200, 230))
+    # and a later request for B's ids is told who deleted them
+    rid_b = book.entries(kind="request-finished")[0].request_id
+    capsys.readouterr()
+    assert main(forget_args(store, b, base["policy"])) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "already deleted" in line and rid_b in line
 
 
 @pytest.mark.slow

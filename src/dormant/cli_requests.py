@@ -243,19 +243,20 @@ def store_list(store: Annotated[Path, typer.Argument(help="store folder")],
 
     st = ModelStore(store, ledger)
     t = Table(title=f"store {store}")
-    for col in ("model", "version", "status", "from", "request", "sha256"):
+    for col in ("model", "version", "lineage", "status", "from", "request", "sha256"):
         t.add_column(col)
     for name in st.models():
         current = st.resolve(name).version
         for v in st.versions(name):
             status = ("current" if v.version == current
                       else "superseded" if v.promoted else "not promoted")
-            t.add_row(name, f"v{v.version}", status,
+            t.add_row(name, f"v{v.version}", str(v.lineage), status,
                       "-" if v.from_version is None else f"v{v.from_version}",
                       v.request_id or "-", v.sha256[:12])
     console.print(t)
     console.print("current: the version a request without @VERSION uses (the latest promoted); "
-                  "superseded: promoted once, replaced since; not promoted: kept, never in use")
+                  "superseded: promoted once, replaced since; not promoted: kept, never in use; "
+                  "lineage: a new one starts where a model was added with --new-lineage")
 
 
 @ledger_app.command("verify")
