@@ -151,6 +151,10 @@ def test_re_adding_a_name_with_deletions_needs_a_new_lineage(store, base, tmp_pa
     assert row["replaces"]["deleted_ids"] == 30
     current = st.resolve("digits")
     assert (current.version, current.lineage) == (3, 2)
+    # and once a name has had deletions, every checkpoint added to it is a lineage of its own
+    capsys.readouterr()
+    assert main(["store", "add", str(store), "digits", str(v1)]) == 2
+    assert "--new-lineage" in one_error_line(capsys.readouterr().err)
     # the old lineage is no base any more, and its ids are deleted again from the new one
     capsys.readouterr()
     other = _ids(tmp_path / "b.ids", range(340, 370))
@@ -177,11 +181,14 @@ def test_no_command_writes_inside_the_store(store, base, tmp_path, capsys):
          str(folder / "v2.safetensors"), "--ids", str(tmp_path / "a.ids"), "--policy",
          str(base["policy"]), "--out", str(store / "requests" / rid), "--device", "cpu"],
         ["train", "--dataset", "digits", "--out", str(store / "models"), "--device", "cpu"],
+        ["train", "--dataset", "digits", "--out", str(tmp_path / "new" / "t"), "--store",
+         str(tmp_path / "new"), "--name", "n", "--device", "cpu"],
     ]
     for args in cases:
         capsys.readouterr()
         assert main(args) == 2, args
         assert "inside the model store" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "new").exists()
     # an existing folder, or an SQLite file, is no export target either
     capsys.readouterr()
     assert main(["ledger", "export", str(store), "--out", str(tmp_path)]) == 2
@@ -194,14 +201,20 @@ def test_no_command_writes_inside_the_store(store, base, tmp_path, capsys):
     assert main(["ledger", "export", str(store), "--out", str(tmp_path / "l.json")]) == 0
 
 
-def test_nothing_is_appended_to_a_chain_that_does_not_verify(store, base, tmp_path, capsys):
+@pytest.mark.parametrize("edit", [
+    "UPDATE entries SET payload = replace(payload, 'alice', 'mallory') WHERE seq = 2",
+    # the finished row no longer names its request: a sweep trusting it would take v2 for
+    # a killed request's leftovers and delete the current checkpoint
+    "UPDATE entries SET request_id = 'x' WHERE kind = 'request-finished'",
+])
+def test_nothing_is_appended_to_a_chain_that_does_not_verify(store, base, tmp_path, capsys,
+                                                            edit):
     assert main(forget_args(store, _ids(tmp_path / "a.ids", range(500, 530)),
                             base["policy"])) == 0
     con = sqlite3.connect(store / "ledger.sqlite")
     for name, in con.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
         con.execute(f"DROP TRIGGER {name}")
-    con.execute("UPDATE entries SET payload = replace(payload, 'alice', 'mallory') "
-                "WHERE seq = 2")
+    con.execute(edit)
     con.commit()
     con.close()
     before = snapshot(store)
@@ -209,7 +222,7 @@ def test_nothing_is_appended_to_a_chain_that_does_not_verify(store, base, tmp_pa
     assert main(forget_args(store, _ids(tmp_path / "b.ids", range(600, 630)),
                             base["policy"])) == 2
     line = one_error_line(capsys.readouterr().err)
-    assert "does not verify (row 2" in line and "broken chain" in line
+    assert "does not verify (row " in line and "broken chain" in line
     v1 = store / "models" / "digits" / "v1.safetensors"
     assert main(["store", "add", str(store), "other", str(v1)]) == 2
     assert "does not verify" in one_error_line(capsys.readouterr().err)
@@ -342,3 +355,17 @@ def test_the_batch_shares_its_retain_only_attack(digits_setup, monkeypatch):
         assert b["after"]["mia_auc"] == a["after"]["mia_auc"]
     # the requests differ, so their curves do
     assert len({str(b["tamper"]["k0"]["forget_acc"]) for b in batch}) > 1
+
+
+def test_a_store_whose_ledger_is_gone_is_never_given_a_fresh_one(store, base, tmp_path,
+                                                                 capsys):
+    assert main(forget_args(store, _ids(tmp_path / "a.ids", range(40, 70)),
+                            base["policy"])) == 0
+    (store / "ledger.sqlite").unlink()
+    before = snapshot(store)
+    v1 = tmp_path / "v1.safetensors"
+    shutil.copy(store / "models" / "digits" / "v1.safetensors", v1)
+    capsys.readouterr()
+    assert main(["store", "add", str(store), "digits", str(v1)]) == 2
+    assert "ledger" in one_error_line(capsys.readouterr().err)
+    assert snapshot(store) == before and not (store / "ledger.sqlite").exists()

@@ -33,55 +33,71 @@ from hypothesis.stateful import (
 from test_store_integrity import PERMISSIVE, forget_args
 
 from dormant.cli import main
-from dormant.requests import Ledger
+from dormant.requests import Ledger, ModelStore
 
 N_TRAIN = 1437
 IDS = st.sets(st.integers(0, N_TRAIN - 1), min_size=2, max_size=25)
 
 
-def current_and_owed(entries) -> tuple[int, set[int], set[int]]:
-    """From the raw rows alone: the current version of ``digits`` (the last promoted), the ids
-    it was made without (its chain of requests back to the model it started from), and the
-    ids promoted requests deleted within its lineage (everything since the last model added
-    as a new lineage, and the first model)."""
-    made: dict[int, dict] = {}  # version -> {"from": v, "ids": set, "promoted": bool}
-    lineage_start = 0
-    order = []
-    for e in entries:
-        if e.model != "digits":
-            continue
-        p = e.payload
-        if e.kind == "model-added":
-            made[p["version"]] = {"from": None, "ids": set(), "promoted": True}
-            order.append(p["version"])
-            if p.get("lineage", 1) > 1 or not lineage_start:
-                lineage_start = p["version"]
-        elif e.kind == "request-finished":
-            v = made.setdefault(p["to_version"], {"from": p["from_version"], "ids": set(),
-                                                  "promoted": bool(p["promoted"])})
-            if p["to_version"] not in order:
-                order.append(p["to_version"])
-            v["ids"] |= set(p["ids"])
-    current = [v for v in order if made[v]["promoted"]][-1]
-    without, v = set(), current
-    while v is not None:
-        without |= made[v]["ids"]
-        v = made[v]["from"]
+class LedgerModel:
+    """The store as the raw rows tell it, computed here and not by the store's own code: each
+    version's parent, the ids its request deleted, whether it was promoted, and its lineage
+    (a model added with a reason for a new lineage starts one; anything else continues its
+    parent's, or the name's current one)."""
 
-    def in_lineage(v: int) -> bool:
-        while made[v]["from"] is not None:
-            v = made[v]["from"]
-        return v >= lineage_start
+    def __init__(self, entries) -> None:
+        self.made: dict[int, dict] = {}
+        self.order: list[int] = []
+        lineage = 0
+        for e in entries:
+            if e.model != "digits":
+                continue
+            p = e.payload
+            if e.kind == "model-added":
+                lineage = p["lineage"]
+                self.made[p["version"]] = {"from": None, "ids": set(), "promoted": True,
+                                           "lineage": lineage}
+                self.order.append(p["version"])
+            elif e.kind == "request-finished":
+                if p["to_version"] not in self.made:
+                    self.order.append(p["to_version"])
+                    self.made[p["to_version"]] = {
+                        "from": p["from_version"], "ids": set(),
+                        "promoted": bool(p["promoted"]),
+                        "lineage": self.made[p["from_version"]]["lineage"]}
+                self.made[p["to_version"]]["ids"] |= set(p["ids"])
+        self.current = [v for v in self.order if self.made[v]["promoted"]][-1]
+        self.lineage = self.made[self.current]["lineage"]
+        self.owed = set().union(*(m["ids"] for m in self.made.values()
+                                  if m["promoted"] and m["lineage"] == self.lineage))
+        self.ever = set().union(*(m["ids"] for m in self.made.values() if m["promoted"]))
 
-    owed = set().union(*(made[v]["ids"] for v in order
-                         if made[v]["promoted"] and in_lineage(v)))
-    return current, without, owed
+    def without(self, v: int) -> set[int]:
+        out: set[int] = set()
+        while v is not None:
+            out |= self.made[v]["ids"]
+            v = self.made[v]["from"]
+        return out
+
+    def fit_base(self, v: int) -> bool:
+        """A request may build on ``v``: of the current lineage and made without every
+        promoted deletion of it."""
+        return self.made[v]["lineage"] == self.lineage and self.owed <= self.without(v)
+
+    def refuses(self, parts: list[set[int]], old: bool) -> bool:
+        """Whether a request (a batch: its parts) on v1 (``old``) or the current version must
+        be refused: an unfit base, or a part whose ids were all deleted already."""
+        base = 1 if old else self.current
+        done = self.without(base)
+        return not self.fit_base(base) or any(p <= done for p in parts)
 
 
 class StoreMachine(RuleBasedStateMachine):
     base: dict = {}
     ran: Counter = Counter()
     """How often each rule ran, over every example: the test proves it drove them all."""
+    done: Counter = Counter()
+    """How often a request went through (exit 0), over every example."""
 
     @initialize()
     def fresh_store(self) -> None:
@@ -89,7 +105,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.store = self.root / "store"
         shutil.copytree(self.base["store"], self.store)
         self.policy = self.base["policy"]
-        self.killed: list[list[str]] = []
+        self.killed: list[tuple[list[str], list[set[int]], bool]] = []
         self.n = 0
         self.new_lineages = 0
 
@@ -103,12 +119,23 @@ class StoreMachine(RuleBasedStateMachine):
     def _at(self, old: bool) -> list[str]:
         return ["--model", "digits@1"] if old else []
 
+    def _model(self) -> LedgerModel:
+        return LedgerModel(Ledger(self.store / "ledger.sqlite").entries())
+
+    def _request(self, args: list[str], parts: list[set[int]], old: bool) -> None:
+        """Run a request in process; it must go through exactly when the model says it may
+        (the policy here promotes whatever is checked)."""
+        refused = self._model().refuses(parts, old)
+        rc = main(args)
+        assert rc == (2 if refused else 0), (args, refused)
+        self.done["request"] += rc == 0
+
     @rule(ids=IDS, old=st.booleans(), method=st.sampled_from(["retrain", "gradient_ascent"]))
     def forget(self, ids, old, method) -> None:
         self.ran["forget"] += 1
         extra = ["--method", method] + (["--hparam", "steps=3"] if method != "retrain" else [])
-        rc = main(forget_args(self.store, self._ids(ids), self.policy, *self._at(old), *extra))
-        assert rc in (0, 2)
+        self._request(forget_args(self.store, self._ids(ids), self.policy, *self._at(old),
+                                  *extra), [ids], old)
 
     @rule(parts=st.lists(IDS, min_size=2, max_size=3))
     def batch(self, parts) -> None:
@@ -117,24 +144,25 @@ class StoreMachine(RuleBasedStateMachine):
         args = forget_args(self.store, files[0], self.policy)
         for f in files[1:]:
             args += ["--ids", str(f)]
-        assert main(args) in (0, 2)
+        self._request(args, parts, False)
 
     @rule(ids=IDS, old=st.booleans(), point=st.sampled_from(["started", "written", "reported"]))
     def kill_9(self, ids, old, point) -> None:
         self.ran["kill_9"] += 1
         args = forget_args(self.store, self._ids(ids), self.policy, *self._at(old))
+        refused = self._model().refuses([ids], old)
         got = run_cli(*args, env={"DORMANT_FAILPOINT": point})
-        assert got.returncode in (-9, 2), got.stderr
+        assert got.returncode == (2 if refused else -9), got.stderr
         if got.returncode == -9:
-            self.killed.append(args)
+            self.killed.append((args, [ids], old))
 
     @precondition(lambda self: self.killed)
     @rule(data=st.data())
     def resume(self, data) -> None:
         self.ran["resume"] += 1
-        args = data.draw(st.sampled_from(self.killed))
-        assert main(args) in (0, 2)
-        self.killed.remove(args)
+        killed = data.draw(st.sampled_from(self.killed))
+        self._request(*killed)  # resumed when its base is still current, refused when unfit
+        self.killed.remove(killed)
 
     @rule(how=st.sampled_from(["store add", "train"]), lineage=st.booleans())
     def re_add(self, how, lineage) -> None:
@@ -150,9 +178,9 @@ class StoreMachine(RuleBasedStateMachine):
             self.n += 1
             args = ["train", "--dataset", "digits", "--out", str(self.root / f"t{self.n}"),
                     "--store", str(self.store), "--name", "digits", "--device", "cpu", *flag]
-        _, _, owed = current_and_owed(Ledger(self.store / "ledger.sqlite").entries())
+        ever = self._model().ever
         rc = main(args)
-        assert rc == (2 if owed and not lineage else 0)
+        assert rc == (2 if ever and not lineage else 0)
         self.new_lineages += rc == 0 and lineage
 
     @rule(inside=st.booleans())
@@ -181,8 +209,11 @@ class StoreMachine(RuleBasedStateMachine):
         report = book.verify(store=self.store)
         assert report.ok, report.problem
         entries = book.entries()
-        current, without, owed = current_and_owed(entries)
-        assert owed <= without, f"v{current} holds deleted ids {sorted(owed - without)[:10]}"
+        model = LedgerModel(entries)
+        held = model.owed - model.without(model.current)
+        assert not held, f"v{model.current} holds deleted ids {sorted(held)[:10]}"
+        current = ModelStore(self.store).resolve("digits")
+        assert (current.version, current.lineage) == (model.current, model.lineage)
         started = [e for e in entries if e.kind == "model-added" and "lineage_reason" in e.payload]
         assert len(started) == self.new_lineages  # a lineage starts only where asked for
 
@@ -201,20 +232,24 @@ class StoreMachine(RuleBasedStateMachine):
                 unfinished = {f"models/digits/v{e.payload['to_version']}.safetensors"
                               for e in entries if e.kind == "request-started"}
                 assert rel in named or rel in unfinished, rel
-        ids = {e.request_id for e in entries if e.request_id}
+        states = {s.request_id: s.status for s in Ledger(self.store / "ledger.sqlite").requests()}
         for folder in (self.store / "requests").glob("*"):
-            assert folder.name in ids, folder
+            # evidence stands only for a finished request (or a killed one, whose rerun
+            # writes it again): never for one that failed
+            assert states.get(folder.name) in ("finished", "unfinished"), folder
 
 
 @pytest.mark.slow
 def test_the_store_keeps_its_invariants_under_any_sequence(tmp_path_factory):
     StoreMachine.base = trained_store(tmp_path_factory.mktemp("machine"), "digits", PERMISSIVE)
-    examples = int(os.environ.get("DORMANT_MACHINE_EXAMPLES", "6"))
+    examples = int(os.environ.get("DORMANT_MACHINE_EXAMPLES", "10"))
     StoreMachine.ran.clear()
+    StoreMachine.done.clear()
     run_state_machine_as_test(StoreMachine, settings=settings(
-        max_examples=examples, stateful_step_count=10, deadline=None, derandomize=True,
+        max_examples=examples, stateful_step_count=12, deadline=None, derandomize=True,
         suppress_health_check=list(HealthCheck), database=None,
         verbosity=Verbosity.verbose if os.environ.get("DORMANT_MACHINE_VERBOSE") else
         Verbosity.normal))
     assert set(StoreMachine.ran) == {"forget", "batch", "kill_9", "resume", "re_add", "export",
                                      "audit_into_the_store", "verify"}, StoreMachine.ran
+    assert StoreMachine.done["request"] >= 3, StoreMachine.done

@@ -239,8 +239,15 @@ def train(
     if new_lineage is not None and store is None:
         raise DormantError("--new-lineage goes with --store and --name: it starts a new "
                            "lineage of a name in a store")
+    if new_lineage is not None and not new_lineage.strip():
+        raise DormantError("--new-lineage is empty; say why this model replaces the lineage, "
+                           "e.g. 'retrained without every deleted id'")
     if store is not None:
         check_name(name)
+        there = Path(store).resolve()
+        if Path(out).resolve() == there or there in Path(out).resolve().parents:
+            raise DormantError(f"--out {out} is inside the model store {store}; only the "
+                               "store writes there: give a path outside it")
         # a folder that is not a store, and a re-add the store would refuse, fail before
         # training
         st = ModelStore(store, create=True)
@@ -392,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         return rc if isinstance(rc, int) else 0
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 0
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         print("error: interrupted", file=sys.stderr)
         return 130
     except _CLICK_ERRORS as e:  # a usage error: an unknown option, a value typer cannot parse

@@ -59,28 +59,49 @@ def method_of(asked: str | None, hparams: dict, base: Version) -> str:
     return choose(asked, hparams, base)[1]
 
 
-@contextmanager
-def _signals_fail_the_request() -> Iterator[None]:
-    """SIGTERM and SIGINT raise :class:`Interrupted` where the request is (once: a second
-    signal while the failure is recorded is ignored). Only the main thread can take signals;
-    elsewhere (a service's worker) nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    fired: list[int] = []
+class _Signals:
+    """SIGTERM and SIGINT during a request raise :class:`Interrupted` where the request is, so
+    it records ``request-failed`` like any other failure. Armed once the request's started
+    rows exist (before them a signal acts as it always does: nothing is recorded yet), and
+    held while the outcome rows commit: from then on the request is done, and a signal is
+    left to the process's own handler once the request returns. Only the main thread takes
+    signals; elsewhere (a service's worker) nothing changes."""
 
-    def handler(signum, _frame) -> None:
-        if fired:
+    def __init__(self) -> None:
+        self.held = False
+        self.committed = False
+        self.pending: list[int] = []
+
+    def _handler(self, signum, _frame) -> None:
+        if self.held or self.committed or self.pending:  # committing or done, or a second
+            # signal while the failure is recorded
+            self.pending.append(signum)
             return
-        fired.append(signum)
+        self.pending.append(signum)
         raise Interrupted(signum, signal.Signals(signum).name)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    @contextmanager
+    def armed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.signal(s, self._handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            if self.committed and self.pending:  # arrived after the commit: deliver it now
+                signal.raise_signal(self.pending[0])
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        self.held = True
+        try:
+            yield
+        finally:
+            self.held = False
+        self.committed = True  # only once the commit went through
 
 
 def process_request(store: ModelStore, ds: Dataset, req: Request, policy: Policy, *,
@@ -103,19 +124,24 @@ def process_batch(store: ModelStore, ds: Dataset, reqs: list[Request], policy: P
     report folder, in order."""
     stage = on_stage or (lambda _text: None)
     dev = resolve_device(device)
-    with store.lock(on_wait), _signals_fail_the_request():
+    signals = _Signals()
+    with store.lock(on_wait):
         t0 = time.perf_counter()
+        store.ledger.require_intact()  # before the sweep, which trusts the ledger
         store.sweep()
         p = plan(store, ds, reqs, stage)
         model, side, spec = load_for(store.path(p.base.rel), ds, None, dev)
         rids, to_version = start(store, p, policy, ds, stage)
-        try:
-            kill_point("started")
-            return _run(store, ds, p, model, side, spec, rids, to_version, policy, dev,
-                        progress, stage, t0)
-        except BaseException as e:
-            record_failure(store, p.base.name, rids, to_version, e)
-            raise  # record_failure always raises; this line is never reached
+        with signals.armed():
+            try:
+                kill_point("started")
+                return _run(store, ds, p, model, side, spec, rids, to_version, policy, dev,
+                            progress, stage, t0, signals.hold)
+            except BaseException as e:
+                if signals.committed:  # the outcome rows are in: nothing to undo
+                    raise
+                record_failure(store, p.base.name, rids, to_version, e)
+                raise  # record_failure always raises; this line is never reached
 
 
 def _known_profile(store: ModelStore, base: Version, budget: dict) -> dict | None:
@@ -133,7 +159,7 @@ def _known_profile(store: ModelStore, base: Version, budget: dict) -> dict | Non
 
 
 def _run(store: ModelStore, ds: Dataset, p: Plan, model, side: dict, spec, rids: list[str],
-         to_version: int, policy: Policy, dev, progress, stage, t0: float
+         to_version: int, policy: Policy, dev, progress, stage, t0: float, hold
          ) -> list[tuple[dict, Path]]:
     """Unlearn the union once, write the version, check every request, record the outcomes."""
     first, base = p.reqs[0], p.base
@@ -190,7 +216,7 @@ def _run(store: ModelStore, ds: Dataset, p: Plan, model, side: dict, spec, rids:
             cost=cost, batch={"size": len(p.reqs), "index": i, "requests": rids}, **extra,
         )
         outcomes.append((rid, rec, {"ids": ask.new_ids, "files": files}))
-    return finish(store, base.name, outcomes)
+    return finish(store, base.name, outcomes, hold)
 
 
 def cost_of(made: Made, t_oracle: float, batch: int) -> dict:

@@ -124,9 +124,8 @@ def plan(store: ModelStore, ds: Dataset, reqs: list[Request],
     """The batch's plan, once every refusal has had its say (call under the store's lock)."""
     check_batch(reqs)
     first = reqs[0]
-    store.ledger.require_intact()
     base = store.resolve(first.model, first.version)
-    store.verify_file(base)
+    store.verify_files(base)
     deleter, method = choose(first.method, first.hparams, base)
     hp = deleter.settings(method, first.hparams, first.preset, base, len(ds.y_train))
     deleted = store.deleted(base)
@@ -166,6 +165,8 @@ def _close_stale(store: ModelStore, p: Plan, why: str) -> None:
             request_id=e.request_id, model=p.base.name) for e in stale]
     for path in store.version_files(p.base.name, stale[0].payload["to_version"]):
         path.unlink(missing_ok=True)  # what its killed run wrote: it will never be named
+    for e in stale:
+        store.drop_report(e.request_id)
     raise DormantError(
         f"request {stale[0].request_id} was started on {p.base.name} v{p.base.version} and "
         f"cannot resume: {why}; it is closed as request-failed at ledger row {rows[0].seq}: "
@@ -173,7 +174,8 @@ def _close_stale(store: ModelStore, p: Plan, why: str) -> None:
 
 
 def _earlier_lineages(store: ModelStore, p: Plan, stage) -> None:
-    """Ids an older lineage of the name deleted are deleted again from this one, and said."""
+    """Ids an older lineage of the name deleted, asked for again in this one, are said to be:
+    the new lineage's model is whatever was added, so they are deleted from it as any other."""
     earlier: dict[int, str] = {}
     for lineage in range(1, p.base.lineage):
         earlier.update(store.promoted_deletions(p.base.name, lineage))
@@ -181,8 +183,8 @@ def _earlier_lineages(store: ModelStore, p: Plan, stage) -> None:
     if again:
         by = ", ".join(sorted({earlier[i] for i in again}))
         stage(f"{len(again)} of the ids were deleted from an earlier lineage of "
-              f"{p.base.name} (request {by}); lineage {p.base.lineage} was added after, so "
-              "they are deleted from it too")
+              f"{p.base.name} (request {by}); lineage {p.base.lineage} was added after, and "
+              "this request deletes them from it too")
 
 
 def start(store: ModelStore, p: Plan, policy: Policy, ds: Dataset, stage

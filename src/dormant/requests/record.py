@@ -5,6 +5,7 @@ with the half-made version's files removed."""
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 from dormant.errors import DormantError
@@ -41,11 +42,12 @@ def promotion(checked: list[Assessment], rids: list[str], accept: bool
                    for ok, why in each]
 
 
-def finish(store: ModelStore, name: str, outcomes: list[tuple[str, dict, dict]]
-           ) -> list[tuple[dict, Path]]:
+def finish(store: ModelStore, name: str, outcomes: list[tuple[str, dict, dict]],
+           hold=nullcontext) -> list[tuple[dict, Path]]:
     """Write each request's report and ``record.json`` into ``requests/ID``, then every
     ``request-finished`` row in one transaction (a batch's version exists once every request
-    says so). ``outcomes``: (request id, record, what the row adds to the record)."""
+    says so). ``outcomes``: (request id, record, what the row adds to the record). ``hold()``
+    is held around the commit: from there on a signal must not fail the request."""
     from dormant.requests.report import write_request_report  # matplotlib: when used
 
     out, rows = [], []
@@ -58,7 +60,7 @@ def finish(store: ModelStore, name: str, outcomes: list[tuple[str, dict, dict]]
                            **extra,
                            "report": str(folder.relative_to(store.root) / "report.html")}))
         out.append((rec, folder))
-    with store.ledger.transaction():
+    with hold(), store.ledger.transaction():
         for rid, payload in rows:
             store.ledger.append("request-finished", payload, request_id=rid, model=name)
     return out
@@ -74,6 +76,8 @@ def record_failure(store: ModelStore, name: str, rids: list[str], to_version: in
     error = f"{type(e).__name__}: {one_line_of(e)}"
     for p in store.version_files(name, to_version):
         p.unlink(missing_ok=True)
+    for r in rids:
+        store.drop_report(r)
     rid = rids[0] if len(rids) == 1 else f"{rids[0]} (and {len(rids) - 1} more of its batch)"
     try:
         with store.ledger.transaction():

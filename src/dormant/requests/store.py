@@ -149,9 +149,15 @@ class ModelStore:
         else:
             self.root.mkdir(parents=True, exist_ok=True)
             atomic_write_text(marker, json.dumps({"format": FORMAT}) + "\n")
-        # an existing store whose ledger is gone is refused, never given a fresh, empty one
-        self.ledger = Ledger(Path(ledger) if ledger else self.root / "ledger.sqlite",
-                             create=create)
+        # an existing store whose ledger is gone is refused, never given a fresh, empty one:
+        # that would forget every deletion (a store with no checkpoint yet may get its first)
+        path = Path(ledger) if ledger else self.root / "ledger.sqlite"
+        holds = any(p.is_file() for p in (self.root / "models").rglob("*.safetensors"))
+        if holds and not path.exists():
+            raise DormantError(f"the store {root} holds checkpoints but its ledger {path} is "
+                               "gone; restore it from a backup (a new, empty ledger would "
+                               "forget every deletion)")
+        self.ledger = Ledger(path, create=create)
 
     @contextmanager
     def lock(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
@@ -247,6 +253,19 @@ class ModelStore:
                 "new model")
         return path
 
+    def verify_files(self, v: Version) -> None:
+        """Every file the ledger recorded for ``v`` (its checkpoint, and a SISA version's
+        assignment and shard checkpoints) is there with the bytes it recorded."""
+        self.verify_file(v)
+        for item in v.files:
+            path = self.path(item["path"])
+            if not path.is_file():
+                raise DormantError(f"{path} of {v.name} v{v.version} is missing; the ledger "
+                                   f"recorded it at row {v.seq}: restore it")
+            if sha256_file(path) != item["sha256"]:
+                raise DormantError(f"{path} of {v.name} v{v.version} was changed since the "
+                                   f"ledger recorded it at row {v.seq}; restore it")
+
     def deleted(self, v: Version) -> dict[int, str]:
         """Every id deleted on the way to ``v``, mapped to the request that deleted it."""
         by_version = {x.version: x for x in self.versions(v.name)}
@@ -334,14 +353,19 @@ class ModelStore:
         """Remove what a killed writer can leave: temp files, the files of a started request's
         version that never finished (its rerun writes them again), and SISA shard checkpoints
         no ledger row names (a killed request wrote them; shards are shared between versions,
-        so only the ledger can tell). Those are removed only under the store's own ledger: a
-        store opened with another ``--ledger`` file could not tell its shards from orphans."""
+        so only the ledger can tell), and the report folder of a request that never finished.
+        Shards are removed only under the store's own ledger: a store opened with another
+        ``--ledger`` file could not tell its shards from orphans. Call it once the chain
+        verifies: it trusts the ledger to say what is whose."""
         gone = list((self.root / "models").glob("*/.*.tmp"))
         gone += list((self.root / "models").glob("*/shards/.*.tmp"))
         for name in self.models():
             for e in self.unfinished(name):
                 gone += [p for p in self.version_files(name, e.payload["to_version"])
                          if p.exists()]
+                # a report written before the process died: its rerun writes it again, and
+                # until then it must not stand as evidence of an outcome the ledger lacks
+                self.drop_report(e.request_id)
         if self.ledger.path.resolve() == (self.root / "ledger.sqlite").resolve():
             named = {f["path"] for e in self.ledger.entries()
                      for f in e.payload.get("files", []) if isinstance(f, dict)}
@@ -350,6 +374,12 @@ class ModelStore:
         for p in gone:
             p.unlink(missing_ok=True)
         return gone
+
+    def drop_report(self, request_id: str) -> None:
+        """Remove the report folder of a request that has no ``request-finished`` row."""
+        folder = self.root / "requests" / request_id
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
 
     def write_version(self, name: str, version: int, model: nn.Module, spec: ModelSpec,
                       meta: dict) -> tuple[str, str]:
@@ -402,8 +432,8 @@ class ModelStore:
                 if parts is not None:
                     more, extra = parts(self, name, version, Path(checkpoint), side)
                     files += more
-                lines = {} if new_lineage is None else {"lineage": lineage, "lineage_reason":
-                                                        new_lineage, "replaces": replaced}
+                lines = {"lineage": lineage} if new_lineage is None else {
+                    "lineage": lineage, "lineage_reason": new_lineage, "replaces": replaced}
                 e = self.ledger.append("model-added", {
                     "version": version, "arch": arch, "source": str(checkpoint),
                     "num_classes": spec.num_classes, "in_channels": spec.in_channels,
@@ -430,10 +460,12 @@ class ModelStore:
         current = self.resolve(name)
         deleted = self.promoted_deletions(name, current.lineage)
         if new_lineage is None:
-            if deleted:
-                by = sorted(set(deleted.values()))
+            ever = {i: rid for lineage in range(1, current.lineage + 1)
+                    for i, rid in self.promoted_deletions(name, lineage).items()}
+            if ever:
+                by = sorted(set(ever.values()))
                 raise DormantError(
-                    f"{name} has {len(deleted)} promoted deletion(s) (request "
+                    f"{name} has {len(ever)} promoted deletion(s) (request "
                     f"{', '.join(by)}); adding a checkpoint under its name could serve what "
                     "they deleted: add it under a new name, or pass --new-lineage 'why' to "
                     "start a new lineage of it (recorded in the ledger)")
