@@ -66,6 +66,7 @@ from dormant.unlearn import (
     UnlearnData,
     get_method,
     make_hparams,
+    method_provenance,
     unlearn,
 )
 
@@ -284,7 +285,8 @@ def request_for(v: Victim, method: str, hp: dict, cache: ModelCache,
     att, planted = v.attacker, v.planted
     rows = torch.nonzero(torch.isin(att.victim_ids, planted.clean_pool)).flatten()
     key = cache_key(kind="simulate", attack=v.keys["attack"], method=method, hp=hp,
-                    model=v.mspec.to_dict(), recipe=v.recipe.to_dict())
+                    provenance=method_provenance(method, hp), model=v.mspec.to_dict(),
+                    recipe=v.recipe.to_dict())
 
     def search():
         margin = target_margin(v.surrogate, att.x[rows.to(att.x.device)],
@@ -310,8 +312,9 @@ def request_for(v: Victim, method: str, hp: dict, cache: ModelCache,
 def _cell_key(spec: BackdoorSpec, data: str, method: str, condition: str, seed: int) -> str:
     # "none": the conditions that involve no unlearning (none, badnets, blended)
     hp = {} if method == "none" else spec.method_hparams(method)
+    made = {} if method == "none" else method_provenance(method, hp)
     return cache_key(spec=spec.model_dump(exclude=GRID_KEYS), data=data, hparams=hp,
-                     method=method, condition=condition, seed=seed)
+                     provenance=made, method=method, condition=condition, seed=seed)
 
 
 def _forget(v: Victim, method: str, condition: str, hp: dict, ws: Workspace) -> torch.Tensor:
@@ -343,6 +346,7 @@ def _unlearn(v: Victim, method: str, condition: str, hp: dict, forget: torch.Ten
     key = cache_key(kind="backdoor-unlearned", base=v.keys["poisoned" if poisoned
                                                            else "unpoisoned"],
                     forget=cache_key(ids=forget.tolist()), method=method, hp=hp,
+                    provenance=method_provenance(method, hp),
                     **({} if train_seed is None else {"train_seed": train_seed}))
 
     def run():

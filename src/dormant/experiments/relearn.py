@@ -46,7 +46,13 @@ from dormant.models import ModelSpec, create_model
 from dormant.rows import RelearnRow
 from dormant.store import ModelCache, ResultsLog, cache_key
 from dormant.store.results import driver_lock
-from dormant.unlearn import StoppableHparams, get_method, resolve_hparams, unlearn
+from dormant.unlearn import (
+    StoppableHparams,
+    get_method,
+    method_provenance,
+    resolve_hparams,
+    unlearn,
+)
 
 GRID_KEYS = {"methods", "hparams", "preset", "k", "seeds", "forget", "relearn_sets", "attack_lr",
              "attack_steps", "device", "calibrate", "stop"}
@@ -200,12 +206,19 @@ def _calibration(ws: Workspace, spec: RelearnSpec, forget: str, pipe: Pipeline
     prep = _prepared(ws, spec, spec.seeds[0], forget)
     hps = [method_hparams(spec, prep, s.method, s.hparams) for s in pipe.stages]
     key = cache_key(kind="calibration", original=prep.original_key, split=prep.split.hash,
-                    stages=[[s.method, hp] for s, hp in zip(pipe.stages, hps, strict=True)],
+                    stages=[_keyed(s.method, hp) for s, hp in zip(pipe.stages, hps, strict=True)],
                     user=[s.hparams for s in pipe.stages])
     found = ws.cache.build_record(key, "calibration", lambda: [c.to_dict() for c in calibrate(
         prep, pipe, hps, [s.hparams for s in pipe.stages],
         lambda p, h: unlearned_model(prep, p, h, ws.cache, ws.progress)[0])])
     return [Calibration(**c) for c in found]
+
+
+def _keyed(method: str, hp: dict) -> list:
+    """A stage as a cache key holds it: the method, the values the study resolved, and its
+    provenance (every value it runs with, class defaults included, and its code revision),
+    so a changed default or a fixed bug never serves a stale model, calibration or row."""
+    return [method, hp, method_provenance(method, hp)]
 
 
 REFERENCE_FREE = {"preset", "unlearn_steps", "unlearn_lr", "data_root", "download"}
@@ -240,7 +253,8 @@ def relearn_cells(spec: RelearnSpec, ds: Dataset) -> list[RelearnCell]:
     protocol = {"calibrate": spec.calibrate, "stop": spec.stop,
                 "calibration_seed": spec.seeds[0] if spec.calibrate == "oracle" else None}
     stages = {p.name: [[s.method, s.hparams] if p.is_reference else
-                       [s.method, base_hparams(spec, profile, n_train, s.method, s.hparams)]
+                       _keyed(s.method, base_hparams(spec, profile, n_train, s.method,
+                                                     s.hparams))
                        for s in p.stages] for p in pipelines}
     cell_spec = absolute_paths(spec)  # workers elsewhere must find the same files
     cells = []
@@ -305,7 +319,7 @@ def unlearned_model(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], cache
     ctx = dataclasses.replace(prep.context(progress), pretrained=prep.original)
     for stage, hp in zip(pipe.stages, stage_hps, strict=True):
         parts = dict(kind="unlearned", original=prep.original_key, split=prep.split.hash,
-                     method=stage.method, hp=hp)
+                     method=stage.method, hp=hp, provenance=method_provenance(stage.method, hp))
         if prev is not None:
             parts["after"] = prev
         key = cache_key(**parts)

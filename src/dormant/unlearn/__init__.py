@@ -45,6 +45,8 @@ from dormant.unlearn.base import (
     get_preset,
     hyperparameters,
     make_hparams,
+    method_provenance,
+    method_revision,
     register_method,
     resolve_hparams,
     unlearn,
@@ -53,6 +55,6 @@ from dormant.unlearn.base import (
 __all__ = [
     "PAPER", "MethodInfo", "Preset", "PresetName", "StepHparams", "StoppableHparams", "Strength",
     "UnlearnContext", "UnlearnData", "available_methods", "available_presets", "get_method",
-    "get_preset", "hyperparameters", "make_hparams", "register_method", "resolve_hparams",
-    "unlearn",
+    "get_preset", "hyperparameters", "make_hparams", "method_provenance", "method_revision",
+    "register_method", "resolve_hparams", "unlearn",
 ]

@@ -352,6 +352,35 @@ def resolve_hparams(method: str, preset: str | None = None, overrides: Mapping |
     return values
 
 
+def method_revision(name: str) -> str:
+    """The code a method's artefacts come from: the package version and the sha256 of every
+    dormant source file that defines it (its function's file and its settings class's, bases
+    included). A fixed bug or a changed default in any of them gives a new revision."""
+    import hashlib
+    import inspect
+
+    from dormant import __version__
+
+    info = get_method(name)
+    files = {inspect.getsourcefile(info.fn)}
+    files |= {inspect.getsourcefile(c) for c in info.hparams.__mro__
+              if c.__module__.split(".")[0] == info.hparams.__module__.split(".")[0]
+              and c is not object}
+    h = hashlib.sha256(__version__.encode())
+    for f in sorted(f for f in files if f):
+        with open(f, "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()[:16]
+
+
+def method_provenance(name: str, values: Mapping | None = None) -> dict:
+    """What a cache key must hash for an artefact of ``name`` run with ``values``: every
+    hyper-parameter it runs with, class defaults included (``values`` alone would miss a
+    changed default), and the code revision (:func:`method_revision`)."""
+    return {"resolved": dataclasses.asdict(make_hparams(name, values)),
+            "code": method_revision(name)}
+
+
 def make_hparams(name: str, overrides: Mapping | None = None):
     """The method's hyper-parameters from its class defaults with ``overrides`` (no preset:
     see ``resolve_hparams``), validated; an error names the method and the key."""
