@@ -105,14 +105,7 @@ def read_sisa(store: ModelStore, v: Version, n_train: int) -> Sisa:
     plan = Plan.from_dict(v.sisa["plan"])
 
     def verified(item: dict) -> Path:
-        path = store.path(item["path"])
-        if not path.is_file():
-            raise DormantError(f"{path} of {v.name} v{v.version} is missing; the ledger "
-                               f"recorded it at row {v.seq}")
-        if sha256_file(path) != item["sha256"]:
-            raise DormantError(f"{path} of {v.name} v{v.version} was changed since the ledger "
-                               f"recorded it at row {v.seq}; restore it")
-        return path
+        return store.verified(v, item)
 
     parts = [f for f in v.files if f["role"] == ASSIGNMENT]
     if len(parts) != 1:

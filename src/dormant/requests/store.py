@@ -253,18 +253,24 @@ class ModelStore:
                 "new model")
         return path
 
+    def verified(self, v: Version, item: dict) -> Path:
+        """The path of ``item`` (one of ``v.files``), once its bytes hash to what the ledger
+        recorded for it."""
+        path = self.path(item["path"])
+        if not path.is_file():
+            raise DormantError(f"{path} of {v.name} v{v.version} is missing; the ledger "
+                               f"recorded it at row {v.seq}: restore it")
+        if sha256_file(path) != item["sha256"]:
+            raise DormantError(f"{path} of {v.name} v{v.version} was changed since the ledger "
+                               f"recorded it at row {v.seq}; restore it")
+        return path
+
     def verify_files(self, v: Version) -> None:
         """Every file the ledger recorded for ``v`` (its checkpoint, and a SISA version's
         assignment and shard checkpoints) is there with the bytes it recorded."""
         self.verify_file(v)
         for item in v.files:
-            path = self.path(item["path"])
-            if not path.is_file():
-                raise DormantError(f"{path} of {v.name} v{v.version} is missing; the ledger "
-                                   f"recorded it at row {v.seq}: restore it")
-            if sha256_file(path) != item["sha256"]:
-                raise DormantError(f"{path} of {v.name} v{v.version} was changed since the "
-                                   f"ledger recorded it at row {v.seq}; restore it")
+            self.verified(v, item)
 
     def deleted(self, v: Version) -> dict[int, str]:
         """Every id deleted on the way to ``v``, mapped to the request that deleted it."""
