@@ -369,3 +369,26 @@ def test_a_store_whose_ledger_is_gone_is_never_given_a_fresh_one(store, base, tm
     assert main(["store", "add", str(store), "digits", str(v1)]) == 2
     assert "ledger" in one_error_line(capsys.readouterr().err)
     assert snapshot(store) == before and not (store / "ledger.sqlite").exists()
+
+
+def test_another_stores_ledger_cannot_hide_this_stores_deletions(store, base, tmp_path,
+                                                                 capsys):
+    """`--ledger` naming a ledger that does not know this store's checkpoints (another
+    store's, or a fresh one) would see none of its deletions: refused, nothing written."""
+    ids = _ids(tmp_path / "a.ids", range(300, 330))
+    assert main(forget_args(store, ids, base["policy"])) == 0
+    v1 = tmp_path / "v1.safetensors"
+    shutil.copy(store / "models" / "digits" / "v1.safetensors", v1)
+    shutil.copy(store / "models" / "digits" / "v1.json", tmp_path / "v1.json")
+    elsewhere = tmp_path / "x.sqlite"
+    assert main(["store", "add", str(tmp_path / "s2"), "other", str(v1), "--ledger",
+                 str(elsewhere)]) == 0
+    before, other = snapshot(store), elsewhere.read_bytes()
+    capsys.readouterr()
+    assert main(["store", "add", str(store), "digits", str(v1), "--ledger",
+                 str(elsewhere)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "does not name" in line and "v2.safetensors" in line
+    assert main(forget_args(store, ids, base["policy"], "--ledger", str(elsewhere))) == 2
+    assert "does not name" in one_error_line(capsys.readouterr().err)
+    assert snapshot(store) == before and elsewhere.read_bytes() == other

@@ -61,23 +61,23 @@ def method_of(asked: str | None, hparams: dict, base: Version) -> str:
 
 class _Signals:
     """SIGTERM and SIGINT during a request raise :class:`Interrupted` where the request is, so
-    it records ``request-failed`` like any other failure. Armed once the request's started
-    rows exist (before them a signal acts as it always does: nothing is recorded yet), and
-    held while the outcome rows commit: from then on the request is done, and a signal is
-    left to the process's own handler once the request returns. Only the main thread takes
-    signals; elsewhere (a service's worker) nothing changes."""
+    it records ``request-failed`` like any other failure. Armed right after the request's
+    started rows commit: before them nothing is recorded, and a signal acts as it always does
+    (the CLI turns SIGINT into one line; in the instant between the rows and the arming, a
+    killed request is left unfinished, to resume like one killed with -9). Once the outcome
+    rows start to commit, or once a failure is being recorded, a signal no longer interrupts:
+    the request's outcome is settled and the command ends on its own right after. Only the
+    main thread takes signals; elsewhere (a service's worker) nothing changes."""
 
     def __init__(self) -> None:
-        self.held = False
+        self.settled = False
+        """The outcome rows are committing or committed, or a failure is being recorded."""
         self.committed = False
-        self.pending: list[int] = []
 
     def _handler(self, signum, _frame) -> None:
-        if self.held or self.committed or self.pending:  # committing or done, or a second
-            # signal while the failure is recorded
-            self.pending.append(signum)
+        if self.settled:
             return
-        self.pending.append(signum)
+        self.settled = True  # the failure this raises is recorded undisturbed
         raise Interrupted(signum, signal.Signals(signum).name)
 
     @contextmanager
@@ -91,17 +91,17 @@ class _Signals:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-            if self.committed and self.pending:  # arrived after the commit: deliver it now
-                signal.raise_signal(self.pending[0])
 
     @contextmanager
     def hold(self) -> Iterator[None]:
-        self.held = True
-        try:
-            yield
-        finally:
-            self.held = False
-        self.committed = True  # only once the commit went through
+        """Around the outcome rows' commit: settled before it starts, committed once it
+        went through (a failed commit is a failure like any other, and is recorded)."""
+        self.settled = True
+        yield
+        self.committed = True
+
+    def failing(self) -> None:
+        self.settled = True
 
 
 def process_request(store: ModelStore, ds: Dataset, req: Request, policy: Policy, *,
@@ -140,6 +140,7 @@ def process_batch(store: ModelStore, ds: Dataset, reqs: list[Request], policy: P
             except BaseException as e:
                 if signals.committed:  # the outcome rows are in: nothing to undo
                     raise
+                signals.failing()
                 record_failure(store, p.base.name, rids, to_version, e)
                 raise  # record_failure always raises; this line is never reached
 

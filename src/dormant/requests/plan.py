@@ -2,11 +2,12 @@
 records it, and the rows that record its start.
 
 Everything that can refuse a request refuses here, under the store's lock and before a
-``request-started`` row: a ledger that does not verify, a store that cannot be written, a base
-version that lacks a promoted deletion (it could never be promoted), ids all deleted already,
-and a request that would leave nothing to train on. A killed request is found by its key (the
-base version, ids, method, hyper-parameters and seed) and resumed under the same ids; one
-whose base is no longer fit to build on is closed with ``request-failed``, never resumed."""
+``request-started`` row: a ledger that does not verify or is not the store's own, a store
+that cannot be written, a base version that lacks a promoted deletion (it could never be
+promoted), ids all deleted already, and a request that would leave nothing to train on. A
+killed request is found by its key (the base version, ids, method, hyper-parameters and seed)
+and resumed under the same ids; one whose base is no longer fit to build on is closed with
+``request-failed``, never resumed."""
 
 from __future__ import annotations
 
@@ -124,6 +125,7 @@ def plan(store: ModelStore, ds: Dataset, reqs: list[Request],
     """The batch's plan, once every refusal has had its say (call under the store's lock)."""
     check_batch(reqs)
     first = reqs[0]
+    store.require_own_ledger(first.model)
     base = store.resolve(first.model, first.version)
     store.verify_files(base)
     deleter, method = choose(first.method, first.hparams, base)

@@ -229,6 +229,7 @@ class ModelStore:
         """``version``, or the latest promoted version; unknown ones name what exists."""
         known = self.versions(name)
         if not known:
+            self.require_own_ledger(name)  # checkpoints on disk, yet no row: a foreign ledger
             have = ", ".join(self.models()) or "none yet"
             raise DormantError(f"unknown model {name!r} in store {self.root}; it holds: {have}")
         if version is None:
@@ -327,6 +328,25 @@ class ModelStore:
                 "built on it could never be promoted: drop "
                 f"@{v.version} to build on v{current.version}")
 
+    def require_own_ledger(self, name: str) -> None:
+        """Refuse a ledger that does not name every checkpoint of ``name`` on disk: it is not
+        this store's ledger (``--ledger`` pointing elsewhere would hide its deletions), or a
+        file was put there by hand. Call after ``sweep``, which removes what killed requests
+        left."""
+        named = {v.rel for v in self.versions(name)}
+        named |= {self.rel(name, e.payload["to_version"]) for e in self.unfinished(name)}
+        folder = self.root / "models" / name
+        found = [p for p in folder.glob("v*.safetensors")
+                 if re.fullmatch(r"v\d+\.safetensors", p.name)] if folder.is_dir() else []
+        stray = sorted(str(p.relative_to(self.root)) for p in found
+                       if str(p.relative_to(self.root)) not in named)
+        if stray:
+            raise DormantError(
+                f"the store {self.root} holds {len(stray)} checkpoint(s) of {name} that the "
+                f"ledger {self.ledger.path} does not name ({', '.join(stray[:3])}): it is not "
+                "this store's ledger, or the files were put there by hand; give the store's "
+                "own ledger, or remove the files")
+
     def require_writable(self, name: str) -> None:
         """Refuse a store that cannot take a new version (read-only, or no space even for a
         probe file) before any row records a request that could not finish."""
@@ -421,6 +441,7 @@ class ModelStore:
             self.ledger.require_intact()
             self.require_writable(name)
             self.sweep()
+            self.require_own_ledger(name)
             lineage, replaced = self._lineage_of_add(name, new_lineage)
             version = self.next_version(name)
             rel = self.rel(name, version)

@@ -352,24 +352,74 @@ def resolve_hparams(method: str, preset: str | None = None, overrides: Mapping |
     return values
 
 
+def _dormant_imports(module: str) -> frozenset[str]:
+    """The dormant modules ``module``'s file imports, at the top or inside functions."""
+    import ast
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return frozenset()
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return frozenset()
+    with open(spec.origin, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        else:
+            continue
+        out |= {n for n in names if n.split(".")[0] == "dormant" and _is_module(n)}
+    return frozenset(out)
+
+
+def _is_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # ``module.attribute``, not a module
+        return False
+
+
+def _source_of(module: str) -> bytes:
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    with open(spec.origin, "rb") as f:
+        return f.read()
+
+
 def method_revision(name: str) -> str:
-    """The code a method's artefacts come from: the package version and the sha256 of every
-    dormant source file that defines it (its function's file and its settings class's, bases
-    included). A fixed bug or a changed default in any of them gives a new revision."""
+    """The code a method's artefacts come from: the package version and the sha256 of the
+    source of every module that defines it (its function's and its settings class's, bases
+    included) and of every dormant module those import, transitively (shared helpers such as
+    ``perturb``, the training loop in ``engine``, the models). A fixed bug or a changed
+    default in any of them gives a new revision. Modules are hashed by name, in name order,
+    so the revision is the same on every machine with the same code."""
     import hashlib
-    import inspect
 
     from dormant import __version__
 
     info = get_method(name)
-    files = {inspect.getsourcefile(info.fn)}
-    files |= {inspect.getsourcefile(c) for c in info.hparams.__mro__
-              if c.__module__.split(".")[0] == info.hparams.__module__.split(".")[0]
-              and c is not object}
+    roots = {info.fn.__module__} | {c.__module__ for c in info.hparams.__mro__
+                                    if c is not object and c.__module__ != "builtins"}
+    seen: set[str] = set()
+    todo = sorted(roots)
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        todo += sorted(_dormant_imports(module) - seen)
     h = hashlib.sha256(__version__.encode())
-    for f in sorted(f for f in files if f):
-        with open(f, "rb") as fh:
-            h.update(fh.read())
+    for module in sorted(seen):
+        if _is_module(module):
+            h.update(module.encode() + b"\0" + _source_of(module))
     return h.hexdigest()[:16]
 
 
