@@ -123,7 +123,6 @@ def test_tamper_verdicts_against_the_retrain_oracle(store, base, tmp_path):
     assert checks["retrain"]["excess"]["detail"].endswith("excess +0.0, forget gap +0.0: resists")
     # gradient ascent: compared with a retrain of its own request, attacked the same way
     assert ga["oracle"].startswith("a retrain on the retain set")
-    assert ga["durations"]["oracle"] > 0
     k0 = ga["measurements"]["tamper"]["k0"]
     assert ga["measurements"]["after"]["forget_acc"] < 80  # GA did forget (measured 67)
     # the oracle the request retrained is the retrain request's new model, bit for bit: the

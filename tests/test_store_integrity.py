@@ -392,3 +392,22 @@ def test_another_stores_ledger_cannot_hide_this_stores_deletions(store, base, tm
     assert main(forget_args(store, ids, base["policy"], "--ledger", str(elsewhere))) == 2
     assert "does not name" in one_error_line(capsys.readouterr().err)
     assert snapshot(store) == before and elsewhere.read_bytes() == other
+
+
+@pytest.mark.slow
+def test_an_old_backup_as_ledger_never_deletes_a_finished_version(store, base, tmp_path):
+    """A copy of the ledger taken while a request ran shows its finished version as a killed
+    request's leftovers; used as --ledger, its sweep must not delete that checkpoint."""
+    ids = _ids(tmp_path / "a.ids", range(10, 40))
+    args = forget_args(store, ids, base["policy"])
+    assert _cli(*args, env={"DORMANT_FAILPOINT": "written"}).returncode == -9
+    backup = tmp_path / "backup.sqlite"
+    shutil.copy(store / "ledger.sqlite", backup)
+    assert main(args) == 0  # resumed and finished: v2 is current
+    v2 = store / "models" / "digits" / "v2.safetensors"
+    kept = v2.read_bytes()
+    main(forget_args(store, _ids(tmp_path / "b.ids", range(50, 80)), base["policy"],
+                     "--ledger", str(backup)))
+    assert v2.read_bytes() == kept
+    assert Ledger(store / "ledger.sqlite").verify(store=store).ok
+    assert held(store) == set(range(10, 40))

@@ -134,6 +134,7 @@ def plan(store: ModelStore, ds: Dataset, reqs: list[Request],
     asks = [_ask(r, deleted, base, stage) for r in reqs]
     p = Plan(reqs, base, deleter, method, hp, deleted, asks,
              _keys(base, asks, method, hp, first.seed))
+    store.require_writable(base.name)  # before anything, a stale request's closing included
     try:
         store.require_base(base)
     except DormantError as e:
@@ -146,7 +147,6 @@ def plan(store: ModelStore, ds: Dataset, reqs: list[Request],
             f"v{base.version} ({len(p.union)} asked, {len(deleted)} deleted before), leaving "
             "nothing to train or check on; a model of no data is no model: remove the model "
             "from service instead")
-    store.require_writable(base.name)
     _earlier_lineages(store, p, stage)
     return p
 
@@ -178,9 +178,7 @@ def _close_stale(store: ModelStore, p: Plan, why: str) -> None:
 def _earlier_lineages(store: ModelStore, p: Plan, stage) -> None:
     """Ids an older lineage of the name deleted, asked for again in this one, are said to be:
     the new lineage's model is whatever was added, so they are deleted from it as any other."""
-    earlier: dict[int, str] = {}
-    for lineage in range(1, p.base.lineage):
-        earlier.update(store.promoted_deletions(p.base.name, lineage))
+    earlier = store.promoted_deletions(p.base.name, range(1, p.base.lineage))
     again = [i for i in p.union if i in earlier]
     if again:
         by = ", ".join(sorted({earlier[i] for i in again}))

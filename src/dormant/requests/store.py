@@ -10,7 +10,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -152,8 +152,8 @@ class ModelStore:
         # an existing store whose ledger is gone is refused, never given a fresh, empty one:
         # that would forget every deletion (a store with no checkpoint yet may get its first)
         path = Path(ledger) if ledger else self.root / "ledger.sqlite"
-        holds = any(p.is_file() for p in (self.root / "models").rglob("*.safetensors"))
-        if holds and not path.exists():
+        if not path.exists() and any(p.is_file()
+                                     for p in (self.root / "models").rglob("*.safetensors")):
             raise DormantError(f"the store {root} holds checkpoints but its ledger {path} is "
                                "gone; restore it from a backup (a new, empty ledger would "
                                "forget every deletion)")
@@ -293,21 +293,24 @@ class ModelStore:
         return [e for e in self.ledger.entries(kind="request-started", model=name)
                 if e.request_id not in done]
 
-    def promoted_deletions(self, name: str, lineage: int) -> dict[int, str]:
-        """Every id a promoted request deleted from a version of ``name``'s ``lineage``, mapped
-        to that request: what the current version must not hold."""
+    def promoted_deletions(self, name: str, lineages: Container[int] | None = None
+                           ) -> dict[int, str]:
+        """Every id a promoted request deleted from a version of ``name`` in ``lineages``
+        (None: any), mapped to that request; for the current lineage, what the current
+        version must not hold."""
         versions = {v.version: v for v in self.versions(name)}
         out: dict[int, str] = {}
         for e in self.ledger.entries(kind="request-finished", model=name):
             made = versions.get(e.payload.get("to_version"))
-            if made is not None and made.promoted and made.lineage == lineage:
+            if made is not None and made.promoted and (lineages is None
+                                                       or made.lineage in lineages):
                 out.update(dict.fromkeys(e.payload["ids"], e.request_id))
         return out
 
     def missing_deletions(self, v: Version) -> dict[int, str]:
         """The promoted deletions of ``v``'s lineage that ``v`` still holds (id -> request)."""
         done = self.deleted(v)
-        return {i: rid for i, rid in self.promoted_deletions(v.name, v.lineage).items()
+        return {i: rid for i, rid in self.promoted_deletions(v.name, (v.lineage,)).items()
                 if i not in done}
 
     def require_base(self, v: Version) -> None:
@@ -377,22 +380,24 @@ class ModelStore:
 
     def sweep(self) -> list[Path]:
         """Remove what a killed writer can leave: temp files, the files of a started request's
-        version that never finished (its rerun writes them again), and SISA shard checkpoints
-        no ledger row names (a killed request wrote them; shards are shared between versions,
-        so only the ledger can tell), and the report folder of a request that never finished.
-        Shards are removed only under the store's own ledger: a store opened with another
-        ``--ledger`` file could not tell its shards from orphans. Call it once the chain
-        verifies: it trusts the ledger to say what is whose."""
+        version that never finished (its rerun writes them again), SISA shard checkpoints no
+        ledger row names (a killed request wrote them; shards are shared between versions, so
+        only the ledger can tell), and the report folder of a request that never finished.
+        All but the temp files are removed only under the store's own ledger: another
+        ``--ledger`` file (an old backup, another store's) could take a finished version for a
+        killed request's leftovers, or shards for orphans. Call it once the chain verifies:
+        it trusts the ledger to say what is whose."""
         gone = list((self.root / "models").glob("*/.*.tmp"))
         gone += list((self.root / "models").glob("*/shards/.*.tmp"))
-        for name in self.models():
-            for e in self.unfinished(name):
-                gone += [p for p in self.version_files(name, e.payload["to_version"])
-                         if p.exists()]
-                # a report written before the process died: its rerun writes it again, and
-                # until then it must not stand as evidence of an outcome the ledger lacks
-                self.drop_report(e.request_id)
         if self.ledger.path.resolve() == (self.root / "ledger.sqlite").resolve():
+            for name in self.models():
+                for e in self.unfinished(name):
+                    gone += [p for p in self.version_files(name, e.payload["to_version"])
+                             if p.exists()]
+                    # a report written before the process died: its rerun writes it again,
+                    # and until then it must not stand as evidence of an outcome the ledger
+                    # lacks
+                    self.drop_report(e.request_id)
             named = {f["path"] for e in self.ledger.entries()
                      for f in e.payload.get("files", []) if isinstance(f, dict)}
             gone += [p for p in (self.root / "models").glob("*/shards/*.safetensors")
@@ -485,10 +490,8 @@ class ModelStore:
         if not self.versions(name):
             return 1, {}
         current = self.resolve(name)
-        deleted = self.promoted_deletions(name, current.lineage)
         if new_lineage is None:
-            ever = {i: rid for lineage in range(1, current.lineage + 1)
-                    for i, rid in self.promoted_deletions(name, lineage).items()}
+            ever = self.promoted_deletions(name)
             if ever:
                 by = sorted(set(ever.values()))
                 raise DormantError(
@@ -497,6 +500,7 @@ class ModelStore:
                     "they deleted: add it under a new name, or pass --new-lineage 'why' to "
                     "start a new lineage of it (recorded in the ledger)")
             return current.lineage, {}
+        deleted = self.promoted_deletions(name, (current.lineage,))
         return current.lineage + 1, {"lineage": current.lineage, "version": current.version,
                                      "deleted_ids": len(deleted),
                                      "requests": sorted(set(deleted.values()))}

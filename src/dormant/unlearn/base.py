@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import sys
 from collections.abc import Callable, Mapping
@@ -352,8 +353,11 @@ def resolve_hparams(method: str, preset: str | None = None, overrides: Mapping |
     return values
 
 
+@functools.cache
 def _dormant_imports(module: str) -> frozenset[str]:
-    """The dormant modules ``module``'s file imports, at the top or inside functions."""
+    """The dormant modules ``module``'s file imports, at the top or inside functions
+    (parsed once a process: what a file imports does not change while it runs; its bytes,
+    which the revision hashes, are read afresh)."""
     import ast
     import importlib.util
 
@@ -377,6 +381,7 @@ def _dormant_imports(module: str) -> frozenset[str]:
     return frozenset(out)
 
 
+@functools.cache
 def _is_module(name: str) -> bool:
     import importlib.util
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -61,8 +63,6 @@ def method_hparams(method: str, overrides: dict, preset: str | None = None,
     """Every hyper-parameter the request runs: ``resolve_hparams`` under ``preset`` (None:
     ``DEFAULT_PRESET``) with the user's overrides on top, checked; ``n_train`` is needed
     only by a preset in epochs."""
-    import dataclasses
-
     return dataclasses.asdict(make_hparams(method, resolve_hparams(
         method, preset or DEFAULT_PRESET, overrides, n_train=n_train)))
 
@@ -101,8 +101,6 @@ class Deleter:
         return method_hparams(method, overrides, preset, n_train)
 
     def run(self, job: Job) -> Made:
-        import time
-
         t0 = time.perf_counter()
         new = unlearn(job.method, job.model, job.data, job.ctx, **job.hparams)
         return Made(new, time.perf_counter() - t0,
