@@ -107,16 +107,24 @@ def study_line(spec, out: Path, executor, cells_of) -> str:
 
 def _run_study(spec, out: Path, title: str, executor=None) -> list[dict]:
     from dormant.experiments import run_relearn
-    from dormant.experiments.relearn import relearn_cells
+    from dormant.experiments.relearn import fit_note, relearn_cells
     from dormant.report import main_verdicts, write_relearn_report
     from dormant.report.relearn import verdict_text
 
     t0 = time.perf_counter()
     console.print(study_line(spec, out, executor, relearn_cells), highlight=False,
                   markup=False, soft_wrap=True)
+    noted: set = set()
+
+    def on_row(r: dict) -> None:
+        bars.say(_row_line(r))
+        note = fit_note(r)
+        if note and r.get("seed") not in noted:
+            noted.add(r.get("seed"))
+            bars.say(note)
+
     with ProgressBars(console) as bars:
-        rows = run_relearn(spec, out, progress=bars, executor=executor,
-                           on_row=lambda r: bars.say(_row_line(r)))
+        rows = run_relearn(spec, out, progress=bars, executor=executor, on_row=on_row)
     paths = write_relearn_report(rows, out, title)
     console.print(_results_table(rows, f"{title}: {rows[0]['dataset']}, {rows[0]['model']}, "
                                        f"forget {rows[0]['forget']}"))

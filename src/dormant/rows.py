@@ -51,6 +51,9 @@ class RelearnRow(Row):
     hparams: dict[str, Any] = {}
     pipeline: list[list[Any]] = []
     calibration: list[dict[str, Any]] = []
+    protocol: str | None = None
+    """The frozen verdict protocol's version and hash (``experiments/protocol.yaml``)."""
+    fit_target: float | None = None
     # after unlearning
     retain_acc: float | None = None
     forget_acc: float | None = None

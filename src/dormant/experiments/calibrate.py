@@ -11,6 +11,11 @@ is chosen from a grid of at most 4 values, each run for the method's *full* budg
 - ``target="distance"``: the smallest value whose L2 distance from theta_pre reaches the
   oracle's (the remedies, whose job is to move the weights).
 
+A grid that does not bracket its target (every candidate too weak, or every one too strong)
+grows by the grid's own step beyond its end, one full-budget run at a time, up to the
+protocol's ``max_extensions``; a grid that still does not bracket keeps its closest value
+and says so (``bracketed: false``), in the row and in the report.
+
 Only the first seed of each forget set is calibrated, and only on the leakable ids (the
 first 20% of the permuted forget set, which the attacker may see anyway). The held-out
 split, on which every reported forget accuracy is measured, is never read here. Candidates go
@@ -27,7 +32,9 @@ from torch import nn
 
 from dormant.engine import Diverged, evaluate
 from dormant.experiments.pipeline import Pipeline
+from dormant.errors import DormantError
 from dormant.experiments.prepare import Prepared
+from dormant.experiments.protocol import PROTOCOL
 from dormant.metrics import l2_distance
 from dormant.unlearn import Strength, get_method, make_hparams
 
@@ -48,12 +55,16 @@ class Calibration:
     """Each candidate's retain accuracy: those more than ``UTILITY_MARGIN`` points below the
     oracle's are out of the running (unless every one is)."""
     chosen: float
+    bracketed: bool = True
+    """Some candidate lay on each side of the goal (or on it)."""
+    extended: int = 0
+    """Values tried beyond the grid's end to bracket the goal."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-UTILITY_MARGIN = 20.0
+UTILITY_MARGIN = PROTOCOL.utility_margin
 """Points of retain accuracy below the oracle's at which a candidate no longer counts: a
 model that sends every image to one class scores 100% on a one-class forget set, and Fisher
 forgetting's noise did exactly that on the MNIST study (retain accuracy 6%), so "closest to
@@ -82,6 +93,33 @@ TrainStages = Callable[[Pipeline, list[dict]], nn.Module]
 """``train(pipeline, stage_hps) -> model``: the study's cached way to run a pipeline."""
 
 
+def _side(strength: Strength, score: float, retain: float, goal: float, floor: float) -> int:
+    """+1: too weak, -1: too strong, 0: on the goal. A diverged candidate or one that breaks
+    the retain set is too strong."""
+    if not math.isfinite(score) or retain < floor:
+        return -1
+    if strength.target == "distance":
+        return 1 if score < goal else -1
+    if round(abs(score - goal), 2) == 0:
+        return 0
+    return 1 if score > goal else -1
+
+
+def _bracketed(strength: Strength, sides: list[int]) -> bool:
+    if strength.target == "distance":  # the smallest value that reaches needs one that does not
+        return 1 in sides and -1 in sides
+    return 0 in sides or (1 in sides and -1 in sides)
+
+
+def _beyond(strength: Strength, values: list[float], stronger: bool) -> float:
+    """The next value one grid step past the end of ``values`` in the stronger or weaker
+    direction, the step being the ratio of the grid's two outermost factors at that end."""
+    f = sorted(strength.factors)
+    up = stronger == (strength.weaker == "lower")
+    ratio = (f[-1] / f[-2] if up else f[0] / f[1]) if len(f) > 1 else (2.0 if up else 0.5)
+    return float(f"{(max(values) if up else min(values)) * ratio:.6g}")
+
+
 def calibrate(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], user: list[dict],
               train: TrainStages) -> list[Calibration]:
     """Each stage's chosen strength, stage by stage (a chain's later stage is calibrated on
@@ -98,23 +136,41 @@ def calibrate(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], user: list[
         if strength is None or strength.param in user[i] or (
                 strength.target == "leakable" and len(leakable) == 0):
             continue  # no knob, the user's own value, or nothing to match on
+        goal = (prep.oracle_monitor_acc if strength.target == "leakable"
+                else l2_distance(prep.oracle, prep.original))
         base = getattr(make_hparams(stage.method, hps[i]), strength.param)
-        # 6 significant digits: 3e-4, not 0.00030000000000000003, in rows and cache keys
-        values = [float(f"{base * f:.6g}") for f in strength.factors]
-        scores, kept = [], []
-        for v in values:
+        values, scores, kept = [], [], []
+
+        def run(v: float) -> None:
+            values.append(v)
             try:
                 model = train(Pipeline(pipe.name, pipe.stages[:i + 1]),
                               [*hps[:i], {**hps[i], strength.param: v}])
             except Diverged:  # too strong a value; the others still compete
                 scores.append(math.nan)
                 kept.append(math.nan)
-                continue
+                return
             scores.append(evaluate(model, x, y, leakable).acc if strength.target == "leakable"
                           else l2_distance(model, prep.original))
             kept.append(evaluate(model, x, y, retain).acc)
-        goal = (prep.oracle_monitor_acc if strength.target == "leakable"
-                else l2_distance(prep.oracle, prep.original))
+
+        # 6 significant digits: 3e-4, not 0.00030000000000000003, in rows and cache keys
+        for f in strength.factors:
+            run(float(f"{base * f:.6g}"))
+        extended = 0
+        while extended < PROTOCOL.max_extensions:
+            sides = [_side(strength, s, r, goal, floor)
+                     for s, r in zip(scores, kept, strict=True)]
+            if _bracketed(strength, sides):
+                break
+            v = _beyond(strength, values, stronger=-1 not in sides)
+            try:
+                make_hparams(stage.method, {**hps[i], strength.param: v})
+            except (DormantError, ValueError):
+                break  # the knob's own range ends here
+            run(v)
+            extended += 1
+        sides = [_side(strength, s, r, goal, floor) for s, r in zip(scores, kept, strict=True)]
         finite = [math.isfinite(s) for s in scores]
         usable = [f and r >= floor for f, r in zip(finite, kept, strict=True)]
         chosen = _pick(strength, goal, values, scores,
@@ -123,5 +179,6 @@ def calibrate(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], user: list[
         found.append(Calibration(i, stage.method, strength.param, strength.target,
                                  round(goal, 4), tuple(values),
                                  tuple(round(s, 4) for s in scores),
-                                 tuple(round(r, 4) for r in kept), chosen))
+                                 tuple(round(r, 4) for r in kept), chosen,
+                                 bracketed=_bracketed(strength, sides), extended=extended))
     return found

@@ -24,6 +24,11 @@ class Pipeline:
 
     name: str
     stages: tuple[Stage, ...]
+    calibrate: str | None = None
+    """The pipeline's own ``calibrate`` (its entry's), or None: the study's."""
+
+    def calibration(self, spec: RelearnSpec) -> str:
+        return self.calibrate or spec.calibrate
 
     @property
     def is_reference(self) -> bool:
@@ -54,9 +59,10 @@ def resolve(spec: RelearnSpec) -> list[Pipeline]:
     out = [Pipeline(r, (Stage(r, {}),)) for r in REFERENCE_MODELS]
     for name, entry in entries.items():
         if name in REFERENCE_MODELS:
-            if entry.then or entry.hparams or entry.method not in (None, name):
+            if entry.then or entry.hparams or entry.calibrate or \
+                    entry.method not in (None, name):
                 raise DormantError(f"methods: {name!r} is a reference model; it takes no "
-                                   "method, hparams or then")
+                                   "method, hparams, then or calibrate")
             continue
         stages, seen, e = [], [], entry
         while e is not None:
@@ -84,5 +90,5 @@ def resolve(spec: RelearnSpec) -> list[Pipeline]:
                     raise DormantError(f"methods: entry {e.name!r} then: {err}") from None
                 e = MethodEntry.model_construct(name=nxt, method=None, then=None,
                                                 hparams=spec.hparams.get(nxt, {}))
-        out.append(Pipeline(name, tuple(stages)))
+        out.append(Pipeline(name, tuple(stages), entry.calibrate))
     return out

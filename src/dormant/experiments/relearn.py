@@ -40,6 +40,7 @@ from dormant.experiments.prepare import (
     prepare,
 )
 from dormant.experiments.profiles import Profile, profile_for
+from dormant.experiments.protocol import PROTOCOL
 from dormant.experiments.spec import RelearnSpec
 from dormant.metrics import aurc, comparable, l2_distance, recovery, tow
 from dormant.models import ModelSpec, create_model
@@ -160,7 +161,8 @@ class RelearnCell(Cell):
         common = {**self._coords(), "hparams": stage_hps[-1],
                   "pipeline": [[s.method, hp] for s, hp in zip(pipe.stages, stage_hps,
                                                                strict=True)],
-                  "calibration": [c.to_dict() for c in cal]}
+                  "calibration": [c.to_dict() for c in cal], "protocol": PROTOCOL.tag,
+                  "fit_target": spec.fit_target}
         t0 = time.perf_counter()
         try:
             model, key = unlearned_model(prep, pipe, stage_hps, ws.cache, ws.progress)
@@ -188,6 +190,18 @@ class RelearnCell(Cell):
                           seconds=round(unlearn_s + row["attack_seconds"], 3))
 
 
+def fit_note(row: dict) -> str | None:
+    """One line when the row's original stopped at its step cap short of ``fit_target``: it
+    did not memorise its training set as the study assumes, so forgetting has less to
+    remove."""
+    fit, target = row.get("train_fit_acc"), row.get("fit_target")
+    if fit is None or target is None or fit >= target:
+        return None
+    return (f"note: seed {row.get('seed')}'s original fits {fit:.1f}% of its training set, "
+            f"below fit_target {target:g}%: it stopped at its step cap "
+            f"({row.get('train_steps')} steps); raise train_steps for a memorising original")
+
+
 def _prepared(ws: Workspace, spec: RelearnSpec, seed: int, forget: str) -> Prepared:
     """The seed's data, split, original and oracle, once per worker process."""
     data = spec.model_dump(include={"dataset", "data_root", "train_size", "test_size"})
@@ -201,11 +215,12 @@ def _calibration(ws: Workspace, spec: RelearnSpec, forget: str, pipe: Pipeline
                  ) -> list[Calibration]:
     """The strengths chosen on the study's first seed (``calibrate: oracle``), computed by
     whichever cell needs them first and read from the cache by all the others."""
-    if spec.calibrate != "oracle":
+    if pipe.calibration(spec) != "oracle":
         return []
     prep = _prepared(ws, spec, spec.seeds[0], forget)
     hps = [method_hparams(spec, prep, s.method, s.hparams) for s in pipe.stages]
     key = cache_key(kind="calibration", original=prep.original_key, split=prep.split.hash,
+                    protocol=PROTOCOL.tag,
                     stages=[_keyed(s.method, hp) for s, hp in zip(pipe.stages, hps, strict=True)],
                     user=[s.hparams for s in pipe.stages])
     found = ws.cache.build_record(key, "calibration", lambda: [c.to_dict() for c in calibrate(
@@ -250,8 +265,11 @@ def relearn_cells(spec: RelearnSpec, ds: Dataset) -> list[RelearnCell]:
     n_train = len(ds.y_train)
     shared = cache_key(spec=spec.model_dump(exclude=GRID_KEYS | REFERENCE_FREE),
                        data=ds.fingerprint)
-    protocol = {"calibrate": spec.calibrate, "stop": spec.stop,
-                "calibration_seed": spec.seeds[0] if spec.calibrate == "oracle" else None}
+    def protocol(pipe: Pipeline) -> dict:
+        cal = pipe.calibration(spec)
+        return {"calibrate": cal, "stop": spec.stop, "protocol": PROTOCOL.tag,
+                "calibration_seed": spec.seeds[0] if cal == "oracle" else None}
+
     stages = {p.name: [[s.method, s.hparams] if p.is_reference else
                        _keyed(s.method, base_hparams(spec, profile, n_train, s.method,
                                                      s.hparams))
@@ -266,7 +284,7 @@ def relearn_cells(spec: RelearnSpec, ds: Dataset) -> list[RelearnCell]:
                 for forget, where in zip(forget_sets(spec, profile),
                                          forget_sets(cell_spec, profile), strict=True):
                     for pipe in pipelines:
-                        how = {} if pipe.is_reference else protocol
+                        how = {} if pipe.is_reference else protocol(pipe)
                         for seed in spec.seeds:
                             key = cache_key(base=shared, method=pipe.name,
                                             stages=stages[pipe.name], **how, seed=seed,
@@ -275,7 +293,7 @@ def relearn_cells(spec: RelearnSpec, ds: Dataset) -> list[RelearnCell]:
                                 key=key, spec=cell_spec, model_name=model_name,
                                 pipeline=pipe.name, seed=seed, forget=where, k=k,
                                 relearn_set=rs, attack_lr=lr, attack_steps=steps))
-    if spec.calibrate == "oracle":  # a stable sort: the first seed's cells, then the rest
+    if any(p.calibration(spec) == "oracle" for p in pipelines):  # a stable sort: the first seed's cells, then the rest
         cells.sort(key=lambda c: c.seed != spec.seeds[0])
     return cells
 

@@ -27,7 +27,8 @@ class MethodEntry(BaseModel):
 
     ``then`` names another entry of ``methods`` (or a registered method) that continues from
     this one's result, as the seed paper starts TAR, CBFT and weight_dist_reg from another
-    method's model (its "initial safeguard")."""
+    method's model (its "initial safeguard"). ``calibrate`` on the first entry of a chain
+    applies to the whole pipeline."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -35,6 +36,9 @@ class MethodEntry(BaseModel):
     method: str | None = None
     hparams: dict = Field(default_factory=dict)
     then: str | None = None
+    calibrate: Literal["oracle", "none"] | None = None
+    """This pipeline's own calibration protocol over the study's, e.g. a ``none`` row beside
+    the calibrated one to show how much the verdict owes to calibration."""
 
     @property
     def base(self) -> str:

@@ -10,10 +10,16 @@ The rules and thresholds live here and nowhere else; reports, the CLI, the demo 
   oracle's, in the same cell: seed, forget set, k, relearn set, attack lr and steps. The
   oracle's own excess is 0 by definition.
 - ``excess_max`` does the same with each curve's maximum, a secondary, noisier column.
+- ``r``, the attack-attributable difference: (method end - method after unlearning) -
+  (oracle end - oracle after unlearning), seed by seed. It is ``excess - forget_gap``: what
+  the attack added beyond what the method never forgot. A method 14.9 points short of the
+  oracle's forgetting that ends 10 above it has r = -4.9: its excess is leftover knowledge.
+- ``share``: ``excess / (100 - oracle's end)``, the part of the forgotten knowledge that came
+  back, so datasets with little headroom read correctly.
 - ``recovery`` (a method's best attacked point minus its *own* forget accuracy after
-  unlearning) is kept as a column but classifies nothing: a method that over-forgets shows a
-  large recovery while ending below the oracle (the MNIST study's ``tar``: 0 -> 63.8, with
-  the attacked oracle at 75.9).
+  unlearning) is kept as a column but classifies nothing.
+
+The thresholds come from the frozen ``protocol.yaml`` (``dormant.experiments.protocol``).
 """
 
 from __future__ import annotations
@@ -24,17 +30,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
+from dormant.experiments.protocol import PROTOCOL
 from dormant.metrics import end_mean
 
-VERDICTS = ("does-not-forget", "over-forgets", "relearns", "resists")
-FORGET_MARGIN = 15.0
+VERDICTS = ("relearns", "resists", "inconclusive", "does-not-forget", "over-forgets")
+RELEARN_EXCESS = PROTOCOL.relearn_excess
+"""Points of ``excess`` from which a method relearns (``protocol.yaml``)."""
+FORGET_MARGIN = PROTOCOL.forget_margin
 """Points between a method's forget accuracy after unlearning and the oracle's beyond which
-its attack says nothing about resistance: above, it never forgot; below, it over-forgot (a
-finding too: the forget set is conspicuous)."""
-RELEARN_EXCESS = 10.0
-"""Points of ``excess`` from which a method relearns: a fifth of the seed paper's effect
-(forget accuracy ~50% after unlearning, ~100% after retain-only fine-tuning)."""
-CONFIDENCE = 0.95
+an attack that brings back nothing beyond the gap says nothing about resistance."""
+CONFIDENCE = PROTOCOL.confidence
 CELL = ("seed", "forget", "k", "relearn_set", "attack_lr", "attack_steps")
 """What must match for two rows to be compared: the oracle's row for a method's row."""
 GROUP = ("method", "forget", "k", "relearn_set", "attack_lr", "attack_steps")
@@ -54,10 +59,12 @@ def _cell(row: dict) -> tuple:
 
 
 def with_excess(rows: list[dict]) -> list[dict]:
-    """Copies of the rows, the newest one per (method, cell), the ok ones with ``excess``,
-    ``excess_max`` and ``forget_gap`` (forget accuracy after unlearning minus the oracle's)
-    against the oracle's row of the same cell; ``None`` where that cell has no ok oracle row.
-    Failed rows come back unchanged."""
+    """Copies of the rows, the newest one per (method, cell), the ok ones paired with the
+    oracle's row of the same cell: ``excess``, ``excess_max``, ``forget_gap`` (forget
+    accuracy after unlearning minus the oracle's), ``r`` (``excess - forget_gap``),
+    ``share`` (``excess / (100 - oracle's end)``), ``test_gap`` (test accuracy minus the
+    oracle's) and ``distance_ratio`` (L2 to the original over the oracle's); ``None`` where
+    the cell has no ok oracle row. Failed rows come back unchanged."""
     # a study rerun into the same folder with other settings appends rows for cells it
     # already had: the newest row of a (method, cell) is the one that counts, so a seed is
     # never counted twice and two settings never share one verdict
@@ -71,15 +78,35 @@ def with_excess(rows: list[dict]) -> list[dict]:
         o = oracle.get(_cell(r)) if r.get("status", "ok") == "ok" else None
         if r.get("status", "ok") == "ok":
             r["forget_acc_attacked_end"] = attacked_end(r)
-            r["excess"] = r["excess_max"] = r["forget_gap"] = None
+            for key in PAIRED:
+                r[key] = None
         if o is not None:
-            end, o_end = r["forget_acc_attacked_end"], attacked_end(o)
-            if end is not None and o_end is not None:
-                r["excess"] = round(end - o_end, 4)
-            r["excess_max"] = round(r["forget_acc_attacked"] - o["forget_acc_attacked"], 4)
-            r["forget_gap"] = round(r["forget_acc"] - o["forget_acc"], 4)
+            _pair(r, o)
         out.append(r)
     return out
+
+
+PAIRED = ("excess", "excess_max", "forget_gap", "r", "share", "test_gap", "distance_ratio")
+
+
+def _diff(a, b) -> float | None:
+    return None if a is None or b is None else round(float(a) - float(b), 4)
+
+
+def _pair(r: dict, o: dict) -> None:
+    """``r``'s paired columns against its cell's oracle row ``o``, in place."""
+    end, o_end = r["forget_acc_attacked_end"], attacked_end(o)
+    r["excess"] = _diff(end, o_end)
+    r["excess_max"] = _diff(r.get("forget_acc_attacked"), o.get("forget_acc_attacked"))
+    r["forget_gap"] = _diff(r.get("forget_acc"), o.get("forget_acc"))
+    r["test_gap"] = _diff(r.get("test_acc"), o.get("test_acc"))
+    if r["excess"] is not None and r["forget_gap"] is not None:
+        r["r"] = round(r["excess"] - r["forget_gap"], 4)
+    if r["excess"] is not None and o_end is not None and o_end < 100:
+        r["share"] = round(r["excess"] / (100.0 - o_end), 4)
+    d, o_d = r.get("l2_to_original"), o.get("l2_to_original")
+    if d is not None and o_d:
+        r["distance_ratio"] = round(d / o_d, 4)
 
 
 def interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -92,15 +119,53 @@ def interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float
     return float(v.mean() - half), float(v.mean() + half)
 
 
-def classify(forget_gap: float, excess: float, excess_low: float, n: int) -> str:
-    """The verdict of one method in one cell, from means over ``n`` seeds."""
+def classify(forget_gap: float, excess: float, excess_ci: tuple[float, float],
+             r_low: float) -> str:
+    """The verdict of one method in one cell, from means and intervals over seeds (one seed
+    has no interval, so it never relearns nor resists):
+
+    - ``relearns``: the excess reaches the bar and both its interval and r's lie above 0,
+      whatever the gap after unlearning (a method that over-forgot and still ends above the
+      oracle relearns);
+    - ``does-not-forget`` / ``over-forgets``: the gap is beyond the margin and the attack
+      adds nothing that shows beyond it;
+    - ``resists``: an equivalence, the excess interval's upper end below the bar;
+    - ``inconclusive``: anything else."""
+    low, high = excess_ci
+    if excess >= RELEARN_EXCESS and low > 0 and r_low > 0:  # nan compares False
+        return "relearns"
     if forget_gap > FORGET_MARGIN:
         return "does-not-forget"
     if forget_gap < -FORGET_MARGIN:
         return "over-forgets"
-    if excess >= RELEARN_EXCESS and (n < 2 or excess_low > 0):
-        return "relearns"
-    return "resists"
+    if high < RELEARN_EXCESS:
+        return "resists"
+    return "inconclusive"
+
+
+def why(v: Verdict) -> str:
+    """The verdict's reason in a few words, for tables and the tamper check."""
+    bar = f"{RELEARN_EXCESS:g}"
+    if v.verdict == "relearns":
+        return f"excess ≥ {bar}, excess and r intervals above 0"
+    if v.verdict == "does-not-forget":
+        return f"gap {v.forget_gap:+.1f} > +{FORGET_MARGIN:g}, r not above 0"
+    if v.verdict == "over-forgets":
+        return f"gap {v.forget_gap:+.1f} < −{FORGET_MARGIN:g}, r not above 0"
+    if v.verdict == "resists":
+        return f"excess interval below {bar}"
+    if v.n < 2:
+        return "one seed: no interval"
+    if v.excess >= RELEARN_EXCESS and not v.r_low > 0:
+        return "r interval reaches 0: leftover knowledge?"
+    return f"interval reaches {bar}"
+
+
+def point_relearns(row: dict) -> bool:
+    """One seed's point verdict, counted beside the pooled one: the excess reaches the bar
+    and the attack added something beyond the gap (r > 0)."""
+    return (row.get("excess") is not None and row["excess"] >= RELEARN_EXCESS
+            and row.get("r") is not None and row["r"] > 0)
 
 
 @dataclass(frozen=True)
@@ -120,10 +185,23 @@ class Verdict:
     excess_low: float
     excess_high: float
     excess_max: float
+    r: float
+    r_low: float
+    r_high: float
+    share: float
+    test_gap: float
+    distance_ratio: float
+    seeds_relearn: int
+    """Seeds whose own point relearns (``point_relearns``)."""
     verdict: str
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _mean(group: list[dict], key: str) -> float:
+    vals = [r[key] for r in group if r.get(key) is not None]
+    return round(float(np.mean(vals)), 4) if vals else math.nan
 
 
 def verdicts(rows: list[dict]) -> list[Verdict]:
@@ -135,15 +213,19 @@ def verdicts(rows: list[dict]) -> list[Verdict]:
     out = []
     for key, group in groups.items():
         ex = [r["excess"] for r in group]
-        gap = float(np.mean([r["forget_gap"] for r in group]))
+        rs = [r["r"] for r in group]
+        gap, mean = _mean(group, "forget_gap"), _mean(group, "excess")
         low, high = interval(ex)
-        mean = float(np.mean(ex))
+        r_low, r_high = interval(rs)
         out.append(Verdict(
-            *key, n=len(group), forget_gap=round(gap, 4), excess=round(mean, 4),
+            *key, n=len(group), forget_gap=gap, excess=mean,
             excess_std=round(float(np.std(ex, ddof=1)), 4) if len(ex) > 1 else math.nan,
             excess_low=round(low, 4), excess_high=round(high, 4),
-            excess_max=round(float(np.mean([r["excess_max"] for r in group])), 4),
-            verdict=classify(gap, mean, low, len(group)),
+            excess_max=_mean(group, "excess_max"), r=_mean(group, "r"),
+            r_low=round(r_low, 4), r_high=round(r_high, 4), share=_mean(group, "share"),
+            test_gap=_mean(group, "test_gap"), distance_ratio=_mean(group, "distance_ratio"),
+            seeds_relearn=sum(point_relearns(r) for r in group),
+            verdict=classify(gap, mean, (low, high), r_low),
         ))
     return out
 

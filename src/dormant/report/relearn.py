@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from dormant.experiments.calibrate import UTILITY_MARGIN
+from dormant.experiments.protocol import PROTOCOL
+from dormant.experiments.relearn import fit_note
 from dormant.experiments.verdicts import (
     FORGET_MARGIN,
     GROUP,
@@ -55,7 +57,20 @@ def _describe(rows: list[dict]) -> str:
     if first.get("train_fit_acc") is not None:
         text += f"; the original fits {first['train_fit_acc']:.1f}% of its training set"
     n_failed = len(rows) - len(ok)
-    return text + f". {len(ok)} cells succeeded, {n_failed} failed."
+    text += f". {len(ok)} cells succeeded, {n_failed} failed."
+    notes = list(dict.fromkeys(n for r in ok if (n := fit_note(r))))
+    return " ".join([text, *notes, protocol_line(ok)]).strip()
+
+
+def protocol_line(rows: list[dict]) -> str:
+    """Which frozen protocol made the rows and which one judges them; a mismatch is said."""
+    tags = sorted({r["protocol"] for r in rows if r.get("protocol")})
+    if not tags:
+        return ""
+    if tags == [PROTOCOL.tag]:
+        return f"Protocol {PROTOCOL.tag} (experiments/protocol.yaml)."
+    return (f"**Rows made under protocol {', '.join(tags)}, judged under {PROTOCOL.tag}: "
+            "rerun them under the current protocol.**")
 
 
 def verdict_text(found: list[Verdict]) -> str:
@@ -92,8 +107,10 @@ def _calibration_blocks(rows: list[dict]) -> list[Block]:
             kept = c.get("retain") or [None] * len(c["values"])
             tried = ", ".join(f"{v:.3g} → {s:.3g}" + ("" if k is None else f" (retain {k:.0f})")
                               for v, s, k in zip(c["values"], c["scores"], kept, strict=True))
+            chosen = f"{c['chosen']:.3g}" + ("" if c.get("bracketed", True) else
+                                              " (calibration did not bracket the oracle)")
             lines.append([r["method"], str(r.get("forget", "-")), c["method"], c["param"],
-                          f"{c['chosen']:.3g}",
+                          chosen,
                           f"{c['goal']:.3g}{unit}", tried])
     if not lines:
         return []

@@ -315,6 +315,15 @@ def _diff(a, b) -> float | None:
     return None if a is None or b is None else round(a - b, DIGITS)
 
 
+def _one_seed(gap: float, excess: float, exact: bool) -> str:
+    """``verdicts.classify`` for one attack seed: no interval, so it never relearns nor
+    resists (the policy's excess thresholds gate the request instead), except against
+    itself, where the excess is exactly 0 by definition."""
+    if exact:
+        return classify(gap, excess, (0.0, 0.0), 0.0)
+    return classify(gap, excess, (math.nan, math.nan), math.nan)
+
+
 def against(block: dict, ref: dict | None, label: str | None) -> dict:
     """``block`` (one attack on the new model) with the oracle's columns: ``oracle_start``,
     ``oracle_end``, ``excess`` (end minus the oracle's end), ``excess_max`` (best minus the
@@ -332,7 +341,7 @@ def against(block: dict, ref: dict | None, label: str | None) -> dict:
     out.update(
         oracle=label, oracle_start=ref["start"], oracle_end=ref["end"], oracle_best=ref["best"],
         excess=excess, excess_max=_diff(block["best"], ref["best"]), forget_gap=gap,
-        verdict=None if gap is None or excess is None else classify(gap, excess, math.nan, 1),
+        verdict=None if gap is None or excess is None else _one_seed(gap, excess, ref is block),
     )
     if ref is not block:  # the oracle's own curve, for the figure (same steps)
         out["oracle_forget_acc"] = list(ref["forget_acc"])
