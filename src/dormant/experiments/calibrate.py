@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from dormant.engine import Diverged, evaluate
-from dormant.experiments.pipeline import Pipeline
 from dormant.errors import DormantError
+from dormant.experiments.pipeline import Pipeline
 from dormant.experiments.prepare import Prepared
 from dormant.experiments.protocol import PROTOCOL
 from dormant.metrics import l2_distance
@@ -120,6 +120,20 @@ def _beyond(strength: Strength, values: list[float], stronger: bool) -> float:
     return float(f"{(max(values) if up else min(values)) * ratio:.6g}")
 
 
+def _score(prep: Prepared, strength: Strength, leakable, retain, train: TrainStages,
+           pipe: Pipeline, hps: list[dict]) -> tuple[float, float]:
+    """(accuracy on the leakable ids or L2 from theta_pre, retain accuracy) of one candidate;
+    NaNs for one that diverged (too strong a value; the others still compete)."""
+    try:
+        model = train(pipe, hps)
+    except Diverged:
+        return math.nan, math.nan
+    x, y = prep.x, prep.y
+    score = (evaluate(model, x, y, leakable).acc if strength.target == "leakable"
+             else l2_distance(model, prep.original))
+    return score, evaluate(model, x, y, retain).acc
+
+
 def calibrate(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], user: list[dict],
               train: TrainStages) -> list[Calibration]:
     """Each stage's chosen strength, stage by stage (a chain's later stage is calibrated on
@@ -139,38 +153,31 @@ def calibrate(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], user: list[
         goal = (prep.oracle_monitor_acc if strength.target == "leakable"
                 else l2_distance(prep.oracle, prep.original))
         base = getattr(make_hparams(stage.method, hps[i]), strength.param)
-        values, scores, kept = [], [], []
+        stage_pipe = Pipeline(pipe.name, pipe.stages[:i + 1])
 
-        def run(v: float) -> None:
-            values.append(v)
-            try:
-                model = train(Pipeline(pipe.name, pipe.stages[:i + 1]),
-                              [*hps[:i], {**hps[i], strength.param: v}])
-            except Diverged:  # too strong a value; the others still compete
-                scores.append(math.nan)
-                kept.append(math.nan)
-                return
-            scores.append(evaluate(model, x, y, leakable).acc if strength.target == "leakable"
-                          else l2_distance(model, prep.original))
-            kept.append(evaluate(model, x, y, retain).acc)
+        def with_value(v: float, i: int = i, param: str = strength.param) -> list[dict]:
+            return [*hps[:i], {**hps[i], param: v}]
 
         # 6 significant digits: 3e-4, not 0.00030000000000000003, in rows and cache keys
-        for f in strength.factors:
-            run(float(f"{base * f:.6g}"))
+        values = [float(f"{base * f:.6g}") for f in strength.factors]
+        tried = [_score(prep, strength, leakable, retain, train, stage_pipe, with_value(v))
+                 for v in values]
         extended = 0
         while extended < PROTOCOL.max_extensions:
-            sides = [_side(strength, s, r, goal, floor)
-                     for s, r in zip(scores, kept, strict=True)]
+            sides = [_side(strength, s, r, goal, floor) for s, r in tried]
             if _bracketed(strength, sides):
                 break
             v = _beyond(strength, values, stronger=-1 not in sides)
             try:
-                make_hparams(stage.method, {**hps[i], strength.param: v})
+                make_hparams(stage.method, with_value(v)[i])
             except (DormantError, ValueError):
                 break  # the knob's own range ends here
-            run(v)
+            values.append(v)
+            tried.append(_score(prep, strength, leakable, retain, train, stage_pipe,
+                                with_value(v)))
             extended += 1
-        sides = [_side(strength, s, r, goal, floor) for s, r in zip(scores, kept, strict=True)]
+        scores, kept = [s for s, _ in tried], [r for _, r in tried]
+        sides = [_side(strength, s, r, goal, floor) for s, r in tried]
         finite = [math.isfinite(s) for s in scores]
         usable = [f and r >= floor for f, r in zip(finite, kept, strict=True)]
         chosen = _pick(strength, goal, values, scores,

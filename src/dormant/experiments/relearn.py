@@ -293,7 +293,8 @@ def relearn_cells(spec: RelearnSpec, ds: Dataset) -> list[RelearnCell]:
                                 key=key, spec=cell_spec, model_name=model_name,
                                 pipeline=pipe.name, seed=seed, forget=where, k=k,
                                 relearn_set=rs, attack_lr=lr, attack_steps=steps))
-    if any(p.calibration(spec) == "oracle" for p in pipelines):  # a stable sort: the first seed's cells, then the rest
+    # a stable sort: the first seed's cells, then the rest
+    if any(p.calibration(spec) == "oracle" for p in pipelines):
         cells.sort(key=lambda c: c.seed != spec.seeds[0])
     return cells
 
