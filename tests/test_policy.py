@@ -26,11 +26,11 @@ BASE = {
     "tamper": {"k0": {"k": 0, "start": 90.0, "best": 91.0, "end": 90.5, "recovery": 1.0,
                       "aurc": 0.5, "oracle": "o", "oracle_start": 90.0, "oracle_end": 89.5,
                       "excess": 1.0, "excess_max": 1.0, "forget_gap": 0.0,
-                      "verdict": "resists"},
+                      "verdict": "inconclusive"},
                "k5": {"k": 5, "start": 90.0, "best": 92.0, "end": 91.5, "recovery": 2.0,
                       "aurc": 1.0, "oracle": "o", "oracle_start": 90.0, "oracle_end": 89.5,
                       "excess": 2.0, "excess_max": 2.0, "forget_gap": 0.0,
-                      "verdict": "resists"}},
+                      "verdict": "inconclusive"}},
     "budget": {},
 }
 
@@ -173,7 +173,7 @@ def test_values_and_details():
     assert c["forget_gap"].value == pytest.approx(1.0)
     assert c["excess_leaked"].value == 2.0 and c["excess_leaked"].group == "tamper"
     assert c["excess_leaked"].detail == ("k=5: forget 90.0 -> 91.5 at the attack's end, oracle "
-                                         "90.0 -> 89.5: excess +2.0, forget gap +0.0: resists")
+                                         "90.0 -> 89.5: excess +2.0, forget gap +0.0: inconclusive")
 
 
 def test_null_threshold_never_trips(tmp_path):
@@ -223,9 +223,10 @@ def test_over_forgetting_warns_and_never_fails_as_relearning():
     # even with the excess levels turned off it still warns; it never fails
     off = Policy(excess={"warn": None, "fail": None})
     assert _by_name(judge(off, _m(tamper__k0=b)))["excess"].status == "warn"
-    # the same attack from the oracle's start (gap within 15) resists: it passes
+    # the same attack from the oracle's start (gap within 15) passes; one attack seed has no
+    # interval, so its verdict is inconclusive rather than "resists"
     ok = _block(start=55.0, end=72.0, oracle_start=60.0, oracle_end=84.0)
-    assert ok["verdict"] == "resists"
+    assert ok["verdict"] == "inconclusive"
     assert _by_name(judge(Policy(), _m(tamper__k0=ok)))["excess"].status == "pass"
     # not forgetting (gap +20) warns as well
     kept = _block(start=80.0, end=84.0, oracle_start=60.0, oracle_end=84.0)
@@ -234,11 +235,12 @@ def test_over_forgetting_warns_and_never_fails_as_relearning():
 
 
 def test_an_excess_of_12_fails_as_relearning():
+    # the policy's level fails it; the verdict of one attack seed stays inconclusive
     b = _block(start=58.0, end=96.0, oracle_start=60.0, oracle_end=84.0)
-    assert (b["forget_gap"], b["excess"], b["verdict"]) == (-2.0, 12.0, "relearns")
+    assert (b["forget_gap"], b["excess"], b["verdict"]) == (-2.0, 12.0, "inconclusive")
     c = _by_name(judge(Policy(), _m(tamper__k0=b)))
     assert c["excess"].value == 12.0 and c["excess"].status == "fail"
-    assert c["excess"].detail.endswith("excess +12.0, forget gap -2.0: relearns")
+    assert c["excess"].detail.endswith("excess +12.0, forget gap -2.0: inconclusive")
     assert verdict(list(c.values())) == "fail"
     # with k leaked ids 12 points warn (fail over 15)
     leaked = {**b, "k": 5}

@@ -208,7 +208,7 @@ def test_report_files_and_self_contained_html(rows, tmp_path):
     assert pngs[0] == paths["png"].read_bytes()
     assert "Diverged: loss became nan at step 17" in page and "<table>" in page
     assert "45.0 ± 7.1" in page
-    assert "relearns: scrub (+22.0)" in page and "| scrub | 0 | 2 | -10.0 | +22.0" in \
+    assert "relearns: scrub (+22.0)" in page and "| scrub | 0 | 100 | 2 | -10.0 | +22.0" in \
         paths["md"].read_text()
     md = paths["md"].read_text()
     for name in ("recovery.png", "scatter.png", "lmc.png", "recovery-test.png"):
@@ -271,3 +271,20 @@ def test_paper_table_follows_the_study_k_values(rows, tmp_path):
     assert line["excess k=2"].startswith(("+", "-"))  # signed like every excess
     md = write_relearn_report(k2, tmp_path)["md"].read_text()
     assert "excess k=2" in md and "k=5" not in md
+
+
+def test_an_original_short_of_fit_target_is_said_in_one_line_and_in_the_report(rows, tmp_path):
+    """Found on data the project had never used: the original stopped at its step cap fitting
+    88.9% of its training set, below the 99% fit_target, and nothing said so."""
+    from dormant.experiments.relearn import fit_note
+
+    short = [{**r, "train_fit_acc": 88.9, "fit_target": 99.0, "train_steps": 1880}
+             for r in rows]
+    note = fit_note(short[0])
+    assert note == (f"note: seed {short[0]['seed']}'s original fits 88.9% of its training set, "
+                    "below fit_target 99%: it stopped at its step cap (1880 steps); raise "
+                    "train_steps for a memorising original")
+    assert fit_note({**short[0], "train_fit_acc": 99.2}) is None
+    assert fit_note({**short[0], "fit_target": None}) is None
+    md = write_relearn_report(short, tmp_path, "Short fit")["md"].read_text()
+    assert "original fits 88.9% of its training set, below fit_target 99%" in md

@@ -110,7 +110,8 @@ def test_tamper_test_brings_gradient_ascent_back_not_the_oracle(digits_setup):
         assert g["excess"] == pytest.approx(g["end"] - o["end"], abs=1e-3)
         assert g["excess_max"] == pytest.approx(g["best"] - o["best"], abs=1e-3)
         assert g["forget_gap"] == pytest.approx(g["start"] - o["start"], abs=1e-3)
-        assert g["excess"] >= 30 and g["verdict"] == "relearns"
+        # one attack seed has no interval: the verdict waits, the policy's level fails it
+        assert g["excess"] >= 30 and g["verdict"] == "inconclusive"
         assert g["oracle"] == "the study's oracle"
         # the oracle against itself: excess exactly 0, resists
         assert (o["excess"], o["excess_max"], o["forget_gap"]) == (0.0, 0.0, 0.0)

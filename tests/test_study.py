@@ -11,7 +11,7 @@ import yaml
 from dormant.errors import DormantError
 from dormant.experiments import MethodEntry, RelearnSpec, run_relearn
 from dormant.experiments.pipeline import resolve
-from dormant.experiments.relearn import unlearned_model
+from dormant.experiments.relearn import method_hparams, unlearned_model
 from dormant.metrics import l2_distance
 from dormant.store import ModelCache
 from dormant.unlearn import unlearn
@@ -186,3 +186,74 @@ def test_near_ties_go_to_the_weaker_value_in_either_direction():
                  2.0) == 2.0
     # a candidate out of the running (retain accuracy collapsed) is never picked
     assert _pick(Strength("lr"), 70.8333, values, scores, [False, True, True], 2.0) == 2.0
+
+
+def _calibrate_ga(prep, tmp_path, **spec_kw):
+    from dormant.experiments.calibrate import calibrate
+    from dormant.experiments.pipeline import resolve
+    from dormant.experiments.relearn import unlearned_model
+    from dormant.store import ModelCache
+
+    spec = RelearnSpec(dataset="digits", methods=["gradient_ascent"], unlearn_steps=30,
+                       **spec_kw)
+    pipe = resolve(spec)[2]
+    hps = [method_hparams(spec, prep, s.method, s.hparams) for s in pipe.stages]
+    cache = ModelCache(tmp_path)
+    (cal,) = calibrate(prep, pipe, hps, [{}],
+                       lambda p, h: unlearned_model(prep, p, h, cache, None)[0])
+    return cal
+
+
+def test_a_grid_that_misses_the_oracle_extends_then_says_so(digits_setup, tmp_path):
+    """Gradient ascent at 1e-12: every candidate keeps the forget set as the original has it,
+    far above the oracle. The grid grows by its own outermost step (0.3 / 0.1 = 3x) three
+    times, the protocol's bound, and the calibration says it did not bracket the oracle."""
+    from dormant.experiments.protocol import PROTOCOL
+
+    cal = _calibrate_ga(digits_setup, tmp_path, unlearn_lr=1e-12)
+    assert cal.extended == PROTOCOL.max_extensions == 3
+    assert len(cal.values) == 4 + 3 and not cal.bracketed
+    assert cal.values[4:] == pytest.approx([9e-13, 2.7e-12, 8.1e-12])
+    assert min(cal.scores) > cal.goal  # every one too weak
+    # the closest is kept (all tie at 100%: the weakest, by the tie rule), and it is said
+    gaps = [abs(s - cal.goal) for s in cal.scores]
+    assert gaps[cal.values.index(cal.chosen)] == min(gaps)
+
+
+def test_a_grid_that_falls_short_extends_until_it_brackets(digits_setup, tmp_path):
+    """At 30 steps gradient ascent's grid (1e-6 to 3e-5) stays above the oracle's 44% on the
+    leakable ids (measured: 3e-5 -> 77.8%); one step more (9e-5) reaches 0%, and the grid
+    brackets the oracle."""
+    cal = _calibrate_ga(digits_setup, tmp_path)
+    assert cal.bracketed and cal.extended == 1 and cal.values[4] == pytest.approx(9e-5)
+    assert min(cal.scores[:4]) > cal.goal >= min(cal.scores)
+
+
+@pytest.mark.parametrize("scores, retain, expect, extra", [
+    # all too weak: one step stronger (3x the largest lr), which reaches the goal
+    ({0.01: 99, 0.03: 98, 0.1: 97, 0.3: 95, 0.9: 50}, {}, True, [0.9]),
+    # all too strong: steps weaker (1/3 of the smallest each time)
+    ({0.01: 10, 0.03: 5, 0.1: 0, 0.3: 0, 0.01 / 3: 40, 0.01 / 9: 80}, {}, True,
+     [0.01 / 3, 0.01 / 9]),
+    # a candidate that breaks the retain set counts as too strong
+    ({0.01: 99, 0.03: 98, 0.1: 97, 0.3: 95, 0.9: 20}, {0.9: 10.0}, True, [0.9]),
+])
+def test_extension_direction_and_stop(digits_setup, tmp_path, monkeypatch, scores, retain,
+                                      expect, extra):
+    """The grid's logic on scores given per lr factor (goal: the oracle's 70.8 or so)."""
+    import dormant.experiments.calibrate as cal_mod
+
+    prep = digits_setup
+    base = method_hparams(RelearnSpec(dataset="digits"), prep, "gradient_ascent", {})["lr"]
+
+    def fake(_prep, _strength, _leak, _retain, _train, _pipe, hps):
+        f = hps[-1]["lr"] / base
+        key = min(scores, key=lambda k: abs(k - f) / k)
+        return float(scores[key] if scores[key] != 50 else prep.oracle_monitor_acc), \
+            retain.get(key, 99.0)
+
+    monkeypatch.setattr(cal_mod, "_score", fake)
+    pipe = resolve(RelearnSpec(dataset="digits", methods=["gradient_ascent"]))[2]
+    (cal,) = cal_mod.calibrate(prep, pipe, [{"lr": base}], [{}], lambda p, h: None)
+    assert cal.bracketed is expect
+    assert [v / base for v in cal.values[4:]] == pytest.approx(extra, rel=1e-4)

@@ -1,5 +1,6 @@
-"""The verdict rules: the end statistic, excess against the same cell's oracle, the paired
-interval, and the four verdicts; over-forgetting is never scored as relearning."""
+"""The verdict rules: the end statistic, excess and r against the same cell's oracle, the
+paired intervals, and the five verdicts: leftover knowledge is never scored as relearning,
+and an interval that reaches the bar is inconclusive, not "resists"."""
 
 from __future__ import annotations
 
@@ -71,15 +72,83 @@ def test_a_tar_like_row_over_forgets_and_is_not_called_relearning():
     assert found["retrain"].verdict == "resists" and found["retrain"].excess == 0.0
 
 
+def test_r_is_paired_seed_by_seed():
+    """r = (method end - method start) - (oracle end - oracle start), each seed against its
+    own oracle: here the oracles move differently (+2, +10) and so must r."""
+    rows = [_row("retrain", 0, 60.0, [62.0] * 5), _row("retrain", 1, 50.0, [60.0] * 5),
+            _row("ga", 0, 40.0, [90.0] * 5), _row("ga", 1, 45.0, [80.0] * 5)]
+    out = {(r["method"], r["seed"]): r for r in with_excess(rows)}
+    assert out["ga", 0]["r"] == pytest.approx((90 - 40) - (62 - 60))
+    assert out["ga", 1]["r"] == pytest.approx((80 - 45) - (60 - 50))
+    assert out["ga", 0]["r"] == pytest.approx(out["ga", 0]["excess"]
+                                              - out["ga", 0]["forget_gap"])
+    # the share of forgotten knowledge back: excess over the oracle's headroom
+    assert out["ga", 0]["share"] == pytest.approx((90 - 62) / (100 - 62), abs=1e-4)
+    v = next(v for v in verdicts(rows) if v.method == "ga")
+    assert v.r == pytest.approx((48 + 25) / 2)
+    assert (v.r_low, v.r_high) == pytest.approx(interval([48.0, 25.0]))
+    # a pooled mean of r, not r of pooled means (they agree here: r is linear)
+    assert v.r == pytest.approx(v.excess - v.forget_gap)
+
+
+def test_leftover_knowledge_is_not_relearning():
+    """The old rule called a method 14.9 points short of the oracle's forgetting with an
+    excess of 10 "relearns": its r is -4.9, the attack added nothing beyond the gap."""
+    assert classify(14.9, 10.0, (0.5, 19.5), r_low=-9.0) == "inconclusive"
+    rows = []
+    for seed in range(3):
+        rows.append(_row("retrain", seed, 60.0, [62.0] * 5))
+        rows.append(_row("leftover", seed, 74.9, [72.0 + seed] * 5))  # never forgot 14.9
+    v = next(v for v in verdicts(rows) if v.method == "leftover")
+    assert v.excess == pytest.approx(11.0) and v.excess_low > 0
+    assert v.r < 0 and v.verdict != "relearns"
+
+
+def test_over_forgetting_then_ending_above_the_oracle_relearns():
+    """SSD and TAR at 400 attack steps: 0% after unlearning against the oracle's 32%, 33
+    points above the oracle at the attack's end. The over-forgetting guard must not hide it."""
+    rows = []
+    for seed, end in enumerate([64.0, 66.0, 65.0, 63.0, 67.0]):
+        rows.append(_row("retrain", seed, 32.0, [32.0] * 5))
+        rows.append(_row("ssd", seed, 0.0, [end] * 5))
+    v = next(v for v in verdicts(rows) if v.method == "ssd")
+    assert v.forget_gap == pytest.approx(-32.0) and v.excess == pytest.approx(33.0)
+    assert v.verdict == "relearns" and v.seeds_relearn == 5
+
+
 def test_each_verdict_and_its_thresholds():
-    assert classify(forget_gap=16.0, excess=30.0, excess_low=20.0, n=3) == "does-not-forget"
-    assert classify(forget_gap=-16.0, excess=30.0, excess_low=20.0, n=3) == "over-forgets"
-    assert classify(forget_gap=14.9, excess=10.0, excess_low=0.5, n=3) == "relearns"
-    assert classify(forget_gap=0.0, excess=9.9, excess_low=5.0, n=3) == "resists"
-    # a large mean whose interval reaches 0 is not yet relearning over several seeds
-    assert classify(forget_gap=0.0, excess=12.0, excess_low=-3.0, n=3) == "resists"
-    # one seed has no interval: the mean decides
-    assert classify(forget_gap=0.0, excess=12.0, excess_low=math.nan, n=1) == "relearns"
+    assert classify(16.0, 30.0, (20.0, 40.0), r_low=-5.0) == "does-not-forget"
+    assert classify(-16.0, -5.0, (-9.0, -1.0), r_low=5.0) == "over-forgets"
+    assert classify(0.0, 10.0, (0.5, 19.5), r_low=0.5) == "relearns"
+    assert classify(0.0, 9.9, (5.0, 14.8), r_low=5.0) == "inconclusive"
+    # an interval that reaches far above the bar is not "resists"
+    assert classify(0.0, 9.5, (-5.0, 24.0), r_low=-5.0) == "inconclusive"
+    # resists only as an equivalence: the whole interval below the bar
+    assert classify(0.0, 2.0, (-2.0, 6.0), r_low=-2.0) == "resists"
+    assert classify(0.0, 9.9, (9.8, 9.99), r_low=9.8) == "resists"
+    # a large mean whose interval reaches 0 is not relearning
+    assert classify(0.0, 12.0, (-3.0, 27.0), r_low=1.0) == "inconclusive"
+    # one seed has no interval: never relearns nor resists
+    nan = (math.nan, math.nan)
+    assert classify(0.0, 60.0, nan, r_low=math.nan) == "inconclusive"
+    assert classify(0.0, 0.0, nan, r_low=math.nan) == "inconclusive"
+    assert classify(30.0, 30.0, nan, r_low=math.nan) == "does-not-forget"
+
+
+def test_the_intervals_decide_from_rows():
+    """[-5, +24] is inconclusive and [-2, +6] resists, from real rows through ``verdicts``."""
+    def study(name, excesses):
+        rows = []
+        for seed, e in enumerate(excesses):
+            rows.append(_row("retrain", seed, 50.0, [60.0] * 5))
+            rows.append(_row(name, seed, 50.0, [60.0 + e] * 5))
+        return next(v for v in verdicts(rows) if v.method == name)
+
+    wide = study("wide", [-3.0, 22.0, 5.0, 15.0, 8.0])
+    assert wide.excess_low < 0 < 10 < wide.excess_high and wide.verdict == "inconclusive"
+    narrow = study("narrow", [0.0, 4.0, 2.0, 1.0, 3.0])
+    assert narrow.excess_low > -2 and narrow.excess_high < 6
+    assert narrow.verdict == "resists" and narrow.seeds_relearn == 0
 
 
 def test_the_interval_is_a_paired_t_interval_over_seeds():
@@ -99,7 +168,7 @@ def test_relearning_is_shown_when_two_methods_relearn_and_oracle_is_paired():
         rows.append(_row("remedy", seed, 71.0, [76.0 + seed] * 5))
     found = {v.method: v for v in verdicts(rows)}
     assert found["ga"].verdict == found["ng"].verdict == "relearns"
-    assert found["remedy"].verdict == "resists"
+    assert found["remedy"].verdict == "resists"  # excess 1 +- 1: the interval below 10
     assert found["ga"].n == 3 and found["ga"].excess_low > 0
     assert relearning_shown(list(found.values()))
     assert not relearning_shown([found["ga"], found["remedy"], found["retrain"]])

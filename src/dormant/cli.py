@@ -24,6 +24,7 @@ from dormant.cli_common import (
     _check_data_root,
     _check_out,
     _check_positive,
+    _numbers,
     check_sizes,
     console,
     flag_values,
@@ -35,6 +36,7 @@ from dormant.cli_common import (
 from dormant.cli_plan import register as register_plan
 from dormant.cli_progress import ProgressBars
 from dormant.cli_requests import register as register_requests
+from dormant.cli_results import register as register_results
 from dormant.errors import DormantError
 from dormant.experiments.backdoor_spec import BackdoorSpec
 from dormant.experiments.spec import RelearnSpec
@@ -44,6 +46,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Test whether machine unlearning really removes what it claims to.")
 register_requests(app)
 register_plan(app)
+register_results(app)
 
 
 def _row_line(r: dict) -> str:
@@ -59,23 +62,27 @@ def _row_line(r: dict) -> str:
 def _results_table(rows: list[dict], title: str) -> Table:
     """The verdict table: one line per method and k (retain relearn set, main attack)."""
     from dormant.report import main_verdicts
-    from dormant.report.tables import verdict_table
+    from dormant.report.tables import VERDICT_HEADERS, verdict_table
 
     table = verdict_table(main_verdicts(rows))
-    seeds = max((int(r[2]) for r in table.rows), default=0)
+    seeds = max((int(r[3]) for r in table.rows), default=0)
     t = Table(title=f"{title} ({seeds} seed{'s' * (seeds != 1)})",
               caption="against the retrain oracle in the same cell, points: gap = forget "
                       "accuracy after unlearning minus the oracle's; excess = attacked forget "
                       "accuracy at the attack's end minus the oracle's (mean ± std over seeds, "
-                      "paired 95% interval); max = the same with the curves' maxima")
+                      "paired 95% interval); r = excess minus gap, what the attack added; the "
+                      "report has every column")
     # short headers: the report spells them out; here every column must survive 80 columns
-    for head, left in (("method", True), ("k", False), ("n", False), ("gap", False),
-                       ("excess", False), ("95% CI", False), ("max", False),
-                       ("verdict", True)):
+    keep = {"method": ("method", True), "k": ("k", False), "attack steps": ("steps", False),
+            "seeds": ("n", False), "gap": ("gap", False), "excess (end)": ("excess", False),
+            "95% interval": ("95% CI", False), "r": ("r", False), "verdict": ("verdict", True)}
+    cols = [i for i, h in enumerate(VERDICT_HEADERS) if h in keep]
+    for i in cols:
+        head, left = keep[VERDICT_HEADERS[i]]
         t.add_column(head, justify="left" if left else "right", no_wrap=not left,
                      overflow="fold")
     for r in table.rows:
-        t.add_row(*r)
+        t.add_row(*(r[i] for i in cols))
     return t
 
 
@@ -138,14 +145,15 @@ def _run_study(spec, out: Path, title: str, executor=None) -> list[dict]:
 def demo(
     out: Annotated[Path | None, typer.Option(help="output folder (default runs/demo-<time>)")]
     = None,
-    seed: int = 0,
+    seeds: Annotated[str, typer.Option(
+        help="seeds, e.g. 0,1,2: a verdict needs an interval over two or more")] = "0,1,2",
     device: Device = "auto",
 ) -> None:
     """The main job on the embedded digits data: train, unlearn, attack, report."""
     out = out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_out(out)
     spec = load_spec(RelearnSpec, given=flag_values(dataset="digits", k=[0, 5], device=device)
-                     | {"seeds": ("--seed", [seed])})
+                     | {"seeds": ("--seeds", _numbers(seeds, "seeds"))})
     _run_study(spec, out, "dormant demo: relearning after unlearning")
 
 

@@ -165,7 +165,7 @@ def plan(spec: RelearnSpec, ds: Dataset, costs: Costs, workers: list[int]) -> Pl
         orig = ("original", c.seed, c.forget if canary else "")
         deps = [(orig, costs.original), (("oracle", c.seed, c.forget), costs.original)]
         if not p.is_reference:
-            calibrated = spec.calibrate == "oracle"
+            calibrated = p.calibration(spec) == "oracle"
             if calibrated:
                 orig0 = ("original", first, c.forget if canary else "")
                 deps += [(orig0, costs.original), (("oracle", first, c.forget), costs.original)]

@@ -74,24 +74,40 @@ def protocol_line(rows: list[dict]) -> str:
 
 
 def verdict_text(found: list[Verdict]) -> str:
-    """The study's verdict in the words of ``dormant.experiments.verdicts``, per k."""
+    """The study's verdict in the words of ``dormant.experiments.verdicts``, per attack
+    setting and k."""
     if not found:
         return "No cell has both a method and the retrain oracle, so there is no verdict."
     parts = []
-    for k in sorted({v.k for v in found}):
-        at = [v for v in found if v.k == k and v.method not in REFERENCE_ORDER]
-        words = []
-        for name in VERDICTS:
-            names = [f"{v.method} ({v.excess:+.1f})" if name in ("relearns", "resists")
-                     else v.method for v in at if v.verdict == name]
-            if names:
-                words.append(f"{name}: {', '.join(names)}")
-        shown = "yes" if relearning_shown(found, k) else "no"
-        parts.append(f"k = {k}: " + ("; ".join(words) or "no methods")
-                     + f". Relearning shown (two or more methods relearn): {shown}.")
+    settings = sorted({(v.attack_lr, v.attack_steps) for v in found})
+    for lr, steps in settings:
+        for k in sorted({v.k for v in found}):
+            at = [v for v in found if (v.attack_lr, v.attack_steps, v.k) == (lr, steps, k)
+                  and v.method not in REFERENCE_ORDER]
+            if not at:
+                continue
+            words = []
+            for name in VERDICTS:
+                names = [f"{v.method} ({v.excess:+.1f})" if name != "does-not-forget"
+                         else v.method for v in at if v.verdict == name]
+                if names:
+                    words.append(f"{name}: {', '.join(names)}")
+            shown = "yes" if relearning_shown(
+                [v for v in found if (v.attack_lr, v.attack_steps) == (lr, steps)], k) else "no"
+            where = f"{steps} attack steps, " if len(settings) > 1 else ""
+            parts.append(f"{where}k = {k}: " + ("; ".join(words) or "no methods")
+                         + f". Relearning shown (two or more methods relearn): {shown}.")
     return ("Verdicts against the retrain oracle attacked in the same cell (excess = attacked "
             "forget accuracy at the end of the attack minus the oracle's, in points). "
             + " ".join(parts))
+
+
+RULES = (f"*relearns*: excess ≥ {RELEARN_EXCESS:g} with both its 95% interval and r's above 0, "
+         f"whatever the gap; *does-not-forget* / *over-forgets*: otherwise, when the forget "
+         f"accuracy after unlearning is more than {FORGET_MARGIN:g} points above / below the "
+         f"oracle's; *resists*: the excess interval's upper end below {RELEARN_EXCESS:g} (an "
+         f"equivalence); *inconclusive*: anything else, one seed included.")
+"""The verdict rules in one sentence, for every report."""
 
 
 def _calibration_blocks(rows: list[dict]) -> list[Block]:
@@ -136,15 +152,17 @@ def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
         Block("p", _describe(rows)),
         Block("p", verdict_text(found)),
         Block("h2", "Verdicts"),
-        Block("p", f"Each method against the retrain oracle in the same cell (seed, forget "
-                   f"set, k, relearn set, attack), retain relearn set at the main attack "
-                   f"setting. *excess (end)*: the mean of the last 12.8% of the attack curve's "
-                   f"points (as the seed paper averages its last 50), minus the oracle's; "
-                   f"mean ± std over seeds and a paired 95% t-interval. *does-not-forget* / "
-                   f"*over-forgets*: forget accuracy after unlearning more than "
-                   f"{FORGET_MARGIN:g} points above / below the oracle's, so the attack says "
-                   f"nothing about resistance; *relearns*: excess ≥ {RELEARN_EXCESS:g} with "
-                   f"the interval above 0; *resists*: otherwise."),
+        Block("p", "Each method against the retrain oracle in the same cell (seed, forget "
+                   "set, k, relearn set, attack), retain relearn set, every attack setting. "
+                   "*gap*: forget accuracy after unlearning minus the oracle's. *excess "
+                   "(end)*: the mean of the last 12.8% of the attack curve's points (as the "
+                   "seed paper averages its last 50), minus the oracle's; mean ± std over "
+                   "seeds and a paired 95% t-interval. *r*: (end − after unlearning) − the "
+                   "oracle's same, seed by seed, what the attack added beyond the gap. "
+                   "*share back*: excess / (100 − the oracle's end). *test − oracle*: the "
+                   "utility cost. *distance / oracle's*: L2 from the original over the "
+                   "oracle's. *seeds relearning*: seeds whose own excess reaches the bar with "
+                   "r > 0. " + RULES),
         Block("table", table=verdict_table(found)),
         *_calibration_blocks(rows),
         Block("h2", "Methods"),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dormant.experiments.verdicts import Verdict, attacked_end, verdicts, with_excess
+from dormant.experiments.verdicts import Verdict, attacked_end, verdicts, why, with_excess
 from dormant.store.files import atomic_write_text
 
 SUMMARY = {
@@ -234,22 +234,35 @@ def failed_frame(rows: list[dict]) -> pd.DataFrame:
                         columns=FAILED)
 
 
-def main_verdicts(rows: list[dict]) -> list[Verdict]:
-    """The verdicts of the retain relearn set at the main attack setting, by k then method."""
-    found = verdicts(main_rows(rows))
+def main_verdicts(rows: list[dict], relearn_set: str = "retain") -> list[Verdict]:
+    """The verdicts of ``relearn_set`` at every attack setting of it, by attack (lr, steps),
+    k, then method."""
+    found = verdicts([r for r in ok_rows(rows) if r["relearn_set"] == relearn_set])
     order = {m: i for i, m in enumerate(method_order(rows))}
-    return sorted(found, key=lambda v: (v.k, order.get(v.method, 99)))
+    return sorted(found, key=lambda v: (v.attack_lr, v.attack_steps, v.k,
+                                        order.get(v.method, 99)))
+
+
+VERDICT_HEADERS = ["method", "k", "attack steps", "seeds", "gap", "excess (end)",
+                   "95% interval", "r", "r 95% interval", "share back", "test − oracle",
+                   "distance / oracle's", "seeds relearning", "verdict", "why"]
+
+
+def _ci(low: float, high: float) -> str:
+    return "-" if math.isnan(low) else f"[{low:+.1f}, {high:+.1f}]"
 
 
 def verdict_table(found: list[Verdict]) -> Table:
-    """One line per method and k: the paired comparison with the oracle and its verdict."""
-    headers = ["method", "k", "seeds", "forget − oracle after unlearning",
-               "excess (end)", "95% interval", "excess (max)", "verdict"]
-    rows = [[v.method, str(v.k), str(v.n), fmt(v.forget_gap, "signed"),
-             _plus_minus(v.excess, v.excess_std, "signed"),
-             "-" if math.isnan(v.excess_low) else f"[{v.excess_low:+.1f}, {v.excess_high:+.1f}]",
-             fmt(v.excess_max, "signed"), v.verdict] for v in found]
-    return Table(headers, rows)
+    """One line per method, k and attack: the paired comparison with the oracle, what the
+    attack added beyond the gap (r), the share of forgotten knowledge back, the utility cost
+    and distance against the oracle's, per-seed counts, and the verdict with its reason."""
+    rows = [[v.method, str(v.k), str(v.attack_steps), str(v.n), fmt(v.forget_gap, "signed"),
+             _plus_minus(v.excess, v.excess_std, "signed"), _ci(v.excess_low, v.excess_high),
+             fmt(v.r, "signed"), _ci(v.r_low, v.r_high),
+             "-" if math.isnan(v.share) else f"{v.share:.0%}", fmt(v.test_gap, "signed"),
+             "-" if math.isnan(v.distance_ratio) else f"{v.distance_ratio:.2f}",
+             f"{v.seeds_relearn}/{v.n}", v.verdict, why(v)] for v in found]
+    return Table(VERDICT_HEADERS, rows)
 
 
 def fmt(value, col: str = "") -> str:

@@ -384,10 +384,12 @@ def _tamper_intro(record: dict) -> str:
             + (f"{oracle}. " if oracle else "none, so no verdict. ")
             + "Excess: forget accuracy at the attack's end (the mean of its last 12.8% of "
             "points) minus the oracle's; forget gap: forget accuracy after unlearning minus "
-            f"the oracle's. Verdict (one seed): does-not-forget or over-forgets when the gap "
-            f"is beyond ±{FORGET_MARGIN:g} points, relearns from an excess of "
-            f"{RELEARN_EXCESS:g}, else resists. Recovery, the best point minus the model's own "
-            "start, is shown but judges nothing: it scores over-forgetting as relearning.")
+            f"the oracle's. Verdict: one attack seed has no interval, so it is "
+            f"does-not-forget or over-forgets when the gap is beyond ±{FORGET_MARGIN:g} "
+            "points, else inconclusive (resists only against itself, where the excess is 0 "
+            "by definition); the policy's excess levels gate the request (fail from "
+            f"{RELEARN_EXCESS:g}). Recovery, the best point minus the model's own start, is "
+            "shown but judges nothing: it scores over-forgetting as relearning.")
 
 
 def limits(record: dict) -> list[list[str]]:
