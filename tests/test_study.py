@@ -257,3 +257,25 @@ def test_extension_direction_and_stop(digits_setup, tmp_path, monkeypatch, score
     (cal,) = cal_mod.calibrate(prep, pipe, [{"lr": base}], [{}], lambda p, h: None)
     assert cal.bracketed is expect
     assert [v / base for v in cal.values[4:]] == pytest.approx(extra, rel=1e-4)
+
+
+def test_a_pipeline_can_opt_out_of_calibration(tmp_path):
+    """``calibrate: none`` on one entry: the sensitivity row at the reference's equal
+    learning rates runs at the study's value beside the calibrated row of the same method."""
+    spec = RelearnSpec(dataset="digits", device="cpu", k=[0], seeds=[0], unlearn_steps=30,
+                       attack_steps=[6], eval_every=2, analysis=False, methods=[
+                           "gradient_ascent",
+                           {"name": "ga-uncalibrated", "method": "gradient_ascent",
+                            "calibrate": "none"}])
+    pipes = {p.name: p for p in resolve(spec)}
+    assert pipes["gradient_ascent"].calibration(spec) == "oracle"
+    assert pipes["ga-uncalibrated"].calibration(spec) == "none"
+    rows = {r["method"]: r for r in run_relearn(spec, tmp_path / "out",
+                                                cache_dir=tmp_path / "cache")}
+    assert rows["gradient_ascent"]["calibration"] and not rows["ga-uncalibrated"]["calibration"]
+    assert rows["ga-uncalibrated"]["hparams"]["lr"] == pytest.approx(1e-4)  # the study's lr
+    assert rows["gradient_ascent"]["hparams"]["lr"] == \
+        rows["gradient_ascent"]["calibration"][0]["chosen"]
+    with pytest.raises(DormantError, match="reference model; it takes no"):
+        resolve(RelearnSpec(dataset="digits", methods=[
+            {"name": "retrain", "calibrate": "none"}]))

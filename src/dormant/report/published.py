@@ -40,6 +40,7 @@ from dormant.report.tables import (
     main_verdicts,
     markdown,
     method_order,
+    ok_rows,
     paired,
     verdict_table,
 )
@@ -209,18 +210,40 @@ def strengths_table(pub: Published, opts: dict) -> Table:
     steps = sorted({v.attack_steps for v in found})
     names = _names(opts) or list(dict.fromkeys(v.method for v in found))
     by = {(v.method, v.attack_steps): v for v in found}
-    headers = ["method", "test − oracle", "distance / oracle's", "gap",
+    headers = ["method", "calibrated (seed " + _calibration_seed(pub) + ")", "test − oracle",
+               "distance / oracle's", "gap",
                *(f"excess at {s} steps [95%], verdict" for s in steps)]
+    first_row = {}
+    for r in ok_rows(pub.rows):
+        first_row.setdefault(r["method"], r)
     rows = []
     for name in names:
         first = next((by[name, s] for s in steps if (name, s) in by), None)
         if first is None:
             continue
-        rows.append([name, fmt(first.test_gap, "signed"),
+        rows.append([_label(first_row[name]), _calibrated(first_row[name]),
+                     fmt(first.test_gap, "signed"),
                      "-" if math.isnan(first.distance_ratio) else f"{first.distance_ratio:.2f}",
                      fmt(first.forget_gap, "signed"), *(_verdict_cell(by.get((name, s)))
                                                         for s in steps)])
     return Table(headers, rows)
+
+
+def _calibration_seed(pub: Published) -> str:
+    seeds = pub.meta.get("seeds") or ["?"]
+    return str(min(seeds))
+
+
+def _label(row: dict) -> str:
+    """The row's method, marked when it runs a method the reference starts from an initial
+    safeguard without one."""
+    from dormant.unlearn import available_methods, get_method
+
+    stages = row.get("pipeline") or []
+    alone = (len(stages) == 1 and stages[0][0] in available_methods()
+             and getattr(get_method(stages[0][0]), "safeguarded", False))
+    return row["method"] + (" (standalone: not the reference's configuration)" if alone
+                            else "")
 
 
 @renderer("summary")
@@ -235,6 +258,19 @@ def summary_text(pub: Published, opts: dict) -> str:
 def _strength(row: dict) -> str:
     cal = row.get("calibration") or []
     return ", ".join(f"{c['param']} {c['chosen']:.3g}" for c in cal) or "–"
+
+
+def _calibrated(row: dict) -> str:
+    """Each calibrated stage: its value and what it reached against the oracle on the
+    calibration seed (leakable accuracy in %, or L2 from the original)."""
+    out = []
+    for c in row.get("calibration") or []:
+        score = c["scores"][list(c["values"]).index(c["chosen"])]
+        unit = "leakable" if c["target"] == "leakable" else "L2"
+        text = (f"{c['method']} {c['param']} {c['chosen']:.3g} ({unit} {score:.3g} vs "
+                f"{c['goal']:.3g})")
+        out.append(text + ("" if c.get("bracketed", True) else ", did not bracket"))
+    return "; ".join(out) or "none"
 
 
 @renderer("demo")
