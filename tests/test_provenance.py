@@ -94,3 +94,29 @@ def test_every_built_in_method_has_a_revision():
     assert all(len(r) == 16 for r in revisions.values())
     # methods in different files have different revisions
     assert revisions["gradient_ascent"] != revisions["scrub"]
+
+
+def test_a_new_protocol_gives_new_keys_and_old_rows_are_flagged(digits, monkeypatch):
+    """Rows made under one protocol are never reused under another: the tag is in every
+    non-reference cell's key (and calibration's), and a report of rows made under another
+    tag says so."""
+    import dataclasses
+
+    import dormant.experiments.relearn as relearn_mod
+    import dormant.report.relearn as report_mod
+    from dormant.experiments import RelearnSpec
+    from dormant.experiments.protocol import PROTOCOL
+
+    spec = RelearnSpec(dataset="digits", methods=["gradient_ascent"], k=[0])
+    before = {c.pipeline: c.key for c in relearn_cells(spec, digits)}
+    other = dataclasses.replace(PROTOCOL, sha256="f" * 64)
+    monkeypatch.setattr(relearn_mod, "PROTOCOL", other)
+    after = {c.pipeline: c.key for c in relearn_cells(spec, digits)}
+    assert before["gradient_ascent"] != after["gradient_ascent"]
+    assert before["retrain"] == after["retrain"]  # the references use no rule of it
+    rows = [{"method": "gradient_ascent", "protocol": other.tag},
+            {"method": "retrain", "protocol": "v0:old"}]
+    assert report_mod.protocol_line(rows).startswith(f"**Rows made under protocol {other.tag}")
+    assert report_mod.protocol_line([{"method": "gradient_ascent", "protocol": PROTOCOL.tag},
+                                     rows[1]]) == f"Protocol {PROTOCOL.tag} " \
+        "(experiments/protocol.yaml)."

@@ -16,7 +16,9 @@ from dormant.report.published import BLOCK, publish, read_published, render_text
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-NUMBER = re.compile(r"^\**[+−-]?\d+(\.\d+)?\**( ± \d+(\.\d+)?)?%?( \(.*\))?$")
+_NUM = r"[+−-]?\d[\d,]*(\.\d+)?(e[+−-]?\d+)?%?"
+NUMBER = re.compile(rf"^\**({_NUM}( ± {_NUM})?|\[{_NUM}, {_NUM}\]|\d+/\d+)\**( \(.*\))?$")
+SEPARATOR = re.compile(r"^\|\s*:?-{3,}")
 UNRENDERED = "<!-- dormant:unrendered"
 
 
@@ -47,7 +49,7 @@ def _tables(text: str) -> list[tuple[int, list[list[str]]]]:
     inside = BLOCK.sub(lambda m: "\n" * m.group(0).count("\n"), text)
     lines, out, i = inside.split("\n"), [], 0
     while i < len(lines):
-        if lines[i].startswith("|") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
+        if lines[i].startswith("|") and i + 1 < len(lines) and SEPARATOR.match(lines[i + 1]):
             start, i = i, i + 2
             body = []
             while i < len(lines) and lines[i].startswith("|"):

@@ -235,8 +235,11 @@ def test_a_grid_that_falls_short_extends_until_it_brackets(digits_setup, tmp_pat
     # all too strong: steps weaker (1/3 of the smallest each time)
     ({0.01: 10, 0.03: 5, 0.1: 0, 0.3: 0, 0.01 / 3: 40, 0.01 / 9: 80}, {}, True,
      [0.01 / 3, 0.01 / 9]),
-    # a candidate that breaks the retain set counts as too strong
-    ({0.01: 99, 0.03: 98, 0.1: 97, 0.3: 95, 0.9: 20}, {0.9: 10.0}, True, [0.9]),
+    # the strongest candidate breaks the retain set: it says nothing about the goal, and no
+    # stronger value is tried past it, so the grid does not bracket
+    ({0.01: 99, 0.03: 98, 0.1: 97, 0.3: 20}, {0.3: 10.0}, False, []),
+    # one step stronger breaks it: the grid stops there and says so
+    ({0.01: 99, 0.03: 98, 0.1: 97, 0.3: 95, 0.9: 20}, {0.9: 10.0}, False, [0.9]),
 ])
 def test_extension_direction_and_stop(digits_setup, tmp_path, monkeypatch, scores, retain,
                                       expect, extra):
@@ -279,3 +282,17 @@ def test_a_pipeline_can_opt_out_of_calibration(tmp_path):
     with pytest.raises(DormantError, match="reference model; it takes no"):
         resolve(RelearnSpec(dataset="digits", methods=[
             {"name": "retrain", "calibrate": "none"}]))
+
+
+def test_a_knob_that_weakens_upwards_extends_the_other_way():
+    """SSD's selection weighting and attenuation's factor weaken as they grow: stronger is
+    one grid step below the smallest value, weaker one step above the largest."""
+    from dormant.experiments.calibrate import _beyond
+    from dormant.unlearn import Strength
+
+    up = Strength("selection_weighting", (0.1, 0.3, 1.0, 3.0), weaker="higher")
+    assert _beyond(up, [1.0, 3.0, 10.0, 30.0], stronger=True) == pytest.approx(1.0 / 3)
+    assert _beyond(up, [1.0, 3.0, 10.0, 30.0], stronger=False) == pytest.approx(90.0)
+    down = Strength("lr", (0.01, 0.03, 0.1, 0.3))
+    assert _beyond(down, [1.0, 3.0, 10.0, 30.0], stronger=True) == pytest.approx(90.0)
+    assert _beyond(down, [1.0, 3.0, 10.0, 30.0], stronger=False) == pytest.approx(1.0 / 3)

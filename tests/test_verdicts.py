@@ -13,6 +13,7 @@ from dormant.experiments.verdicts import (
     interval,
     relearning_shown,
     verdicts,
+    why,
     with_excess,
 )
 from dormant.metrics import end_mean
@@ -94,14 +95,15 @@ def test_r_is_paired_seed_by_seed():
 def test_leftover_knowledge_is_not_relearning():
     """The old rule called a method 14.9 points short of the oracle's forgetting with an
     excess of 10 "relearns": its r is -4.9, the attack added nothing beyond the gap."""
-    assert classify(14.9, 10.0, (0.5, 19.5), r_low=-9.0) == "inconclusive"
+    assert classify(14.9, 10.0, (0.5, 19.5), r_ci=(-9.0, 0.0)) == "inconclusive"
     rows = []
     for seed in range(3):
         rows.append(_row("retrain", seed, 60.0, [62.0] * 5))
         rows.append(_row("leftover", seed, 74.9, [72.0 + seed] * 5))  # never forgot 14.9
     v = next(v for v in verdicts(rows) if v.method == "leftover")
     assert v.excess == pytest.approx(11.0) and v.excess_low > 0
-    assert v.r < 0 and v.verdict != "relearns"
+    assert v.r < 0 and v.verdict == "inconclusive"
+    assert why(v) == "r interval reaches 0: what came back was never forgotten"
 
 
 def test_over_forgetting_then_ending_above_the_oracle_relearns():
@@ -116,23 +118,40 @@ def test_over_forgetting_then_ending_above_the_oracle_relearns():
     assert v.verdict == "relearns" and v.seeds_relearn == 5
 
 
+def test_over_forgetting_that_the_attack_undoes_is_not_over_forgets():
+    """0% after unlearning against the oracle's 32%, ending 8 points above the oracle with a
+    tight interval: the attack brought 40 points back, so the gap does not explain the row;
+    it ends within the bar of the oracle, so it resists."""
+    rows = []
+    for seed, end in enumerate([39.0, 40.0, 40.5, 39.5, 41.0]):
+        rows.append(_row("retrain", seed, 32.0, [32.0] * 5))
+        rows.append(_row("deep", seed, 0.0, [end] * 5))
+    v = next(v for v in verdicts(rows) if v.method == "deep")
+    assert v.excess_low > 0 and v.r_low > 30 and v.excess_high < 10
+    assert v.verdict == "resists" and why(v) == "excess interval below 10"
+    # never-forgot, and the attack adds nothing beyond the gap: does-not-forget
+    assert classify(20.0, 18.0, (15.0, 21.0), (-4.0, 0.5)) == "does-not-forget"
+    # never-forgot, but the attack clearly added more: not hidden behind the gap
+    assert classify(20.0, 8.0, (6.0, 9.0), (2.0, 4.0)) == "resists"
+
+
 def test_each_verdict_and_its_thresholds():
-    assert classify(16.0, 30.0, (20.0, 40.0), r_low=-5.0) == "does-not-forget"
-    assert classify(-16.0, -5.0, (-9.0, -1.0), r_low=5.0) == "over-forgets"
-    assert classify(0.0, 10.0, (0.5, 19.5), r_low=0.5) == "relearns"
-    assert classify(0.0, 9.9, (5.0, 14.8), r_low=5.0) == "inconclusive"
+    assert classify(16.0, 30.0, (20.0, 40.0), r_ci=(-5.0, 4.0)) == "does-not-forget"
+    assert classify(-16.0, -5.0, (-9.0, -1.0), r_ci=(5.0, 14.0)) == "over-forgets"
+    assert classify(0.0, 10.0, (0.5, 19.5), r_ci=(0.5, 9.5)) == "relearns"
+    assert classify(0.0, 9.9, (5.0, 14.8), r_ci=(5.0, 14.0)) == "inconclusive"
     # an interval that reaches far above the bar is not "resists"
-    assert classify(0.0, 9.5, (-5.0, 24.0), r_low=-5.0) == "inconclusive"
+    assert classify(0.0, 9.5, (-5.0, 24.0), r_ci=(-5.0, 4.0)) == "inconclusive"
     # resists only as an equivalence: the whole interval below the bar
-    assert classify(0.0, 2.0, (-2.0, 6.0), r_low=-2.0) == "resists"
-    assert classify(0.0, 9.9, (9.8, 9.99), r_low=9.8) == "resists"
+    assert classify(0.0, 2.0, (-2.0, 6.0), r_ci=(-2.0, 7.0)) == "resists"
+    assert classify(0.0, 9.9, (9.8, 9.99), r_ci=(9.8, 18.8)) == "resists"
     # a large mean whose interval reaches 0 is not relearning
-    assert classify(0.0, 12.0, (-3.0, 27.0), r_low=1.0) == "inconclusive"
+    assert classify(0.0, 12.0, (-3.0, 27.0), r_ci=(1.0, 10.0)) == "inconclusive"
     # one seed has no interval: never relearns nor resists
     nan = (math.nan, math.nan)
-    assert classify(0.0, 60.0, nan, r_low=math.nan) == "inconclusive"
-    assert classify(0.0, 0.0, nan, r_low=math.nan) == "inconclusive"
-    assert classify(30.0, 30.0, nan, r_low=math.nan) == "does-not-forget"
+    assert classify(0.0, 60.0, nan, r_ci=nan) == "inconclusive"
+    assert classify(0.0, 0.0, nan, r_ci=nan) == "inconclusive"
+    assert classify(30.0, 30.0, nan, r_ci=nan) == "does-not-forget"
 
 
 def test_the_intervals_decide_from_rows():

@@ -11,10 +11,11 @@ is chosen from a grid of at most 4 values, each run for the method's *full* budg
 - ``target="distance"``: the smallest value whose L2 distance from theta_pre reaches the
   oracle's (the remedies, whose job is to move the weights).
 
-A grid that does not bracket its target (every candidate too weak, or every one too strong)
-grows by the grid's own step beyond its end, one full-budget run at a time, up to the
-protocol's ``max_extensions``; a grid that still does not bracket keeps its closest value
-and says so (``bracketed: false``), in the row and in the report.
+A grid that does not bracket its target (every usable candidate too weak, or every one too
+strong) grows by the grid's own step beyond its end, one full-budget run at a time, up to the
+protocol's ``max_extensions``; it does not grow stronger past a value that broke the model
+(diverged, or retain accuracy below the floor). A grid that still does not bracket keeps its
+closest value and says so (``bracketed: false``), in the row and in the report.
 
 Only the first seed of each forget set is calibrated, and only on the leakable ids (the
 first 20% of the permuted forget set, which the attacker may see anyway). The held-out
@@ -93,11 +94,12 @@ TrainStages = Callable[[Pipeline, list[dict]], nn.Module]
 """``train(pipeline, stage_hps) -> model``: the study's cached way to run a pipeline."""
 
 
-def _side(strength: Strength, score: float, retain: float, goal: float, floor: float) -> int:
-    """+1: too weak, -1: too strong, 0: on the goal. A diverged candidate or one that breaks
-    the retain set is too strong."""
+def _side(strength: Strength, score: float, retain: float, goal: float,
+          floor: float) -> int | None:
+    """+1: too weak, -1: too strong, 0: on the goal; None: broken (diverged, or below the
+    retain floor), which says nothing about where the goal lies."""
     if not math.isfinite(score) or retain < floor:
-        return -1
+        return None
     if strength.target == "distance":
         return 1 if score < goal else -1
     if round(abs(score - goal), 2) == 0:
@@ -105,10 +107,21 @@ def _side(strength: Strength, score: float, retain: float, goal: float, floor: f
     return 1 if score > goal else -1
 
 
-def _bracketed(strength: Strength, sides: list[int]) -> bool:
-    if strength.target == "distance":  # the smallest value that reaches needs one that does not
-        return 1 in sides and -1 in sides
-    return 0 in sides or (1 in sides and -1 in sides)
+def _bracketed(strength: Strength, sides: list[int | None]) -> bool:
+    """Usable candidates lie on both sides of the goal (or one on it); for the distance
+    target, the smallest value that reaches needs a smaller one that does not."""
+    if strength.target != "distance" and 0 in sides:
+        return True
+    return 1 in sides and -1 in sides
+
+
+def _next_direction(sides: list[int | None]) -> bool | None:
+    """Which way an unbracketed grid grows: True stronger, False weaker, None not at all
+    (every usable value is too weak and a stronger one already broke the model)."""
+    usable = [s for s in sides if s is not None]
+    if usable and all(s == 1 for s in usable):
+        return None if None in sides else True
+    return False
 
 
 def _beyond(strength: Strength, values: list[float], stronger: bool) -> float:
@@ -165,9 +178,10 @@ def calibrate(prep: Prepared, pipe: Pipeline, stage_hps: list[dict], user: list[
         extended = 0
         while extended < PROTOCOL.max_extensions:
             sides = [_side(strength, s, r, goal, floor) for s, r in tried]
-            if _bracketed(strength, sides):
+            stronger = _next_direction(sides)
+            if _bracketed(strength, sides) or stronger is None:
                 break
-            v = _beyond(strength, values, stronger=-1 not in sides)
+            v = _beyond(strength, values, stronger=stronger)
             try:
                 make_hparams(stage.method, with_value(v)[i])
             except (DormantError, ValueError):

@@ -86,7 +86,8 @@ def with_excess(rows: list[dict]) -> list[dict]:
     return out
 
 
-PAIRED = ("excess", "excess_max", "forget_gap", "r", "share", "test_gap", "distance_ratio")
+PAIRED = ("excess", "excess_max", "forget_gap", "r", "share", "test_gap", "distance_ratio",
+          "oracle_end")
 
 
 def _diff(a, b) -> float | None:
@@ -96,6 +97,7 @@ def _diff(a, b) -> float | None:
 def _pair(r: dict, o: dict) -> None:
     """``r``'s paired columns against its cell's oracle row ``o``, in place."""
     end, o_end = r["forget_acc_attacked_end"], attacked_end(o)
+    r["oracle_end"] = o_end
     r["excess"] = _diff(end, o_end)
     r["excess_max"] = _diff(r.get("forget_acc_attacked"), o.get("forget_acc_attacked"))
     r["forget_gap"] = _diff(r.get("forget_acc"), o.get("forget_acc"))
@@ -120,23 +122,26 @@ def interval(values: list[float], confidence: float = CONFIDENCE) -> tuple[float
 
 
 def classify(forget_gap: float, excess: float, excess_ci: tuple[float, float],
-             r_low: float) -> str:
+             r_ci: tuple[float, float]) -> str:
     """The verdict of one method in one cell, from means and intervals over seeds (one seed
     has no interval, so it never relearns nor resists):
 
     - ``relearns``: the excess reaches the bar and both its interval and r's lie above 0,
       whatever the gap after unlearning (a method that over-forgot and still ends above the
       oracle relearns);
-    - ``does-not-forget`` / ``over-forgets``: the gap is beyond the margin and the attack
-      adds nothing that shows beyond it;
+    - ``does-not-forget``: the gap is above the margin and r's interval reaches 0: the attack
+      adds nothing that shows beyond what was never forgotten;
+    - ``over-forgets``: the gap is below the margin and the excess interval reaches 0: it
+      ends no higher than the oracle;
     - ``resists``: an equivalence, the excess interval's upper end below the bar;
     - ``inconclusive``: anything else."""
     low, high = excess_ci
+    r_low = r_ci[0]
     if excess >= RELEARN_EXCESS and low > 0 and r_low > 0:  # nan compares False
         return "relearns"
-    if forget_gap > FORGET_MARGIN:
+    if forget_gap > FORGET_MARGIN and not r_low > 0:
         return "does-not-forget"
-    if forget_gap < -FORGET_MARGIN:
+    if forget_gap < -FORGET_MARGIN and not low > 0:
         return "over-forgets"
     if high < RELEARN_EXCESS:
         return "resists"
@@ -144,21 +149,25 @@ def classify(forget_gap: float, excess: float, excess_ci: tuple[float, float],
 
 
 def why(v: Verdict) -> str:
-    """The verdict's reason in a few words, for tables and the tamper check."""
+    """The verdict's reason in a few words, for tables and reports."""
     bar = f"{RELEARN_EXCESS:g}"
+    if v.method == "retrain":
+        return "the oracle itself: 0 by definition"
     if v.verdict == "relearns":
         return f"excess ≥ {bar}, excess and r intervals above 0"
     if v.verdict == "does-not-forget":
-        return f"gap {v.forget_gap:+.1f} > +{FORGET_MARGIN:g}, r not above 0"
+        return f"gap {v.forget_gap:+.1f} > +{FORGET_MARGIN:g}, r interval reaches 0"
     if v.verdict == "over-forgets":
-        return f"gap {v.forget_gap:+.1f} < −{FORGET_MARGIN:g}, r not above 0"
+        return f"gap {v.forget_gap:+.1f} < −{FORGET_MARGIN:g}, ends no higher than the oracle"
     if v.verdict == "resists":
         return f"excess interval below {bar}"
     if v.n < 2:
         return "one seed: no interval"
-    if v.excess >= RELEARN_EXCESS and not v.r_low > 0:
-        return "r interval reaches 0: leftover knowledge?"
-    return f"interval reaches {bar}"
+    if v.excess < RELEARN_EXCESS:
+        return f"excess interval reaches {bar}"
+    if not v.excess_low > 0:
+        return "excess interval reaches 0"
+    return "r interval reaches 0: what came back was never forgotten"
 
 
 def point_relearns(row: dict) -> bool:
@@ -204,6 +213,17 @@ def _mean(group: list[dict], key: str) -> float:
     return round(float(np.mean(vals)), 4) if vals else math.nan
 
 
+def _share(group: list[dict]) -> float:
+    """Mean excess over the mean oracle headroom (a ratio of means: one seed whose oracle
+    ends near 100 would blow a mean of ratios up)."""
+    pairs = [(r["excess"], r["oracle_end"]) for r in group
+             if r.get("excess") is not None and r.get("oracle_end") is not None]
+    if not pairs:
+        return math.nan
+    room = 100.0 - float(np.mean([o for _, o in pairs]))
+    return round(float(np.mean([e for e, _ in pairs])) / room, 4) if room > 0 else math.nan
+
+
 def verdicts(rows: list[dict]) -> list[Verdict]:
     """Every (method, cell) that has ok rows paired with the oracle, in the rows' order."""
     groups: dict[tuple, list[dict]] = {}
@@ -222,10 +242,10 @@ def verdicts(rows: list[dict]) -> list[Verdict]:
             excess_std=round(float(np.std(ex, ddof=1)), 4) if len(ex) > 1 else math.nan,
             excess_low=round(low, 4), excess_high=round(high, 4),
             excess_max=_mean(group, "excess_max"), r=_mean(group, "r"),
-            r_low=round(r_low, 4), r_high=round(r_high, 4), share=_mean(group, "share"),
+            r_low=round(r_low, 4), r_high=round(r_high, 4), share=_share(group),
             test_gap=_mean(group, "test_gap"), distance_ratio=_mean(group, "distance_ratio"),
             seeds_relearn=sum(point_relearns(r) for r in group),
-            verdict=classify(gap, mean, (low, high), r_low),
+            verdict=classify(gap, mean, (low, high), (r_low, r_high)),
         ))
     return out
 

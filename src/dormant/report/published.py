@@ -88,10 +88,11 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def publish(run: Path, dest: Path, command: str, study: Path | None = None) -> Path:
+def publish(run: Path, dest: Path, command: str, study: Path | None = None,
+            commit: str | None = None) -> Path:
     """``run``'s rows, trimmed, into ``dest/rows.jsonl`` with ``dest/meta.json``: the
-    command, the git commit (and whether the tree was clean), the machine, the protocol, and
-    the study file's text when given."""
+    command, the git commit the rows were made at (``commit``; default the checkout's, and
+    whether its tree is clean), the machine, the protocol, and the study file's text."""
     import torch
 
     src = run / "results.jsonl"
@@ -105,11 +106,14 @@ def publish(run: Path, dest: Path, command: str, study: Path | None = None) -> P
         json.dumps({k: v for k, v in r.items() if k not in DROP}, sort_keys=True) + "\n"
         for r in rows))
     meta = {
-        "command": command, "commit": _git("rev-parse", "HEAD"),
-        "tree_clean": _git("status", "--porcelain", "--untracked-files=no") == "",
+        "command": command, "commit": commit or _git("rev-parse", "HEAD"),
+        "tree_clean": bool(commit) or _git("status", "--porcelain",
+                                           "--untracked-files=no") == "",
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
                    f"{__import__('os').cpu_count()} cores, torch {torch.__version__}",
-        "protocols": sorted({r.get("protocol") for r in rows if r.get("protocol")}),
+        # the reference rows use no rule of the protocol (their keys leave it out)
+        "protocols": sorted({r.get("protocol") for r in rows if r.get("protocol")
+                             and r.get("method") not in ("original", "retrain")}),
         "rows": len(rows), "seeds": sorted({r["seed"] for r in rows if "seed" in r}),
     }
     if study is not None:
@@ -210,7 +214,7 @@ def strengths_table(pub: Published, opts: dict) -> Table:
     steps = sorted({v.attack_steps for v in found})
     names = _names(opts) or list(dict.fromkeys(v.method for v in found))
     by = {(v.method, v.attack_steps): v for v in found}
-    headers = ["method", "calibrated (seed " + _calibration_seed(pub) + ")", "test − oracle",
+    headers = ["method", "calibrated (first seed)", "test − oracle",
                "distance / oracle's", "gap",
                *(f"excess at {s} steps [95%], verdict" for s in steps)]
     first_row = {}
@@ -227,11 +231,6 @@ def strengths_table(pub: Published, opts: dict) -> Table:
                      fmt(first.forget_gap, "signed"), *(_verdict_cell(by.get((name, s)))
                                                         for s in steps)])
     return Table(headers, rows)
-
-
-def _calibration_seed(pub: Published) -> str:
-    seeds = pub.meta.get("seeds") or ["?"]
-    return str(min(seeds))
 
 
 def _label(row: dict) -> str:
@@ -265,10 +264,11 @@ def _calibrated(row: dict) -> str:
     calibration seed (leakable accuracy in %, or L2 from the original)."""
     out = []
     for c in row.get("calibration") or []:
-        score = c["scores"][list(c["values"]).index(c["chosen"])]
+        values = list(c["values"])
         unit = "leakable" if c["target"] == "leakable" else "L2"
-        text = (f"{c['method']} {c['param']} {c['chosen']:.3g} ({unit} {score:.3g} vs "
-                f"{c['goal']:.3g})")
+        text = f"{c['method']} {c['param']} {c['chosen']:.3g}"
+        if c["chosen"] in values:  # every candidate diverged: the base value, never scored
+            text += f" ({unit} {c['scores'][values.index(c['chosen'])]:.3g} vs {c['goal']:.3g})"
         out.append(text + ("" if c.get("bracketed", True) else ", did not bracket"))
     return "; ".join(out) or "none"
 

@@ -64,7 +64,9 @@ def _describe(rows: list[dict]) -> str:
 
 def protocol_line(rows: list[dict]) -> str:
     """Which frozen protocol made the rows and which one judges them; a mismatch is said."""
-    tags = sorted({r["protocol"] for r in rows if r.get("protocol")})
+    # the reference rows use no rule of the protocol (their keys leave it out)
+    tags = sorted({r["protocol"] for r in rows if r.get("protocol")
+                   and r.get("method") not in ("original", "retrain")})
     if not tags:
         return ""
     if tags == [PROTOCOL.tag]:

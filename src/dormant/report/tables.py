@@ -235,9 +235,11 @@ def failed_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def main_verdicts(rows: list[dict], relearn_set: str = "retain") -> list[Verdict]:
-    """The verdicts of ``relearn_set`` at every attack setting of it, by attack (lr, steps),
-    k, then method."""
-    found = verdicts([r for r in ok_rows(rows) if r["relearn_set"] == relearn_set])
+    """The verdicts of ``relearn_set`` at the main attack learning rate, every step budget,
+    by steps, k, then method."""
+    setting = main_setting(rows, relearn_set)
+    found = verdicts([r for r in ok_rows(rows) if r["relearn_set"] == relearn_set
+                      and setting is not None and r["attack_lr"] == setting[0]])
     order = {m: i for i, m in enumerate(method_order(rows))}
     return sorted(found, key=lambda v: (v.attack_lr, v.attack_steps, v.k,
                                         order.get(v.method, 99)))

@@ -320,8 +320,8 @@ def _one_seed(gap: float, excess: float, exact: bool) -> str:
     resists (the policy's excess thresholds gate the request instead), except against
     itself, where the excess is exactly 0 by definition."""
     if exact:
-        return classify(gap, excess, (0.0, 0.0), 0.0)
-    return classify(gap, excess, (math.nan, math.nan), math.nan)
+        return classify(gap, excess, (0.0, 0.0), (0.0, 0.0))
+    return classify(gap, excess, (math.nan, math.nan), (math.nan, math.nan))
 
 
 def against(block: dict, ref: dict | None, label: str | None) -> dict:

@@ -63,9 +63,9 @@ class Policy(Settings):
 
     The tamper checks judge ``excess``: the new model's attacked held-out forget accuracy at
     the attack's end minus the retrain oracle's, attacked the same way. Retain-only
-    (``excess``): warn over 5, fail over 10 (``verdicts.RELEARN_EXCESS``, from which the
-    verdict says "relearns"; a value must go over a level, so exactly 10.0 is "relearns" and
-    warns); with k leaked ids (``excess_leaked``): 10 / 15, looser because fine-tuning on
+    (``excess``): warn over 5, fail over 10 (``verdicts.RELEARN_EXCESS``, the bar from which
+    a study's verdict over seeds says "relearns"; a value must go over a level, so exactly
+    10.0 warns); with k leaked ids (``excess_leaked``): 10 / 15, looser because fine-tuning on
     leaked forget examples lifts both curves and, with one seed and no interval, makes the
     difference of their ends noisier.
     The tamper verdict ``over-forgets`` or ``does-not-forget`` warns at least, whatever the
