@@ -76,6 +76,8 @@ def _results_table(rows: list[dict], title: str) -> Table:
     keep = {"method": ("method", True), "k": ("k", False), "attack steps": ("steps", False),
             "seeds": ("n", False), "gap": ("gap", False), "excess (end)": ("excess", False),
             "95% interval": ("95% CI", False), "r": ("r", False), "verdict": ("verdict", True)}
+    if len({r[2] for r in table.rows}) < 2:  # one attack budget: no column for it
+        keep.pop("attack steps")
     cols = [i for i, h in enumerate(VERDICT_HEADERS) if h in keep]
     for i in cols:
         head, left = keep[VERDICT_HEADERS[i]]

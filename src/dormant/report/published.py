@@ -240,7 +240,7 @@ def _label(row: dict) -> str:
 
     stages = row.get("pipeline") or []
     alone = (len(stages) == 1 and stages[0][0] in available_methods()
-             and getattr(get_method(stages[0][0]), "safeguarded", False))
+             and get_method(stages[0][0]).safeguarded)
     return row["method"] + (" (standalone: not the reference's configuration)" if alone
                             else "")
 

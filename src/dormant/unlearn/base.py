@@ -88,7 +88,8 @@ class Strength:
 
     ``factors`` multiply the value the study resolved for ``param`` (the profile's budget,
     then the user's override), so one grid means the same on any model and profile; at most
-    4 values, as the verdict issue asks, because each one costs a full-budget run.
+    4 values, as the verdict issue asks, because each one costs a full-budget run (a grid
+    that does not bracket the oracle grows by up to the protocol's ``max_extensions``).
     ``target`` is what calibration matches to the retrain oracle, on the leakable forget ids
     only (never the held-out split):
 
@@ -246,6 +247,12 @@ class MethodInfo:
     def strength(self) -> Strength | None:
         """The declared strength hyper-parameter, or None for a method with no knob."""
         return getattr(self.hparams, "strength", None)
+
+    @property
+    def safeguarded(self) -> bool:
+        """The reference runs the method after an initial safeguard (another method's model,
+        ``then:``): a standalone row is not the reference's configuration."""
+        return getattr(self.hparams, "safeguarded", False)
 
 
 _METHODS: dict[str, MethodInfo] = {}

@@ -65,6 +65,8 @@ class CBFTHparams(StepHparams):
     # accuracy from 75% (the oracle's) to 0 and retain accuracy to 83%; the barrier forgets
     # long before it moves far, so matching the oracle's forgetting is the like-for-like knob
     strength: ClassVar[Strength | None] = Strength("alpha", (0.25, 0.5, 1.0, 2.0))
+    # the launcher starts it from an initial safeguard (scripts/launcher.sh)
+    safeguarded: ClassVar[bool] = True
 
     def __post_init__(self) -> None:  # fills in the form's default; pydantic checked the rest
         if self.alpha is None:

@@ -43,6 +43,8 @@ class TARHparams(StepHparams):
 
     # its own retain term and adversaries hold it, so the grid spans both sides
     strength: ClassVar[Strength | None] = Strength("lr", (0.1, 0.3, 1.0, 3.0))
+    # the seed requires an initial safeguard checkpoint (vision_unlearner.py)
+    safeguarded: ClassVar[bool] = True
 
     steps: PositiveInt = 9_775
     adversaries: PositiveInt = 4

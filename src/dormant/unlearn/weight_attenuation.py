@@ -1,7 +1,8 @@
-from typing import ClassVar
+from typing import Annotated, ClassVar
+
+from pydantic import Field
 
 from dormant.unlearn.base import (
-    NonNegative,
     StepHparams,
     Strength,
     hyperparameters,
@@ -26,7 +27,8 @@ class WeightAttenuationHparams(StepHparams):
     per-model, quantity (a ratio of each weight to itself), so it transfers as it is.
     """
 
-    a: NonNegative = 0.5
+    # a > 1 would enlarge the weights, not attenuate them: calibration's grid stops at 1
+    a: Annotated[float, Field(ge=0, le=1)] = 0.5
 
     strength: ClassVar[Strength | None] = Strength("a", (0.25, 0.5, 1.0, 1.5), "leakable",
                                                    weaker="higher")

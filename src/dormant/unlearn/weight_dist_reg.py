@@ -56,6 +56,8 @@ class WeightDistRegHparams(StepHparams):
     # 3.2, 4.5, 5.7 and 7.1 against the oracle's 11.0, about +1.2 per decade, so the ladder
     # spans six decades; under Adam the distance saturates near lr * steps * sqrt(n)
     strength: ClassVar[Strength | None] = Strength("alpha", (10.0, 1e3, 1e5, 1e7), "distance")
+    # the launcher starts it from circuit breakers, SCRUB or weight distortion (scripts/launcher.sh)
+    safeguarded: ClassVar[bool] = True
 
     def __post_init__(self) -> None:  # fills in the form's default; pydantic checked the rest
         if self.alpha is None:
