@@ -16,15 +16,16 @@ def publish_cmd(
     dest: Annotated[Path, typer.Argument(help="the results folder to write, e.g. "
                                               "results/mnist-confirm")],
     command: Annotated[str, typer.Option(help="the command that made the run, as typed")],
-    study: Annotated[Path, typer.Option(help="the study file (its budgets), kept in "
-                                             "meta.json")],
+    study: Annotated[Path | None, typer.Option(
+        help="the study file (its budgets), kept in meta.json; leave it out only for a "
+             "command with built-in settings (dormant demo)")] = None,
     commit: Annotated[str | None, typer.Option(
         help="the git commit the run was made at (default: this checkout's HEAD)")] = None,
 ) -> None:
     """Copy a run's rows (trimmed of curves) and its provenance into a results folder."""
     from dormant.report.published import publish
 
-    if not study.is_file():
+    if study is not None and not study.is_file():
         raise DormantError(f"--study {study}: no such file")
     out = publish(run, dest, command, study, commit)
     console.print(f"wrote {out / 'rows.jsonl'} and {out / 'meta.json'}", highlight=False)
