@@ -112,17 +112,20 @@ def test_bad_blocks_are_one_clear_error(published):
 def test_publish_trims_curves_and_records_where_the_rows_came_from(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    row = {"method": "retrain", "seed": 10, "status": "ok", "curve_forget_acc": [1.0] * 200,
+    row = {"method": "scrub", "seed": 10, "status": "ok", "curve_forget_acc": [1.0] * 200,
            "lmc": {"retain_loss": [0.1]}, "forget_acc_attacked_end": 70.0, "protocol": "v1:x"}
-    (run / "results.jsonl").write_text(json.dumps(row) + "\n")
+    oracle = {**row, "method": "retrain", "protocol": "v0:old"}  # uses no rule: not counted
+    (run / "results.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(oracle) + "\n")
     study = tmp_path / "study.yaml"
     study.write_text("seeds: [10]\n")
-    out = publish(run, tmp_path / "results" / "x", "dormant relearn study.yaml", study)
+    out = publish(run, tmp_path / "results" / "x", "dormant relearn study.yaml", study,
+                  commit="abc123")
     pub = read_published(out)
-    assert pub.rows == [{"method": "retrain", "seed": 10, "status": "ok",
-                         "forget_acc_attacked_end": 70.0, "protocol": "v1:x"}]
+    assert pub.rows[0] == {"method": "scrub", "seed": 10, "status": "ok",
+                           "forget_acc_attacked_end": 70.0, "protocol": "v1:x"}
     assert pub.meta["command"] == "dormant relearn study.yaml"
     assert pub.meta["study"] == "seeds: [10]\n" and pub.meta["seeds"] == [10]
     assert pub.meta["protocols"] == ["v1:x"] and "cores" in pub.meta["machine"]
+    assert pub.meta["commit"] == "abc123" and pub.meta["tree_clean"]
     with pytest.raises(DormantError, match="no results.jsonl"):
         publish(tmp_path, tmp_path / "y", "x")

@@ -145,7 +145,9 @@ def test_tamper_verdicts_against_the_retrain_oracle(store, base, tmp_path):
     au = json.loads((out / "record.json").read_text())
     t = au["measurements"]["tamper"]["k0"]
     assert au["oracle"].startswith("a retrain on the retain set")
-    assert (t["excess"], t["forget_gap"], t["verdict"]) == (0.0, 0.0, "resists")
+    # bit for bit the same curves (excess exactly 0), yet one attack seed gives no interval:
+    # the verdict stays inconclusive and the policy's excess level passes it
+    assert (t["excess"], t["forget_gap"], t["verdict"]) == (0.0, 0.0, "inconclusive")
 
 
 def test_ledger_catches_each_kind_of_tampering(store, base, tmp_path, capsys):
