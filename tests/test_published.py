@@ -107,6 +107,25 @@ def test_bad_blocks_are_one_clear_error(published):
     with pytest.raises(DormantError, match="no column 'bogus'"):
         render_text("<!-- dormant:table verdicts results/mnist-confirm columns=bogus -->\n"
                     "<!-- /dormant:table -->", published)
+    for opts, match in (("step=400", "no option 'step'"), ("k=abc", "comma-separated"),
+                        ("methods=nope", "no method 'nope'"), ("'k=0", "No closing quotation")):
+        with pytest.raises(DormantError, match=match):
+            render_text(f"<!-- dormant:table verdicts results/mnist-confirm {opts} -->\n"
+                        "<!-- /dormant:table -->", published)
+    with pytest.raises(DormantError, match="this kind shows one k"):
+        render_text("<!-- dormant:table strengths results/mnist-confirm k=0,5 -->\n"
+                    "<!-- /dormant:table -->", published)
+    # an unclosed block is refused, never allowed to swallow the prose up to the next close
+    text = ("<!-- dormant:table verdicts results/mnist-confirm k=0 -->\nprose to keep\n"
+            "<!-- dormant:table verdicts results/mnist-confirm k=5 -->\n"
+            "<!-- /dormant:table -->\n")
+    with pytest.raises(DormantError, match="not closed"):
+        render_text(text, published)
+    rows = published / "results/mnist-confirm/rows.jsonl"
+    rows.write_text(rows.read_text() + "{not json\n")
+    with pytest.raises(DormantError, match="unreadable rows.jsonl"):
+        render_text("<!-- dormant:table verdicts results/mnist-confirm -->\n"
+                    "<!-- /dormant:table -->", published)
 
 
 def test_publish_trims_curves_and_records_where_the_rows_came_from(tmp_path):
@@ -126,6 +145,6 @@ def test_publish_trims_curves_and_records_where_the_rows_came_from(tmp_path):
     assert pub.meta["command"] == "dormant relearn study.yaml"
     assert pub.meta["study"] == "seeds: [10]\n" and pub.meta["seeds"] == [10]
     assert pub.meta["protocols"] == ["v1:x"] and "cores" in pub.meta["machine"]
-    assert pub.meta["commit"] == "abc123" and pub.meta["tree_clean"]
+    assert pub.meta["commit"] == "abc123" and pub.meta["tree_clean"] is None
     with pytest.raises(DormantError, match="no results.jsonl"):
         publish(tmp_path, tmp_path / "y", "x")

@@ -9,6 +9,7 @@ import typer
 
 from dormant.cli_common import console
 from dormant.errors import DormantError
+from dormant.store.files import atomic_write_text
 
 
 def publish_cmd(
@@ -44,12 +45,15 @@ def tables_cmd(
     for f in files:
         if not f.is_file():
             raise DormantError(f"{f}: no such file")
-        text = f.read_text("utf-8")
+        try:
+            text = f.read_text("utf-8")
+        except UnicodeDecodeError:
+            raise DormantError(f"{f}: not UTF-8 text") from None
         new = render_text(text, Path.cwd())
         if new != text:
             stale.append(f)
             if not check:
-                f.write_text(new, "utf-8")
+                atomic_write_text(f, new)
         console.print(f"{f}: {tables_in(text)} table(s)"
                       + (", differ from their rows" if new != text else ", up to date"),
                       highlight=False)

@@ -158,7 +158,7 @@ def why(v: Verdict) -> str:
     if v.verdict == "does-not-forget":
         return f"gap {v.forget_gap:+.1f} > +{FORGET_MARGIN:g}, r interval reaches 0"
     if v.verdict == "over-forgets":
-        return f"gap {v.forget_gap:+.1f} < −{FORGET_MARGIN:g}, ends no higher than the oracle"
+        return f"gap {v.forget_gap:+.1f} < −{FORGET_MARGIN:g}, excess interval reaches 0"
     if v.verdict == "resists":
         return f"excess interval below {bar}"
     if v.n < 2:
@@ -167,7 +167,7 @@ def why(v: Verdict) -> str:
         return f"excess interval reaches {bar}"
     if not v.excess_low > 0:
         return "excess interval reaches 0"
-    return "r interval reaches 0: what came back was never forgotten"
+    return "r interval reaches 0: what came back may be only what was never forgotten"
 
 
 def point_relearns(row: dict) -> bool:

@@ -46,8 +46,10 @@ from dormant.report.tables import (
 )
 from dormant.store.files import atomic_write_text
 
-BLOCK = re.compile(r"(<!-- dormant:table (?P<args>[^>]*?) -->\n)(?P<body>.*?)"
-                   r"(<!-- /dormant:table -->)", re.S)
+BLOCK = re.compile(r"(<!-- dormant:table (?P<args>[^>]*?) -->\n)"
+                   r"(?P<body>(?:(?!<!-- dormant:table ).)*?)(<!-- /dormant:table -->)", re.S)
+OPEN, CLOSE = "<!-- dormant:table ", "<!-- /dormant:table -->"
+OPTIONS = {"k", "steps", "methods", "columns"}
 DROP = ("curve_steps", "curve_forget_acc", "lmc", "cell", "hparams")
 """Row keys a results folder leaves out: the curves (their end statistic is kept), the LMC
 lines, the cell's hash and the last stage's values (``pipeline`` keeps every stage's)."""
@@ -76,14 +78,20 @@ def read_published(folder: Path) -> Published:
     if not rows_path.is_file() or not meta_path.is_file():
         raise DormantError(f"{folder}: not a results folder (it needs rows.jsonl and "
                            "meta.json); write one with dormant publish")
-    rows = [json.loads(line) for line in rows_path.read_text("utf-8").splitlines() if line]
-    return Published(rows, json.loads(meta_path.read_text("utf-8")), str(folder))
+    try:
+        rows = [json.loads(line) for line in rows_path.read_text("utf-8").splitlines()
+                if line]
+        meta = json.loads(meta_path.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DormantError(f"{folder}: unreadable rows.jsonl or meta.json ({e}); write it "
+                           "again with dormant publish") from None
+    return Published(rows, meta, str(folder))
 
 
 def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
-    except OSError:
+    except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
 
@@ -98,17 +106,20 @@ def publish(run: Path, dest: Path, command: str, study: Path | None = None,
     src = run / "results.jsonl"
     if not src.is_file():
         raise DormantError(f"{run}: no results.jsonl; give the output folder of a study")
-    rows = [json.loads(line) for line in src.read_text("utf-8").splitlines() if line]
+    try:
+        rows = [json.loads(line) for line in src.read_text("utf-8").splitlines() if line]
+        text = study.read_text("utf-8") if study is not None else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DormantError(f"{src if study is None else f'{src} or {study}'}: unreadable "
+                           f"({e})") from None
     if not rows:
         raise DormantError(f"{src} has no rows")
-    dest.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(dest / "rows.jsonl", "".join(
-        json.dumps({k: v for k, v in r.items() if k not in DROP}, sort_keys=True) + "\n"
-        for r in rows))
+    # everything is gathered before anything is written: a failure leaves the folder as it was
     meta = {
         "command": command, "commit": commit or _git("rev-parse", "HEAD"),
-        "tree_clean": bool(commit) or _git("status", "--porcelain",
-                                           "--untracked-files=no") == "",
+        # with --commit the checkout says nothing about the run's tree: not recorded
+        "tree_clean": None if commit else _git("status", "--porcelain",
+                                               "--untracked-files=no") == "",
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
                    f"{__import__('os').cpu_count()} cores, torch {torch.__version__}",
         # the reference rows use no rule of the protocol (their keys leave it out)
@@ -116,17 +127,29 @@ def publish(run: Path, dest: Path, command: str, study: Path | None = None,
                              and r.get("method") not in ("original", "retrain")}),
         "rows": len(rows), "seeds": sorted({r["seed"] for r in rows if "seed" in r}),
     }
-    if study is not None:
-        meta["study"] = study.read_text("utf-8")
+    if text is not None:
+        meta["study"] = text
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(dest / "rows.jsonl", "".join(
+        json.dumps({k: v for k, v in r.items() if k not in DROP}, sort_keys=True) + "\n"
+        for r in rows))
     atomic_write_text(dest / "meta.json", json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return dest
 
 
 def _args(text: str) -> tuple[str, str, dict]:
-    parts = shlex.split(text)
+    try:
+        parts = shlex.split(text)
+    except ValueError as e:
+        raise DormantError(f"dormant:table {text!r}: {e}") from None
     if len(parts) < 2 or any("=" not in p for p in parts[2:]):
         raise DormantError(f"dormant:table {text!r}: write KIND results/NAME [key=value ...]")
-    return parts[0], parts[1], dict(p.split("=", 1) for p in parts[2:])
+    opts = dict(p.split("=", 1) for p in parts[2:])
+    unknown = sorted(set(opts) - OPTIONS)
+    if unknown:
+        raise DormantError(f"dormant:table {text!r}: no option {unknown[0]!r}; options: "
+                           f"{', '.join(sorted(OPTIONS))}")
+    return parts[0], parts[1], opts
 
 
 def _source(pub: Published) -> str:
@@ -150,12 +173,21 @@ def render_block(args: str, root: Path) -> str:
                            f"{', '.join(sorted(RENDERERS))}")
     pub = read_published(root / where)
     pub = Published(pub.rows, pub.meta, where)
-    out = RENDERERS[kind](pub, opts)
+    try:
+        out = RENDERERS[kind](pub, opts)
+    except (ValueError, KeyError, TypeError) as e:
+        raise DormantError(f"dormant:table {args!r}: cannot render from {where} "
+                           f"({type(e).__name__}: {e})") from None
     return (out if isinstance(out, str) else markdown(out)) + "\n\n" + _source(pub) + "\n"
 
 
 def render_text(text: str, root: Path) -> str:
-    """``text`` with every ``dormant:table`` block re-rendered from its rows under ``root``."""
+    """``text`` with every ``dormant:table`` block re-rendered from its rows under ``root``;
+    an opening tag without its closing one (or the reverse) is refused, never rewritten."""
+    if text.count(OPEN) != text.count(CLOSE) or text.count(OPEN) != tables_in(text):
+        raise DormantError("a dormant:table block is not closed (or a closing tag has no "
+                           "opening one): every <!-- dormant:table ... --> needs its "
+                           "<!-- /dormant:table --> before the next block")
     return BLOCK.sub(lambda m: m.group(1) + render_block(m.group("args"), root) + m.group(4),
                      text)
 
@@ -167,7 +199,20 @@ def tables_in(text: str) -> int:
 # --- the renderers ---------------------------------------------------------------------------
 
 def _ints(opts: dict, key: str) -> set[int] | None:
-    return {int(v) for v in opts[key].split(",")} if key in opts else None
+    if key not in opts:
+        return None
+    try:
+        return {int(v) for v in opts[key].split(",")}
+    except ValueError:
+        raise DormantError(f"dormant:table: {key}={opts[key]!r} takes comma-separated "
+                           "integers") from None
+
+
+def _one_k(opts: dict) -> int:
+    ks = _ints(opts, "k") or {0}
+    if len(ks) != 1:
+        raise DormantError(f"dormant:table: this kind shows one k; got k={opts['k']!r}")
+    return ks.pop()
 
 
 def _names(opts: dict, key: str = "methods") -> list[str] | None:
@@ -176,6 +221,9 @@ def _names(opts: dict, key: str = "methods") -> list[str] | None:
 
 def _selected(found: list[Verdict], opts: dict) -> list[Verdict]:
     ks, steps, names = _ints(opts, "k"), _ints(opts, "steps"), _names(opts)
+    missing = sorted(set(names or []) - {v.method for v in found})
+    if missing:
+        raise DormantError(f"dormant:table: no method {missing[0]!r} in the rows")
     out = [v for v in found if (ks is None or v.k in ks)
            and (steps is None or v.attack_steps in steps)
            and (names is None or v.method in names)]
@@ -209,10 +257,13 @@ def _verdict_cell(v: Verdict | None) -> str:
 def strengths_table(pub: Published, opts: dict) -> Table:
     """One line per method: its utility cost and distance, then its excess, interval and
     verdict at each attack strength side by side (``k=`` one k, default 0)."""
-    k = int(opts.get("k", 0))
+    k = _one_k(opts)
     found = [v for v in main_verdicts(pub.rows) if v.k == k]
     steps = sorted({v.attack_steps for v in found})
     names = _names(opts) or list(dict.fromkeys(v.method for v in found))
+    missing = sorted(set(names) - {v.method for v in found})
+    if missing:
+        raise DormantError(f"dormant:table: no method {missing[0]!r} in the rows")
     by = {(v.method, v.attack_steps): v for v in found}
     headers = ["method", "calibrated (first seed)", "test − oracle",
                "distance / oracle's", "gap",
@@ -278,7 +329,7 @@ def demo_table(pub: Published, opts: dict) -> Table:
     """The demo's table: accuracies after unlearning and at the attack's end (means over
     seeds, ``k=``, default 0, at the main attack setting), the excess, verdict and
     calibrated strength of each method."""
-    k = int(opts.get("k", 0))
+    k = _one_k(opts)
     lr, steps = main_setting(pub.rows)
     rows = [r for r in main_rows(paired(pub.rows)) if r["k"] == k]
     found = {v.method: v for v in main_verdicts(pub.rows)

@@ -105,10 +105,12 @@ def verdict_text(found: list[Verdict]) -> str:
 
 
 RULES = (f"*relearns*: excess ≥ {RELEARN_EXCESS:g} with both its 95% interval and r's above 0, "
-         f"whatever the gap; *does-not-forget* / *over-forgets*: otherwise, when the forget "
-         f"accuracy after unlearning is more than {FORGET_MARGIN:g} points above / below the "
-         f"oracle's; *resists*: the excess interval's upper end below {RELEARN_EXCESS:g} (an "
-         f"equivalence); *inconclusive*: anything else, one seed included.")
+         f"whatever the gap; *does-not-forget*: otherwise, when the forget accuracy after "
+         f"unlearning is more than {FORGET_MARGIN:g} points above the oracle's and r's "
+         f"interval reaches 0; *over-forgets*: otherwise, when it is more than "
+         f"{FORGET_MARGIN:g} points below and the excess interval reaches 0; *resists*: the "
+         f"excess interval's upper end below {RELEARN_EXCESS:g} (an equivalence); "
+         f"*inconclusive*: anything else, one seed included.")
 """The verdict rules in one sentence, for every report."""
 
 
