@@ -72,7 +72,8 @@ def rows(out: Path) -> list[dict]:
 @pytest.fixture(scope="session")
 def demo_out(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("demo") / "out"
-    dormant("demo", "--out", out, "--device", "cpu", cache=cache_dir)
+    # three seeds: about 50 s alone on 2 cores; a loaded machine took over 300 s
+    dormant("demo", "--out", out, "--device", "cpu", cache=cache_dir, timeout=900)
     return out
 
 
