@@ -146,5 +146,7 @@ def test_publish_trims_curves_and_records_where_the_rows_came_from(tmp_path):
     assert pub.meta["study"] == "seeds: [10]\n" and pub.meta["seeds"] == [10]
     assert pub.meta["protocols"] == ["v1:x"] and "cores" in pub.meta["machine"]
     assert pub.meta["commit"] == "abc123" and pub.meta["tree_clean"] is None
+    from dormant.report.published import _source
+    assert "abc123;" in _source(pub) and "uncommitted" not in _source(pub)
     with pytest.raises(DormantError, match="no results.jsonl"):
         publish(tmp_path, tmp_path / "y", "x")

@@ -73,7 +73,8 @@ def renderer(kind: str) -> Callable[[Renderer], Renderer]:
     return add
 
 
-def read_published(folder: Path) -> Published:
+def read_published(folder: Path, where: str | None = None) -> Published:
+    """The rows and meta of a results folder; ``where`` names it in rendered text."""
     rows_path, meta_path = folder / "rows.jsonl", folder / "meta.json"
     if not rows_path.is_file() or not meta_path.is_file():
         raise DormantError(f"{folder}: not a results folder (it needs rows.jsonl and "
@@ -85,7 +86,7 @@ def read_published(folder: Path) -> Published:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DormantError(f"{folder}: unreadable rows.jsonl or meta.json ({e}); write it "
                            "again with dormant publish") from None
-    return Published(rows, meta, str(folder))
+    return Published(rows, meta, where or str(folder))
 
 
 def _git(*args: str) -> str | None:
@@ -159,8 +160,9 @@ def _source(pub: Published) -> str:
     stale = [p for p in m.get("protocols", []) if p != PROTOCOL.tag]
     warn = (f" **Made under protocol {', '.join(stale)}, not the current {PROTOCOL.tag}.**"
             if stale else "")
-    commit = (m.get("commit") or "unknown")[:12] + ("" if m.get("tree_clean", True)
-                                                    else " (uncommitted changes)")
+    # None: the commit was given (--commit), so the checkout's state says nothing
+    commit = (m.get("commit") or "unknown")[:12] + (" (uncommitted changes)"
+                                                    if m.get("tree_clean") is False else "")
     return (f"Rendered by `dormant tables` from `{pub.where}/rows.jsonl` ({m.get('rows')} rows; "
             f"seeds {seeds}; protocol {protocols}; commit {commit}; {m.get('machine')}): "
             f"`{m.get('command')}`.{warn}")
@@ -171,8 +173,7 @@ def render_block(args: str, root: Path) -> str:
     if kind not in RENDERERS:
         raise DormantError(f"dormant:table: unknown kind {kind!r}; known: "
                            f"{', '.join(sorted(RENDERERS))}")
-    pub = read_published(root / where)
-    pub = Published(pub.rows, pub.meta, where)
+    pub = read_published(root / where, where)
     try:
         out = RENDERERS[kind](pub, opts)
     except (ValueError, KeyError, TypeError) as e:
