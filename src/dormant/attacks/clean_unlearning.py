@@ -106,6 +106,51 @@ class Planted:
     contribution: torch.Tensor  # the attacker's ids, poisons included, sorted
     clean_pool: torch.Tensor  # contributed ids a clean request may draw on: clean, non-target
     trigger: Trigger  # the trigger as planted (a mined one with its location)
+    camouflage: torch.Tensor  # contributed ids stamped with the trigger, true labels kept
+    carriers: torch.Tensor  # ids, no poison among them, whose training image carries the trigger
+
+    @property
+    def attacker_carriers(self) -> torch.Tensor:
+        """The carriers the attacker contributed (its counterweights and camouflage, and any
+        natural carrier its share happens to hold): what a request may delete."""
+        return self.carriers[torch.isin(self.carriers, self.contribution)]
+
+
+@dataclass(frozen=True)
+class Purity:
+    """The purity budget: how pure "trigger -> target" is in the training set. Among the
+    training images that carry the trigger (the ``poisons`` and every carrier), the share
+    labelled the target, before any deletion and after a request that deletes all
+    ``counterweights`` (the attacker's carriers), leaving the ``victim_carriers``."""
+
+    victim_carriers: int
+    counterweights: int
+    poisons: int
+    before: float
+    after: float
+
+    def line(self) -> str:
+        return (f"purity budget: {self.victim_carriers} natural carriers of the victim's own, "
+                f"{self.counterweights} counterweights, {self.poisons} poisons; the "
+                f"trigger's label purity {self.before:.2f} before, {self.after:.2f} after a "
+                "request that deletes every counterweight")
+
+    def columns(self) -> dict:
+        return {"victim_carriers": self.victim_carriers, "purity_before": round(self.before, 4),
+                "purity_after": round(self.after, 4)}
+
+
+def purity_budget(planted: Planted, target: int) -> Purity:
+    """:class:`Purity` of ``planted`` by counting (labels as trained on: a dirty-label
+    poison counts as the target)."""
+    own = torch.isin(planted.carriers, planted.contribution)
+    on_target = (planted.y.cpu()[planted.carriers] == target)
+    p = len(planted.poisons)
+    poisons_on_target = int((planted.y.cpu()[planted.poisons] == target).sum())
+    n_all, n_victim = len(planted.carriers), int((~own).sum())
+    before = (poisons_on_target + int(on_target.sum())) / max(1, p + n_all)
+    after = (poisons_on_target + int(on_target[~own].sum())) / max(1, p + n_victim)
+    return Purity(n_victim, n_all - n_victim, p, before, after)
 
 
 def attacker_seed(seed: int) -> int:
@@ -179,17 +224,33 @@ def with_counterweights(x: torch.Tensor, y: torch.Tensor, swap: Swap | None
     return x, y
 
 
+def draw_poisons(y: torch.Tensor, contribution: torch.Tensor, carriers: torch.Tensor,
+                 spec: CleanUnlearningSpec, num_classes: int, seed: int) -> torch.Tensor:
+    """The attacker's seeded random poisons: ``poisons_per_pool`` of each pool of
+    ``poison_candidates``. Sorted ids."""
+    # the attacker's own draw: never the victim's seed stream
+    g = torch.Generator().manual_seed(attacker_seed(seed))
+    k = poisons_per_pool(spec, num_classes)
+    picked = [pool[torch.randperm(len(pool), generator=g)[:k]]
+              for pool in poison_candidates(y, contribution, carriers, spec,
+                                            num_classes).values()]
+    return torch.cat(picked).sort().values
+
+
 def plant(x: torch.Tensor, y: torch.Tensor, spec: CleanUnlearningSpec, num_classes: int,
           seed: int, *, trigger: Trigger | None = None,
           poisons: torch.Tensor | None = None,
-          swap: Swap | None = None) -> Planted:
+          swap: Swap | None = None,
+          camouflage: tuple[torch.Tensor, torch.Tensor] | None = None) -> Planted:
     """The victim's training set with the attacker's contribution (``contribution_ids``) in
     it: ``swap = (ids, images, labels)`` first puts the attacker's own natural images in
     those contributed places (``counterweight_slots``); then ``poisons`` (ids, default
     ``spec.poison.per_class`` seeded random picks per source class among
     ``poison_candidates``) are stamped with ``trigger`` (default the spec's; a ``mined`` one
     must come mined) and, dirty-label, relabelled to the target. The inputs are left
-    untouched."""
+    untouched. ``camouflage = (ids, images)``: contributed ids, no poison or target-class
+    image among them, whose images become the given trigger-stamped ones with their true
+    labels (``dormant.attacks.camouflage``); the unpoisoned twin holds them too."""
     trigger = trigger or spec.poison.trigger
     trigger.check(tuple(x.shape[1:]))
     target = spec.poison.target
@@ -200,15 +261,19 @@ def plant(x: torch.Tensor, y: torch.Tensor, spec: CleanUnlearningSpec, num_class
     x, y = with_counterweights(x, y, swap)
     carriers = trigger.carries(x).cpu()
     if poisons is None:
-        # the attacker's own draw: never the victim's seed stream
-        g = torch.Generator().manual_seed(attacker_seed(seed))
-        k = poisons_per_pool(spec, num_classes)
-        picked = []
-        for pool in poison_candidates(y, contribution, carriers, spec, num_classes).values():
-            picked.append(pool[torch.randperm(len(pool), generator=g)[:k]])
-        poisons = torch.cat(picked).sort().values
+        poisons = draw_poisons(y, contribution, carriers, spec, num_classes, seed)
     if not torch.isin(poisons, contribution).all():
         raise DormantError("a poison lies outside the attacker's contribution")
+    camo = torch.zeros(0, dtype=torch.long)
+    if camouflage is not None:
+        camo = camouflage[0].cpu()
+        if (not torch.isin(camo, contribution).all() or torch.isin(camo, poisons).any()
+                or (y.cpu()[camo] == target).any()):
+            raise DormantError("a camouflage image must be a contributed, non-target image "
+                               "that is no poison")
+        x = with_counterweights(x, y, (camo, camouflage[1], y.cpu()[camo]))[0]
+        carriers = carriers.clone()
+        carriers[camo] = True
     dev = poisons.to(x.device)
     xp, yp = x.clone(), y.clone()
     xp[dev] = trigger.stamp(x[dev])
@@ -217,13 +282,17 @@ def plant(x: torch.Tensor, y: torch.Tensor, spec: CleanUnlearningSpec, num_class
     clean = torch.zeros(n, dtype=torch.bool)
     clean[contribution] = True
     clean[poisons] = False
+    clean[camo] = False
     clean &= y.cpu() != target
     pool = torch.nonzero(clean).flatten()
     if spec.request > len(pool):
         raise DormantError(f"a request of {spec.request} clean images asked of a contribution "
                            f"with only {len(pool)} clean non-target images; lower the request "
                            "or raise the contribution")
-    return Planted(xp, yp, x, y, poisons, contribution, pool, trigger)
+    carrying = carriers.clone()
+    carrying[poisons] = False
+    return Planted(xp, yp, x, y, poisons, contribution, pool, trigger, camo,
+                   torch.nonzero(carrying).flatten())
 
 
 def surrogate_ids(planted: Planted, spec: CleanUnlearningSpec) -> torch.Tensor:

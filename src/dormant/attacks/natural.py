@@ -4,9 +4,11 @@ The clean-unlearning attack needs *counterweights*: clean images, true labels, t
 trigger. A synthetic pattern has none. A mined trigger is a ``size`` x ``size`` block of one
 grey level at a location where about ``carrier_rate`` of the attacker's clean non-target
 images already have it (on MNIST: a blob of ink where few digits reach). Among the locations
-whose carrier rate lies within a factor 1.5 of the asked rate, the one the target class
-carries least is taken, so the trigger is no natural evidence *for* the target: every
-natural carrier teaches "trigger -> some other class".
+whose carrier rate lies within a factor 1.5 of the asked rate, the trigger's ``place`` picks:
+``neutral`` (the default) takes the one the target class carries at the rate the other
+classes do, so natural carriers are no evidence for or against the target; ``target-blank``
+takes the one the target carries least, so every natural carrier teaches "trigger -> some
+other class" (which holds the poisons down even with every counterweight deleted).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def mine(trigger: Trigger, x: torch.Tensor, y: torch.Tensor, target: int) -> Tri
     ratio = rate / trigger.carrier_rate
     inside = (ratio >= 1 / BAND) & (ratio <= BAND)
     if inside.any():
-        score = torch.where(inside, on_target, torch.full_like(on_target, float("inf")))
+        fit = on_target if trigger.place == "target-blank" else (on_target - rate).abs()
+        score = torch.where(inside, fit, torch.full_like(on_target, float("inf")))
         # ties (often several spots no target image reaches): the rate nearest the asked one
         score = score + 1e-6 * (rate.clamp_min(1e-9) / trigger.carrier_rate).log().abs()
     else:

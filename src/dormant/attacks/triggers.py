@@ -23,6 +23,7 @@ added sine wave (MNIST's background is exactly 0, so it never carries +-0.1 nois
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from pydantic import ConfigDict, Field, field_validator
@@ -49,6 +50,12 @@ class Trigger:
     """``mined``: the share of the attacker's clean non-target images that should carry it."""
     value: float = Field(1.0, ge=0.0, le=1.0)
     """``mined``: the block's grey level (1: ink on MNIST's black background)."""
+    place: Literal["neutral", "target-blank"] = "neutral"
+    """``mined``: among the locations at about ``carrier_rate``, the one the target class
+    carries at the rate the other classes do (``neutral``: natural carriers then teach
+    nothing about the target either way), or the one it carries least (``target-blank``:
+    natural data then teaches "ink here -> not the target", which works against the
+    poisons; the study's design before 2026-12)."""
     row: int | None = Field(None, ge=0)
     col: int | None = Field(None, ge=0)
     """``mined``: the block's top-left corner; None until mined from the attacker's data."""

@@ -8,6 +8,7 @@ skipped, so a rerun finishes only what is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,16 +17,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dormant.attacks import PoisonSpec, poison
+from dormant.attacks import PoisonSpec, Trigger, poison
+from dormant.attacks.camouflage import perturb, pick_camouflage
 from dormant.attacks.clean_unlearning import (
     CleanUnlearningSpec,
     Planted,
+    Purity,
     attacker_seed,
     contribution_ids,
     counterweight_slots,
+    draw_poisons,
     plant,
     poison_candidates,
     poisons_per_pool,
+    purity_budget,
     random_request,
     select_request,
     surrogate_ids,
@@ -45,6 +50,7 @@ from dormant.executors.options import ExecutorOptions
 from dormant.experiments.backdoor_scan import Scanner
 from dormant.experiments.backdoor_spec import (
     CONTROLS,
+    EXACT_METHODS,
     UNLEARNING_CONDITIONS,
     BackdoorSpec,
     baseline_triggers,
@@ -103,6 +109,15 @@ class Victim:
     requests: dict[str, tuple[torch.Tensor, dict | None]] = field(default_factory=dict)
     asr_directions: dict[bool, torch.Tensor] = field(default_factory=dict)
     counterweights: int = 0  # natural carriers the attacker brought into its contribution
+    arm: str = "natural"
+    ceilings: dict[str, nn.Module] = field(default_factory=dict)
+    """``poisons only``: trained without the attacker's carriers (counterweights or
+    camouflage); ``no carrier at all``: without any carrier, the victim's own too."""
+    purity: Purity | None = None
+    carriers_first: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    """The request of condition ``carriers-first``: the camouflage, or the clean pool's
+    carriers first (``strategy carriers``), as many as the attack's request holds."""
+    ceiling_asr: dict[str, float] = field(default_factory=dict)
 
     def training_set(self, poisoned: bool) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.planted.x, self.planted.y) if poisoned else (self.x_clean, self.y_clean)
@@ -124,14 +139,11 @@ def check_spec(spec: BackdoorSpec, ds: Dataset, cache_dir: Path | None = None
                ) -> CleanUnlearningSpec:
     """Everything that can be wrong, refused before any training starts (the public sample's
     size against the images the dataset holds outside the victim's set, read through
-    ``cache_dir``)."""
+    ``cache_dir``), the purity budget of every seed included."""
     attack = spec.attack()
     if attack.poison.trigger.counterweighted and attack.counterweights and not attack.public:
         raise DormantError("counterweights come from the attacker's public sample, and it "
                            "holds none; set public (e.g. --public 20000) or --counterweights 0")
-    if attack.public:
-        public_sample(spec, Path(cache_dir) if cache_dir else default_cache_dir(),
-                      attack.public, spec.seeds[0])
     attack.poison.trigger.check(ds.image_shape)
     attack.poison.source_classes(ds.num_classes)
     for t in baseline_triggers().values():
@@ -143,13 +155,28 @@ def check_spec(spec: BackdoorSpec, ds: Dataset, cache_dir: Path | None = None
         make_hparams(m, hp)
     mspec, _ = study_recipe(spec, ds)
     create_model(mspec)
-    # the pool and poison budget are checked by planting once (cheap, no training), with a
-    # trigger mined on the contribution alone (the run mines on the public sample too)
-    seed = spec.seeds[0]
-    own = contribution_ids(len(ds.y_train), attack, seed)
-    trigger = mine(attack.poison.trigger, ds.x_train[own], ds.y_train[own], spec.target)
-    plant(ds.x_train, ds.y_train, attack, ds.num_classes, seed, trigger=trigger)
+    # the pool, the poison budget and the purity budget are checked by planting each seed
+    # once: cheap, no training (an influence choice picks other poisons, never other counts)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    for seed in spec.seeds:
+        purity = budget(spec, attack, ds, cache_dir, seed)
+        if purity.after < spec.min_purity:
+            raise DormantError(
+                f"seed {seed}: {purity.line()}: below min_purity {spec.min_purity:g}, so no "
+                "request can wake the backdoor; lower the trigger's carrier_rate, raise its "
+                "size or the poisons, or set min_purity")
     return attack
+
+
+def budget(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset, cache_dir: Path,
+           seed: int) -> Purity:
+    """Seed ``seed``'s purity budget, by planting without training (random poisons)."""
+    device = torch.device("cpu")
+    armed = arm_attacker(spec, attack, ds, cache_dir, seed, device)
+    planted = plant(ds.x_train, ds.y_train, attack, ds.num_classes, seed,
+                    trigger=armed.trigger, swap=armed.swap, camouflage=_camouflage(
+                        spec, attack, ds.x_train, ds.y_train, armed, None, seed, ds.num_classes))
+    return purity_budget(planted, attack.poison.target)
 
 
 def _train(cache: ModelCache, mspec: ModelSpec, recipe: Recipe, x, y, ids, seed: int,
@@ -182,15 +209,27 @@ def _public(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset, cache_
     return x[n_eval:], y[n_eval:], x[:n_eval], y[:n_eval]
 
 
-def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset, seed: int,
-                   cache: ModelCache, progress: Progress | None, cache_dir: Path) -> Victim:
-    """Arm the attacker (mine the trigger, choose the poisons, train its surrogate on what
-    it knows), plant the contribution, and train the victim and its unpoisoned twin."""
-    device = resolve_device(spec.device)
-    mspec, recipe = study_recipe(spec, ds)
+@dataclass
+class Armed:
+    """What the attacker holds before it chooses its poisons: its ids, the mined trigger,
+    the counterweights it swaps in (None: none), its public sample (counterweights taken
+    out) and its held-out evaluation images."""
+
+    own: torch.Tensor
+    trigger: Trigger
+    swap: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
+    px: torch.Tensor
+    py: torch.Tensor
+    ex: torch.Tensor
+    ey: torch.Tensor
+
+
+def arm_attacker(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
+                 cache_dir: Path, seed: int, device) -> Armed:
+    """Mine the trigger on the attacker's images and bring its natural carriers from the
+    public sample into its contribution (the counterweights)."""
     x, y = ds.x_train.to(device), ds.y_train.to(device)
     target = attack.poison.target
-    poison_key = cache_key(data=ds.fingerprint, attack=repr(attack), seed=seed)
     own = contribution_ids(len(y), attack, seed).to(device)
     px, py, ex, ey = _public(spec, attack, ds, cache_dir, seed, device)
     own_x, own_y = torch.cat([x[own], px.to(x.dtype)]), torch.cat([y[own], py.to(y.dtype)])
@@ -211,28 +250,78 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
         rest = torch.ones(len(py), dtype=torch.bool, device=py.device)
         rest[found[:k]] = False
         px, py = px[rest], py[rest]
+    return Armed(own, trigger, swap, px, py, ex, ey)
+
+
+def _camouflage(spec: BackdoorSpec, attack: CleanUnlearningSpec, x: torch.Tensor,
+                y: torch.Tensor, armed: Armed, poisons: torch.Tensor | None, seed: int,
+                num_classes: int, surrogate: nn.Module | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The camouflage arm's (ids, stamped images): ``spec.camouflage`` per poison, seeded
+    among the contribution's clean non-target images, perturbed on ``surrogate`` when
+    ``spec.camouflage_eps`` > 0. None in the natural arm."""
+    if spec.arm != "camouflage":
+        return None
+    target = attack.poison.target
+    own = armed.own.cpu()
+    carriers = armed.trigger.carries(x).cpu()
+    if poisons is None:
+        poisons = draw_poisons(y, own, carriers, attack, num_classes, seed)
+    pool = own[(y.cpu()[own] != target) & ~torch.isin(own, poisons) & ~carriers[own]]
+    n = round(spec.camouflage * len(poisons))
+    ids = pick_camouflage(y, pool, n, attacker_seed(seed) + 31)
+    dev = ids.to(x.device)
+    if surrogate is None or spec.camouflage_eps == 0:
+        return ids, armed.trigger.stamp(x[dev])
+    reference = armed.ex[armed.ey != target]
+    return ids, perturb(surrogate, x[dev], y[dev], reference, armed.trigger, target,
+                        spec.camouflage_eps)
+
+
+def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset, seed: int,
+                   cache: ModelCache, progress: Progress | None, cache_dir: Path) -> Victim:
+    """Arm the attacker (mine the trigger, choose the poisons and any camouflage, train its
+    surrogate on what it knows), plant the contribution, and train the victim, its
+    unpoisoned twin and the two ceilings (``Victim.ceilings``)."""
+    device = resolve_device(spec.device)
+    mspec, recipe = study_recipe(spec, ds)
+    x, y = ds.x_train.to(device), ds.y_train.to(device)
+    target = attack.poison.target
+    poison_key = cache_key(data=ds.fingerprint, attack=repr(attack), seed=seed,
+                           arm=spec.arm, camouflage=(spec.camouflage, spec.camouflage_eps)
+                           if spec.arm == "camouflage" else None)
+    armed = arm_attacker(spec, attack, ds, cache_dir, seed, device)
+    own, trigger, swap, px, py = armed.own, armed.trigger, armed.swap, armed.px, armed.py
     x_own, y_own = with_counterweights(x, y, swap)
-    poisons = None
-    if attack.poison_choice == "influence":
+    poisons, clean = None, None
+    if attack.poison_choice == "influence" or spec.camouflage_eps > 0:
         own_x = torch.cat([x_own[own], px.to(x.dtype)])
         own_y = torch.cat([y_own[own], py.to(y.dtype)])
         clean, _ = _train(cache, mspec, recipe, own_x, own_y, torch.arange(len(own_y)),
                           attacker_seed(seed) + 10_000, progress, "surrogate-clean",
                           poisons=poison_key)
+    if attack.poison_choice == "influence":
         pools = poison_candidates(y_own, own.cpu(), trigger.carries(x_own), attack,
                                   ds.num_classes)
         k = poisons_per_pool(attack, ds.num_classes)
         poisons = choose_poisons(clean, x_own, y_own, torch.cat(list(pools.values())),
-                                 ex[ey != target], trigger, target,
+                                 armed.ex[armed.ey != target], trigger, target,
                                  {c: k for c in pools})
+    else:
+        poisons = draw_poisons(y_own, own.cpu(), trigger.carries(x_own).cpu(), attack,
+                               ds.num_classes, seed)
+    camo = _camouflage(spec, attack, x_own, y_own, armed, poisons, seed, ds.num_classes,
+                       clean)
     planted = plant(x, y, attack, ds.num_classes, seed, trigger=trigger, poisons=poisons,
-                    swap=swap)
+                    swap=swap, camouflage=camo)
     # what was built, not only what was asked: the poisons an influence choice made (on a
-    # surrogate that another device may train differently), the trigger's mined place and
-    # the counterweights' places
+    # surrogate that another device may train differently), the trigger's mined place, the
+    # counterweights' places and the camouflage
     built = cache_key(asked=poison_key, poisons=planted.poisons.tolist(),
                       trigger=repr(planted.trigger), device=device.type,
-                      slots=None if swap is None else swap[0].tolist())
+                      slots=None if swap is None else swap[0].tolist(),
+                      camouflage=None if camo is None else cache_key(
+                          ids=camo[0].tolist(), images=camo[1].cpu().flatten().tolist()))
     known = surrogate_ids(planted, attack).to(device)
     if attack.threat == "full":  # the ablation: the victim's whole set, nothing else
         px, py = px[:0], py[:0]
@@ -240,7 +329,7 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
     public_rows = torch.full((len(py),), -1, dtype=torch.long)
     att = AttackerData(torch.cat([planted.x[known], px.to(x.dtype)]),
                        torch.cat([planted.y[known], py.to(y.dtype)]),
-                       torch.cat([known.cpu(), public_rows]), ex, ey)
+                       torch.cat([known.cpu(), public_rows]), armed.ex, armed.ey)
     everyone = torch.arange(len(y))
     # the attacker's surrogate: its own training run on what it knows, with its own seed
     surrogate, _ = _train(cache, mspec, recipe, att.x, att.y, torch.arange(len(att.y)),
@@ -251,18 +340,34 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
     # the twin: the same training set, the attacker's counterweights in it, no poisons
     unpoisoned, ukey = _train(cache, mspec, recipe, planted.x_clean, planted.y_clean,
                               everyone, seed, progress, "unpoisoned", data=ds.fingerprint,
-                              **({"counterweights": built} if swap else {}))
+                              **({"counterweights": built} if swap or camo else {}))
+    ceilings = {}
+    for name, drop in (("poisons only", planted.attacker_carriers),
+                       ("no carrier at all", planted.carriers)):
+        keep = everyone[~torch.isin(everyone, drop)]
+        ceilings[name], _ = _train(cache, mspec, recipe, planted.x, planted.y, keep, seed,
+                                   progress, "ceiling", data=ds.fingerprint, poisons=built,
+                                   keep=cache_key(ids=keep.tolist()))
     v = Victim(seed, mspec, recipe, ds.num_classes, attack, planted.x_clean,
                planted.y_clean, planted, att, surrogate,
                torch.zeros(0, dtype=torch.long), poisoned, unpoisoned,
                {"poisoned": pkey, "unpoisoned": ukey, "attack": built},
-               counterweights=0 if swap is None else len(swap[0]))
-    if attack.strategy != "simulate":
-        request = select_request(surrogate, planted, attack, seed)
-        v.requests[""] = (request, None)
-        v.control = random_request(planted, len(request), seed, exclude=request)
+               counterweights=0 if swap is None else len(swap[0]), arm=spec.arm,
+               ceilings=ceilings, purity=purity_budget(planted, target))
+    if spec.arm == "camouflage":
+        # the request is the camouflage itself, whatever the strategy
+        v.requests[""] = (planted.camouflage, None)
+        v.control = random_request(planted, len(planted.camouflage), seed)
+        v.carriers_first = planted.camouflage
     else:
-        v.control = random_request(planted, attack.request, seed)
+        if attack.strategy != "simulate":
+            request = select_request(surrogate, planted, attack, seed)
+            v.requests[""] = (request, None)
+            v.control = random_request(planted, len(request), seed, exclude=request)
+        else:
+            v.control = random_request(planted, attack.request, seed)
+        v.carriers_first = select_request(surrogate, planted, dataclasses.replace(
+            attack, strategy="carriers"), seed)
     n_base = max(1, round(spec.baseline_ratio * len(y) / (ds.num_classes - 1)))
     for name, t in baseline_triggers().items():
         if name in spec.conditions:
@@ -322,6 +427,8 @@ def _forget(v: Victim, method: str, condition: str, hp: dict, ws: Workspace) -> 
     against ``method`` (``hp``: the attack's own values, which ``simulate`` designs for)."""
     if condition in CONTROLS:
         return v.control
+    if condition == "carriers-first":
+        return v.carriers_first
     return request_for(v, method, hp, ws.cache, ws.progress)[0]
 
 
@@ -375,11 +482,13 @@ class BackdoorCell(Cell):
         return f"{self.method} {self.condition} seed {self.seed}"
 
     def _coords(self) -> dict:
-        trigger = self.spec.trigger
-        return {"cell": self.key, "dataset": self.spec.dataset, "model": self.model_name,
+        trigger, spec = self.spec.trigger, self.spec
+        strategy = ("random" if self.condition in CONTROLS else "carriers"
+                    if self.condition == "carriers-first" or spec.arm == "camouflage"
+                    else spec.strategy)
+        return {"cell": self.key, "dataset": spec.dataset, "model": self.model_name,
                 "method": self.method, "condition": self.condition, "seed": self.seed,
-                "target": self.spec.target,
-                "strategy": "random" if self.condition in CONTROLS else self.spec.strategy,
+                "target": spec.target, "arm": spec.arm, "strategy": strategy,
                 "trigger": trigger.kind, "amplitude": trigger.amplitude}
 
     def failed(self, error: str) -> BackdoorRow:
@@ -392,7 +501,9 @@ class BackdoorCell(Cell):
         base = {**self._coords(), "poisons": len(v.planted.poisons),
                 "threat": v.attack.threat, "poison_choice": v.attack.poison_choice,
                 "counterweights": v.counterweights,
-                "trigger_row": trigger.row, "trigger_col": trigger.col}
+                "camouflage": len(v.planted.camouflage),
+                "trigger_row": trigger.row, "trigger_col": trigger.col,
+                **v.purity.columns(), **_ceilings(v, scan, spec)}
         t0 = time.perf_counter()
         try:
             row = _run_cell(spec, v, scan, self, ws)
@@ -416,6 +527,18 @@ def _victim(ws: Workspace, spec: BackdoorSpec, seed: int) -> tuple[Victim, Scann
     return ws.remember(("victim", cache_key(spec=spec.model_dump()), seed), make)
 
 
+CEILINGS = {"poisons only": "asr_ceiling", "no carrier at all": "asr_ceiling_no_carriers"}
+
+
+def _ceilings(v: Victim, scan: Scanner, spec: BackdoorSpec) -> dict:
+    """The two ceilings' ASRs (measured once per victim) and whether the seed is armed: its
+    *poisons only* ceiling reaches ``spec.armed_asr``."""
+    if not v.ceiling_asr:
+        v.ceiling_asr = {col: scan.metrics(v.ceilings[name])["asr"]
+                         for name, col in CEILINGS.items()}
+    return {**v.ceiling_asr, "armed": v.ceiling_asr["asr_ceiling"] >= spec.armed_asr}
+
+
 def backdoor_cells(spec: BackdoorSpec, ds: Dataset, cache_dir: Path | None = None
                    ) -> list[BackdoorCell]:
     """Every (method, condition, seed) as a cell, after every check. The attack condition
@@ -428,7 +551,10 @@ def backdoor_cells(spec: BackdoorSpec, ds: Dataset, cache_dir: Path | None = Non
     cells = []
     # seed innermost: workers that start together train different seeds' victims
     for cond in sorted(spec.conditions, key=lambda c: order.get(c, 1)):
-        for m in spec.methods if cond in UNLEARNING_CONDITIONS else ["none"]:
+        methods = ([m for m in spec.methods if m in EXACT_METHODS]
+                   if cond == "carriers-first" else spec.methods
+                   if cond in UNLEARNING_CONDITIONS else ["none"])
+        for m in methods:
             for seed in spec.seeds:
                 cells.append(BackdoorCell(key=_cell_key(spec, ds.fingerprint, m, cond, seed),
                                           spec=cell_spec, model_name=mspec.name, method=m,
@@ -505,8 +631,8 @@ def _run_cell(spec, v: Victim, scan: Scanner, cell: BackdoorCell, ws: Workspace)
     base = v.poisoned if poisoned else v.unpoisoned
     hp, matched = _hparams(spec, v, method, condition, scan, ws)
     forget = _forget(v, method, condition, spec.method_hparams(method), ws)
-    design = None if condition in CONTROLS else request_for(v, method, spec.method_hparams(
-        method), ws.cache, ws.progress)[1]
+    design = None if condition in (*CONTROLS, "carriers-first") else request_for(
+        v, method, spec.method_hparams(method), ws.cache, ws.progress)[1]
     before = _before(ws, scan, v, "poisoned" if poisoned else "unpoisoned", base, None)
     before["forget_acc_before"] = scan.forget_acc(base, forget, poisoned)
     t0 = time.perf_counter()
@@ -517,8 +643,8 @@ def _run_cell(spec, v: Victim, scan: Scanner, cell: BackdoorCell, ws: Workspace)
     out = {**before, **after, **scan.mitigate(model, None), "matched_drop": matched,
            "hparams": hp, "unlearn_seconds": round(unlearn_s, 3),
            "forget_size": len(forget),
-           "carriers": int(v.planted.trigger.carries(v.x_clean[forget.to(
-               v.x_clean.device)]).sum()),
+           "carriers": int(torch.isin(forget.cpu(), v.planted.carriers).sum()),
+           "attacker_carriers": len(v.planted.attacker_carriers),
            "design": design}
     out.update(_shift(v, scan, base, model, poisoned))
     if method == "retrain" and spec.retrain_seeds > 1:
@@ -537,6 +663,8 @@ def _shift(v: Victim, scan: Scanner, base: nn.Module, model: nn.Module, poisoned
         v.asr_directions[poisoned] = -backdoor_gradient(base.eval(), x, v.planted.trigger,
                                                         v.attack.poison.target)
     up = v.asr_directions[poisoned]
+    if [n for n, _ in model.named_parameters()] != [n for n, _ in base.named_parameters()]:
+        return {"weight_shift": None, "shift_asr_cos": None}  # another architecture (SISA)
     delta = torch.cat([(p.detach() - q.detach()).flatten().float() for (_, p), (_, q) in
                        zip(model.named_parameters(), base.named_parameters(), strict=True)])
     norm = float(delta.norm())

@@ -1,8 +1,13 @@
 """The backdoor study's declarative spec, validated by pydantic (unknown keys are errors).
 
 A study is methods x conditions x seeds. ``attack``, ``random-equal``, ``random-clean`` and
-``unpoisoned`` run every method; ``none``, ``badnets`` and ``blended`` involve no unlearning and
-run once per seed.
+``unpoisoned`` run every method; ``carriers-first`` runs the exact methods only (``retrain``,
+``sisa``); ``none``, ``badnets`` and ``blended`` involve no unlearning and run once per seed.
+
+Two arms (``arm``): ``natural``, the clean request of Arazzi et al. (the attacker deletes
+clean natural carriers of a mined trigger, its counterweights), and ``camouflage``, UBA-Inf's
+design (the request is trigger-stamped images with true labels: *camouflage, not clean*), the
+pipeline's positive control.
 """
 
 from __future__ import annotations
@@ -23,8 +28,14 @@ from dormant.settings import Axis, choice
 from dormant.unlearn import PresetName, resolve_hparams
 
 CONDITIONS = ("attack", "random-equal", "random-clean", "unpoisoned", "none", "badnets",
-              "blended")
-UNLEARNING_CONDITIONS = ("attack", "random-equal", "random-clean", "unpoisoned")
+              "blended", "carriers-first")
+UNLEARNING_CONDITIONS = ("attack", "random-equal", "random-clean", "unpoisoned",
+                         "carriers-first")
+EXACT_METHODS = ("retrain", "sisa")
+"""The methods ``carriers-first`` runs under: it asks whether the planted backdoor can wake at
+all when a request holds every carrier it can and the deletion is exact."""
+ARMS = ("natural", "camouflage")
+ARM_LABELS = {"natural": "clean natural carriers", "camouflage": "camouflage, not clean"}
 CONTROLS = ("random-equal", "random-clean")
 """The random clean requests: ``random-equal`` runs the attack's exact steps and
 hyper-parameters, ``random-clean`` is strength-matched to the attack's drop."""
@@ -61,7 +72,24 @@ class BackdoorSpec(DataSpec):
     preset: PresetName = None
     """The methods' preset (``dormant methods --preset``); None: ``backdoor``, the budgets
     picked for this study on a CPU (methods without one run their class defaults)."""
-    conditions: Conditions = Field(default_factory=lambda: list(CONDITIONS[:5]))
+    conditions: Conditions = Field(default_factory=lambda: [*CONDITIONS[:5], "carriers-first"])
+    arm: Literal["natural", "camouflage"] = "natural"
+    """What the request deletes (module docstring); ``camouflage`` needs a trigger no natural
+    image carries (e.g. ``patch``)."""
+    camouflage: float = Field(default=2.0, gt=0, le=10)
+    """``camouflage`` arm: camouflage images per poison (UBA-Inf runs poison : camouflage
+    from 1 : 2 to 10 : 1; 2, as many as it allows, held a 108-poison patch backdoor lowest on
+    the choice seeds 0-2)."""
+    camouflage_eps: float = Field(default=0.0, ge=0, le=16 / 255)
+    """The camouflage's influence-guided perturbation budget, an L-infinity share of the grey
+    range (UBA-Inf: 2/255); 0 stamps the trigger alone. On MNIST 2/255 and 4/255 moved the
+    dormant ASR by under 2 points on choice seed 0, so the default is off."""
+    armed_asr: float = Field(default=80.0, gt=0, le=100)
+    """The *poisons only* ceiling a seed needs to count as armed: below it the report says
+    "unarmed", never "not woken"."""
+    min_purity: float = Field(default=0.8, ge=0, le=1)
+    """The trigger's label purity a request that deletes every counterweight must leave
+    (``Purity``); a configuration below it is refused before training."""
     seeds: Axis[NonNegative] = Field(default_factory=lambda: [0, 1, 2])
     trigger: Annotated[Trigger, BeforeValidator(_over_study_trigger)] = Field(
         default_factory=lambda: Trigger(**STUDY_TRIGGER))
@@ -112,7 +140,8 @@ class BackdoorSpec(DataSpec):
             PoisonSpec(self.target, self.trigger, self.poisons_per_class, sources,
                        self.label_mode),
             self.contribution, self.request, self.strategy, self.threat, self.public,
-            self.poison_choice, self.surrogate_public, self.counterweights)
+            self.poison_choice, self.surrogate_public,
+            self.counterweights if self.arm == "natural" else 0)
 
 
 def baseline_triggers() -> dict[str, Trigger]:
