@@ -32,6 +32,9 @@ STUDY = {
     "trigger": MINED, "poisons_per_class": 2, "request": 30, "contribution": 0.3,
     "public": 400, "counterweights": 10, "strategy": "simulate", "poison_choice": "influence",
     "retrain_seeds": 2,
+    # a 2x2 block that 5% of digits carry leaves about 0.4 purity after any request: these
+    # tests check how the attack is built, not whether it can wake (test_backdoor_arms.py)
+    "min_purity": 0.0,
     "hparams": {"boundary_shrink": {"steps": 10, "lr": 1e-3}},
     "defenses": {"nc": False, "cd": False, "ibau": False, "defense_size": 100},
     "device": "cpu",
@@ -46,11 +49,17 @@ def test_a_mined_trigger_is_carried_by_clean_images(digits):
     rate = float(t.carries(x[others]).float().mean())
     # the asked share of the non-target images carry it (within the mining band) ...
     assert 0.05 / BAND <= rate <= 0.05 * BAND
-    # ... and no location in the band is carried by more target-class images
+    # ... the target class carries it at the others' rate, as near as any place in the band
+    # allows (neutral), or, placed target-blank, no place in the band is carried by more
+    # target-class images
     rates = carrier_rates(x[others], 2, 1.0)
     on_target = carrier_rates(x[~others], 2, 1.0)
     band = (rates >= 0.05 / BAND) & (rates <= 0.05 * BAND)
-    assert on_target[t.row, t.col] <= on_target[band].min() + 1e-9
+    gap = (on_target - rates).abs()
+    assert gap[t.row, t.col] <= gap[band].min() + 1e-9
+    blank = mine(Trigger(**MINED, place="target-blank"), x, y, target=0)
+    assert on_target[blank.row, blank.col] <= on_target[band].min() + 1e-9
+    assert on_target[blank.row, blank.col] < on_target[t.row, t.col]
     # stamping makes an image a carrier, and leaves a carrier (nearly) as it was
     assert t.carries(t.stamp(x)).all()
     carriers = x[t.carries(x)]

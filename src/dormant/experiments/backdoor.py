@@ -146,6 +146,10 @@ def check_spec(spec: BackdoorSpec, ds: Dataset, cache_dir: Path | None = None
                            "holds none; set public (e.g. --public 20000) or --counterweights 0")
     attack.poison.trigger.check(ds.image_shape)
     attack.poison.source_classes(ds.num_classes)
+    if spec.defenses.defense_size >= len(ds.y_test):
+        raise DormantError(f"defense_size {spec.defenses.defense_size} leaves no test images "
+                           f"to measure on (the test set has {len(ds.y_test)}); lower it or "
+                           "raise test_size")
     for t in baseline_triggers().values():
         t.check(ds.image_shape)
     for m in spec.methods:

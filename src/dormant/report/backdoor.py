@@ -12,6 +12,17 @@ import pandas as pd
 from safetensors.torch import load_file
 
 from dormant.defenses.registry import available_defenses, get_defense, span
+from dormant.report.backdoor_arming import (
+    amplification,
+    amplification_display,
+    arm_label,
+    armed,
+    ceilings,
+    ceilings_display,
+    exact_control,
+    exact_display,
+    headline,
+)
 from dormant.report.backdoor_attack import (
     cost_figure,
     design_display,
@@ -23,8 +34,8 @@ from dormant.report.html import Block, to_html, to_markdown
 from dormant.report.tables import Table, fmt, normalize_row, ok_rows, plus_minus, write_csv
 from dormant.store.files import atomic_write_text
 
-CONDITIONS = ("attack", "random-equal", "random-clean", "unpoisoned", "none", "badnets",
-              "blended")
+CONDITIONS = ("attack", "random-equal", "random-clean", "unpoisoned", "carriers-first", "none",
+              "badnets", "blended")
 # done-when thresholds: an activated backdoor fires on most triggered inputs after the clean
 # deletion, far above its dormant rate, and the deletion leaves the model useful
 ASR_ACTIVE = 60.0
@@ -333,7 +344,10 @@ def backdoor_verdict(rows: list[dict]) -> dict:
     activated = [m for m, v in methods.items() if v["activated"]]
     woken = [m for m, v in methods.items() if v["woken"]]
     controls = positive_controls(rows)
-    return {"dormant_asr": dormant, "dormant_flagged": (int(flags.sum()), len(flags)),
+    head, sentence = headline(rows, woken, activated)
+    return {"headline": head, "headline_text": sentence, "arm": arm_label(rows),
+            "armed": armed(rows), "dormant_asr": dormant,
+            "dormant_flagged": (int(flags.sum()), len(flags)),
             "methods": methods, "activated": activated, "woken": woken,
             "shown": bool(activated), "controls": controls,
             "evidence": [d for d, x in controls["defenses"].items() if x["evidence"]],
@@ -348,7 +362,8 @@ def verdict_text(v: dict) -> str:
     controls first, then the attack, with a failing defense's findings marked not evidence."""
     hits, scanned = v["dormant_flagged"]
     nc_note = "" if "nc" in v.get("evidence", ["nc"]) else f" ({NOT_EVIDENCE})"
-    text = (_controls_sentence(v["controls"]) if "controls" in v else "") + (
+    text = (v.get("headline_text", "") + " " if v.get("headline_text") else "") + (
+        _controls_sentence(v["controls"]) if "controls" in v else "") + (
         f"Poisoned model before any deletion: ASR {fmt(v['dormant_asr'])}%"
         + (f", Neural Cleanse flagged the target in {hits}/{scanned} seeds{nc_note}" if scanned
            else "") + ". ")
@@ -358,7 +373,9 @@ def verdict_text(v: dict) -> str:
              for m, x in v["methods"].items()]
     names = ", ".join(v["activated"]) or "none"
     woken = ", ".join(v.get("woken", [])) or "none"
-    return (text + "ASR after the clean deletion request: " + "; ".join(parts) + ". "
+    request = ("the camouflage deletion request (not clean)" if v.get("arm", "").startswith(
+        "camouflage") else "the clean deletion request")
+    return (text + f"ASR after {request}: " + "; ".join(parts) + ". "
             f"Activated (ASR after >= {ASR_ACTIVE:g}%, >= {ASR_RISE:g} points above the "
             f"dormant ASR, clean drop <= {CLEAN_DROP_MAX:g} points): {names}. "
             f"Woken by the request (activated, >= {BEATS_CONTROL:g} points above a random "
@@ -553,8 +570,37 @@ def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
     verdict = backdoor_verdict(rows)
     controls = verdict["controls"]
     paired = paired_table(rows)
+    exact = exact_control(rows)
     blocks = [
         Block("h1", title),
+        Block("p", f"**{verdict['headline_text']}**"),
+        Block("h2", "Was the backdoor armed?"),
+        Block("p", f"Arm: {verdict['arm']}. Per seed, the poisoned model's ASR before any "
+                   "deletion (dormant) beside two victims trained without counterweights: "
+                   "*poisons only* leaves out every carrier of the trigger the attacker "
+                   "contributed (its counterweights or camouflage), *no carrier at all* the "
+                   "victim's own natural carriers too. A seed is armed when its poisons-only "
+                   "ceiling reaches the study's armed_asr. Purity: among the training images "
+                   "that carry the trigger, the share labelled the target, before and after "
+                   "a request that deletes every counterweight."),
+        Block("table", table=ceilings_display(ceilings(rows))),
+    ]
+    if not exact.empty:
+        blocks += [
+            Block("p", "The attack's own positive control: a request that holds every "
+                       "carrier it can (`carriers-first`), deleted exactly. Its ASR after is "
+                       "retrain's mean over its training seeds."),
+            Block("table", table=exact_display(exact))]
+    amp = amplification(rows)
+    if not amp.empty:
+        blocks += [
+            Block("h2", "Amplification: attack against a random request, paired"),
+            Block("p", "Per method, the ASR after the attack's request minus after a random "
+                       "request of the same size from the same pool, unlearned with exactly "
+                       "the same steps (`random-equal`), paired per seed, with the 95% "
+                       "t-interval of the mean. Retrain is the negative control."),
+            Block("table", table=amplification_display(amp))]
+    blocks += [
         Block("h2", "Positive controls"),
         Block("p", "Before any defense's result on the clean-unlearning attack counts, the "
                    "defense must catch the backdoor it was built for: the BadNets baseline "

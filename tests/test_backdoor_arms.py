@@ -1,0 +1,201 @@
+"""An armed backdoor before any verdict (issue 23), on digits: the purity budget against a
+hand count, camouflage that differs from its source only by the trigger and a bounded
+perturbation, a carriers-first request that holds every carrier it can, the refusal of a
+configuration no request can wake, and the headline that says unarmed when the ceiling is
+not met."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from dormant.attacks import Trigger
+from dormant.attacks.camouflage import perturb, pick_camouflage
+from dormant.attacks.clean_unlearning import (
+    CleanUnlearningSpec,
+    contribution_ids,
+    plant,
+    purity_budget,
+    select_request,
+)
+from dormant.attacks.influence import backdoor_gradient
+from dormant.attacks.poison import PoisonSpec
+from dormant.cli import main
+from dormant.engine import to_float
+from dormant.report.backdoor import backdoor_verdict
+from dormant.report.backdoor_arming import amplification, headline
+
+BLOCK = Trigger("mined", size=2, row=0, col=0)
+
+
+def _tiny():
+    """20 blank 8x8 images, labels 0..9 twice; ids 4, 5, 14 carry the 2x2 block at (0, 0)
+    naturally (labels 4, 5 and 4)."""
+    x = torch.zeros(20, 1, 8, 8, dtype=torch.uint8)
+    y = torch.arange(20) % 10
+    for i in (4, 5, 14):
+        x[i, :, 0:2, 0:2] = 255
+    return x, y
+
+
+def test_purity_budget_matches_a_hand_count():
+    x, y = _tiny()
+    spec = CleanUnlearningSpec(PoisonSpec(0, BLOCK, 1, sources=(3, 6)), contribution=0.5,
+                               request=1)
+    own = contribution_ids(20, spec, 0)
+    # the attacker swaps a carrier of its own (label 7) into a contributed non-target place
+    slot = next(int(i) for i in own if y[i] not in (0, 1, 2) and int(i) not in (4, 5, 14))
+    carrier = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    carrier[:, :, 0:2, 0:2] = 255
+    p = plant(x, y, spec, 10, 0, trigger=BLOCK,
+              swap=(torch.tensor([slot]), carrier, torch.tensor([7])))
+    carriers = sorted([4, 5, 14, slot])
+    assert p.carriers.tolist() == carriers
+    own_carriers = [i for i in carriers if i in own.tolist()]
+    assert p.attacker_carriers.tolist() == own_carriers
+    b = purity_budget(p, 0)
+    # by hand: two poisons labelled 0; no carrier is of class 0
+    assert b.poisons == 2 and b.counterweights == len(own_carriers)
+    assert b.victim_carriers == 4 - len(own_carriers)
+    assert b.before == pytest.approx(2 / (2 + 4))
+    assert b.after == pytest.approx(2 / (2 + b.victim_carriers))
+    assert "purity" in b.line() and f"{b.after:.2f}" in b.line()
+
+
+def test_carriers_first_holds_every_carrier_it_can(digits, digits_backdoor):
+    x, y = digits.x_train, digits.y_train
+    t = Trigger("mined", size=2, carrier_rate=0.05)
+    from dormant.attacks.natural import mine
+    t = mine(t, x, y, 0)
+    for request in (5, 200):
+        spec = CleanUnlearningSpec(PoisonSpec(0, t, 2), contribution=0.3, request=request,
+                                   strategy="carriers")
+        p = plant(x, y, spec, 10, 0, trigger=t)
+        in_pool = p.carriers[torch.isin(p.carriers, p.clean_pool)]
+        assert len(in_pool) > 5  # the test means something only with carriers to choose
+        ids = select_request(digits_backdoor["clean"], p, spec, 0)
+        held = int(torch.isin(ids, p.carriers).sum())
+        assert held == min(request, len(in_pool))
+
+
+def test_camouflage_differs_only_by_trigger_and_bounded_perturbation(digits,
+                                                                    digits_backdoor):
+    model, trigger = digits_backdoor["clean"], Trigger("patch", size=3)
+    x, y = digits.x_train, digits.y_train
+    pool = torch.nonzero(y != 0).flatten()[:300]
+    ids = pick_camouflage(y, pool, 64, seed=3)
+    assert len(ids) == 64 and torch.isin(ids, pool).all() and (y[ids] != 0).all()
+    ref = digits.x_test[digits.y_test != 0][:200]
+    eps = 8 / 255  # digits are 17 grey levels: a budget large enough to move a level
+    camo = perturb(model, x[ids], y[ids], ref, trigger, 0, eps)
+    stamped = trigger.stamp(x[ids])
+    weight, _ = trigger.pattern((1, 8, 8))
+    on = (weight > 0).expand_as(stamped)
+    diff = (camo.int() - stamped.int()).abs()
+    assert torch.equal(camo[on], stamped[on])  # the trigger's pixels as stamped
+    assert int(diff.max()) <= round(eps * 255)  # elsewhere within the budget
+    assert int((diff > 0).sum()) > 100  # and it did move
+    # the perturbation's aim, in numbers: a step on the camouflage raises the backdoor loss
+    # more than a step on the plain stamped images (a lower cosine with its gradient)
+    g_b = backdoor_gradient(model, ref, trigger, 0)
+
+    def cosine(images):
+        model.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(to_float(images)), y[ids])
+        loss.backward()
+        g = torch.cat([p.grad.flatten() for p in model.parameters()])
+        return float(g @ g_b / (g.norm() * g_b.norm()))
+
+    assert cosine(camo) < cosine(stamped) - 0.05
+    # no budget: the stamped images themselves
+    assert torch.equal(perturb(model, x[ids], y[ids], ref, trigger, 0, 0.0), stamped)
+
+
+def _row(seed, cond, method, asr_after, **extra):
+    return {"status": "ok", "seed": seed, "condition": cond, "method": method,
+            "clean_acc_before": 95.0, "clean_acc_after": 94.0, "asr_before": 20.0,
+            "asr_after": asr_after, "target": 0, "arm": "camouflage", **extra}
+
+
+@pytest.mark.parametrize(("ceiling", "attack", "expected"), [
+    (99.0, 90.0, "woken"),
+    (99.0, 22.0, "not woken, armed"),
+    (50.0, 22.0, "unarmed"),   # the poisons alone cannot fire: nothing could have woken
+])
+def test_the_headline_gates_not_woken_on_the_ceiling(ceiling, attack, expected):
+    rows = []
+    for seed in range(3):
+        c = {"asr_ceiling": ceiling, "asr_ceiling_no_carriers": ceiling,
+             "armed": ceiling >= 80}
+        rows += [_row(seed, "attack", "retrain", attack + seed, **c),
+                 _row(seed, "random-equal", "retrain", 21.0 + 2 * seed, **c),
+                 {**_row(seed, "unpoisoned", "retrain", 1.0, **c), "asr_before": 0.0},
+                 _row(seed, "none", "none", 20.0, **c)]
+    v = backdoor_verdict(rows)
+    assert v["headline"] == expected
+    assert v["armed"] == ((3, 3) if ceiling >= 80 else (0, 3))
+    assert "camouflage, not clean" in v["headline_text"]
+    amp = amplification(rows).set_index("method").loc["retrain"]
+    assert amp["diff"] == pytest.approx(attack - 22.0)  # per seed: attack - 21 - seed
+    assert amp["amplifies"] == (attack > 22.0) and amp["low"] < amp["diff"] < amp["high"]
+    # rows without a ceiling (runs before ceilings existed) are never "not woken, armed"
+    bare = [{k: v for k, v in r.items() if not k.startswith(("asr_ceiling", "armed"))}
+            for r in rows]
+    assert headline(bare, [], [])[0] == "unarmed"
+
+
+def test_a_request_that_cannot_wake_is_refused_before_training(tmp_path, monkeypatch,
+                                                                capsys):
+    """Digits carry a 2x2 ink block at 5% almost everywhere, so the victim's own carriers
+    swamp 18 poisons: the run stops with the numbers, before anything trains."""
+    study = {"dataset": "digits", "model": "mlp", "train_size": 1000, "seeds": [0],
+             "methods": ["retrain"], "conditions": ["attack", "none"],
+             "trigger": {"kind": "mined", "size": 2, "carrier_rate": 0.05},
+             "poisons_per_class": 2, "request": 30, "contribution": 0.3, "public": 400,
+             "counterweights": 10, "strategy": "carriers", "poison_choice": "random",
+             "defenses": {"nc": False, "cd": False, "ibau": False}, "device": "cpu"}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(study))
+    monkeypatch.setenv("DORMANT_CACHE", str(tmp_path / "cache"))
+    assert main(["backdoor", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "min_purity 0.8" in err and "poisons" in err
+    assert not (tmp_path / "cache" / "models").exists() or not any(
+        (tmp_path / "cache" / "models").iterdir())
+
+
+@pytest.mark.slow
+def test_the_camouflage_arm_wakes_under_exact_deletion(tmp_path, monkeypatch):
+    """The pipeline's positive control end to end: retrain and SISA deleting the camouflage
+    wake the backdoor to near its poisons-only ceiling, a random request of the same size
+    does not, and every row says its arm."""
+    study = {"dataset": "digits", "model": "mlp", "train_size": None, "test_size": None,
+             "seeds": [0], "arm": "camouflage", "methods": ["retrain", "sisa"],
+             "conditions": ["attack", "random-equal", "carriers-first", "none"],
+             "trigger": {"kind": "patch", "size": 3}, "poisons_per_class": 3,
+             "camouflage": 2, "contribution": 0.3, "public": 0, "poison_choice": "random",
+             "retrain_seeds": 2, "hparams": {"sisa": {"shards": 2, "slices": 2}},
+             "defenses": {"nc": False, "cd": False, "ibau": False, "defense_size": 100},
+             "device": "cpu"}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(study))
+    monkeypatch.setenv("DORMANT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert main(["backdoor", str(path), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    by = {(r["method"], r["condition"]): r for r in rows}
+    assert len(rows) == 2 * 3 + 1 and all(r["arm"] == "camouflage" for r in rows)
+    dormant, ceiling = by["none", "none"]["asr_before"], by["none", "none"]["asr_ceiling"]
+    # measured on digits: dormant 37, ceiling 98; retrain 99 and SISA 85 after the deletion
+    assert ceiling >= 80 and dormant <= ceiling - 40
+    for m in ("retrain", "sisa"):
+        att, rnd = by[m, "attack"], by[m, "random-equal"]
+        assert att["forget_size"] == rnd["forget_size"] == 54 == att["camouflage"]
+        assert att["carriers"] == 54 and rnd["carriers"] == 0
+        assert att["asr_after"] >= dormant + 40 and att["asr_after"] >= rnd["asr_after"] + 30
+    assert by["retrain", "attack"]["asr_after"] >= ceiling - 10
+    report = (out / "report.md").read_text()
+    assert "camouflage, not clean" in report and "Was the backdoor armed?" in report
