@@ -1,19 +1,18 @@
-"""Measure the differential backdoor check of ``dormant forget`` on the clean-unlearning attack.
+"""Measure the differential backdoor check of ``dormant forget`` on a request that wakes a
+backdoor, and its false alarms on random requests of the same size on the same store.
 
-Detection: for each seed, the backdoor study's weakly poisoned MNIST ``cnn-small``
-(``configs/mnist-backdoor.yaml``) goes into a store, and the attacker's clean request is
-processed with ``dormant forget --method boundary_shrink`` (the study's budget). The check
-should flag the target class. False positives: the unpoisoned twin of seed 0 and ten seeded
-random clean requests of the same size, with the default method (``retrain``) and with
-``boundary_shrink``. ``--phase prepare`` writes the stores, datasets and id files (CPU, from
-the backdoor study's model cache); ``--phase run`` processes the requests (``--device cuda``
-where there is a GPU). Every request goes through the real CLI; the numbers come from the
-records it writes, the tamper test's too: per attack, the excess against the retrain oracle
-and its verdict (a ``boundary_shrink`` request also retrains that oracle, so it costs one
-training run more than a ``retrain`` request).
+Detection: for each seed, the backdoor study's victim (``--config``, default the camouflage
+arm, ``configs/mnist-camouflage.yaml``, whose request wakes the backdoor under exact
+deletion) goes into a store, and the attacker's request is processed with ``dormant forget
+--method M`` (``--methods``, default ``retrain``). The check should warn or fail, naming the
+target class. False alarms: ``--random`` seeded random requests of the same size from the
+attacker's clean pool, per seed, on the same store and with the same method.
+``--phase prepare`` writes the stores, datasets and id files (from the backdoor study's model
+cache: run the study first, or the victims train here); ``--phase run`` processes the
+requests (``--device cuda`` where there is a GPU). Every request goes through the real CLI;
+the numbers come from the records it writes.
 
     python scripts/measure_request_checks.py --data-root ../shared/datasets --out runs/checks
-    python scripts/measure_request_checks.py --seeds 3,4 --clean-offset 100 --out runs/val
 """
 
 from __future__ import annotations
@@ -35,7 +34,9 @@ from dormant.experiments.backdoor_spec import BackdoorSpec
 from dormant.experiments.prepare import load_study_data
 from dormant.store import ModelCache, save_checkpoint
 
-METHOD = ["--method", "boundary_shrink", "--hparam", "steps=15", "--hparam", "lr=1e-4"]
+METHODS = {"retrain": [],
+           "boundary_shrink": ["--method", "boundary_shrink", "--hparam", "steps=15",
+                               "--hparam", "lr=1e-4"]}
 
 
 def dormant(*args: str) -> None:
@@ -69,30 +70,29 @@ def forget(store: Path, ref: str, dataset: str, path: Path, tag: str, method: li
               for k, t in rec["measurements"]["tamper"].items()}
     return {"tag": tag, "verdict": rec["verdict"], **flags,
             "checks": {c["name"]: [None if c["value"] is None else round(c["value"], 3),
-                                   c["status"]] for c in rec["checks"]},
+                                   c["status"], c.get("detail")] for c in rec["checks"]},
             "tamper": tamper, "oracle": rec.get("oracle"),
             "seconds": rec["durations"]["total"]}
 
 
 def prepare(args, spec) -> None:
     """Victims, datasets, stores and id files (uses the backdoor study's model cache)."""
+    from dormant.attacks.clean_unlearning import random_request
+
     ds = load_study_data(spec, default_cache_dir())
     attack = check_spec(spec, ds)
     cache = ModelCache(default_cache_dir())
     for seed in args.seeds:
-        v = prepare_victim(spec, attack, ds, seed, cache, None)
+        v = prepare_victim(spec, attack, ds, seed, cache, None, default_cache_dir())
         work = args.out / f"seed{seed}"
         work.mkdir(parents=True, exist_ok=True)
         data = write_npz(work / "poisoned.npz", v.planted.x, v.planted.y, ds)
         add_model(work / "store", "victim", v.poisoned, v, data, work)
-        _ids(work / "attack.ids", v.request.tolist())
-        if seed == args.seeds[0]:
-            clean = write_npz(work / "clean.npz", v.x_clean, v.y_clean, ds)
-            add_model(work / "clean-store", "clean", v.unpoisoned, v, clean, work)
-            for i in range(args.clean):
-                g = torch.Generator().manual_seed(1000 + args.clean_offset + i)
-                ids = torch.randperm(len(v.y_clean), generator=g)[: len(v.request)]
-                _ids(work / f"clean-{i}.ids", sorted(ids.tolist()))
+        request = v.requests[""][0] if "" in v.requests else v.carriers_first
+        _ids(work / "attack.ids", request.tolist())
+        for i in range(args.random):
+            ids = random_request(v.planted, len(request), 1000 + 100 * seed + i)
+            _ids(work / f"random-{i}.ids", ids.tolist())
 
 
 def _ids(path: Path, ids: list[int]) -> None:
@@ -112,45 +112,43 @@ def run(args, target: int) -> None:
     for seed in args.seeds:
         work = args.out / f"seed{seed}"
         data = f"npz:{work / 'poisoned.npz'}"
-        r = forget(work / "store", "victim@1", data, work / "attack.ids", f"attack-{seed}",
-                   METHOD + dev)
-        keep({"kind": "attack", "seed": seed, "target": target, **r})
-    work = args.out / f"seed{args.seeds[0]}"
-    methods = {"boundary_shrink": METHOD, "retrain": []}
-    for name in args.fp_methods:
-        for i in range(args.clean):
-            r = forget(work / "clean-store", "clean@1", f"npz:{work / 'clean.npz'}",
-                       work / f"clean-{i}.ids", f"clean-{name}-{i}", methods[name] + dev)
-            keep({"kind": "clean", "method": name, "seed": i, **r})
-    attacks = [r for r in results if r["kind"] == "attack"]
-    hit = sum(target in set(r["nc_shrink"]) | set(r["uap_jump"]) for r in attacks)
-    print(f"detection: target flagged on {hit}/{len(attacks)} seeds")
-    for name in args.fp_methods:
-        cl = [r for r in results if r["kind"] == "clean" and r["method"] == name]
-        fp = sum(bool(r["nc_shrink"] or r["uap_jump"]) for r in cl)
-        print(f"false positives ({name}): {fp}/{len(cl)} clean requests flag any class")
-        words = [str(t["verdict"]) for r in cl for t in r["tamper"].values()]
-        print(f"tamper verdicts ({name}, against the retrain oracle): "
-              + ", ".join(f"{w} {words.count(w)}" for w in sorted(set(words))))
+        for name in args.methods:
+            jobs = [("attack", work / "attack.ids")] + [
+                (f"random-{i}", work / f"random-{i}.ids") for i in range(args.random)]
+            for kind, ids in jobs:
+                # the current version: a promoted random request moves it on, and a request
+                # on v1 after that would be refused (v1 still holds what was deleted)
+                r = forget(work / "store", "victim", data, ids, f"{kind}-{name}-{seed}",
+                           METHODS[name] + dev)
+                keep({"kind": kind.split("-")[0], "method": name, "seed": seed,
+                      "target": target, **r})
+    for name in args.methods:
+        for kind in ("attack", "random"):
+            part = [r for r in results if r["kind"] == kind and r["method"] == name]
+            raised = sum(r["verdict"] in ("warn", "fail") and bool(
+                r["checks"].get("nc_shrink", [0, "pass"])[1] != "pass"
+                or r["checks"].get("uap_jump", [0, "pass"])[1] != "pass") for r in part)
+            on_target = sum(target in set(r["nc_shrink"]) | set(r["uap_jump"]) for r in part)
+            print(f"{name} {kind}: the backdoor check warned or failed on {raised}/{len(part)}"
+                  f" requests, naming the target on {on_target}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data-root", default="../shared/datasets")
     ap.add_argument("--out", type=Path, default=Path("runs/request-checks"))
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--clean", type=int, default=10, help="clean requests for the FP rate")
-    ap.add_argument("--clean-offset", type=int, default=0,
-                    help="draw other clean requests (a held-out validation set)")
-    ap.add_argument("--fp-methods", default="retrain,boundary_shrink")
+    ap.add_argument("--config", type=Path, default=Path("configs/mnist-camouflage.yaml"))
+    ap.add_argument("--seeds", default="10,11,12,13,14")
+    ap.add_argument("--random", type=int, default=2,
+                    help="random requests of the attack's size per seed and method")
+    ap.add_argument("--methods", default="retrain")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--phase", choices=["prepare", "run", "both"], default="both")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
-    args.fp_methods = args.fp_methods.split(",")
-    cfg = yaml.safe_load(Path("configs/mnist-backdoor.yaml").read_text())
-    spec = BackdoorSpec(**{**cfg, "data_root": args.data_root, "device": "cpu",
-                           "conditions": ["attack", "unpoisoned"]})
+    args.methods = args.methods.split(",")
+    cfg = yaml.safe_load(args.config.read_text())
+    spec = BackdoorSpec(**{**cfg, "data_root": args.data_root, "device": "cpu"})
     if args.phase in ("prepare", "both"):
         prepare(args, spec)
     if args.phase in ("run", "both"):

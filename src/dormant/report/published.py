@@ -350,3 +350,7 @@ def demo_table(pub: Published, opts: dict) -> Table:
                     why(v) if v else "-", _strength(mine[0])])
     return Table(["method", "seeds", "retain", "test", "forget", "forget after attack (end)",
                   "excess [95%] verdict", "why", "calibrated"], out)
+
+
+# the backdoor study's renderers register themselves beside these
+from dormant.report import published_backdoor  # noqa: E402, F401

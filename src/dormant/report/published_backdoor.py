@@ -1,0 +1,55 @@
+"""The backdoor study's published tables (``<!-- dormant:table KIND results/NAME -->``):
+rendered from committed rows by the same functions as the run's own report."""
+
+from __future__ import annotations
+
+from dormant.report.backdoor import backdoor_verdict
+from dormant.report.backdoor_arming import (
+    amplification,
+    amplification_display,
+    ceilings,
+    ceilings_display,
+    exact_control,
+    exact_display,
+)
+from dormant.report.published import Published, renderer
+from dormant.report.tables import Table, fmt
+
+
+@renderer("backdoor-headline")
+def headline_text(pub: Published, opts: dict) -> str:
+    """The run's headline: woken, not woken (armed) or unarmed, in one sentence."""
+    return f"**{backdoor_verdict(pub.rows)['headline_text']}**"
+
+
+@renderer("backdoor-ceilings")
+def ceilings_table(pub: Published, opts: dict) -> Table:
+    """Per seed: the dormant ASR, both ceilings, armed or not, and the purity budget."""
+    return ceilings_display(ceilings(pub.rows))
+
+
+@renderer("backdoor-exact")
+def exact_table(pub: Published, opts: dict) -> Table:
+    """The exact deletions of the carriers-first request against the ceiling."""
+    return exact_display(exact_control(pub.rows))
+
+
+@renderer("backdoor-amplification")
+def amplification_table(pub: Published, opts: dict) -> Table:
+    """Per method, attack − random-equal ASR after, paired per seed, with its interval."""
+    return amplification_display(amplification(pub.rows))
+
+
+@renderer("backdoor-methods")
+def methods_table(pub: Published, opts: dict) -> Table:
+    """Per method: the dormant ASR, ASR after the attack's request, after random-equal and
+    on the unpoisoned twin, the clean-accuracy drop, and the activation and wake calls."""
+    v = backdoor_verdict(pub.rows)
+    rows = [[m, str(x["n"]), fmt(x["asr_before"]), fmt(x["asr_after"]),
+             fmt(x.get("random_equal_asr_after")), fmt(x["unpoisoned_asr_rise"]),
+             fmt(x["clean_drop"]), "yes" if x["activated"] else "no",
+             "yes" if x.get("woken") else "no"]
+            for m, x in v["methods"].items()]
+    return Table(["method", "seeds", "ASR dormant", "ASR after the request",
+                  "ASR after random-equal", "unpoisoned twin's ASR rise", "clean drop",
+                  "activated", "woken by the request"], rows)
