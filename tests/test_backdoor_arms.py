@@ -62,7 +62,7 @@ def test_purity_budget_matches_a_hand_count():
     assert b.victim_carriers == 4 - len(own_carriers)
     assert b.before == pytest.approx(2 / (2 + 4))
     assert b.after == pytest.approx(2 / (2 + b.victim_carriers))
-    assert "purity" in b.line() and f"{b.after:.2f}" in b.line()
+    assert "purity" in b.line() and f"{b.after:.3f}" in b.line()
 
 
 def test_carriers_first_holds_every_carrier_it_can(digits, digits_backdoor):
@@ -156,7 +156,8 @@ def test_a_request_that_cannot_wake_is_refused_before_training(tmp_path, monkeyp
              "trigger": {"kind": "mined", "size": 2, "carrier_rate": 0.05},
              "poisons_per_class": 2, "request": 30, "contribution": 0.3, "public": 400,
              "counterweights": 10, "strategy": "carriers", "poison_choice": "random",
-             "defenses": {"nc": False, "cd": False, "ibau": False}, "device": "cpu"}
+             "defenses": {"nc": False, "cd": False, "ibau": False, "defense_size": 100},
+             "device": "cpu"}
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(study))
     monkeypatch.setenv("DORMANT_CACHE", str(tmp_path / "cache"))

@@ -197,19 +197,23 @@ def _backdoor_line(r: dict) -> str:
 
 @study_command(app, "backdoor", BackdoorSpec, [*STUDY, *flags(
     "conditions", "target", "request", "strategy", "threat", "public", "surrogate_public",
-    "counterweights", "poison_choice", "retrain_seeds", "match_budget", trigger="trigger.kind",
+    "counterweights", "poison_choice", "retrain_seeds", "match_budget", "arm",
+    trigger="trigger.kind",
     amplitude="trigger.amplitude", trigger_size="trigger.size", poisons="poisons_per_class"),
     Flag("defenses", "scans", parse=_scans)])
 def backdoor_cmd(spec: BackdoorSpec, out: Path, executor) -> None:
     """The clean-unlearning backdoor study: plant, request, unlearn, scan, report
     (resumable)."""
     from dormant.experiments import run_backdoor
-    from dormant.experiments.backdoor import backdoor_cells
+    from dormant.experiments.backdoor import backdoor_cells, purity_budgets
     from dormant.report.backdoor import backdoor_verdict, verdict_text, write_backdoor_report
 
     t0 = time.perf_counter()
     console.print(study_line(spec, out, executor, backdoor_cells), highlight=False,
                   markup=False, soft_wrap=True)
+    for seed, purity in purity_budgets(spec).items():
+        console.print(f"seed {seed}: {purity.line()}", highlight=False, markup=False,
+                      soft_wrap=True)
     with ProgressBars(console) as bars:
         rows = run_backdoor(spec, out, progress=bars, executor=executor,
                             on_row=lambda r: bars.say(_backdoor_line(r)))

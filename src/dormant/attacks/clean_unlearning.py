@@ -131,9 +131,10 @@ class Purity:
 
     def line(self) -> str:
         return (f"purity budget: {self.victim_carriers} natural carriers of the victim's own, "
-                f"{self.counterweights} counterweights, {self.poisons} poisons; the "
-                f"trigger's label purity {self.before:.2f} before, {self.after:.2f} after a "
-                "request that deletes every counterweight")
+                f"{self.counterweights} carriers the attacker contributed (counterweights or "
+                f"camouflage), {self.poisons} poisons; the trigger's label purity "
+                f"{self.before:.3f} before, {self.after:.3f} after a request that deletes "
+                "every carrier the attacker contributed")
 
     def columns(self) -> dict:
         return {"victim_carriers": self.victim_carriers, "purity_before": round(self.before, 4),

@@ -172,6 +172,14 @@ def check_spec(spec: BackdoorSpec, ds: Dataset, cache_dir: Path | None = None
     return attack
 
 
+def purity_budgets(spec: BackdoorSpec, cache_dir: Path | None = None) -> dict[int, Purity]:
+    """Every seed's purity budget (``Purity``), counted on the data before anything trains."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    ds = load_study_data(spec, cache_dir)
+    attack = spec.attack()
+    return {seed: budget(spec, attack, ds, cache_dir, seed) for seed in spec.seeds}
+
+
 def budget(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset, cache_dir: Path,
            seed: int) -> Purity:
     """Seed ``seed``'s purity budget, by planting without training (random poisons)."""
