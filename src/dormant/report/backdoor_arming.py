@@ -58,11 +58,16 @@ def ceilings_display(df: pd.DataFrame) -> Table:
              "-" if r["armed"] is None or pd.isna(r["armed"]) else
              "yes" if r["armed"] else "no",
              fmt(r["poisons"]), fmt(r["counterweights"]), fmt(r["camouflage"]),
-             fmt(r["victim_carriers"]), fmt(r["purity_before"]), fmt(r["purity_after"])]
+             fmt(r["victim_carriers"]), _purity(r["purity_before"]),
+             _purity(r["purity_after"])]
             for r in df.to_dict("records")]
     return Table(["seed", "ASR dormant", "ceiling: poisons only", "ceiling: no carrier at all",
                   "armed", "poisons", "counterweights", "camouflage", "victim's own carriers",
-                  "purity before", "purity after deleting every counterweight"], rows)
+                  "purity before", "purity after deleting the attacker's carriers"], rows)
+
+
+def _purity(v) -> str:
+    return "-" if v is None or pd.isna(v) else f"{v:.3f}"
 
 
 def armed(rows: list[dict]) -> tuple[int, int]:
