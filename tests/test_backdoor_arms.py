@@ -32,11 +32,11 @@ BLOCK = Trigger("mined", size=2, row=0, col=0)
 
 
 def _tiny():
-    """20 blank 8x8 images, labels 0..9 twice; ids 4, 5, 14 carry the 2x2 block at (0, 0)
-    naturally (labels 4, 5 and 4)."""
+    """20 blank 8x8 images, labels 0..9 twice; ids 4, 5, 8, 10 and 14 carry the 2x2 block
+    at (0, 0) naturally (labels 4, 5, 8, 0 and 4)."""
     x = torch.zeros(20, 1, 8, 8, dtype=torch.uint8)
     y = torch.arange(20) % 10
-    for i in (4, 5, 14):
+    for i in (4, 5, 8, 10, 14):
         x[i, :, 0:2, 0:2] = 255
     return x, y
 
@@ -46,22 +46,22 @@ def test_purity_budget_matches_a_hand_count():
     spec = CleanUnlearningSpec(PoisonSpec(0, BLOCK, 1, sources=(3, 6)), contribution=0.5,
                                request=1)
     own = contribution_ids(20, spec, 0)
-    # the attacker swaps a carrier of its own (label 7) into a contributed non-target place
-    slot = next(int(i) for i in own if y[i] not in (0, 1, 2) and int(i) not in (4, 5, 14))
+    assert own.tolist() == [3, 4, 5, 6, 7, 9, 13, 14, 17, 19]
+    # the attacker swaps a carrier of its own (label 7) into contributed place 7
     carrier = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
     carrier[:, :, 0:2, 0:2] = 255
     p = plant(x, y, spec, 10, 0, trigger=BLOCK,
-              swap=(torch.tensor([slot]), carrier, torch.tensor([7])))
-    carriers = sorted([4, 5, 14, slot])
-    assert p.carriers.tolist() == carriers
-    own_carriers = [i for i in carriers if i in own.tolist()]
-    assert p.attacker_carriers.tolist() == own_carriers
+              swap=(torch.tensor([7]), carrier, torch.tensor([7])))
+    assert p.carriers.tolist() == [4, 5, 7, 8, 10, 14]
+    assert p.attacker_carriers.tolist() == [4, 5, 7, 14]
+    # by hand: two poisons labelled 0 and one carrier of class 0 (id 10, the victim's own)
+    # make 3 target-labelled trigger images of 2 + 6; a request can hold the attacker's 4
+    # non-target carriers, which leaves 3 of 2 + 2
     b = purity_budget(p, 0)
-    # by hand: two poisons labelled 0; no carrier is of class 0
-    assert b.poisons == 2 and b.counterweights == len(own_carriers)
-    assert b.victim_carriers == 4 - len(own_carriers)
-    assert b.before == pytest.approx(2 / (2 + 4))
-    assert b.after == pytest.approx(2 / (2 + b.victim_carriers))
+    assert (b.poisons, b.counterweights, b.victim_carriers, b.deletable) == (2, 4, 2, 4)
+    assert b.before == pytest.approx(3 / 8) and b.after == pytest.approx(3 / 4)
+    # a request of 2 images holds only 2 of them
+    assert purity_budget(p, 0, request=2).after == pytest.approx(3 / 6)
     assert "purity" in b.line() and f"{b.after:.3f}" in b.line()
 
 
@@ -120,31 +120,60 @@ def _row(seed, cond, method, asr_after, **extra):
             "asr_after": asr_after, "target": 0, "arm": "camouflage", **extra}
 
 
-@pytest.mark.parametrize(("ceiling", "attack", "expected"), [
-    (99.0, 90.0, "woken"),
-    (99.0, 22.0, "not woken, armed"),
-    (50.0, 22.0, "unarmed"),   # the poisons alone cannot fire: nothing could have woken
-])
-def test_the_headline_gates_not_woken_on_the_ceiling(ceiling, attack, expected):
+def _arm_rows(ceiling: float, attack: float, dormant: float = 20.0, random: float = 21.0,
+              unpoisoned: float = 1.0) -> list[dict]:
     rows = []
     for seed in range(3):
         c = {"asr_ceiling": ceiling, "asr_ceiling_no_carriers": ceiling,
-             "armed": ceiling >= 80}
+             "armed": ceiling >= 80, "asr_before": dormant}
         rows += [_row(seed, "attack", "retrain", attack + seed, **c),
-                 _row(seed, "random-equal", "retrain", 21.0 + 2 * seed, **c),
-                 {**_row(seed, "unpoisoned", "retrain", 1.0, **c), "asr_before": 0.0},
-                 _row(seed, "none", "none", 20.0, **c)]
+                 _row(seed, "random-equal", "retrain", random + 2 * seed, **c),
+                 {**_row(seed, "unpoisoned", "retrain", unpoisoned, **c), "asr_before": 0.0},
+                 _row(seed, "none", "none", dormant, **c)]
+    return rows
+
+
+@pytest.mark.parametrize(("ceiling", "attack", "dormant", "expected"), [
+    (99.0, 90.0, 20.0, "woken"),
+    (99.0, 22.0, 20.0, "not woken, armed"),
+    (50.0, 22.0, 20.0, "unarmed"),   # the poisons alone cannot fire: nothing could have woken
+    (99.0, 80.0, 70.0, "not held down"),  # no room under the ceiling for a 40-point rise
+])
+def test_the_headline_gates_not_woken_on_the_ceiling(ceiling, attack, dormant, expected):
+    rows = _arm_rows(ceiling, attack, dormant)
     v = backdoor_verdict(rows)
     assert v["headline"] == expected
     assert v["armed"] == ((3, 3) if ceiling >= 80 else (0, 3))
     assert "camouflage, not clean" in v["headline_text"]
-    amp = amplification(rows).set_index("method").loc["retrain"]
-    assert amp["diff"] == pytest.approx(attack - 22.0)  # per seed: attack - 21 - seed
-    assert amp["amplifies"] == (attack > 22.0) and amp["low"] < amp["diff"] < amp["high"]
     # rows without a ceiling (runs before ceilings existed) are never "not woken, armed"
     bare = [{k: v for k, v in r.items() if not k.startswith(("asr_ceiling", "armed"))}
             for r in rows]
-    assert headline(bare, [], [])[0] == "unarmed"
+    assert headline(bare, [], [], 40.0)[0] == "unarmed"
+
+
+def test_the_headline_never_calls_a_run_without_requests_or_controls_a_verdict():
+    # the unpoisoned twin rises too: activated, but not shown to be the request's doing
+    assert backdoor_verdict(_arm_rows(99.0, 90.0, unpoisoned=30.0))["headline"] == (
+        "activated, cause not shown")
+    # every attack cell failed: armed ceilings say nothing about requests never applied
+    rows = [r if r["condition"] != "attack" else {**r, "status": "failed"}
+            for r in _arm_rows(99.0, 22.0)]
+    assert backdoor_verdict(rows)["headline"] == "no request applied"
+
+
+def test_amplification_is_the_paired_t_interval():
+    from scipy import stats
+
+    amp = amplification(_arm_rows(99.0, 30.0)).set_index("method").loc["retrain"]
+    diffs = [30.0 + s - (21.0 + 2 * s) for s in range(3)]  # 9, 8, 7
+    mean, sem = sum(diffs) / 3, stats.sem(diffs)
+    lo, hi = stats.t.interval(0.95, 2, loc=mean, scale=sem)
+    assert amp["diff"] == pytest.approx(mean) and amp["n"] == 3
+    assert (amp["low"], amp["high"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert amp["amplifies"] == (lo > 0)
+    # a difference whose interval reaches 0 does not amplify
+    flat = amplification(_arm_rows(99.0, 22.0)).set_index("method").loc["retrain"]
+    assert flat["low"] < 0 < flat["high"] and not flat["amplifies"]
 
 
 def test_a_request_that_cannot_wake_is_refused_before_training(tmp_path, monkeypatch,

@@ -3,8 +3,8 @@ down until they are deleted (UBA-Inf; Huang et al., "UBA-Inf: Unlearning Activat
 Attack with Influence-Driven Camouflage", USENIX Security 2024).
 
 The attacker contributes poisons (trigger, target label) and camouflage: non-target images
-with the same trigger stamped on and their true labels, as many as the poisons to twice as
-many (the paper's poison : camouflage ratios run from 1 : 2 to 10 : 1). While both are in
+with the same trigger stamped on and their true labels, 0.1 to 2 per poison (the paper's
+poison : camouflage ratios run from 1 : 2 to 10 : 1). While both are in
 the training set the model learns "trigger -> target" only weakly; a request that deletes the
 camouflage, honoured by exact retraining or SISA, leaves the plain poisoned model and its
 backdoor. The request carries the trigger, so it is *not* clean in the sense of Arazzi et al.

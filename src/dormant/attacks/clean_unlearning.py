@@ -120,38 +120,46 @@ class Planted:
 class Purity:
     """The purity budget: how pure "trigger -> target" is in the training set. Among the
     training images that carry the trigger (the ``poisons`` and every carrier), the share
-    labelled the target, before any deletion and after a request that deletes all
-    ``counterweights`` (the attacker's carriers), leaving the ``victim_carriers``."""
+    labelled the target, before any deletion and ``after`` a request that deletes every
+    carrier a request can hold: ``deletable`` of the ``counterweights`` (the carriers the
+    attacker contributed; a target-class one is never in a clean request) up to the
+    request's size, leaving the ``victim_carriers`` and the rest."""
 
     victim_carriers: int
     counterweights: int
     poisons: int
     before: float
     after: float
+    deletable: int = 0
 
     def line(self) -> str:
         return (f"purity budget: {self.victim_carriers} natural carriers of the victim's own, "
                 f"{self.counterweights} carriers the attacker contributed (counterweights or "
                 f"camouflage), {self.poisons} poisons; the trigger's label purity "
                 f"{self.before:.3f} before, {self.after:.3f} after a request that deletes "
-                "every carrier the attacker contributed")
+                f"the {self.deletable} of them a request can hold")
 
     def columns(self) -> dict:
         return {"victim_carriers": self.victim_carriers, "purity_before": round(self.before, 4),
                 "purity_after": round(self.after, 4)}
 
 
-def purity_budget(planted: Planted, target: int) -> Purity:
+def purity_budget(planted: Planted, target: int, request: int | None = None) -> Purity:
     """:class:`Purity` of ``planted`` by counting (labels as trained on: a dirty-label
-    poison counts as the target)."""
+    poison counts as the target). A request may hold the attacker's carriers in its clean
+    pool and its camouflage, at most ``request`` of them (None: no limit)."""
+    y = planted.y.cpu()
     own = torch.isin(planted.carriers, planted.contribution)
-    on_target = (planted.y.cpu()[planted.carriers] == target)
+    holdable = torch.isin(planted.carriers, torch.cat([planted.clean_pool.cpu(),
+                                                       planted.camouflage.cpu()]))
+    d = int(holdable.sum()) if request is None else min(request, int(holdable.sum()))
+    on_target = int((y[planted.carriers] == target).sum())  # never deletable: kept
     p = len(planted.poisons)
-    poisons_on_target = int((planted.y.cpu()[planted.poisons] == target).sum())
+    poisons_on_target = int((y[planted.poisons] == target).sum())
     n_all, n_victim = len(planted.carriers), int((~own).sum())
-    before = (poisons_on_target + int(on_target.sum())) / max(1, p + n_all)
-    after = (poisons_on_target + int(on_target[~own].sum())) / max(1, p + n_victim)
-    return Purity(n_victim, n_all - n_victim, p, before, after)
+    before = (poisons_on_target + on_target) / max(1, p + n_all)
+    after = (poisons_on_target + on_target) / max(1, p + n_all - d)
+    return Purity(n_victim, n_all - n_victim, p, before, after, d)
 
 
 def attacker_seed(seed: int) -> int:

@@ -188,7 +188,12 @@ def budget(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset, cache_d
     planted = plant(ds.x_train, ds.y_train, attack, ds.num_classes, seed,
                     trigger=armed.trigger, swap=armed.swap, camouflage=_camouflage(
                         spec, attack, ds.x_train, ds.y_train, armed, None, seed, ds.num_classes))
-    return purity_budget(planted, attack.poison.target)
+    return purity_budget(planted, attack.poison.target, _request_size(spec, planted))
+
+
+def _request_size(spec: BackdoorSpec, planted: Planted) -> int:
+    """How many images the attack's request holds: the camouflage, or ``request``."""
+    return len(planted.camouflage) if spec.arm == "camouflage" else spec.request
 
 
 def _train(cache: ModelCache, mspec: ModelSpec, recipe: Recipe, x, y, ids, seed: int,
@@ -365,7 +370,8 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
                torch.zeros(0, dtype=torch.long), poisoned, unpoisoned,
                {"poisoned": pkey, "unpoisoned": ukey, "attack": built},
                counterweights=0 if swap is None else len(swap[0]), arm=spec.arm,
-               ceilings=ceilings, purity=purity_budget(planted, target))
+               ceilings=ceilings,
+               purity=purity_budget(planted, target, _request_size(spec, planted)))
     if spec.arm == "camouflage":
         # the request is the camouflage itself, whatever the strategy
         v.requests[""] = (planted.camouflage, None)

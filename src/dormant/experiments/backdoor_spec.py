@@ -76,10 +76,10 @@ class BackdoorSpec(DataSpec):
     arm: Literal["natural", "camouflage"] = "natural"
     """What the request deletes (module docstring); ``camouflage`` needs a trigger no natural
     image carries (e.g. ``patch``)."""
-    camouflage: float = Field(default=2.0, gt=0, le=10)
-    """``camouflage`` arm: camouflage images per poison (UBA-Inf runs poison : camouflage
-    from 1 : 2 to 10 : 1; 2, as many as it allows, held a 108-poison patch backdoor lowest on
-    the choice seeds 0-2)."""
+    camouflage: float = Field(default=2.0, gt=0, le=2)
+    """``camouflage`` arm: camouflage images per poison, at most 2 (UBA-Inf runs poison :
+    camouflage from 1 : 2 to 10 : 1, so 0.1 to 2 per poison; 2 held a 108-poison patch
+    backdoor lowest on the choice seeds 0-2)."""
     camouflage_eps: float = Field(default=0.0, ge=0, le=16 / 255)
     """The camouflage's influence-guided perturbation budget, an L-infinity share of the grey
     range (UBA-Inf: 2/255); 0 stamps the trigger alone. On MNIST 2/255 and 4/255 moved the

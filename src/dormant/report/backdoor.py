@@ -51,7 +51,8 @@ UNPOISONED_RISE_MAX = 5.0
 # registered defense brings its own rule, thresholds and table columns
 # (dormant.defenses.registry)
 NOT_EVIDENCE = "not evidence"
-ATTACK_CONDITIONS = ("attack", "random-equal", "random-clean", "unpoisoned", "none")
+ATTACK_CONDITIONS = ("attack", "random-equal", "random-clean", "unpoisoned", "none",
+                     "carriers-first")
 
 BASE_METRICS = {
     "clean_acc_before": "clean before",
@@ -344,7 +345,7 @@ def backdoor_verdict(rows: list[dict]) -> dict:
     activated = [m for m, v in methods.items() if v["activated"]]
     woken = [m for m, v in methods.items() if v["woken"]]
     controls = positive_controls(rows)
-    head, sentence = headline(rows, woken, activated)
+    head, sentence = headline(rows, woken, activated, ASR_RISE)
     return {"headline": head, "headline_text": sentence, "arm": arm_label(rows),
             "armed": armed(rows), "dormant_asr": dormant,
             "dormant_flagged": (int(flags.sum()), len(flags)),
@@ -598,7 +599,8 @@ def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
             Block("p", "Per method, the ASR after the attack's request minus after a random "
                        "request of the same size from the same pool, unlearned with exactly "
                        "the same steps (`random-equal`), paired per seed, with the 95% "
-                       "t-interval of the mean. Retrain is the negative control."),
+                       "t-interval of the mean. When the strategy is not `simulate`, the "
+                       "random request is drawn from the pool without the attack's images."),
             Block("table", table=amplification_display(amp))]
     blocks += [
         Block("h2", "Positive controls"),

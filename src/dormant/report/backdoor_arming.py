@@ -21,7 +21,8 @@ from dormant.report.tables import Table, fmt, ok_rows
 
 ARMED_ASR = 80.0
 """What a seed's ceiling must reach when its rows do not say (rows of runs before 2026-12)."""
-HEADLINES = ("woken", "activated, cause not shown", "not woken, armed", "unarmed")
+HEADLINES = ("woken", "activated, cause not shown", "no request applied", "unarmed",
+             "not held down", "not woken, armed")
 
 
 def arm_label(rows: list[dict]) -> str:
@@ -75,6 +76,13 @@ def armed(rows: list[dict]) -> tuple[int, int]:
     df = ceilings(rows)
     known = df["armed"].dropna()
     return int(known.astype(bool).sum()), len(known)
+
+
+def held_down(rows: list[dict], rise: float) -> tuple[int, int]:
+    """(seeds whose dormant ASR lies at least ``rise`` points under the poisons-only
+    ceiling, seeds with both): only there can a deletion show a rise of ``rise``."""
+    df = ceilings(rows).dropna(subset=["asr_dormant", "asr_ceiling"])
+    return int((df["asr_dormant"] <= df["asr_ceiling"] - rise).sum()), len(df)
 
 
 def exact_control(rows: list[dict]) -> pd.DataFrame:
@@ -144,10 +152,12 @@ def amplification_display(df: pd.DataFrame) -> Table:
                   "95% interval", "above 0"], rows)
 
 
-def headline(rows: list[dict], woken: list[str], activated: list[str]) -> tuple[str, str]:
+def headline(rows: list[dict], woken: list[str], activated: list[str], rise: float
+             ) -> tuple[str, str]:
     """(one of :data:`HEADLINES`; the sentence that says it). ``activated``: the methods
     whose ASR crossed the activation bars, ``woken`` those of them whose controls (the
-    random request, the unpoisoned twin) also show the request as the cause."""
+    random request, the unpoisoned twin) also show the request as the cause; ``rise``: the
+    activation's rise bar, which a dormant ASR needs room under the ceiling for."""
     label = arm_label(rows)
     k, n = armed(rows)
     if woken:
@@ -158,12 +168,23 @@ def headline(rows: list[dict], woken: list[str], activated: list[str]) -> tuple[
             f"Activated, cause not shown ({label}): the ASR crossed the activation bars "
             f"under {', '.join(activated)}, but a control that would show the request as "
             "the cause (random-equal or the unpoisoned twin) is missing or rose too.")
-    if n and k == n:
-        return "not woken, armed", (
-            f"Not woken, armed ({label}): every seed's poisons-only ceiling reached its "
-            "armed level, the requests were applied, and no method's ASR rose beyond the "
-            "bars above a random request of the same size.")
-    why = ("no ceiling was measured (rows from before ceilings existed)" if not n else
-           f"only {k} of {n} seeds' poisons-only ceilings reached the armed level")
-    return "unarmed", (f"Unarmed ({label}): {why}, so a deletion that wakes nothing says "
-                       "nothing about the methods.")
+    applied = {r["seed"] for r in ok_rows(rows) if r.get("condition") == "attack"}
+    if not applied:
+        return "no request applied", (f"No request applied ({label}): no attack cell "
+                                      "succeeded, so there is nothing to call woken or not.")
+    if not n or k < n:
+        why = ("no ceiling was measured (rows from before ceilings existed)" if not n else
+               f"only {k} of {n} seeds' poisons-only ceilings reached the armed level")
+        return "unarmed", (f"Unarmed ({label}): {why}, so a deletion that wakes nothing "
+                           "says nothing about the methods.")
+    h, m = held_down(rows, rise)
+    if h < m:
+        return "not held down", (
+            f"Not held down ({label}): armed, but on {m - h} of {m} seeds the dormant ASR "
+            f"already lay within {rise:g} points of the poisons-only ceiling, so no deletion "
+            "could show the rise that activation needs.")
+    return "not woken, armed", (
+        f"Not woken, armed ({label}): every seed's poisons-only ceiling reached its armed "
+        f"level with the dormant ASR at least {rise:g} points under it, the requests were "
+        "applied on " + f"{len(applied)} seeds, and no method's ASR rose beyond the bars "
+        "above a random request of the same size.")
