@@ -118,7 +118,8 @@ def test_a_failing_defense_is_not_evidence_in_every_table(rows):
     v = backdoor_verdict(rows)
     assert v["evidence"] == ["ibau", "nc"] and v["not_evidence"] == ["cd"]
     text = verdict_text(v)
-    assert text.startswith("Positive controls on BadNets: I-BAU pass")
+    # the headline first, then the controls before any finding
+    assert text.startswith(v["headline_text"] + " Positive controls on BadNets: I-BAU pass")
     assert (f"the attack results of Cognitive Distillation are {NOT_EVIDENCE}, and \"the "
             "defenses miss the woken backdoor\" is not shown for it") in text
 

@@ -205,18 +205,16 @@ def backdoor_cmd(spec: BackdoorSpec, out: Path, executor) -> None:
     """The clean-unlearning backdoor study: plant, request, unlearn, scan, report
     (resumable)."""
     from dormant.experiments import run_backdoor
-    from dormant.experiments.backdoor import backdoor_cells, purity_budgets
+    from dormant.experiments.backdoor import backdoor_cells
     from dormant.report.backdoor import backdoor_verdict, verdict_text, write_backdoor_report
 
     t0 = time.perf_counter()
     console.print(study_line(spec, out, executor, backdoor_cells), highlight=False,
                   markup=False, soft_wrap=True)
-    for seed, purity in purity_budgets(spec).items():
-        console.print(f"seed {seed}: {purity.line()}", highlight=False, markup=False,
-                      soft_wrap=True)
     with ProgressBars(console) as bars:
         rows = run_backdoor(spec, out, progress=bars, executor=executor,
-                            on_row=lambda r: bars.say(_backdoor_line(r)))
+                            on_row=lambda r: bars.say(_backdoor_line(r)),
+                            on_budget=lambda s, p: bars.say(f"seed {s}: {p.line()}"))
     paths = write_backdoor_report(rows, out)
     console.print(verdict_text(backdoor_verdict(rows)))
     console.print(f"wrote {', '.join(str(p) for p in [out / 'results.jsonl', *paths.values()])} "

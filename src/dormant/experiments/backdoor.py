@@ -135,21 +135,18 @@ def study_recipe(spec: BackdoorSpec, ds: Dataset) -> tuple[ModelSpec, Recipe]:
             spec.recipe(profile.train))
 
 
-def check_spec(spec: BackdoorSpec, ds: Dataset, cache_dir: Path | None = None
-               ) -> CleanUnlearningSpec:
+def check_spec(spec: BackdoorSpec, ds: Dataset, cache_dir: Path | None = None,
+               on_budget: Callable[[int, Purity], None] | None = None) -> CleanUnlearningSpec:
     """Everything that can be wrong, refused before any training starts (the public sample's
     size against the images the dataset holds outside the victim's set, read through
-    ``cache_dir``), the purity budget of every seed included."""
+    ``cache_dir``), the purity budget of every seed included (each seed's is given to
+    ``on_budget``)."""
     attack = spec.attack()
     if attack.poison.trigger.counterweighted and attack.counterweights and not attack.public:
         raise DormantError("counterweights come from the attacker's public sample, and it "
                            "holds none; set public (e.g. --public 20000) or --counterweights 0")
     attack.poison.trigger.check(ds.image_shape)
     attack.poison.source_classes(ds.num_classes)
-    if spec.defenses.defense_size >= len(ds.y_test):
-        raise DormantError(f"defense_size {spec.defenses.defense_size} leaves no test images "
-                           f"to measure on (the test set has {len(ds.y_test)}); lower it or "
-                           "raise test_size")
     for t in baseline_triggers().values():
         t.check(ds.image_shape)
     for m in spec.methods:
@@ -169,15 +166,13 @@ def check_spec(spec: BackdoorSpec, ds: Dataset, cache_dir: Path | None = None
                 f"seed {seed}: {purity.line()}: below min_purity {spec.min_purity:g}, so no "
                 "request can wake the backdoor; lower the trigger's carrier_rate, raise its "
                 "size or the poisons, or set min_purity")
+        if on_budget is not None:
+            on_budget(seed, purity)
+    if spec.defenses.defense_size >= len(ds.y_test):
+        raise DormantError(f"defense_size {spec.defenses.defense_size} leaves no test images "
+                           f"to measure on (the test set has {len(ds.y_test)}); lower it or "
+                           "raise test_size")
     return attack
-
-
-def purity_budgets(spec: BackdoorSpec, cache_dir: Path | None = None) -> dict[int, Purity]:
-    """Every seed's purity budget (``Purity``), counted on the data before anything trains."""
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    ds = load_study_data(spec, cache_dir)
-    attack = spec.attack()
-    return {seed: budget(spec, attack, ds, cache_dir, seed) for seed in spec.seeds}
 
 
 def budget(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset, cache_dir: Path,
@@ -557,12 +552,13 @@ def _ceilings(v: Victim, scan: Scanner, spec: BackdoorSpec) -> dict:
     return {**v.ceiling_asr, "armed": v.ceiling_asr["asr_ceiling"] >= spec.armed_asr}
 
 
-def backdoor_cells(spec: BackdoorSpec, ds: Dataset, cache_dir: Path | None = None
+def backdoor_cells(spec: BackdoorSpec, ds: Dataset, cache_dir: Path | None = None,
+                   on_budget: Callable[[int, Purity], None] | None = None
                    ) -> list[BackdoorCell]:
     """Every (method, condition, seed) as a cell, after every check. The attack condition
     comes first: the strength-matched control needs its unlearned model (which it builds
     itself, through the cache, if it gets there first)."""
-    check_spec(spec, ds, cache_dir)
+    check_spec(spec, ds, cache_dir, on_budget)
     mspec, _ = study_recipe(spec, ds)
     cell_spec = absolute_paths(spec)  # workers elsewhere must find the same files
     order = {"attack": 0}
@@ -588,13 +584,15 @@ def run_backdoor(
     progress: Progress | None = None,
     on_row: Callable[[dict], None] | None = None,
     executor: ExecutorOptions | None = None,
+    on_budget: Callable[[int, Purity], None] | None = None,
 ) -> list[dict]:
     """Run every missing cell of the study on ``executor`` (default: in this process);
-    returns all rows of ``out/results.jsonl``."""
+    returns all rows of ``out/results.jsonl``. ``on_budget`` gets every seed's purity budget
+    before anything trains."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     log = ResultsLog(out, on_row)
     ds = load_study_data(spec, cache_dir)
-    cells = backdoor_cells(spec, ds, cache_dir)
+    cells = backdoor_cells(spec, ds, cache_dir, on_budget)
     with driver_lock(out):
         execute(cells, log, cache_dir, out, executor or ExecutorOptions(), progress)
     return log.read()

@@ -53,3 +53,25 @@ def methods_table(pub: Published, opts: dict) -> Table:
     return Table(["method", "seeds", "ASR dormant", "ASR after the request",
                   "ASR after random-equal", "unpoisoned twin's ASR rise", "clean drop",
                   "activated", "woken by the request"], rows)
+
+
+@renderer("request-checks")
+def request_checks_table(pub: Published, opts: dict) -> Table:
+    """``scripts/measure_request_checks.py``'s records: per request kind (the attack's,
+    random ones of its size on the same store), how often the request's verdict and its
+    differential backdoor checks warned or failed, and the Neural Cleanse shrink they read."""
+    rows = []
+    for kind in dict.fromkeys(r["kind"] for r in pub.rows):
+        part = [r for r in pub.rows if r["kind"] == kind]
+        nc = [r["checks"]["nc_shrink"] for r in part]
+        uap = [r["checks"]["uap_jump"] for r in part]
+        raised = sum(a[1] != "pass" or b[1] != "pass" for a, b in zip(nc, uap, strict=True))
+        named = sum(r["target"] in set(r["nc_shrink"]) | set(r["uap_jump"]) for r in part)
+        rows.append([kind, ", ".join(sorted({r["method"] for r in part})), str(len(part)),
+                     f"{raised}/{len(part)}", f"{named}/{len(part)}",
+                     f"{min(v[0] for v in nc):.2f}–{max(v[0] for v in nc):.2f}",
+                     f"{min(v[0] for v in uap):.1f}–{max(v[0] for v in uap):.1f}",
+                     f"{sum(r['verdict'] != 'pass' for r in part)}/{len(part)}"])
+    return Table(["request", "method", "requests", "backdoor check warned or failed",
+                  "target class named", "largest NC norm shrink", "largest UAP jump (points)",
+                  "request not promoted"], rows)
