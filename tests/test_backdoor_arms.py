@@ -207,7 +207,7 @@ def test_the_camouflage_arm_wakes_under_exact_deletion(tmp_path, monkeypatch):
              "conditions": ["attack", "random-equal", "carriers-first", "none"],
              "trigger": {"kind": "patch", "size": 3}, "poisons_per_class": 3,
              "camouflage": 2, "contribution": 0.3, "public": 0, "poison_choice": "random",
-             "retrain_seeds": 2, "hparams": {"sisa": {"shards": 2, "slices": 2}},
+             "retrain_seeds": 1, "hparams": {"sisa": {"shards": 2, "slices": 2}},
              "defenses": {"nc": False, "cd": False, "ibau": False, "defense_size": 100},
              "device": "cpu"}
     path = tmp_path / "s.yaml"

@@ -181,6 +181,8 @@ def test_relearn_resumes(tmp_path: Path, cache_dir: Path) -> None:
     assert again[-1]["method"] == "gradient_ascent"
 
 
+# calibration off: what is under test is the resume (half the run time; calibration is
+# tested in test_study.py, test_heldout_blind.py and by the demo)
 KILL_STUDY = """
 dataset: digits
 device: cpu
@@ -188,6 +190,7 @@ methods: [finetune, gradient_ascent, neggrad_plus]
 k: [0, 5]
 lmc_points: 5
 analysis_size: 200
+calibrate: none
 """
 
 
