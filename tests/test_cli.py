@@ -155,21 +155,16 @@ def test_relearn_resumes(tmp_path: Path, cache_dir: Path) -> None:
     out = tmp_path / "study"
     args = ("relearn", "--dataset", "digits", "--methods", "gradient_ascent", "--k", "0",
             "--out", out, "--device", "cpu")
-    t0 = time.perf_counter()
     first = dormant(*args, cache=cache_dir)
-    first_s = time.perf_counter() - t0
     got = rows(out)
     assert [r["method"] for r in got] == ["original", "retrain", "gradient_ascent"]
     assert len({r["cell"] for r in got}) == 3
     assert first.stdout.count("seed 0 k=0") == 3  # one progress line per computed cell
     blob = (out / "results.jsonl").read_bytes()
 
-    t0 = time.perf_counter()
     second = dormant(*args, cache=cache_dir)
-    second_s = time.perf_counter() - t0
     assert (out / "results.jsonl").read_bytes() == blob  # no row appended or rewritten
-    assert "seed 0 k=0" not in second.stdout  # no cell computed again
-    assert second_s < first_s, (first_s, second_s)
+    assert "seed 0 k=0" not in second.stdout  # no cell computed again (counted, not timed)
 
     lines = blob.decode().splitlines(keepends=True)
     (out / "results.jsonl").write_text("".join(lines[:-1]))
