@@ -214,6 +214,55 @@ def audit(
     console.print(f"audit verdict {rec['verdict']}; report {out / 'report.html'}")
 
 
+def inspect(
+    store: StoreDir,
+    model: Annotated[str, typer.Option("--model", help="NAME or NAME@VERSION in the store")],
+    dataset: DataName = "digits",
+    data_root: DataRoot = None,
+    train_size: TrainSize = None,
+    share: Annotated[float, typer.Option(
+        help="the share of the training set to sample at random, e.g. 0.05")] = 0.05,
+    detectors: Annotated[str | None, typer.Option(
+        help="comma-separated per-sample detectors (default: all): "
+             "see dormant.detectors")] = None,
+    out: Annotated[Path | None, typer.Option(help="report folder")] = None,
+    seed: int = 0,
+    device: Device = "auto",
+) -> None:
+    """Scan a seeded random sample of a store model's training set with the per-sample
+    detectors, and rank the contributors of its data manifest by their flagged share."""
+    from dormant.detectors import get_detector
+    from dormant.requests import ModelStore, parse_ref
+    from dormant.requests.inspect import inspect_model
+    from dormant.requests.inspect_report import write_inspection
+
+    names = None if detectors is None else [d.strip() for d in detectors.split(",")
+                                            if d.strip()]
+    for d in names or []:
+        get_detector(d)
+    name, version = parse_ref(model)
+    out = out or Path("runs") / f"inspect-{time.strftime('%Y%m%d-%H%M%S')}"
+    _check_out(out)
+    st = ModelStore(store)
+    st.resolve(name, version)
+    ds = _dataset(dataset, data_root, train_size)
+    with ProgressBars(console) as bars:
+        rec = inspect_model(st, name, version, ds, share=share, seed=seed, detectors=names,
+                            device=device, progress=bars)
+    paths = write_inspection(rec, out)
+    t = Table(title=f"{name} v{rec['version']}: {rec['sampled']} of {rec['training_ids']} "
+                    f"training images sampled (seed {seed})")
+    t.add_column("contributor")
+    t.add_column("sampled", justify="right")
+    for d in rec["detectors"].values():
+        t.add_column(f"{d['label']} flagged", justify="right")
+    for r in rec["contributors"]:
+        t.add_row(r["contributor"], str(r["sampled"]),
+                  *(f"{r['flagged'][d]} ({100 * r['share'][d]:.1f}%)" for d in rec["detectors"]))
+    console.print(t)
+    console.print(f"report {paths['html']}", highlight=False)
+
+
 @store_app.command("add")
 def store_add(
     store: Annotated[Path, typer.Argument(help="store folder (created if new)")],
@@ -223,16 +272,24 @@ def store_add(
         help="architecture of a plain state dict, e.g. cnn-small")] = None,
     ledger: LedgerOpt = None,
     new_lineage: NewLineage = None,
+    manifest: Annotated[Path | None, typer.Option(
+        help="the training set's provenance: a CSV 'id,contributor' with one line per "
+             "training id (kept and hashed; requests' reports and dormant inspect read "
+             "it)")] = None,
 ) -> None:
     """Add a checkpoint as NAME's next version (promoted). A name with promoted deletions
     takes a new checkpoint only as a new lineage (--new-lineage)."""
     from dormant.requests import ModelStore
     from dormant.requests.deleters import add_model
+    from dormant.requests.manifest import read_manifest
 
+    given = None if manifest is None else read_manifest(manifest)
     v = add_model(ModelStore(store, ledger, create=True), name, checkpoint, arch=arch,
-                  new_lineage=new_lineage)
+                  new_lineage=new_lineage, manifest=given)
     console.print(f"added {name} v{v.version} ({v.sha256[:12]}) at ledger row {v.seq}"
-                  + (f", lineage {v.lineage}" if new_lineage else ""))
+                  + (f", lineage {v.lineage}" if new_lineage else "")
+                  + ("" if given is None else f", with a manifest of {len(given)} ids from "
+                     f"{len(set(given.values()))} contributors"))
 
 
 @store_app.command("list")
@@ -339,5 +396,6 @@ def ledger_export(
 def register(app: typer.Typer) -> None:
     app.command("forget")(forget)
     app.command("audit")(audit)
+    app.command("inspect")(inspect)
     app.add_typer(store_app, name="store")
     app.add_typer(ledger_app, name="ledger")

@@ -201,6 +201,23 @@ def _control_seed(num) -> dict:
             f"ASR {f(asr)} → {f(after)}, clean {f(clean)} → {f(clean_after)}"}
 
 
+CONTROL_SHARE_REMOVED_MIN = 0.5
+"""Dose-matched control: I-BAU must remove at least half of the backdoor above the unpoisoned
+twin's floor, ``(ASR − I-BAU ASR) / (ASR − floor)``, the BadNets rule (50 of about 100 points)
+made relative, since a 20% backdoor has no 50 points to lose."""
+
+
+def _dose_seed(num) -> dict:
+    out = _control_seed(num)
+    asr, after, floor = num("asr_before"), num("ibau_asr"), num("asr_floor")
+    share = (None if asr is None or after is None or floor is None
+             else 0.0 if asr <= floor else (asr - after) / (asr - floor))
+    ok = None if share is None or out["clean_drop"] is None else (
+        share >= CONTROL_SHARE_REMOVED_MIN and out["clean_drop"] <= CONTROL_CLEAN_DROP_MAX)
+    return {**out, "removed": share, "pass": ok,
+            "shown": out["shown"] if ok is None else f"{out['shown']}, floor {floor:.1f}"}
+
+
 def _control_reached(seeds: list[dict]) -> str:
     drops = [v["asr_drop"] for v in seeds if v["asr_drop"] is not None]
     cdrops = [v["clean_drop"] for v in seeds if v["clean_drop"] is not None]
@@ -216,7 +233,12 @@ def _control_reached(seeds: list[dict]) -> str:
                     f"clean-accuracy drop <= {CONTROL_CLEAN_DROP_MAX:g}, on every seed",
                     _control_seed, _control_reached,
                     thresholds={"ibau_asr_drop_min": CONTROL_ASR_DROP_MIN,
-                                "ibau_clean_drop_max": CONTROL_CLEAN_DROP_MAX}))
+                                "ibau_clean_drop_max": CONTROL_CLEAN_DROP_MAX,
+                                "ibau_share_removed_min": CONTROL_SHARE_REMOVED_MIN},
+                    dose=_dose_seed,
+                    dose_rule=f"removes >= {CONTROL_SHARE_REMOVED_MIN:.0%} of the ASR above "
+                              "the unpoisoned twin's floor with a clean-accuracy drop <= "
+                              f"{CONTROL_CLEAN_DROP_MAX:g}, on every seed"))
 def study_mitigation(cfg: IBAUConfig, ctx, model: nn.Module, trigger) -> tuple[dict, dict]:
     """The backdoor study's mitigation: I-BAU with all the defender's clean images; the ASR
     and clean accuracy it leaves."""

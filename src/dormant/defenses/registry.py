@@ -16,7 +16,8 @@ scanner: ``x_def``/``y_def`` the defender's clean test images (never measured on
 (``defenses: {name: false}``) reports ``None`` in each of its ``columns``.
 
 ``control`` (optional) is the defense's positive control on the run's BadNets baseline, which
-the report judges before the defense's results on the attack count as evidence.
+the report judges before the defense's results on the attack count as evidence, and, with
+the same rule made strength-free where it needs to be, on the dose-matched backdoors.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ class Control:
     reached: Callable[[list[dict]], str]
     judge: Callable[[list[bool]], bool] = all
     thresholds: Mapping[str, float] = field(default_factory=dict)
+    dose: Callable[[Callable[[str], float | None]], dict] | None = None
+    """The same judgement on a dose-matched backdoor (condition ``dose``), where the row also
+    holds ``asr_floor``, the unpoisoned twin's ASR; None: ``seed`` as it is (a rule that does
+    not depend on the backdoor's strength)."""
+    dose_rule: str = ""
+
+    def at_dose(self, num: Callable[[str], float | None]) -> dict:
+        return (self.dose or self.seed)(num)
 
 
 @dataclass(frozen=True)

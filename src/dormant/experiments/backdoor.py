@@ -51,6 +51,7 @@ from dormant.experiments.backdoor_scan import Scanner
 from dormant.experiments.backdoor_spec import (
     CONTROLS,
     EXACT_METHODS,
+    PLAIN_CONDITIONS,
     UNLEARNING_CONDITIONS,
     BackdoorSpec,
     baseline_triggers,
@@ -106,6 +107,8 @@ class Victim:
     unpoisoned: nn.Module
     keys: dict[str, str]
     baselines: dict[str, nn.Module] = field(default_factory=dict)
+    doses: dict[int, nn.Module] = field(default_factory=dict)
+    """Condition ``dose``'s plain backdoors of the study's trigger, by poisons per class."""
     requests: dict[str, tuple[torch.Tensor, dict | None]] = field(default_factory=dict)
     asr_directions: dict[bool, torch.Tensor] = field(default_factory=dict)
     counterweights: int = 0  # natural carriers the attacker brought into its contribution
@@ -168,6 +171,12 @@ def check_spec(spec: BackdoorSpec, ds: Dataset, cache_dir: Path | None = None,
                 "size or the poisons, or set min_purity")
         if on_budget is not None:
             on_budget(seed, purity)
+    if "dose" in spec.conditions:
+        counts = torch.bincount(ds.y_train, minlength=ds.num_classes)
+        counts[spec.target] = len(ds.y_train)
+        if max(spec.doses) > int(counts.min()):
+            raise DormantError(f"doses asks {max(spec.doses)} poisons of a class that has "
+                               f"{int(counts.min())} training images; lower doses")
     if spec.defenses.defense_size >= len(ds.y_test):
         raise DormantError(f"defense_size {spec.defenses.defense_size} leaves no test images "
                            f"to measure on (the test set has {len(ds.y_test)}); lower it or "
@@ -388,6 +397,13 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
             v.baselines[name], _ = _train(cache, mspec, recipe, p.x, p.y, everyone, seed,
                                           progress, name, data=ds.fingerprint,
                                           baseline=repr(t), per_class=n_base)
+    if "dose" in spec.conditions:
+        # the study's own trigger on the plain training set: no carrier holds it down
+        for k in spec.doses:
+            p = poison(x, y, PoisonSpec(target, trigger, k), ds.num_classes, seed)
+            v.doses[k], _ = _train(cache, mspec, recipe, p.x, p.y, everyone, seed, progress,
+                                   f"dose {k}", data=ds.fingerprint, dose=repr(trigger),
+                                   per_class=k)
     return v
 
 
@@ -427,12 +443,14 @@ def request_for(v: Victim, method: str, hp: dict, cache: ModelCache,
     return found
 
 
-def _cell_key(spec: BackdoorSpec, data: str, method: str, condition: str, seed: int) -> str:
-    # "none": the conditions that involve no unlearning (none, badnets, blended)
+def _cell_key(spec: BackdoorSpec, data: str, method: str, condition: str, seed: int,
+              dose: int | None = None) -> str:
+    # "none": the conditions that involve no unlearning (PLAIN_CONDITIONS)
     hp = {} if method == "none" else spec.method_hparams(method)
     made = {} if method == "none" else method_provenance(method, hp)
-    return cache_key(spec=spec.model_dump(exclude=GRID_KEYS), data=data, hparams=hp,
-                     provenance=made, method=method, condition=condition, seed=seed)
+    return cache_key(spec=spec.model_dump(exclude=GRID_KEYS | {"doses"}), data=data,
+                     hparams=hp, provenance=made, method=method, condition=condition,
+                     seed=seed, **({} if dose is None else {"dose": dose}))
 
 
 def _forget(v: Victim, method: str, condition: str, hp: dict, ws: Workspace) -> torch.Tensor:
@@ -489,10 +507,13 @@ class BackdoorCell(Cell):
     method: str
     condition: str
     seed: int
+    dose: int | None = None
+    """Condition ``dose``: poisons per class of the plain backdoor it scans."""
 
     @property
     def label(self) -> str:
-        return f"{self.method} {self.condition} seed {self.seed}"
+        dose = "" if self.dose is None else f" {self.dose}/class"
+        return f"{self.method} {self.condition}{dose} seed {self.seed}"
 
     def _coords(self) -> dict:
         trigger, spec = self.spec.trigger, self.spec
@@ -502,7 +523,8 @@ class BackdoorCell(Cell):
         return {"cell": self.key, "dataset": spec.dataset, "model": self.model_name,
                 "method": self.method, "condition": self.condition, "seed": self.seed,
                 "target": spec.target, "arm": spec.arm, "strategy": strategy,
-                "trigger": trigger.kind, "amplitude": trigger.amplitude}
+                "trigger": trigger.kind, "amplitude": trigger.amplitude,
+                **({} if self.dose is None else {"dose": self.dose})}
 
     def failed(self, error: str) -> BackdoorRow:
         return BackdoorRow(**self._coords(), status="failed", error=error)
@@ -569,10 +591,12 @@ def backdoor_cells(spec: BackdoorSpec, ds: Dataset, cache_dir: Path | None = Non
                    if cond == "carriers-first" else spec.methods
                    if cond in UNLEARNING_CONDITIONS else ["none"])
         for m in methods:
-            for seed in spec.seeds:
-                cells.append(BackdoorCell(key=_cell_key(spec, ds.fingerprint, m, cond, seed),
-                                          spec=cell_spec, model_name=mspec.name, method=m,
-                                          condition=cond, seed=seed))
+            for dose in spec.doses if cond == "dose" else [None]:
+                for seed in spec.seeds:
+                    cells.append(BackdoorCell(
+                        key=_cell_key(spec, ds.fingerprint, m, cond, seed, dose),
+                        spec=cell_spec, model_name=mspec.name, method=m, condition=cond,
+                        seed=seed, dose=dose))
     return cells
 
 
@@ -631,18 +655,8 @@ def _before(ws: Workspace, scan: Scanner, v: Victim, name: str, model: nn.Module
 
 def _run_cell(spec, v: Victim, scan: Scanner, cell: BackdoorCell, ws: Workspace) -> dict:
     method, condition = cell.method, cell.condition
-    if condition in ("none", "badnets", "blended"):
-        model = v.poisoned if condition == "none" else v.baselines[condition]
-        trigger = None if condition == "none" else baseline_triggers()[condition]
-        before = _before(ws, scan, v, "poisoned" if condition == "none" else condition, model,
-                         trigger)
-        after = {k.replace("_before", "_after"): val for k, val in before.items()
-                 if k.endswith("_before")}
-        out = {**before, **after, **scan.mitigate(model, trigger),
-               "matched_drop": None, "artefact_after": before["artefact_before"]}
-        if trigger is not None:
-            out.update(trigger=trigger.kind, amplitude=trigger.amplitude)
-        return out
+    if condition in PLAIN_CONDITIONS:
+        return _plain(v, scan, cell, ws)
     poisoned = condition != "unpoisoned"
     base = v.poisoned if poisoned else v.unpoisoned
     hp, matched = _hparams(spec, v, method, condition, scan, ws)
@@ -665,6 +679,32 @@ def _run_cell(spec, v: Victim, scan: Scanner, cell: BackdoorCell, ws: Workspace)
     out.update(_shift(v, scan, base, model, poisoned))
     if method == "retrain" and spec.retrain_seeds > 1:
         out.update(_retrain_repeats(spec, v, condition, hp, forget, scan, ws, after))
+    return out
+
+
+def _plain(v: Victim, scan: Scanner, cell: BackdoorCell, ws: Workspace) -> dict:
+    """A model scanned as it was trained: the dormant victim (``none``), a baseline's
+    (``badnets``, ``blended``: their own trigger) or a dose's (the study's trigger); the
+    dormant and dose rows also hold ``asr_floor``, the unpoisoned twin's ASR, which I-BAU's
+    dose rule reads."""
+    condition = cell.condition
+    extra = {}
+    if condition in ("dose", "none"):  # the study's own trigger: the twin's floor applies
+        extra = {"asr_floor": scan.metrics(v.unpoisoned)["asr"]}
+    if condition == "dose":
+        model, trigger, name = v.doses[cell.dose], None, f"dose-{cell.dose}"
+        extra["poisons"] = int(cell.dose * (v.num_classes - 1))
+    elif condition == "none":
+        model, trigger, name = v.poisoned, None, "poisoned"
+    else:
+        model, trigger, name = v.baselines[condition], baseline_triggers()[condition], condition
+    before = _before(ws, scan, v, name, model, trigger)
+    after = {k.replace("_before", "_after"): val for k, val in before.items()
+             if k.endswith("_before")}
+    out = {**before, **after, **scan.mitigate(model, trigger), **extra,
+           "matched_drop": None, "artefact_after": before["artefact_before"]}
+    if trigger is not None:
+        out.update(trigger=trigger.kind, amplitude=trigger.amplitude)
     return out
 
 

@@ -2,7 +2,9 @@
 
 A study is methods x conditions x seeds. ``attack``, ``random-equal``, ``random-clean`` and
 ``unpoisoned`` run every method; ``carriers-first`` runs the exact methods only (``retrain``,
-``sisa``); ``none``, ``badnets`` and ``blended`` involve no unlearning and run once per seed.
+``sisa``); ``none``, ``badnets`` and ``blended`` involve no unlearning and run once per seed;
+``dose`` runs once per seed and entry of ``doses``: the defenses' dose-matched positive
+controls, plain backdoors of the study's own trigger at a few poison counts.
 
 Two arms (``arm``): ``natural``, the clean request of Arazzi et al. (the attacker deletes
 clean natural carriers of a mined trigger, its counterweights), and ``camouflage``, UBA-Inf's
@@ -18,6 +20,7 @@ from pydantic import (
     AfterValidator,
     BeforeValidator,
     Field,
+    model_validator,
 )
 
 from dormant.attacks import PoisonSpec, Trigger
@@ -28,7 +31,9 @@ from dormant.settings import Axis, choice
 from dormant.unlearn import PresetName, resolve_hparams
 
 CONDITIONS = ("attack", "random-equal", "random-clean", "unpoisoned", "none", "badnets",
-              "blended", "carriers-first")
+              "blended", "carriers-first", "dose")
+PLAIN_CONDITIONS = ("none", "badnets", "blended", "dose")
+"""The conditions that scan a trained model as it is, with no deletion."""
 UNLEARNING_CONDITIONS = ("attack", "random-equal", "random-clean", "unpoisoned",
                          "carriers-first")
 EXACT_METHODS = ("retrain", "sisa")
@@ -123,9 +128,21 @@ class BackdoorSpec(DataSpec):
     match_budget: float = Field(default=4.0, ge=1.0)
     """The strength-matched control may run this many times the attack's step budget to
     reach the attack's drop in forget accuracy (it stops as soon as it does)."""
+    doses: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    """Condition ``dose``: poisons per non-target class of plain backdoors (the study's own
+    trigger stamped, labelled the target, nothing to hold them down) trained beside the
+    victim, so that each defense is tried at the strengths the attack's backdoor reaches,
+    not only at BadNets' 10% (the report names the weakest each defense caught)."""
     baseline_ratio: float = Field(default=0.1, gt=0, lt=1)
     """Share of the training set poisoned by the BadNets and Blended baselines."""
     defenses: DefenseSpec = Field(default_factory=DefenseSpec)
+
+    @model_validator(mode="after")
+    def _doses_named(self):
+        if "dose" in self.conditions and not self.doses:
+            raise ValueError("condition dose scans the backdoors listed in doses: set doses "
+                             "(poisons per class, e.g. [1, 2, 4])")
+        return self
 
     def method_hparams(self, method: str, n_train: int | None = None) -> dict:
         """``resolve_hparams`` under ``preset`` (None: ``backdoor``) with ``hparams[method]``

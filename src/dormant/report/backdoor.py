@@ -29,6 +29,7 @@ from dormant.report.backdoor_attack import (
     mechanism_display,
     retrain_display,
 )
+from dormant.report.backdoor_doses import dose_controls, doses_display, doses_sentence
 from dormant.report.figures import _placeholder, _save, plt
 from dormant.report.html import Block, to_html, to_markdown
 from dormant.report.tables import Table, fmt, normalize_row, ok_rows, plus_minus, write_csv
@@ -139,8 +140,9 @@ def backdoor_table(rows: list[dict]) -> pd.DataFrame:
     """One line per (method, condition) from the ok rows: ``<metric>`` is the mean over seeds,
     ``<metric>_std`` the sample std; an NC flag column holds ``_hits`` (seeds whose target
     class was flagged) of ``_n`` (seeds scanned). A pair whose every cell failed keeps its
-    line with ``n`` = 0."""
-    rows = [normalize_row(r) for r in rows]
+    line with ``n`` = 0. The dose-matched controls have their own table
+    (``dormant.report.backdoor_doses``)."""
+    rows = [r for r in map(normalize_row, rows) if r.get("condition") != "dose"]
     order = cell_order(rows)
     fl = flags()
     values = [m for m in metrics() if m not in fl]
@@ -611,6 +613,16 @@ def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
                    "A defense that fails, or was not run, has its results on the attack "
                    f"printed as \"{NOT_EVIDENCE}\" below."),
         Block("table", table=controls_display(controls)),
+    ]
+    doses = dose_controls(rows)
+    if doses["defenses"]:
+        blocks += [
+            Block("p", "Dose-matched: each defense's rule on plain backdoors of the study's "
+                       "own trigger, trained at a few poison counts per class, and on the "
+                       "dormant backdoor itself; per strength, the seeds that pass of those "
+                       "scanned (✓: the defense's judgement passes). " + doses_sentence(doses)),
+            Block("table", table=doses_display(doses))]
+    blocks += [
         Block("p", _describe(rows)),
         Block("p", verdict_text(verdict)),
         Block("h2", "Conditions"),

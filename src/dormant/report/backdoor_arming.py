@@ -40,7 +40,7 @@ def ceilings(rows: list[dict]) -> pd.DataFrame:
     lines = []
     by_seed: dict[int, list[dict]] = {}
     for r in ok_rows(rows):
-        if r.get("condition") not in ("badnets", "blended", "unpoisoned"):
+        if r.get("condition") not in ("badnets", "blended", "unpoisoned", "dose"):
             by_seed.setdefault(r["seed"], []).append(r)
     for seed in sorted(by_seed):
         first = by_seed[seed][0]

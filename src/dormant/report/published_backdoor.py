@@ -12,6 +12,7 @@ from dormant.report.backdoor_arming import (
     exact_control,
     exact_display,
 )
+from dormant.report.backdoor_doses import dose_controls, doses_display
 from dormant.report.published import Published, renderer
 from dormant.report.tables import Table, fmt
 
@@ -38,6 +39,13 @@ def exact_table(pub: Published, opts: dict) -> Table:
 def amplification_table(pub: Published, opts: dict) -> Table:
     """Per method, attack − random-equal ASR after, paired per seed, with its interval."""
     return amplification_display(amplification(pub.rows))
+
+
+@renderer("backdoor-doses")
+def doses_table(pub: Published, opts: dict) -> Table:
+    """Per defense: its rule on the dose-matched backdoors and the dormant one, per strength
+    the seeds that pass, and the weakest backdoor it caught."""
+    return doses_display(dose_controls(pub.rows))
 
 
 @renderer("backdoor-methods")

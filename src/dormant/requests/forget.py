@@ -39,6 +39,7 @@ from dormant.requests.assess import (
 )
 from dormant.requests.deleters import DEFAULT_PRESET, Job, Made, choose, method_hparams
 from dormant.requests.deleters.retrain import DEFAULT_METHOD
+from dormant.requests.manifest import contributors
 from dormant.requests.plan import Plan, already_deleted_note, plan, start
 from dormant.requests.policy import Policy
 from dormant.requests.record import finish, promotion, record, record_failure
@@ -202,6 +203,7 @@ def _run(store: ModelStore, ds: Dataset, p: Plan, model, side: dict, spec, rids:
         retain, recipe, ds.num_classes, policy, oracle=oracle, seed=first.seed,
         old_known=_known_profile(store, base, budget_dict(policy)), progress=progress)
     promoted, why = promotion(checked, rids, first.accept_warnings)
+    manifest = store.manifest(base)
     outcomes = []
     for i, (req, ask, rid, a) in enumerate(zip(p.reqs, p.asks, rids, checked, strict=True)):
         rec = record(
@@ -210,6 +212,7 @@ def _run(store: ModelStore, ds: Dataset, p: Plan, model, side: dict, spec, rids:
             hparams=p.hparams, requester=req.requester, reason=req.reason,
             ids=len(ask.new_ids), already_deleted=ask.asked - len(ask.new_ids),
             already_deleted_by=ask.dropped, oracle=oracle.label,
+            contributors=contributors(manifest, ask.new_ids),
             sha256={"original": base.sha256, "unlearned": sha},
             durations={"unlearn": round(made.seconds, 2), "oracle": round(t_oracle, 2),
                        "checks": round(a.seconds, 2),

@@ -303,6 +303,10 @@ def header_blocks(record: dict) -> list[Block]:
         ids += f" ({already_deleted_note(record['already_deleted_by'], asked)})"
     elif record.get("already_deleted"):
         ids += f" ({record['already_deleted']} more asked for were already deleted)"
+    who = record.get("contributors")
+    if who:
+        ids += ("; contributed by " + ", ".join(f"{c} ({n})" for c, n in who.items())
+                + " (the model's data manifest)")
     blocks = [
         Block("h1", title(record)),
         Block("p", what),

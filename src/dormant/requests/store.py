@@ -20,6 +20,7 @@ from torch import nn
 from dormant.errors import DormantError
 from dormant.models import ModelSpec, available_models, create_model
 from dormant.requests.ledger import Entry, Ledger
+from dormant.requests.manifest import manifest_text, parse_manifest
 from dormant.requests.version import Version, own_files
 from dormant.store.checkpoint import read_checkpoint, save_checkpoint, sidecar_path
 from dormant.store.files import atomic_write_bytes, atomic_write_text, sha256_file
@@ -192,10 +193,30 @@ class ModelStore:
         """A SISA version's assignment of training ids to shards and slices."""
         return f"models/{name}/v{version}.assignment.safetensors"
 
+    @staticmethod
+    def manifest_rel(name: str, version: int) -> str:
+        """An added version's data manifest (``dormant.requests.manifest``)."""
+        return f"models/{name}/v{version}.manifest.csv"
+
     def version_files(self, name: str, version: int) -> tuple[Path, ...]:
-        """The files only this version has: its checkpoint, sidecar and (SISA) assignment."""
+        """The files only this version has: its checkpoint, sidecar, (SISA) assignment and
+        (added with one) data manifest."""
         ckpt = self.path(self.rel(name, version))
-        return ckpt, sidecar_path(ckpt), self.path(self.assignment_rel(name, version))
+        return (ckpt, sidecar_path(ckpt), self.path(self.assignment_rel(name, version)),
+                self.path(self.manifest_rel(name, version)))
+
+    def manifest(self, v: Version) -> dict[int, str] | None:
+        """The data manifest of ``v``'s lineage (the one its model was added with), checked
+        against the hash its ledger row recorded; None when it was added without one."""
+        added = [x for x in self.versions(v.name)
+                 if x.request_id is None and x.lineage == v.lineage and x.version <= v.version]
+        if not added:
+            return None
+        item = next((f for f in added[-1].files if f.get("role") == "manifest"), None)
+        if item is None:
+            return None
+        path = self.verified(added[-1], item)
+        return parse_manifest(path.read_text(encoding="utf-8"), str(path))
 
     # --- what the ledger says -------------------------------------------------------------
 
@@ -421,7 +442,7 @@ class ModelStore:
 
     def add(self, name: str, checkpoint: Path, *, arch: str | None = None,
             meta: dict | None = None, new_lineage: str | None = None,
-            parts: Callable | None = None) -> Version:
+            parts: Callable | None = None, manifest: dict[int, str] | None = None) -> Version:
         """Copy a checkpoint into the store as ``name``'s next version, promoted. Its sidecar,
         if any, comes with it; a plain state dict needs ``arch`` (the model's name).
 
@@ -429,7 +450,9 @@ class ModelStore:
         hold what they deleted. ``new_lineage`` (why, in words) starts a new lineage of the
         name instead; the ledger row records it, and which deletions the old lineage made.
         ``parts(store, name, version, checkpoint, side) -> (files, extra)``, when given, writes
-        the version's other files (a SISA version's shards) and says what the row records."""
+        the version's other files (a SISA version's shards) and says what the row records.
+        ``manifest`` (``{id: contributor}``) is kept beside the checkpoint, hashed in the row,
+        and read by every version of the lineage."""
         check_name(name)
         if new_lineage is not None and not new_lineage.strip():
             raise DormantError("--new-lineage is empty; say why this model replaces the "
@@ -461,9 +484,17 @@ class ModelStore:
                 sha = sha256_file(dest)
                 files = [{"path": rel, "sha256": sha, "role": "checkpoint"}]
                 extra: dict = {}
+                if manifest is not None:
+                    m_rel = self.manifest_rel(name, version)
+                    atomic_write_text(self.path(m_rel), manifest_text(manifest))
+                    files.append({"path": m_rel, "sha256": sha256_file(self.path(m_rel)),
+                                  "role": "manifest"})
+                    extra["manifest"] = {"ids": len(manifest),
+                                         "contributors": len(set(manifest.values()))}
                 if parts is not None:
-                    more, extra = parts(self, name, version, Path(checkpoint), side)
+                    more, made = parts(self, name, version, Path(checkpoint), side)
                     files += more
+                    extra.update(made)
                 lines = {"lineage": lineage} if new_lineage is None else {
                     "lineage": lineage, "lineage_reason": new_lineage, "replaces": replaced}
                 e = self.ledger.append("model-added", {

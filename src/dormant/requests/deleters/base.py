@@ -137,7 +137,8 @@ def available_deleters() -> list[str]:
 
 
 def add_model(store, name: str, checkpoint, *, arch: str | None = None,
-              new_lineage: str | None = None) -> Version:
+              new_lineage: str | None = None, manifest: dict[int, str] | None = None
+              ) -> Version:
     """``ModelStore.add`` with every deleter's ``added_parts``: a model as the deleters that
     will delete from it need it in the store."""
 
@@ -150,7 +151,8 @@ def add_model(store, name: str, checkpoint, *, arch: str | None = None,
             extra.update(add)
         return files, extra
 
-    return store.add(name, checkpoint, arch=arch, new_lineage=new_lineage, parts=parts)
+    return store.add(name, checkpoint, arch=arch, new_lineage=new_lineage, parts=parts,
+                     manifest=manifest)
 
 
 def owner_of(method: str) -> Deleter:
