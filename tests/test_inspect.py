@@ -14,11 +14,11 @@ import torch
 
 from dormant.cli import main
 from dormant.detectors import get_detector
+from dormant.models import ModelSpec
 from dormant.requests import ModelStore
 from dormant.requests.inspect import draw_sample, wilson
 from dormant.requests.manifest import manifest_text, parse_manifest
 from dormant.store import save_checkpoint
-from dormant.models import ModelSpec
 
 
 @pytest.fixture(scope="module")
