@@ -227,5 +227,11 @@ def test_the_camouflage_arm_wakes_under_exact_deletion(tmp_path, monkeypatch):
         assert att["carriers"] == 54 and rnd["carriers"] == 0
         assert att["asr_after"] >= dormant + 40 and att["asr_after"] >= rnd["asr_after"] + 30
     assert by["retrain", "attack"]["asr_after"] >= ceiling - 10
+    # SISA trains an ensemble of its own: its rows carry that ensemble's before, which the
+    # verdict measures its rise from; retrain's before is the victim's
+    own = by["sisa", "attack"]["asr_before_own"]
+    assert own is not None and by["retrain", "attack"].get("asr_before_own") is None
+    assert by["sisa", "random-equal"]["asr_before_own"] == own
+    assert backdoor_verdict(rows)["methods"]["sisa"]["asr_before"] == pytest.approx(own)
     report = (out / "report.md").read_text()
     assert "camouflage, not clean" in report and "Was the backdoor armed?" in report

@@ -5,6 +5,7 @@ the weakest it caught, and I-BAU is judged relative to the unpoisoned twin's flo
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 from pydantic import ValidationError
 
@@ -50,7 +51,7 @@ def test_the_weakest_caught_is_the_weakest_dose_the_rule_passes():
     table = doses_display(d)
     assert table.headers[-1] == "weakest caught" and len(table.rows) == 3
     line = {r[0]: r for r in table.rows}["Neural Cleanse"]
-    assert line[2:] == ["0/3", "2/3 ✓", "3/3 ✓", "3/3 ✓", "0/3", "2/class (ASR 40.0)"]
+    assert line[2:] == ["0/3", "2/3 ✓", "3/3 ✓", "3/3 ✓", "0/3", "2 poisons (ASR 40.0)"]
 
 
 @pytest.mark.parametrize("asr,after,floor,clean_after,passes", [
@@ -83,7 +84,7 @@ def test_a_dose_larger_than_a_class_is_refused_before_training(tmp_path, monkeyp
                                                                capsys):
     study = {"dataset": "digits", "model": "mlp", "seeds": [0], "arm": "camouflage",
              "train_size": None, "test_size": None, "methods": ["retrain"],
-             "conditions": ["none", "dose"], "doses": [2, 500],
+             "conditions": ["none", "dose"], "doses": [18, 5000],
              "trigger": {"kind": "patch", "size": 3}, "poisons_per_class": 3,
              "contribution": 0.3, "public": 0, "poison_choice": "random",
              "defenses": {"nc": False, "cd": False, "ibau": False, "defense_size": 100},
@@ -93,6 +94,18 @@ def test_a_dose_larger_than_a_class_is_refused_before_training(tmp_path, monkeyp
     monkeypatch.setenv("DORMANT_CACHE", str(tmp_path / "cache"))
     assert main(["backdoor", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "doses asks 500 poisons" in err
+    assert len(err.splitlines()) == 1 and "doses asks 5000 poisons" in err
     assert not (tmp_path / "cache" / "models").exists() or not any(
         (tmp_path / "cache" / "models").iterdir())
+
+
+def test_a_dose_spreads_its_poisons_over_the_source_classes(digits):
+    from dormant.attacks import PoisonSpec, Trigger, poison
+
+    spec = PoisonSpec(0, Trigger("patch", size=3), 1, total=14)
+    p = poison(digits.x_train, digits.y_train, spec, 10, seed=3)
+    counts = torch.bincount(digits.y_train[p.ids], minlength=10)
+    assert len(p.ids) == 14 and counts[0] == 0
+    assert sorted(counts[1:].tolist()) == [1] * 4 + [2] * 5
+    assert (p.y[p.ids] == 0).all()
+    assert not torch.equal(p.ids, poison(digits.x_train, digits.y_train, spec, 10, seed=4).ids)

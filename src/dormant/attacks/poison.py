@@ -30,6 +30,10 @@ class PoisonSpec:
     """Poisons per source class, at least 1."""
     sources: tuple[int, ...] | None = None  # None: every class but the target
     label_mode: Literal["dirty", "clean"] = "dirty"
+    total: Annotated[int, Field(ge=1)] | None = None
+    """Dirty-label poisons in all, instead of ``per_class`` of every source: a strength
+    between two per-class counts (each source takes ``total // #sources``, and the first
+    ``total % #sources`` sources in a seeded order one more)."""
 
     def source_classes(self, num_classes: int) -> list[int]:
         if not 0 <= self.target < num_classes:
@@ -58,7 +62,12 @@ def poison(x: torch.Tensor, y: torch.Tensor, spec: PoisonSpec, num_classes: int,
     sources = spec.source_classes(num_classes)
     g = torch.Generator().manual_seed(seed)
     y_cpu = y.cpu()
-    if spec.label_mode == "dirty":
+    if spec.label_mode == "dirty" and spec.total is not None:
+        order = torch.randperm(len(sources), generator=g).tolist()
+        q, r = divmod(spec.total, len(sources))
+        plan = [(sources[i], q + (rank < r)) for rank, i in enumerate(order)]
+        plan = [(c, n) for c, n in sorted(plan) if n]
+    elif spec.label_mode == "dirty":
         plan = [(c, spec.per_class) for c in sources]
     else:
         plan = [(spec.target, spec.per_class * len(sources))]

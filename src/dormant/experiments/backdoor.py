@@ -108,7 +108,7 @@ class Victim:
     keys: dict[str, str]
     baselines: dict[str, nn.Module] = field(default_factory=dict)
     doses: dict[int, nn.Module] = field(default_factory=dict)
-    """Condition ``dose``'s plain backdoors of the study's trigger, by poisons per class."""
+    """Condition ``dose``'s plain backdoors of the study's trigger, by their poisons."""
     requests: dict[str, tuple[torch.Tensor, dict | None]] = field(default_factory=dict)
     asr_directions: dict[bool, torch.Tensor] = field(default_factory=dict)
     counterweights: int = 0  # natural carriers the attacker brought into its contribution
@@ -174,9 +174,10 @@ def check_spec(spec: BackdoorSpec, ds: Dataset, cache_dir: Path | None = None,
     if "dose" in spec.conditions:
         counts = torch.bincount(ds.y_train, minlength=ds.num_classes)
         counts[spec.target] = len(ds.y_train)
-        if max(spec.doses) > int(counts.min()):
-            raise DormantError(f"doses asks {max(spec.doses)} poisons of a class that has "
-                               f"{int(counts.min())} training images; lower doses")
+        most = -(-max(spec.doses) // (ds.num_classes - 1))
+        if most > int(counts.min()):
+            raise DormantError(f"doses asks {max(spec.doses)} poisons, {most} of a class that "
+                               f"has {int(counts.min())} training images; lower doses")
     if spec.defenses.defense_size >= len(ds.y_test):
         raise DormantError(f"defense_size {spec.defenses.defense_size} leaves no test images "
                            f"to measure on (the test set has {len(ds.y_test)}); lower it or "
@@ -400,10 +401,10 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
     if "dose" in spec.conditions:
         # the study's own trigger on the plain training set: no carrier holds it down
         for k in spec.doses:
-            p = poison(x, y, PoisonSpec(target, trigger, k), ds.num_classes, seed)
+            p = poison(x, y, PoisonSpec(target, trigger, 1, total=k), ds.num_classes, seed)
             v.doses[k], _ = _train(cache, mspec, recipe, p.x, p.y, everyone, seed, progress,
                                    f"dose {k}", data=ds.fingerprint, dose=repr(trigger),
-                                   per_class=k)
+                                   total=k)
     return v
 
 
@@ -508,11 +509,11 @@ class BackdoorCell(Cell):
     condition: str
     seed: int
     dose: int | None = None
-    """Condition ``dose``: poisons per class of the plain backdoor it scans."""
+    """Condition ``dose``: the poisons of the plain backdoor it scans."""
 
     @property
     def label(self) -> str:
-        dose = "" if self.dose is None else f" {self.dose}/class"
+        dose = "" if self.dose is None else f" {self.dose} poisons"
         return f"{self.method} {self.condition}{dose} seed {self.seed}"
 
     def _coords(self) -> dict:
@@ -677,6 +678,8 @@ def _run_cell(spec, v: Victim, scan: Scanner, cell: BackdoorCell, ws: Workspace)
            "attacker_carriers": len(v.planted.attacker_carriers),
            "design": design}
     out.update(_shift(v, scan, base, model, poisoned))
+    if not _same_architecture(model, base):
+        out.update(_own_before(spec, v, method, forget, scan, ws, poisoned))
     if method == "retrain" and spec.retrain_seeds > 1:
         out.update(_retrain_repeats(spec, v, condition, hp, forget, scan, ws, after))
     return out
@@ -693,7 +696,7 @@ def _plain(v: Victim, scan: Scanner, cell: BackdoorCell, ws: Workspace) -> dict:
         extra = {"asr_floor": scan.metrics(v.unpoisoned)["asr"]}
     if condition == "dose":
         model, trigger, name = v.doses[cell.dose], None, f"dose-{cell.dose}"
-        extra["poisons"] = int(cell.dose * (v.num_classes - 1))
+        extra["poisons"] = cell.dose
     elif condition == "none":
         model, trigger, name = v.poisoned, None, "poisoned"
     else:
@@ -708,6 +711,22 @@ def _plain(v: Victim, scan: Scanner, cell: BackdoorCell, ws: Workspace) -> dict:
     return out
 
 
+def _same_architecture(a: nn.Module, b: nn.Module) -> bool:
+    return [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+
+
+def _own_before(spec, v: Victim, method: str, forget: torch.Tensor, scan: Scanner,
+                ws: Workspace, poisoned: bool) -> dict:
+    """A method that trains a model of its own (SISA's ensemble) has its own "before": that
+    model with nothing deleted, once per seed and base, through the cache. Its ASR and clean
+    accuracy, which the report reads as this method's dormant level instead of the
+    monolithic victim's."""
+    own = _unlearn(v, method, "before" if poisoned else "unpoisoned",
+                   spec.method_hparams(method), forget[:0], ws.cache, ws.progress)
+    m = scan.metrics(own)
+    return {"asr_before_own": m["asr"], "clean_acc_before_own": m["clean_acc"]}
+
+
 def _shift(v: Victim, scan: Scanner, base: nn.Module, model: nn.Module, poisoned: bool
            ) -> dict:
     """Where the method moved the weights: the L2 length of the move, and its cosine with
@@ -719,7 +738,7 @@ def _shift(v: Victim, scan: Scanner, base: nn.Module, model: nn.Module, poisoned
         v.asr_directions[poisoned] = -backdoor_gradient(base.eval(), x, v.planted.trigger,
                                                         v.attack.poison.target)
     up = v.asr_directions[poisoned]
-    if [n for n, _ in model.named_parameters()] != [n for n, _ in base.named_parameters()]:
+    if not _same_architecture(model, base):
         return {"weight_shift": None, "shift_asr_cos": None}  # another architecture (SISA)
     delta = torch.cat([(p.detach() - q.detach()).flatten().float() for (_, p), (_, q) in
                        zip(model.named_parameters(), base.named_parameters(), strict=True)])

@@ -129,10 +129,11 @@ class BackdoorSpec(DataSpec):
     """The strength-matched control may run this many times the attack's step budget to
     reach the attack's drop in forget accuracy (it stops as soon as it does)."""
     doses: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
-    """Condition ``dose``: poisons per non-target class of plain backdoors (the study's own
-    trigger stamped, labelled the target, nothing to hold them down) trained beside the
-    victim, so that each defense is tried at the strengths the attack's backdoor reaches,
-    not only at BadNets' 10% (the report names the weakest each defense caught)."""
+    """Condition ``dose``: the poisons, in all, of plain backdoors (the study's own trigger
+    stamped on non-target images spread over their classes, labelled the target, nothing to
+    hold them down) trained beside the victim, so that each defense is tried at the
+    strengths the attack's backdoor reaches, not only at BadNets' 10% (the report names the
+    weakest each defense caught)."""
     baseline_ratio: float = Field(default=0.1, gt=0, lt=1)
     """Share of the training set poisoned by the BadNets and Blended baselines."""
     defenses: DefenseSpec = Field(default_factory=DefenseSpec)
@@ -141,7 +142,7 @@ class BackdoorSpec(DataSpec):
     def _doses_named(self):
         if "dose" in self.conditions and not self.doses:
             raise ValueError("condition dose scans the backdoors listed in doses: set doses "
-                             "(poisons per class, e.g. [1, 2, 4])")
+                             "(poisons in all, e.g. [9, 18, 27])")
         return self
 
     def method_hparams(self, method: str, n_train: int | None = None) -> dict:

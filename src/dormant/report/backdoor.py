@@ -106,9 +106,15 @@ def _mean(values) -> float | None:
     return float(s.mean()) if len(s) else None
 
 
+OWN = ("asr_before_own", "clean_acc_before_own")
+"""A method's own model before deletion, where it trains one (SISA's ensemble)."""
+
+
 def frame(rows: list[dict]) -> pd.DataFrame:
     """The rows as numbers: metrics numeric (absent or null = NaN), NC flags 1/0/NaN, plus the
-    per-row ``asr_delta`` and forget-set drop ``forget_drop`` (before − after)."""
+    per-row ``asr_start`` (the method's own before where it has one, else the victim's),
+    ``asr_delta`` and ``clean_drop`` from it, and the forget-set drop ``forget_drop``
+    (before − after)."""
     df = pd.DataFrame(rows)
     for col in ("method", "condition", "seed"):
         if col not in df:
@@ -117,9 +123,14 @@ def frame(rows: list[dict]) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce") if col in df else math.nan
     for col in flags():
         df[col] = df[col].map(_flag).astype(float) if col in df else math.nan
-    df["asr_delta"] = df["asr_after"] - df["asr_before"]
+    for col in OWN:
+        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df else math.nan
+    # a method that trains its own model (SISA) is measured against that model's before
+    df["asr_start"] = df["asr_before_own"].fillna(df["asr_before"])
+    df["asr_delta"] = df["asr_after"] - df["asr_start"]
     df["forget_drop"] = df["forget_acc_before"] - df["forget_acc_after"]
-    df["clean_drop"] = df["clean_acc_before"] - df["clean_acc_after"]
+    df["clean_drop"] = df["clean_acc_before_own"].fillna(df["clean_acc_before"]) \
+        - df["clean_acc_after"]
     return df
 
 
@@ -305,7 +316,8 @@ def backdoor_verdict(rows: list[dict]) -> dict:
     """The done-when check from the ok rows. ``dormant_asr`` is the poisoned model's mean ASR
     before any deletion (condition none; the attack rows' asr_before when there is no none
     row), ``dormant_flagged`` (hits, scanned) of its NC scans. Per method with attack rows:
-    mean ASR after the attack, the rise over ``dormant_asr``, the mean clean-accuracy drop,
+    mean ASR after the attack, the rise over ``dormant_asr`` (over the method's own model
+    before deletion where it trains one, SISA's ensemble), the mean clean-accuracy drop,
     the random controls' ASR after, the paired attack − random-equal difference and the
     unpoisoned model's ASR rise. ``activated`` when ASR after >= ASR_ACTIVE, rise >=
     ASR_RISE and clean drop <= CLEAN_DROP_MAX; ``woken`` when, on top, the attack beats
@@ -325,14 +337,15 @@ def backdoor_verdict(rows: list[dict]) -> dict:
         re = df[(df["method"] == m) & (df["condition"] == "random-equal")]
         up = df[(df["method"] == m) & (df["condition"] == "unpoisoned")]
         after, drop = _mean(a["asr_after"]), _mean(a["clean_drop"])
-        rise = None if after is None or dormant is None else after - dormant
+        start = _mean(a["asr_before_own"]) if a["asr_before_own"].notna().any() else dormant
+        rise = None if after is None or start is None else after - start
         pe = paired[(paired["method"] == m) & (paired["control"] == "random-equal")]
         beats = float(pe["diff"].iloc[0]) if len(pe) else None
         up_rise = _mean(up["asr_delta"])
         activated = (after is not None and rise is not None and drop is not None
                      and after >= ASR_ACTIVE and rise >= ASR_RISE and drop <= CLEAN_DROP_MAX)
         methods[m] = {
-            "n": int(a["seed"].nunique()), "asr_before": dormant, "asr_after": after,
+            "n": int(a["seed"].nunique()), "asr_before": start, "asr_after": after,
             "asr_rise": rise, "clean_drop": drop,
             "random_clean_asr_after": _mean(rc["asr_after"]),
             "random_equal_asr_after": _mean(re["asr_after"]),

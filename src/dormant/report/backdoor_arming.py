@@ -100,7 +100,9 @@ def exact_control(rows: list[dict]) -> pd.DataFrame:
         if not len(part) or "asr_ceiling" not in part:
             continue
         lines.append({"method": m, "n": int(part["seed"].nunique()),
-                      "asr_dormant": part["asr_before"].mean(),
+                      "asr_dormant": (part["asr_before_own"].fillna(part["asr_before"])
+                                      if "asr_before_own" in part
+                                      else part["asr_before"]).mean(),
                       "asr_after": part["asr_after"].mean(),
                       "asr_ceiling": part["asr_ceiling"].mean(),
                       "below_ceiling": (part["asr_ceiling"] - part["asr_after"]).mean(),

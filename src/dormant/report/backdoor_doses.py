@@ -32,7 +32,7 @@ def _num(r: dict):
 
 
 def _strengths(rows: list[dict]) -> list[dict]:
-    """One entry per dose (poisons per class, ascending) and one for the dormant backdoor
+    """One entry per dose (its poisons, ascending) and one for the dormant backdoor
     when the run scanned it: its rows by seed and its mean ASR."""
     ok = ok_rows(rows)
     out = []
@@ -41,7 +41,7 @@ def _strengths(rows: list[dict]) -> list[dict]:
     for k in doses:
         by_seed = {r["seed"]: r for r in ok if r.get("condition") == "dose"
                    and r.get("dose") == k}
-        out.append({"key": k, "label": f"{k}/class", "poisons": next(
+        out.append({"key": k, "label": f"{k} poisons", "poisons": next(
             iter(by_seed.values())).get("poisons"), "rows": by_seed})
     dormant = {r["seed"]: r for r in ok if r.get("condition") == "none"}
     if doses and dormant:
@@ -110,7 +110,7 @@ def doses_sentence(d: dict) -> str:
     parts = []
     for x in d["defenses"].values():
         text = (f"{x['name']} caught none of the doses" if x["weakest"] is None else
-                f"{x['name']} caught down to {x['weakest']}/class (mean ASR "
+                f"{x['name']} caught down to {x['weakest']} poisons (mean ASR "
                 f"{fmt(x['weakest_asr'])}%)")
         dormant = x["by"].get(DORMANT)
         if dormant and dormant["status"] != "not run":

@@ -83,3 +83,34 @@ def request_checks_table(pub: Published, opts: dict) -> Table:
     return Table(["request", "method", "requests", "backdoor check warned or failed",
                   "target class named", "largest NC norm shrink", "largest UAP jump (points)",
                   "request not promoted"], rows)
+
+
+@renderer("inspection")
+def inspection_table(pub: Published, opts: dict) -> Table:
+    """``scripts/measure_inspection.py``'s records: per detector, the flagged share of the
+    sampled images of the attacker, of the clean contributors (pooled), and of the poisons and
+    camouflage among them, summed over the seeds, with the seeds on which the attacker
+    ranked first."""
+    from dormant.requests.inspect import wilson
+
+    def share(k: int, n: int) -> str:
+        lo, hi = wilson(k, n)
+        return f"{k}/{n} = {100 * k / n:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]" if n else "-"
+
+    rows = []
+    dets = list(dict.fromkeys(d for r in pub.rows for d in r["detectors"]))
+    for d in dets:
+        label = next(r["detectors"][d]["label"] for r in pub.rows if d in r["detectors"])
+        att = [c for r in pub.rows for c in r["contributors"] if c["contributor"] == "attacker"]
+        clean = [c for r in pub.rows for c in r["contributors"] if c["contributor"] != "attacker"]
+        cells = [share(sum(c["flagged"][d] for c in part), sum(c["sampled"] for c in part))
+                 for part in (att, clean)]
+        for kind in ("poison", "camouflage"):
+            cells.append(share(sum(r["kinds"][kind][d] for r in pub.rows),
+                               sum(r["kinds"][kind]["sampled"] for r in pub.rows)))
+        top = sum(max(r["contributors"], key=lambda c: c["excess"][d])["contributor"]
+                  == "attacker" for r in pub.rows)
+        rows.append([label, *cells, f"{top}/{len(pub.rows)}"])
+    return Table(["detector", "attacker's images flagged", "clean contributors' images flagged",
+                  "poisons flagged", "camouflage flagged", "seeds ranking the attacker first"],
+                 rows)
