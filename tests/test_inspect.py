@@ -147,7 +147,12 @@ def test_a_request_names_its_contributors_and_inspection_leaves_it_out(victim, t
     ids = ([i for i in sorted(owner) if owner[i] == "attacker"][:12]
            + [i for i in sorted(owner) if owner[i] == "alice"][:8])
     (tmp_path / "r.ids").write_text("\n".join(map(str, ids)) + "\n")
-    assert main(["forget", "--store", str(store), "--model", "victim", "--dataset",
+    # v2: the same weights re-added under another manifest; the request is on v1, so its
+    # version must read v1's manifest, not the latest add's
+    (tmp_path / "other.csv").write_text(manifest_text(dict.fromkeys(owner, "other")))
+    assert main(["store", "add", str(store), "victim", str(victim["root"] /
+                 "badnets.safetensors"), "--manifest", str(tmp_path / "other.csv")]) == 0
+    assert main(["forget", "--store", str(store), "--model", "victim@1", "--dataset",
                  victim["data"], "--ids", str(tmp_path / "r.ids"), "--requester", "alice",
                  "--reason", "erasure", "--policy", str(tmp_path / "policy.yaml"),
                  "--accept-warnings", "--device", "cpu"]) in (0, 1)
@@ -156,10 +161,11 @@ def test_a_request_names_its_contributors_and_inspection_leaves_it_out(victim, t
     assert rec["contributors"] == {"attacker": 12, "alice": 8}
     report = (store / rec["report"]).read_text()
     assert "contributed by attacker (12), alice (8)" in report
-    v2 = st.resolve("victim", 2)
-    assert st.manifest(v2) == owner  # the lineage's manifest, read by its later versions
+    v3 = st.resolve("victim", 3)
+    assert v3.from_version == 1 and st.manifest(v3) == owner
+    assert set(st.manifest(st.resolve("victim", 2)).values()) == {"other"}
     out = tmp_path / "inspect"
-    assert main(["inspect", "--store", str(store), "--model", "victim@2", "--dataset",
+    assert main(["inspect", "--store", str(store), "--model", "victim@3", "--dataset",
                  victim["data"], "--share", "0.1", "--detectors", "spectral", "--out",
                  str(out), "--device", "cpu"]) == 0
     got = json.loads((out / "inspection.json").read_text())

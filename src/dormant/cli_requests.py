@@ -233,9 +233,10 @@ def inspect(
     detectors, and rank the contributors of its data manifest by their flagged share."""
     from dormant.detectors import get_detector
     from dormant.requests import ModelStore, parse_ref
-    from dormant.requests.inspect import inspect_model
+    from dormant.requests.inspect import check_share, inspect_model
     from dormant.requests.inspect_report import write_inspection
 
+    check_share(share)
     names = None if detectors is None else [d.strip() for d in detectors.split(",")
                                             if d.strip()]
     for d in names or []:

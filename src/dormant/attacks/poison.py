@@ -30,10 +30,6 @@ class PoisonSpec:
     """Poisons per source class, at least 1."""
     sources: tuple[int, ...] | None = None  # None: every class but the target
     label_mode: Literal["dirty", "clean"] = "dirty"
-    total: Annotated[int, Field(ge=1)] | None = None
-    """Dirty-label poisons in all, instead of ``per_class`` of every source: a strength
-    between two per-class counts (each source takes ``total // #sources``, and the first
-    ``total % #sources`` sources in a seeded order one more)."""
 
     def source_classes(self, num_classes: int) -> list[int]:
         if not 0 <= self.target < num_classes:
@@ -55,16 +51,21 @@ class Poisoned:
     ids: torch.Tensor  # the poisoned training indices, sorted
 
 
-def poison(x: torch.Tensor, y: torch.Tensor, spec: PoisonSpec, num_classes: int, seed: int
-           ) -> Poisoned:
-    """A copy of ``(x, y)`` with the poisons in place; the inputs are left untouched."""
+def poison(x: torch.Tensor, y: torch.Tensor, spec: PoisonSpec, num_classes: int, seed: int,
+           total: int | None = None) -> Poisoned:
+    """A copy of ``(x, y)`` with the poisons in place; the inputs are left untouched.
+    ``total`` (dirty-label only) replaces ``per_class``: that many poisons in all, a strength
+    between two per-class counts (each source takes ``total // #sources``, and the first
+    ``total % #sources`` sources in a seeded order one more)."""
     spec.trigger.check(tuple(x.shape[1:]))
     sources = spec.source_classes(num_classes)
     g = torch.Generator().manual_seed(seed)
     y_cpu = y.cpu()
-    if spec.label_mode == "dirty" and spec.total is not None:
+    if total is not None:
+        if spec.label_mode != "dirty" or total < 1:
+            raise DormantError(f"total {total}: a count of dirty-label poisons, at least 1")
         order = torch.randperm(len(sources), generator=g).tolist()
-        q, r = divmod(spec.total, len(sources))
+        q, r = divmod(total, len(sources))
         plan = [(sources[i], q + (rank < r)) for rank, i in enumerate(order)]
         plan = [(c, n) for c, n in sorted(plan) if n]
     elif spec.label_mode == "dirty":

@@ -16,7 +16,7 @@ from pydantic import Field
 from torch import nn
 
 from dormant.defenses.registry import Control, register_defense, span
-from dormant.engine import Progress, frozen, to_float
+from dormant.engine import Progress, frozen, predict, to_float
 from dormant.errors import DormantError
 from dormant.metrics.detection import auroc
 from dormant.settings import Settings, one_line
@@ -183,6 +183,15 @@ def _control_seed(num) -> dict:
             "shown": "-" if a is None else f"AUROC {a:.3f}"}
 
 
+def _dose_seed(num) -> dict:
+    """At a dose only the triggered inputs the backdoor fires on are backdoor inputs: the
+    AUROC over all triggered inputs is about 0.5 + ASR / 2 even for a perfect detector, so
+    the rule reads ``cd_auroc_fired`` (None where no triggered input fired)."""
+    a = num("cd_auroc_fired_before")
+    return {"auroc": a, "pass": None if a is None else a >= CONTROL_AUROC_MIN,
+            "shown": "-" if a is None else f"AUROC {a:.3f} on fired inputs"}
+
+
 def _control_reached(seeds: list[dict]) -> str:
     passes = [v["pass"] for v in seeds]
     return f"AUROC {span([v['auroc'] for v in seeds], 3)}; {sum(passes)}/{len(passes)} seeds pass"
@@ -190,15 +199,19 @@ def _control_reached(seeds: list[dict]) -> str:
 
 @register_defense(
     "cd", CognitiveDistillationConfig, label="Cognitive Distillation", presets=PRESETS,
-    columns=("cd_auroc",), rank=1,
+    columns=("cd_auroc", "cd_auroc_fired"), rank=1,
     report={"cd_auroc_before": "CD AUROC before", "cd_auroc_after": "CD AUROC after"},
     control=Control(f"AUROC >= {CONTROL_AUROC_MIN:g} on BadNets-triggered vs clean inputs, on "
                     "every seed", _control_seed, _control_reached,
-                    thresholds={"cd_auroc_min": CONTROL_AUROC_MIN}))
+                    thresholds={"cd_auroc_min": CONTROL_AUROC_MIN}, dose=_dose_seed,
+                    dose_rule=f"AUROC >= {CONTROL_AUROC_MIN:g} on the triggered inputs the "
+                              "backdoor fires on vs clean inputs, on every seed"))
 def study_scan(cfg: CognitiveDistillationConfig, ctx, model: nn.Module, trigger
                ) -> tuple[dict, dict]:
     """The backdoor study's scan: masks of ``cfg.images`` / 2 clean and as many triggered
-    non-target evaluation images; the AUROC of -norm (a small mask is the suspect sign)."""
+    non-target evaluation images; the AUROC of -norm (a small mask is the suspect sign), and
+    the same over the triggered images the model sends to the target (``cd_auroc_fired``,
+    what a dose-matched control reads)."""
     others = torch.nonzero(ctx.y_eval != ctx.target).flatten()
     n = len(others) if cfg.images is None else cfg.images
     half = min(n // 2, len(others) // 2)
@@ -208,8 +221,13 @@ def study_scan(cfg: CognitiveDistillationConfig, ctx, model: nn.Module, trigger
     cfg = cfg.model_copy(update={"gamma": cfg.gamma * REF_PIXELS / (h * w)})
     m_clean = distil_masks(model, clean, cfg=cfg, seed=ctx.seed)
     m_bad = distil_masks(model, triggered, cfg=cfg, seed=ctx.seed + 1)
-    score = auroc(-cd_scores(m_clean), -cd_scores(m_bad))
+    s_clean, s_bad = -cd_scores(m_clean), -cd_scores(m_bad)
+    score = auroc(s_clean, s_bad)
+    fired = (predict(model, triggered).argmax(1).cpu() == ctx.target) if len(triggered) \
+        else None
+    fired_score = (round(auroc(s_clean, s_bad[fired]), 4)
+                   if fired is not None and fired.any() else None)
     shown = ctx.shown
-    return ({"cd_auroc": round(score, 4)},
+    return ({"cd_auroc": round(score, 4), "cd_auroc_fired": fired_score},
             {"cd_inputs_clean": clean[:shown].cpu(), "cd_masks_clean": m_clean[:shown],
              "cd_inputs_poisoned": triggered[:shown].cpu(), "cd_masks_poisoned": m_bad[:shown]})

@@ -202,16 +202,21 @@ def _control_seed(num) -> dict:
 
 
 CONTROL_SHARE_REMOVED_MIN = 0.5
-"""Dose-matched control: I-BAU must remove at least half of the backdoor above the unpoisoned
-twin's floor, ``(ASR − I-BAU ASR) / (ASR − floor)``, the BadNets rule (50 of about 100 points)
+"""Dose-matched control: I-BAU must remove at least half of the backdoor above the clean
+model's floor, ``(ASR − I-BAU ASR) / (ASR − floor)``, the BadNets rule (50 of about 100 points)
 made relative, since a 20% backdoor has no 50 points to lose."""
+
+
+CONTROL_ABOVE_FLOOR_MIN = 10.0
+"""A backdoor less than 10 points above the floor leaves I-BAU nothing to show: a seed's
+dose is unjudged there (a 1.6% ASR over a 1.0% floor would "pass" by removing 0.6 points)."""
 
 
 def _dose_seed(num) -> dict:
     out = _control_seed(num)
     asr, after, floor = num("asr_before"), num("ibau_asr"), num("asr_floor")
     share = (None if asr is None or after is None or floor is None
-             else 0.0 if asr <= floor else (asr - after) / (asr - floor))
+             or asr - floor < CONTROL_ABOVE_FLOOR_MIN else (asr - after) / (asr - floor))
     ok = None if share is None or out["clean_drop"] is None else (
         share >= CONTROL_SHARE_REMOVED_MIN and out["clean_drop"] <= CONTROL_CLEAN_DROP_MAX)
     return {**out, "removed": share, "pass": ok,
@@ -237,8 +242,9 @@ def _control_reached(seeds: list[dict]) -> str:
                                 "ibau_share_removed_min": CONTROL_SHARE_REMOVED_MIN},
                     dose=_dose_seed,
                     dose_rule=f"removes >= {CONTROL_SHARE_REMOVED_MIN:.0%} of the ASR above "
-                              "the unpoisoned twin's floor with a clean-accuracy drop <= "
-                              f"{CONTROL_CLEAN_DROP_MAX:g}, on every seed"))
+                              "the clean model's floor with a clean-accuracy drop <= "
+                              f"{CONTROL_CLEAN_DROP_MAX:g}, on every seed where the ASR "
+                              f"lies >= {CONTROL_ABOVE_FLOOR_MIN:g} points above it"))
 def study_mitigation(cfg: IBAUConfig, ctx, model: nn.Module, trigger) -> tuple[dict, dict]:
     """The backdoor study's mitigation: I-BAU with all the defender's clean images; the ASR
     and clean accuracy it leaves."""

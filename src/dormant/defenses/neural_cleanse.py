@@ -284,7 +284,8 @@ def _control_reached(seeds: list[dict]) -> str:
     control=Control("flags the BadNets target on >= 2 of 3 seeds (2/3 of the seeds scanned)",
                     _control_seed, _control_reached,
                     judge=lambda p: sum(p) >= math.ceil(CONTROL_SHARE_MIN * len(p) - 1e-9),
-                    thresholds={"nc_share_min": CONTROL_SHARE_MIN}))
+                    thresholds={"nc_share_min": CONTROL_SHARE_MIN},
+                    dose_rule="flags the target on >= 2/3 of the seeds scanned"))
 def study_scan(cfg: NeuralCleanseConfig, ctx, model: nn.Module, trigger) -> tuple[dict, dict]:
     """The backdoor study's scan: triggers reversed on the first ``cfg.images`` defender
     images; the target's anomaly index, whether it is flagged, and every flagged class."""

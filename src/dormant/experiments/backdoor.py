@@ -399,12 +399,16 @@ def prepare_victim(spec: BackdoorSpec, attack: CleanUnlearningSpec, ds: Dataset,
                                           progress, name, data=ds.fingerprint,
                                           baseline=repr(t), per_class=n_base)
     if "dose" in spec.conditions:
-        # the study's own trigger on the plain training set: no carrier holds it down
-        for k in spec.doses:
-            p = poison(x, y, PoisonSpec(target, trigger, 1, total=k), ds.num_classes, seed)
-            v.doses[k], _ = _train(cache, mspec, recipe, p.x, p.y, everyone, seed, progress,
-                                   f"dose {k}", data=ds.fingerprint, dose=repr(trigger),
-                                   total=k)
+        # the study's own trigger on the plain training set: no carrier holds it down; dose 0
+        # is the plain set itself, the clean model whose ASR is every dose's floor
+        for k in sorted({0, *spec.doses}):
+            p = poison(x, y, PoisonSpec(target, trigger, 1), ds.num_classes, seed, total=k) \
+                if k else None
+            v.doses[k], v.keys[f"dose-{k}"] = _train(
+                cache, mspec, recipe, x if p is None else p.x, y if p is None else p.y,
+                everyone, seed, progress, f"dose {k}", data=ds.fingerprint,
+                dose=None if p is None else {"trigger": repr(trigger), "target": target,
+                                             "total": k, "draw": "poison-total/1"})
     return v
 
 
@@ -687,14 +691,15 @@ def _run_cell(spec, v: Victim, scan: Scanner, cell: BackdoorCell, ws: Workspace)
 
 def _plain(v: Victim, scan: Scanner, cell: BackdoorCell, ws: Workspace) -> dict:
     """A model scanned as it was trained: the dormant victim (``none``), a baseline's
-    (``badnets``, ``blended``: their own trigger) or a dose's (the study's trigger); the
-    dormant and dose rows also hold ``asr_floor``, the unpoisoned twin's ASR, which I-BAU's
-    dose rule reads."""
+    (``badnets``, ``blended``: their own trigger) or a dose's (the study's trigger). The
+    dormant row also holds ``asr_floor``, the unpoisoned twin's ASR, and a dose row the
+    ASR of dose 0, the clean model trained on the plain set: I-BAU's dose rule reads it."""
     condition = cell.condition
     extra = {}
-    if condition in ("dose", "none"):  # the study's own trigger: the twin's floor applies
+    if condition == "none":  # the same training set without the poisons
         extra = {"asr_floor": scan.metrics(v.unpoisoned)["asr"]}
-    if condition == "dose":
+    if condition == "dose":  # the plain training set, as the doses' own
+        extra = {"asr_floor": scan.metrics(v.doses[0])["asr"]}
         model, trigger, name = v.doses[cell.dose], None, f"dose-{cell.dose}"
         extra["poisons"] = cell.dose
     elif condition == "none":

@@ -128,12 +128,14 @@ class BackdoorSpec(DataSpec):
     match_budget: float = Field(default=4.0, ge=1.0)
     """The strength-matched control may run this many times the attack's step budget to
     reach the attack's drop in forget accuracy (it stops as soon as it does)."""
-    doses: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    doses: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
     """Condition ``dose``: the poisons, in all, of plain backdoors (the study's own trigger
     stamped on non-target images spread over their classes, labelled the target, nothing to
     hold them down) trained beside the victim, so that each defense is tried at the
     strengths the attack's backdoor reaches, not only at BadNets' 10% (the report names the
-    weakest each defense caught)."""
+    weakest each defense caught). Dose 0, the clean model trained on the plain set, is
+    trained whenever ``dose`` runs (it is the doses' ASR floor) and scanned when listed: the
+    negative control a defense must not catch."""
     baseline_ratio: float = Field(default=0.1, gt=0, lt=1)
     """Share of the training set poisoned by the BadNets and Blended baselines."""
     defenses: DefenseSpec = Field(default_factory=DefenseSpec)

@@ -151,7 +151,8 @@ def backdoor_table(rows: list[dict]) -> pd.DataFrame:
     """One line per (method, condition) from the ok rows: ``<metric>`` is the mean over seeds,
     ``<metric>_std`` the sample std; an NC flag column holds ``_hits`` (seeds whose target
     class was flagged) of ``_n`` (seeds scanned). A pair whose every cell failed keeps its
-    line with ``n`` = 0. The dose-matched controls have their own table
+    line with ``n`` = 0. A method that trains a model of its own (SISA) shows that model's
+    before. The dose-matched controls have their own table
     (``dormant.report.backdoor_doses``)."""
     rows = [r for r in map(normalize_row, rows) if r.get("condition") != "dose"]
     order = cell_order(rows)
@@ -161,7 +162,11 @@ def backdoor_table(rows: list[dict]) -> pd.DataFrame:
                + [c for f in fl for c in (f"{f}_hits", f"{f}_n")])
     if not order:
         return pd.DataFrame(columns=columns)
-    g = frame(ok_rows(rows)).groupby(["method", "condition"], sort=False)
+    df = frame(ok_rows(rows))
+    # a method with a model of its own (SISA) starts from it: before + ΔASR = after
+    df["asr_before"] = df["asr_start"]
+    df["clean_acc_before"] = df["clean_acc_before_own"].fillna(df["clean_acc_before"])
+    g = df.groupby(["method", "condition"], sort=False)
     index = pd.MultiIndex.from_tuples(order, names=["method", "condition"])
     out = pd.concat([g[values].mean(), g[values].std().add_suffix("_std")], axis=1)
     out = out.reindex(index)
@@ -327,7 +332,8 @@ def backdoor_verdict(rows: list[dict]) -> dict:
     df = frame(ok)
     none = df[df["condition"] == "none"]
     attack = df[df["condition"] == "attack"]
-    dormant = _mean(none["asr_before"] if len(none) else attack["asr_before"])
+    dormant = _mean(none["asr_before"] if len(none) else
+                    attack[attack["asr_before_own"].isna()]["asr_before"])
     flags = none["nc_flag_before"].dropna()
     paired = paired_table(rows)
     methods = {}
@@ -337,8 +343,8 @@ def backdoor_verdict(rows: list[dict]) -> dict:
         re = df[(df["method"] == m) & (df["condition"] == "random-equal")]
         up = df[(df["method"] == m) & (df["condition"] == "unpoisoned")]
         after, drop = _mean(a["asr_after"]), _mean(a["clean_drop"])
-        start = _mean(a["asr_before_own"]) if a["asr_before_own"].notna().any() else dormant
-        rise = None if after is None or start is None else after - start
+        # per row: a SISA row rises from its own ensemble, the others from the victim
+        start, rise = _mean(a["asr_start"]), _mean(a["asr_delta"])
         pe = paired[(paired["method"] == m) & (paired["control"] == "random-equal")]
         beats = float(pe["diff"].iloc[0]) if len(pe) else None
         up_rise = _mean(up["asr_delta"])
@@ -563,7 +569,7 @@ def cd_figure(rows: list[dict], root: Path, path: Path) -> Path:
 
 def _describe(rows: list[dict]) -> str:
     ok = ok_rows(rows)
-    first = next((r for r in ok if r.get("condition") == "attack"), None)
+    first = next((r for c in ("attack", "none") for r in ok if r.get("condition") == c), None)
     first = first or (ok[0] if ok else normalize_row(rows[0]))
     seeds = sorted({r["seed"] for r in rows if r.get("seed") is not None})
     amp = first.get("amplitude")
@@ -631,9 +637,10 @@ def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
     if doses["defenses"]:
         blocks += [
             Block("p", "Dose-matched: each defense's rule on plain backdoors of the study's "
-                       "own trigger, trained at a few poison counts per class, and on the "
-                       "dormant backdoor itself; per strength, the seeds that pass of those "
-                       "scanned (✓: the defense's judgement passes). " + doses_sentence(doses)),
+                       "own trigger, trained at a few poison counts (0: a clean model, the "
+                       "negative control), and on the dormant backdoor itself; per strength, "
+                       "the seeds that pass of those judged (✓: the strength passes on every "
+                       "seed). " + doses_sentence(doses)),
             Block("table", table=doses_display(doses))]
     blocks += [
         Block("p", _describe(rows)),

@@ -165,6 +165,7 @@ def _run(store: ModelStore, ds: Dataset, p: Plan, model, side: dict, spec, rids:
          ) -> list[tuple[dict, Path]]:
     """Unlearn the union once, write the version, check every request, record the outcomes."""
     first, base = p.reqs[0], p.base
+    manifest = store.manifest(base)  # verified before any work: a changed one stops here
     tensors = device_data(ds, dev)
     x, y = tensors[0], tensors[1]
     union = p.union
@@ -203,7 +204,6 @@ def _run(store: ModelStore, ds: Dataset, p: Plan, model, side: dict, spec, rids:
         retain, recipe, ds.num_classes, policy, oracle=oracle, seed=first.seed,
         old_known=_known_profile(store, base, budget_dict(policy)), progress=progress)
     promoted, why = promotion(checked, rids, first.accept_warnings)
-    manifest = store.manifest(base)
     outcomes = []
     for i, (req, ask, rid, a) in enumerate(zip(p.reqs, p.asks, rids, checked, strict=True)):
         rec = record(

@@ -3,9 +3,9 @@ where the training data comes from, and inspect it at random).
 
 A seeded random share of the ids the version was trained on (the deleted ones left out) is
 scanned by the registered per-sample detectors (``dormant.detectors``) with the model
-itself; with the lineage's data manifest, each contributor gets its flagged share per
-detector with the 95% Wilson interval, and contributors rank by their mean excess over the
-sample's flagged rate (``score``). The record is what ``dormant inspect`` writes as
+itself; with the data manifest, each contributor gets its flagged share per detector with
+the 95% Wilson interval, and contributors rank by their mean excess over the flagged rate of
+everyone else in the sample (``score``). The record is what ``dormant inspect`` writes as
 ``inspection.json`` and renders as its report.
 """
 
@@ -38,6 +38,11 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     return max(0.0, mid - half), min(1.0, mid + half)
 
 
+def check_share(share: float) -> None:
+    if not 0 < share <= 1:
+        raise DormantError(f"--share {share:g} must lie in (0, 1], e.g. 0.05 for 5%")
+
+
 def draw_sample(pool: torch.Tensor, share: float, seed: int) -> torch.Tensor:
     """``ceil(share * len(pool))`` ids of ``pool`` (at least one), seeded, ascending."""
     k = max(1, math.ceil(share * len(pool)))
@@ -52,9 +57,8 @@ def inspect_model(store: ModelStore, name: str, version: int | None, ds: Dataset
     of its training set with ``detectors`` (default: every registered one)."""
     from dormant.detectors import available_detectors
 
-    if not 0 < share <= 1:
-        raise DormantError(f"--share {share:g} must lie in (0, 1], e.g. 0.05 for 5%")
-    names = detectors or available_detectors()
+    check_share(share)
+    names = list(dict.fromkeys(detectors or available_detectors()))
     infos = [get_detector(n) for n in names]
     v = store.resolve(name, version)
     path = store.verify_file(v)
@@ -66,8 +70,14 @@ def inspect_model(store: ModelStore, name: str, version: int | None, ds: Dataset
         check_covers(manifest, n, f"the manifest of {name}")
     deleted = store.deleted(v)
     keep = torch.ones(n, dtype=torch.bool)
-    keep[torch.tensor(sorted(deleted), dtype=torch.long)] = False
+    gone = [i for i in deleted if 0 <= i < n]
+    if len(gone) != len(deleted):
+        raise DormantError(f"{name} v{v.version} had ids deleted that this --dataset does not "
+                           f"hold ({n} training images); pass the dataset it was trained on")
+    keep[torch.tensor(gone, dtype=torch.long)] = False
     pool = torch.nonzero(keep).flatten()
+    if len(pool) == 0:
+        raise DormantError(f"{name} v{v.version} holds no training id to inspect")
     sample = draw_sample(pool, share, seed)
     x, y = ds.x_train[sample].to(dev), ds.y_train[sample].to(dev)
     reference = ds.x_test.to(dev)
@@ -90,10 +100,11 @@ def inspect_model(store: ModelStore, name: str, version: int | None, ds: Dataset
             line["interval"][d] = list(wilson(k, len(mine)))
         rows.append(line)
     # a detector flags a share of everyone (spectral signatures a fixed 7.5% of every
-    # class): what ranks a contributor is its excess over the sample's own rate
-    rate = {d: sum(flags[d]) / len(sample) for d in names}
+    # class): what ranks a contributor is its excess over everyone else's rate in the sample
     for line in rows:
-        line["excess"] = {d: line["share"][d] - rate[d] for d in names}
+        rest = len(sample) - line["sampled"]
+        line["excess"] = {d: line["share"][d] - (
+            (sum(flags[d]) - line["flagged"][d]) / rest if rest else 0.0) for d in names}
         line["score"] = sum(line["excess"].values()) / len(names)
     rows.sort(key=lambda r: (-r["score"], r["contributor"]))
     return {

@@ -73,8 +73,9 @@ def write_inspection(record: dict, out: Path) -> dict[str, Path]:
         Block("h2", "Contributors, most suspect first"),
         Block("p", "Flagged share of each contributor's sampled images with its 95% Wilson "
                    "interval; the rank is the mean over detectors of the share's excess over "
-                   "the whole sample's flagged rate (a detector that flags everyone alike "
-                   "ranks no one)." + ("" if record["manifest"] else
+                   "everyone else's flagged rate in the sample (a detector that flags "
+                   "everyone alike ranks no one). Spectral signatures flag nothing in a "
+                   "class with fewer than 14 sampled images." + ("" if record["manifest"] else
                                   " The model has no data manifest, so every image is "
                                   "unattributed: add it with `dormant store add --manifest`.")),
         Block("table", table=contributors_table(record)),

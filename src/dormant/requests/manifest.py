@@ -23,32 +23,41 @@ _NAME = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 MAX_BYTES = 256 * 1024 * 1024
 
 
+RESERVED = ("unlisted", "(no manifest)")
+"""Labels the reports give ids without a contributor; no contributor may take them."""
+
+
 def parse_manifest(text: str, source: str = "manifest") -> dict[int, str]:
     """``{id: contributor}`` from a manifest's text; anything malformed is one line naming
     the line and how to fix it."""
-    rows = csv.reader(io.StringIO(text))
-    head = next(rows, None)
-    if head is None or tuple(c.strip() for c in head) != HEADER:
-        raise DormantError(f"{source}: the first line must be 'id,contributor', got "
-                           f"{','.join(head or [])!r}")
-    out: dict[int, str] = {}
-    for n, row in enumerate(rows, start=2):
-        if not row:
-            continue
-        if len(row) != 2:
-            raise DormantError(f"{source} line {n}: expected 'id,contributor', got "
-                               f"{len(row)} fields")
-        raw, who = row[0].strip(), row[1].strip()
-        if not raw.isdigit():
-            raise DormantError(f"{source} line {n}: id {raw!r} is not a non-negative integer")
-        if not _NAME.fullmatch(who):
-            raise DormantError(f"{source} line {n}: the contributor must be 1-128 printable "
-                               "characters")
-        i = int(raw)
-        if i in out:
-            raise DormantError(f"{source} line {n}: id {i} is listed twice (first for "
-                               f"{out[i]!r}); give each id one contributor")
-        out[i] = who
+    rows = csv.reader(io.StringIO(text.removeprefix("\ufeff")))
+    try:
+        head = next(rows, None)
+        if head is None or tuple(c.strip() for c in head) != HEADER:
+            raise DormantError(f"{source}: the first line must be 'id,contributor', got "
+                               f"{','.join(head or [])!r}")
+        out: dict[int, str] = {}
+        for row in rows:
+            n = rows.line_num
+            if not row:
+                continue
+            if len(row) != 2:
+                raise DormantError(f"{source} line {n}: expected 'id,contributor', got "
+                                   f"{len(row)} fields")
+            raw, who = row[0].strip(), row[1].strip()
+            if not (raw.isascii() and raw.isdigit()):
+                raise DormantError(f"{source} line {n}: id {raw[:20]!r} is not a "
+                                   "non-negative integer")
+            if not _NAME.fullmatch(who) or who in RESERVED:
+                raise DormantError(f"{source} line {n}: the contributor must be 1-128 "
+                                   f"printable characters, and not {' or '.join(RESERVED)}")
+            i = int(raw)
+            if i in out:
+                raise DormantError(f"{source} line {n}: id {i} is listed twice (first for "
+                                   f"{out[i]!r}); give each id one contributor")
+            out[i] = who
+    except csv.Error as e:
+        raise DormantError(f"{source} line {rows.line_num}: not CSV ({e})") from None
     if not out:
         raise DormantError(f"{source} lists no ids; write one 'id,contributor' line per "
                            "training id")

@@ -206,16 +206,17 @@ class ModelStore:
                 self.path(self.manifest_rel(name, version)))
 
     def manifest(self, v: Version) -> dict[int, str] | None:
-        """The data manifest of ``v``'s lineage (the one its model was added with), checked
-        against the hash its ledger row recorded; None when it was added without one."""
-        added = [x for x in self.versions(v.name)
-                 if x.request_id is None and x.lineage == v.lineage and x.version <= v.version]
-        if not added:
-            return None
-        item = next((f for f in added[-1].files if f.get("role") == "manifest"), None)
+        """The data manifest ``v`` descends from (the one the model at the root of its chain
+        of requests was added with), checked against the hash its ledger row recorded; None
+        when that model was added without one."""
+        by_version = {x.version: x for x in self.versions(v.name)}
+        root = v
+        while root.request_id is not None and root.from_version in by_version:
+            root = by_version[root.from_version]
+        item = next((f for f in root.files if f.get("role") == "manifest"), None)
         if item is None:
             return None
-        path = self.verified(added[-1], item)
+        path = self.verified(root, item)
         return parse_manifest(path.read_text(encoding="utf-8"), str(path))
 
     # --- what the ledger says -------------------------------------------------------------
