@@ -38,3 +38,21 @@ def copy_store(base: dict, tmp_path: Path) -> Path:
     dest = tmp_path / "store"
     shutil.copytree(base["store"], dest)
     return dest
+
+
+def refused_before_training(tmp_path: Path, monkeypatch, capsys, study: dict) -> str:
+    """Run ``dormant backdoor`` on ``study`` (written as YAML, a private cache), assert that
+    it stops with exit 2 before any model is trained, and return its one error line."""
+    import yaml
+
+    from dormant.cli import main
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(study))
+    monkeypatch.setenv("DORMANT_CACHE", str(tmp_path / "cache"))
+    assert main(["backdoor", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    models = tmp_path / "cache" / "models"
+    assert not models.exists() or not any(models.iterdir())
+    assert len(err.splitlines()) == 1, err
+    return err

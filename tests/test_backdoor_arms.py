@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 import yaml
+from cli_helpers import refused_before_training
 
 from dormant.attacks import Trigger
 from dormant.attacks.camouflage import perturb, pick_camouflage
@@ -187,14 +188,8 @@ def test_a_request_that_cannot_wake_is_refused_before_training(tmp_path, monkeyp
              "counterweights": 10, "strategy": "carriers", "poison_choice": "random",
              "defenses": {"nc": False, "cd": False, "ibau": False, "defense_size": 100},
              "device": "cpu"}
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(study))
-    monkeypatch.setenv("DORMANT_CACHE", str(tmp_path / "cache"))
-    assert main(["backdoor", str(path), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "min_purity 0.8" in err and "poisons" in err
-    assert not (tmp_path / "cache" / "models").exists() or not any(
-        (tmp_path / "cache" / "models").iterdir())
+    err = refused_before_training(tmp_path, monkeypatch, capsys, study)
+    assert "min_purity 0.8" in err and "poisons" in err
 
 
 @pytest.mark.slow

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
+from cli_helpers import refused_before_training
 from pydantic import ValidationError
 
-from dormant.cli import main
 from dormant.experiments.backdoor_spec import BackdoorSpec
 from dormant.report.backdoor_doses import DORMANT, dose_controls, doses_display, doses_sentence
 
@@ -115,14 +114,8 @@ def test_a_dose_larger_than_a_class_is_refused_before_training(tmp_path, monkeyp
              "contribution": 0.3, "public": 0, "poison_choice": "random",
              "defenses": {"nc": False, "cd": False, "ibau": False, "defense_size": 100},
              "device": "cpu"}
-    path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(study))
-    monkeypatch.setenv("DORMANT_CACHE", str(tmp_path / "cache"))
-    assert main(["backdoor", str(path), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "doses asks 5000 poisons" in err
-    assert not (tmp_path / "cache" / "models").exists() or not any(
-        (tmp_path / "cache" / "models").iterdir())
+    err = refused_before_training(tmp_path, monkeypatch, capsys, study)
+    assert "doses asks 5000 poisons" in err
 
 
 def test_a_dose_spreads_its_poisons_over_the_source_classes(digits):
