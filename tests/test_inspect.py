@@ -187,3 +187,13 @@ def test_a_changed_manifest_is_refused(victim, tmp_path, capsys):
                  "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "was changed since the ledger recorded it" in err
+
+
+def test_the_sample_does_not_repeat_another_draw_of_the_same_seed():
+    """A study draws the attacker's contribution with ``randperm(n)`` under the victim's
+    seed; an inspection under that seed must not sample inside it."""
+    n, seed = 10_000, 10
+    contribution = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:2000]
+    sample = draw_sample(torch.arange(n), 0.05, seed)
+    inside = torch.isin(sample, contribution).float().mean().item()
+    assert 0.1 < inside < 0.3  # about the contribution's 20%, not all of it

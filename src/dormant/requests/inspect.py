@@ -11,6 +11,7 @@ everyone else in the sample (``score``). The record is what ``dormant inspect`` 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 
@@ -44,9 +45,13 @@ def check_share(share: float) -> None:
 
 
 def draw_sample(pool: torch.Tensor, share: float, seed: int) -> torch.Tensor:
-    """``ceil(share * len(pool))`` ids of ``pool`` (at least one), seeded, ascending."""
+    """``ceil(share * len(pool))`` ids of ``pool`` (at least one), seeded, ascending. The
+    generator's seed is derived from ``seed`` and a salt: the same seed given to another
+    seeded draw over the same ids (a study's contribution, say) must not pick the same
+    ids."""
     k = max(1, math.ceil(share * len(pool)))
-    g = torch.Generator().manual_seed(seed)
+    salted = hashlib.sha256(f"dormant inspect {seed}".encode()).digest()
+    g = torch.Generator().manual_seed(int.from_bytes(salted[:8], "little") >> 1)
     return torch.sort(pool[torch.randperm(len(pool), generator=g)[:k]]).values
 
 
