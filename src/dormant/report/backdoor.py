@@ -344,7 +344,8 @@ def backdoor_verdict(rows: list[dict]) -> dict:
         up = df[(df["method"] == m) & (df["condition"] == "unpoisoned")]
         after, drop = _mean(a["asr_after"]), _mean(a["clean_drop"])
         # per row: a SISA row rises from its own ensemble, the others from the victim
-        start, rise = _mean(a["asr_start"]), _mean(a["asr_delta"])
+        begins = a["asr_before_own"].fillna(a["asr_before"] if dormant is None else dormant)
+        start, rise = _mean(begins), _mean(a["asr_after"] - begins)
         pe = paired[(paired["method"] == m) & (paired["control"] == "random-equal")]
         beats = float(pe["diff"].iloc[0]) if len(pe) else None
         up_rise = _mean(up["asr_delta"])
