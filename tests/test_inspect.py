@@ -15,7 +15,7 @@ import torch
 from dormant.cli import main
 from dormant.detectors import get_detector
 from dormant.models import ModelSpec
-from dormant.requests import ModelStore
+from dormant.requests import Ledger, ModelStore
 from dormant.requests.inspect import draw_sample, wilson
 from dormant.requests.manifest import manifest_text, parse_manifest
 from dormant.store import save_checkpoint
@@ -188,6 +188,14 @@ def test_a_changed_manifest_is_refused(victim, tmp_path, capsys):
                  "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "was changed since the ledger recorded it" in err
+    # a request on it is refused at planning: no row, nothing trained
+    rows = len(Ledger(store / "ledger.sqlite").entries())
+    (tmp_path / "r.ids").write_text("1\n2\n")
+    assert main(["forget", "--store", str(store), "--model", "victim", "--dataset",
+                 victim["data"], "--ids", str(tmp_path / "r.ids"), "--requester", "a",
+                 "--reason", "b", "--device", "cpu"]) == 2
+    assert "was changed since the ledger recorded it" in capsys.readouterr().err
+    assert len(Ledger(store / "ledger.sqlite").entries()) == rows
 
 
 def test_the_sample_does_not_repeat_another_draw_of_the_same_seed():

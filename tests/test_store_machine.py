@@ -242,8 +242,9 @@ class StoreMachine(RuleBasedStateMachine):
 @pytest.mark.slow
 def test_the_store_keeps_its_invariants_under_any_sequence(tmp_path_factory):
     StoreMachine.base = trained_store(tmp_path_factory.mktemp("machine"), "digits", PERMISSIVE)
-    # DORMANT_MACHINE_EXAMPLES=200 for a deeper search (fewer than 10 leave rules unvisited)
-    examples = int(os.environ.get("DORMANT_MACHINE_EXAMPLES", "10"))
+    # DORMANT_MACHINE_EXAMPLES=200 for a deeper search; 8 (derandomized) visit every rule, as
+    # asserted below, and keep make test under 15 minutes; fewer leave rules unvisited
+    examples = int(os.environ.get("DORMANT_MACHINE_EXAMPLES", "8"))
     StoreMachine.ran.clear()
     StoreMachine.done.clear()
     run_state_machine_as_test(StoreMachine, settings=settings(

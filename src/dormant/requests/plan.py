@@ -128,6 +128,7 @@ def plan(store: ModelStore, ds: Dataset, reqs: list[Request],
     store.require_own_ledger(first.model)
     base = store.resolve(first.model, first.version)
     store.verify_files(base)
+    store.manifest(base)  # the data manifest it descends from, verified before any row
     deleter, method = choose(first.method, first.hparams, base)
     hp = deleter.settings(method, first.hparams, first.preset, base, len(ds.y_train))
     deleted = store.deleted(base)
