@@ -264,6 +264,42 @@ def inspect(
     console.print(f"report {paths['html']}", highlight=False)
 
 
+def _sign_off(store: Path, request: str, by: str, comment: str, approve: bool,
+              ledger: Path | None) -> None:
+    from dormant.requests import ModelStore
+    from dormant.requests.forget import check_text
+
+    check_text("by", by, "who signs off, e.g. 'dpo@example.org'")
+    check_text("comment", comment, "why, in a few words")
+    st = ModelStore(store, ledger)
+    made = st.ledger.entries(kind="request-finished", request_id=request)
+    if not made:
+        raise DormantError(f"no finished request {request!r} in {store}; see dormant ledger "
+                           "show STORE")
+    v = st.sign_off(made[-1].model, request, approve=approve, by=by, comment=comment)
+    now = st.resolve(v.name)
+    console.print(f"{v.name} v{v.version} {'approved' if approve else 'rejected'} by {by}; "
+                  f"v{now.version} is current", highlight=False)
+
+
+SignOffBy = Annotated[str, typer.Option("--by", help="who signs off (recorded in the ledger)")]
+SignOffComment = Annotated[str, typer.Option(help="why, in a few words (recorded)")]
+RequestId = Annotated[str, typer.Option("--request", help="the request id (dormant ledger show)")]
+
+
+def approve(store: StoreDir, request: RequestId, by: SignOffBy, comment: SignOffComment,
+            ledger: LedgerOpt = None) -> None:
+    """Sign off a version kept back by a warning: promote it, with who and why in the
+    ledger. Refused once anything else was promoted since, or if it was decided already."""
+    _sign_off(store, request, by, comment, True, ledger)
+
+
+def reject(store: StoreDir, request: RequestId, by: SignOffBy, comment: SignOffComment,
+           ledger: LedgerOpt = None) -> None:
+    """Refuse a version kept back by a warning for good, with who and why in the ledger."""
+    _sign_off(store, request, by, comment, False, ledger)
+
+
 @store_app.command("add")
 def store_add(
     store: Annotated[Path, typer.Argument(help="store folder (created if new)")],
@@ -398,5 +434,7 @@ def register(app: typer.Typer) -> None:
     app.command("forget")(forget)
     app.command("audit")(audit)
     app.command("inspect")(inspect)
+    app.command("approve")(approve)
+    app.command("reject")(reject)
     app.add_typer(store_app, name="store")
     app.add_typer(ledger_app, name="ledger")

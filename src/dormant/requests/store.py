@@ -4,6 +4,7 @@ promoted. A file on disk that no ledger row names is not a version."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -242,7 +243,59 @@ class ModelStore:
                                    bool(p["promoted"]), e.request_id, p["from_version"],
                                    own_files(p["files"]), p.get("sisa"),
                                    lineage[p["to_version"]]))
+            elif e.kind == "version-approved":  # a reviewer's sign-off promotes it
+                out = [dataclasses.replace(v, promoted=True)
+                       if v.version == p["version"] else v for v in out]
         return out
+
+    def sign_off(self, name: str, request_id: str, *, approve: bool, by: str,
+                 comment: str) -> Version:
+        """A reviewer's decision on the version request ``request_id`` made and kept
+        unpromoted because its verdict was ``warn``: ``approve`` promotes it, else it stays
+        unpromoted for good; either way a ``version-approved`` / ``version-rejected`` row
+        records who, why and the requests of its batch. Refused in one line: a request that
+        made no such version, one already decided, or one no longer built on the current
+        version (promoting it then could serve an id a later promoted request deleted)."""
+        with self.lock():
+            self.ledger.require_intact()
+            self.require_own_ledger(name)
+            rows = [e for e in self.ledger.entries(kind="request-finished", model=name)
+                    if e.request_id == request_id]
+            if not rows:
+                raise DormantError(f"{name} has no finished request {request_id!r}; see "
+                                   "dormant ledger show STORE")
+            p = rows[-1].payload
+            v = next(x for x in self.versions(name) if x.version == p["to_version"])
+            decided = [e for e in self.ledger.entries(model=name)
+                       if e.kind in ("version-approved", "version-rejected")
+                       and e.payload.get("version") == v.version]
+            if decided:
+                d = decided[0]
+                raise DormantError(f"{name} v{v.version} was already "
+                                   f"{d.kind.removeprefix('version-')} by "
+                                   f"{d.payload['by']!r} at ledger row {d.seq}")
+            if v.promoted:
+                raise DormantError(f"{name} v{v.version} is promoted already; a sign-off is "
+                                   "for a version kept back by a warning")
+            batch_rows = [e for e in self.ledger.entries(kind="request-finished", model=name)
+                          if e.payload.get("to_version") == v.version]
+            verdicts = {e.payload.get("verdict") for e in batch_rows}
+            if "fail" in verdicts or "warn" not in verdicts:
+                raise DormantError(f"{name} v{v.version}'s verdicts are "
+                                   f"{', '.join(sorted(map(str, verdicts)))}; only a version "
+                                   "kept back by a warning can be signed off (a failed one is "
+                                   "never served)")
+            current = self.resolve(name)
+            if approve and (v.from_version != current.version or v.lineage != current.lineage):
+                raise DormantError(
+                    f"{name} v{v.version} was built on v{v.from_version}, but v"
+                    f"{current.version} is current now; approving it could serve what a "
+                    "later request deleted: file the request again on the current version")
+            self.ledger.append("version-approved" if approve else "version-rejected", {
+                "version": v.version, "requests": sorted(e.request_id for e in batch_rows),
+                "by": by, "comment": comment, "verdict": "warn", "sha256": v.sha256},
+                request_id=request_id, model=name)
+        return self.resolve(name, v.version)
 
     def models(self) -> list[str]:
         return sorted({e.model for e in self.ledger.entries(kind="model-added")})
