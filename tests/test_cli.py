@@ -345,7 +345,7 @@ def test_relearn_cifar10_resnet18_end_to_end(tmp_path: Path, shared_datasets: Pa
     study = tmp_path / "cifar.yaml"
     study.write_text(
         f"dataset: imagefolder:{shared_datasets / 'cifar10-jpeg.tar.gz'}\n"
-        "train_size: 160\ntest_size: 50\ndevice: cpu\nforget: random:10\n"
+        "train_size: 80\ntest_size: 30\ndevice: cpu\nforget: random:10\n"
         "methods: [gradient_ascent, weight_distortion]\nk: [0]\n"
         "train_steps: 2\nunlearn_steps: 1\nattack_steps: 2\n"
         "lmc_points: 3\nanalysis_size: 32\ncalibrate: none\n"

@@ -94,3 +94,38 @@ def test_no_approval_can_serve_what_a_later_request_deleted(store, base, tmp_pat
 def test_bad_sign_offs_are_one_line(store, capsys, verb, args, message):
     assert main([verb, "--store", str(store), *args]) == 2
     assert message in one_error_line(capsys.readouterr().err)
+
+
+def test_nothing_is_built_on_a_rejected_version(store, base, tmp_path, capsys):
+    """A rejected v2 cannot reach service through a child: a request on digits@2 is refused
+    at planning, with nothing recorded."""
+    rid = _warned(store, base, _ids(tmp_path / "a.ids", range(500, 520)))
+    assert _sign(store, "reject", rid[:8]) == 0  # the start of the id, as ledger show prints
+    rows = len(Ledger(store / "ledger.sqlite").entries())
+    args = forget_args(store, _ids(tmp_path / "b.ids", range(600, 620)), base["policy"])
+    args[args.index("digits")] = "digits@2"
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "rejected at ledger row" in one_error_line(capsys.readouterr().err)
+    assert len(Ledger(store / "ledger.sqlite").entries()) == rows
+
+
+def test_a_superseded_or_changed_version_is_not_signed_off(store, base, tmp_path, capsys):
+    """v2 kept back, then v3 built on it and promoted: v2 is superseded, neither approved
+    nor rejected. A kept-back version whose checkpoint changed is not approved."""
+    rid = _warned(store, base, _ids(tmp_path / "a.ids", range(700, 720)))
+    args = forget_args(store, _ids(tmp_path / "b.ids", range(800, 820)), base["policy"])
+    args[args.index("digits")] = "digits@2"
+    assert main(args) == 0
+    capsys.readouterr()
+    for verb in ("approve", "reject"):
+        assert _sign(store, verb, rid) == 2
+        assert "superseded: v3, built on it" in one_error_line(capsys.readouterr().err)
+    rid4 = _warned(store, base, _ids(tmp_path / "c.ids", range(900, 920)))
+    st = ModelStore(store)
+    ckpt = store / st.resolve("digits", 4).rel
+    ckpt.write_bytes(ckpt.read_bytes()[:-8] + b"\0" * 8)
+    capsys.readouterr()
+    assert _sign(store, "approve", rid4) == 2
+    assert "the ledger recorded" in one_error_line(capsys.readouterr().err)
+    assert st.resolve("digits").version == 3

@@ -272,11 +272,18 @@ def _sign_off(store: Path, request: str, by: str, comment: str, approve: bool,
     check_text("by", by, "who signs off, e.g. 'dpo@example.org'")
     check_text("comment", comment, "why, in a few words")
     st = ModelStore(store, ledger)
-    made = st.ledger.entries(kind="request-finished", request_id=request)
-    if not made:
-        raise DormantError(f"no finished request {request!r} in {store}; see dormant ledger "
-                           "show STORE")
-    v = st.sign_off(made[-1].model, request, approve=approve, by=by, comment=comment)
+    finished = {e.request_id: e for e in st.ledger.entries(kind="request-finished")}
+    ids = [r for r in finished if r.startswith(request.strip())] if request.strip() else []
+    if len(ids) != 1:
+        raise DormantError(
+            f"no finished request {request!r} in {store}; see dormant ledger show STORE"
+            if not ids else f"{request!r} is the start of {len(ids)} request ids; give more "
+                            "of it")
+    made = finished[ids[0]]
+    v = st.sign_off(made.model, ids[0], approve=approve, by=by, comment=comment,
+                    on_wait=lambda: console.print(
+                        f"waiting for the store lock ({store / '.lock'}): a request is "
+                        "running"))
     now = st.resolve(v.name)
     console.print(f"{v.name} v{v.version} {'approved' if approve else 'rejected'} by {by}; "
                   f"v{now.version} is current", highlight=False)
@@ -284,7 +291,8 @@ def _sign_off(store: Path, request: str, by: str, comment: str, approve: bool,
 
 SignOffBy = Annotated[str, typer.Option("--by", help="who signs off (recorded in the ledger)")]
 SignOffComment = Annotated[str, typer.Option(help="why, in a few words (recorded)")]
-RequestId = Annotated[str, typer.Option("--request", help="the request id (dormant ledger show)")]
+RequestId = Annotated[str, typer.Option(
+    "--request", help="the request id, or its start (dormant ledger show)")]
 
 
 def approve(store: StoreDir, request: RequestId, by: SignOffBy, comment: SignOffComment,

@@ -249,14 +249,14 @@ class ModelStore:
         return out
 
     def sign_off(self, name: str, request_id: str, *, approve: bool, by: str,
-                 comment: str) -> Version:
+                 comment: str, on_wait: Callable[[], None] | None = None) -> Version:
         """A reviewer's decision on the version request ``request_id`` made and kept
         unpromoted because its verdict was ``warn``: ``approve`` promotes it, else it stays
         unpromoted for good; either way a ``version-approved`` / ``version-rejected`` row
         records who, why and the requests of its batch. Refused in one line: a request that
         made no such version, one already decided, or one no longer built on the current
         version (promoting it then could serve an id a later promoted request deleted)."""
-        with self.lock():
+        with self.lock(on_wait):
             self.ledger.require_intact()
             self.require_own_ledger(name)
             rows = [e for e in self.ledger.entries(kind="request-finished", model=name)
@@ -286,16 +286,33 @@ class ModelStore:
                                    "kept back by a warning can be signed off (a failed one is "
                                    "never served)")
             current = self.resolve(name)
+            later = [x for x in self.versions(name) if x.promoted and x.request_id is not None
+                     and self._descends(x, v.version)]
+            if later:
+                raise DormantError(
+                    f"{name} v{v.version} is superseded: v{later[-1].version}, built on it, "
+                    "is promoted already; sign off is for a version still kept back")
             if approve and (v.from_version != current.version or v.lineage != current.lineage):
                 raise DormantError(
                     f"{name} v{v.version} was built on v{v.from_version}, but v"
                     f"{current.version} is current now; approving it could serve what a "
                     "later request deleted: file the request again on the current version")
+            if approve:
+                self.verify_files(v)  # promote the bytes the ledger recorded, no other
             self.ledger.append("version-approved" if approve else "version-rejected", {
                 "version": v.version, "requests": sorted(e.request_id for e in batch_rows),
                 "by": by, "comment": comment, "verdict": "warn", "sha256": v.sha256},
                 request_id=request_id, model=name)
         return self.resolve(name, v.version)
+
+    def _descends(self, x: Version, version: int) -> bool:
+        by_version = {y.version: y for y in self.versions(x.name)}
+        cur: Version | None = x
+        while cur is not None and cur.request_id is not None:
+            if cur.from_version == version:
+                return True
+            cur = by_version.get(cur.from_version)
+        return False
 
     def models(self) -> list[str]:
         return sorted({e.model for e in self.ledger.entries(kind="model-added")})
@@ -388,15 +405,35 @@ class ModelStore:
         return {i: rid for i, rid in self.promoted_deletions(v.name, (v.lineage,)).items()
                 if i not in done}
 
+    def rejected_ancestor(self, v: Version) -> Entry | None:
+        """The ``version-rejected`` row of ``v`` or of a version it was built on, if any."""
+        rows = {e.payload.get("version"): e for e in self.ledger.entries(
+            kind="version-rejected", model=v.name)}
+        by_version = {x.version: x for x in self.versions(v.name)}
+        cur: Version | None = v
+        while cur is not None:
+            if cur.version in rows:
+                return rows[cur.version]
+            cur = by_version.get(cur.from_version) if cur.request_id is not None else None
+        return None
+
     def require_base(self, v: Version) -> None:
         """Refuse, in one line, to build a version on ``v`` when the version it would make
-        could not be served: ``v`` lacks a promoted deletion, or is of an older lineage."""
+        could not be served: ``v`` lacks a promoted deletion, is of an older lineage, or is
+        (or descends from) a version a reviewer rejected."""
         current = self.resolve(v.name)
         if v.lineage != current.lineage:
             raise DormantError(
                 f"{v.name} v{v.version} is of lineage {v.lineage}, but v{current.version} "
                 f"(lineage {current.lineage}) is current; a request builds on the current "
                 f"lineage only: drop @{v.version}")
+        rejected = self.rejected_ancestor(v)
+        if rejected is not None:
+            raise DormantError(
+                f"{v.name} v{v.version} is, or is built on, v{rejected.payload['version']}, "
+                f"which {rejected.payload['by']!r} rejected at ledger row {rejected.seq}; "
+                f"nothing built on it can be served: drop @{v.version} to build on "
+                f"v{current.version}")
         missing = self.missing_deletions(v)
         if missing:
             by = sorted(set(missing.values()))
