@@ -695,17 +695,15 @@ def _plain(v: Victim, scan: Scanner, cell: BackdoorCell, ws: Workspace) -> dict:
     dormant row also holds ``asr_floor``, the unpoisoned twin's ASR, and a dose row the
     ASR of dose 0, the clean model trained on the plain set: I-BAU's dose rule reads it."""
     condition = cell.condition
-    extra = {}
-    if condition == "none":  # the same training set without the poisons
-        extra = {"asr_floor": scan.metrics(v.unpoisoned)["asr"]}
-    if condition == "dose":  # the plain training set, as the doses' own
-        extra = {"asr_floor": scan.metrics(v.doses[0])["asr"]}
+    if condition == "dose":  # floor: the plain training set, the doses' own
         model, trigger, name = v.doses[cell.dose], None, f"dose-{cell.dose}"
-        extra["poisons"] = cell.dose
-    elif condition == "none":
+        extra = {"asr_floor": scan.metrics(v.doses[0])["asr"], "poisons": cell.dose}
+    elif condition == "none":  # floor: the same training set without the poisons
         model, trigger, name = v.poisoned, None, "poisoned"
+        extra = {"asr_floor": scan.metrics(v.unpoisoned)["asr"]}
     else:
         model, trigger, name = v.baselines[condition], baseline_triggers()[condition], condition
+        extra = {}
     before = _before(ws, scan, v, name, model, trigger)
     after = {k.replace("_before", "_after"): val for k, val in before.items()
              if k.endswith("_before")}

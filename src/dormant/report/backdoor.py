@@ -112,9 +112,9 @@ OWN = ("asr_before_own", "clean_acc_before_own")
 
 def frame(rows: list[dict]) -> pd.DataFrame:
     """The rows as numbers: metrics numeric (absent or null = NaN), NC flags 1/0/NaN, plus the
-    per-row ``asr_start`` (the method's own before where it has one, else the victim's),
-    ``asr_delta`` and ``clean_drop`` from it, and the forget-set drop ``forget_drop``
-    (before − after)."""
+    per-row ``asr_start`` and ``clean_start`` (the method's own before where it has one,
+    else the victim's), ``asr_delta`` and ``clean_drop`` from them, and the forget-set drop
+    ``forget_drop`` (before − after)."""
     df = pd.DataFrame(rows)
     for col in ("method", "condition", "seed"):
         if col not in df:
@@ -129,8 +129,8 @@ def frame(rows: list[dict]) -> pd.DataFrame:
     df["asr_start"] = df["asr_before_own"].fillna(df["asr_before"])
     df["asr_delta"] = df["asr_after"] - df["asr_start"]
     df["forget_drop"] = df["forget_acc_before"] - df["forget_acc_after"]
-    df["clean_drop"] = df["clean_acc_before_own"].fillna(df["clean_acc_before"]) \
-        - df["clean_acc_after"]
+    df["clean_start"] = df["clean_acc_before_own"].fillna(df["clean_acc_before"])
+    df["clean_drop"] = df["clean_start"] - df["clean_acc_after"]
     return df
 
 
@@ -165,7 +165,7 @@ def backdoor_table(rows: list[dict]) -> pd.DataFrame:
     df = frame(ok_rows(rows))
     # a method with a model of its own (SISA) starts from it: before + ΔASR = after
     df["asr_before"] = df["asr_start"]
-    df["clean_acc_before"] = df["clean_acc_before_own"].fillna(df["clean_acc_before"])
+    df["clean_acc_before"] = df["clean_start"]
     g = df.groupby(["method", "condition"], sort=False)
     index = pd.MultiIndex.from_tuples(order, names=["method", "condition"])
     out = pd.concat([g[values].mean(), g[values].std().add_suffix("_std")], axis=1)
