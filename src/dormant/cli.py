@@ -37,6 +37,7 @@ from dormant.cli_plan import register as register_plan
 from dormant.cli_progress import ProgressBars
 from dormant.cli_requests import register as register_requests
 from dormant.cli_results import register as register_results
+from dormant.cli_service import register as register_service
 from dormant.errors import DormantError
 from dormant.experiments.backdoor_spec import BackdoorSpec
 from dormant.experiments.spec import RelearnSpec
@@ -47,6 +48,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 register_requests(app)
 register_plan(app)
 register_results(app)
+register_service(app)
 
 
 def _row_line(r: dict) -> str:

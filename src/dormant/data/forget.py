@@ -94,17 +94,23 @@ def read_ids(path: Path, n_train: int) -> torch.Tensor:
             raise DormantError(f"ids file {path}: id {long[:20]}... is out of range; training "
                                f"ids run 0..{n_train - 1}")
         ids = [int(t) for t in tokens if t]
+    return check_ids(ids, n_train, f"ids file {path}")
+
+
+def check_ids(ids: list[int], n_train: int, where: str) -> torch.Tensor:
+    """``ids`` as a tensor of training indices, or one line naming ``where`` and the first bad
+    one: none at all, one out of range, or one listed twice."""
     if not ids:
-        raise DormantError(f"ids file {path} is empty; list at least one training index")
+        raise DormantError(f"{where} is empty; list at least one training index")
     out = [i for i in ids if not 0 <= i < n_train]
     if out:
         raise DormantError(
-            f"ids file {path}: id {out[0]} is out of range; training ids run 0..{n_train - 1}"
+            f"{where}: id {out[0]} is out of range; training ids run 0..{n_train - 1}"
         )
     if len(set(ids)) != len(ids):
         seen: set[int] = set()
         dup = next(i for i in ids if i in seen or seen.add(i))
-        raise DormantError(f"ids file {path}: id {dup} appears more than once; list each once")
+        raise DormantError(f"{where}: id {dup} appears more than once; list each once")
     return torch.tensor(ids, dtype=torch.long)
 
 

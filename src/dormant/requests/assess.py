@@ -38,7 +38,8 @@ class Assessment:
         if self.verdict == "warn" and accept_warnings:
             return True, f"warnings accepted (--accept-warnings): {names}"
         if self.verdict == "warn":
-            return False, f"warnings not accepted: {names}; rerun with --accept-warnings"
+            return False, (f"warnings not accepted: {names}; a reviewer may approve it "
+                           "(dormant approve), or rerun with --accept-warnings")
         return False, f"failed: {names}"
 
 

@@ -34,14 +34,37 @@ def history_rows(ledger: Ledger, model: str | None = None) -> list[dict]:
         if e.kind in ("request-finished", "audit"):
             m = p["measurements"]
             before, after = m["before"]["test_acc"], m["after"]["test_acc"]
-            root = before
-            if e.kind == "request-finished":
-                src = made.get((e.model, p["from_version"]))
-                root = src[1] if src is not None else before
-                made[(e.model, p["to_version"])] = (p["from_version"], root, after)
+            root = _made(made, e) if e.kind == "request-finished" else before
             row.update(verdict=p["verdict"], test=_fmt(after), drift=_fmt(after - root, True),
                        promoted="yes" if p.get("promoted") else "no")
         out.append(row)
+    return out
+
+
+def _made(made: dict, e) -> float:
+    """Record the version a ``request-finished`` row made in ``made`` and return the test
+    accuracy of its lineage's root."""
+    p = e.payload
+    m = p["measurements"]
+    src = made.get((e.model, p["from_version"]))
+    root = src[1] if src is not None else m["before"]["test_acc"]
+    made[(e.model, p["to_version"])] = (p["from_version"], root, m["after"]["test_acc"])
+    return root
+
+
+def accuracy_by_version(ledger: Ledger, model: str) -> dict[int, dict]:
+    """Each version's test accuracy and its drift since its lineage's root (points), as the
+    requests measured them: a model as added is measured by the first request made on it."""
+    made: dict = {}
+    out: dict[int, dict] = {}
+    for e in ledger.entries(kind="request-finished", model=model):
+        p = e.payload
+        before = p["measurements"]["before"]["test_acc"]
+        root = _made(made, e)
+        out.setdefault(p["from_version"], {"test_acc": before,
+                                           "drift": round(before - root, 4)})
+        after = made[(e.model, p["to_version"])][2]
+        out.setdefault(p["to_version"], {"test_acc": after, "drift": round(after - root, 4)})
     return out
 
 

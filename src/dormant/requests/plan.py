@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ from dormant.data import Dataset
 from dormant.errors import DormantError
 from dormant.requests.deleters import Deleter, choose
 from dormant.requests.policy import Policy
-from dormant.requests.request import Request
+from dormant.requests.request import Request, new_request_id
 from dormant.requests.store import ModelStore
 from dormant.requests.version import Version
 
@@ -197,6 +196,10 @@ def start(store: ModelStore, p: Plan, policy: Policy, ds: Dataset, stage
     resumed = [unfinished.get(k) for k in p.keys]
     earlier = [e for e in resumed if e is not None]
     to_version = earlier[0].payload["to_version"] if earlier else store.next_version(name)
+    for req, e in zip(p.reqs, resumed, strict=True):
+        if e is None and req.request_id and store.ledger.entries(request_id=req.request_id):
+            raise DormantError(f"request id {req.request_id} is in the ledger already, for "
+                               "another request; a new request needs a new id")
     rids = []
     with store.ledger.transaction():
         for req, ask, key, e in zip(p.reqs, p.asks, p.keys, resumed, strict=True):
@@ -206,7 +209,7 @@ def start(store: ModelStore, p: Plan, policy: Policy, ds: Dataset, stage
                                     request_id=e.request_id, model=name)
                 stage(f"resuming request {e.request_id} (started at row {e.seq})")
                 continue
-            rid = uuid.uuid4().hex[:16]
+            rid = req.request_id or new_request_id()
             rids.append(rid)
             store.ledger.append("request-started", {
                 "key": key, "from_version": p.base.version, "to_version": to_version,

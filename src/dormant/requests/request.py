@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import re
+import uuid
 from dataclasses import dataclass, field
 
 import torch
 
 from dormant.errors import DormantError
+
+REQUEST_ID = re.compile(r"[0-9a-f]{16}")
+"""What a request id looks like (``new_request_id``)."""
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
 
 
 @dataclass(frozen=True)
@@ -24,10 +33,15 @@ class Request:
     seed: int = 0
     preset: str | None = None
     """The method's preset (``dormant methods --preset``); None: ``DEFAULT_PRESET``."""
+    request_id: str | None = None
+    """The id its ledger rows carry; None: a new random one. A service that answered with an
+    id before the work gives it here, so its queue and the ledger name the request alike."""
 
     def __post_init__(self) -> None:
         check_text("requester", self.requester, "who asked for the deletion, e.g. alice")
         check_text("reason", self.reason, "why, in a few words, e.g. 'GDPR art. 17'")
+        if self.request_id is not None and not REQUEST_ID.fullmatch(self.request_id):
+            raise DormantError(f"request id {self.request_id!r} is not 16 lowercase hex digits")
 
 
 def check_text(flag: str, value, hint: str) -> str:

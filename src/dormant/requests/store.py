@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Container, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,6 +126,27 @@ def one_line_of(e: BaseException) -> str:
     return (text[:300] + "...") if len(text) > 300 else text or type(e).__name__
 
 
+class StoreBusy(DormantError):
+    """The store's lock stayed taken (a request is running) for longer than a caller waits."""
+
+
+def _wait_for(f, timeout: float | None, root: Path) -> None:
+    if timeout is None:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise StoreBusy(f"the store {root} is busy with a request (its lock stayed "
+                                f"taken for {timeout:.0f} s); nothing was recorded: try again "
+                                "once it finishes") from None
+            time.sleep(0.05)
+
+
 class ModelStore:
     """A folder holding ``store.json``, ``models/NAME/vN.safetensors`` (+ ``.json``) and, unless
     ``ledger`` names another file, ``ledger.sqlite``."""
@@ -162,8 +184,10 @@ class ModelStore:
         self.ledger = Ledger(path, create=create)
 
     @contextmanager
-    def lock(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-        """An exclusive lock on the whole store for one writer; others wait their turn."""
+    def lock(self, on_wait: Callable[[], None] | None = None,
+             timeout: float | None = None) -> Iterator[None]:
+        """An exclusive lock on the whole store for one writer; others wait their turn, for
+        at most ``timeout`` seconds when given (then :class:`StoreBusy`)."""
         try:
             f = open(self.root / ".lock", "a+")  # noqa: SIM115 - closed below
         except OSError as e:
@@ -176,7 +200,7 @@ class ModelStore:
             except BlockingIOError:
                 if on_wait is not None:
                     on_wait()
-                fcntl.flock(f, fcntl.LOCK_EX)
+                _wait_for(f, timeout, self.root)
             try:
                 yield
             finally:
@@ -249,14 +273,17 @@ class ModelStore:
         return out
 
     def sign_off(self, name: str, request_id: str, *, approve: bool, by: str,
-                 comment: str, on_wait: Callable[[], None] | None = None) -> Version:
+                 comment: str, on_wait: Callable[[], None] | None = None,
+                 timeout: float | None = None) -> Version:
         """A reviewer's decision on the version request ``request_id`` made and kept
         unpromoted because its verdict was ``warn``: ``approve`` promotes it, else it stays
         unpromoted for good; either way a ``version-approved`` / ``version-rejected`` row
         records who, why and the requests of its batch. Refused in one line: a request that
         made no such version, one already decided, or one no longer built on the current
-        version (promoting it then could serve an id a later promoted request deleted)."""
-        with self.lock(on_wait):
+        version (promoting it then could serve an id a later promoted request deleted).
+        ``timeout``: the most seconds to wait for the store's lock (None: as long as it
+        takes)."""
+        with self.lock(on_wait, timeout):
             self.ledger.require_intact()
             self.require_own_ledger(name)
             rows = [e for e in self.ledger.entries(kind="request-finished", model=name)
