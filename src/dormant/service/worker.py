@@ -20,6 +20,7 @@ import torch
 
 from dormant.data import Dataset
 from dormant.errors import DormantError
+from dormant.failpoints import kill_point
 from dormant.requests import ModelStore, Policy, Request, RequestFailed, process_request
 from dormant.requests.store import parse_ref
 from dormant.service.db import Queued, ServiceDB
@@ -114,6 +115,7 @@ class Worker(threading.Thread):
             failed = ledger_state(ModelStore(e.root), q.id) == "failed"
             self._end(q, "failed" if failed else "denied", {"error": str(err)})
             return
+        kill_point("service-finished")  # the ledger has the outcome, the queue not yet
         self._end(q, "finished", finished_fields(ModelStore(e.root), q.id))
 
     def _end(self, q: Queued, status: str, fields: dict) -> None:
