@@ -83,7 +83,7 @@ def _help(sub: list[str]) -> tuple[int, str]:
     return rc, buf.getvalue()
 
 
-GROUPS = {"store", "ledger"}
+GROUPS = {"store", "ledger", "token"}
 
 
 def test_every_doc_command_is_found() -> None:

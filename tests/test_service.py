@@ -213,3 +213,31 @@ def test_every_write_and_refusal_is_logged(svc):
                for e in lines)
     assert any(e["status"] == 401 and e["token"] is None for e in lines)
     assert any(e["status"] == 413 for e in lines)
+
+
+def test_serve_and_token_refuse_bad_input_in_one_line(svc, tmp_path, capsys):
+    import socket
+
+    store = str(svc["store"])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        cases = [
+            (["serve", "--store", store, "--port", port], "cannot listen on"),
+            (["serve", "--store", str(tmp_path / "nowhere")], "nowhere"),
+            (["serve", "--store", store, "--port", "0", "--policy", "strict="],
+             "give FILE or NAME=FILE"),
+            (["serve", "--store", store, "--port", "0", "--policy",
+              f"strict={tmp_path / 'none.yaml'}"], "none.yaml"),
+            (["token", "create", "--store", store, "--role", "root", "--name", "x"],
+             "role 'root' is not one of"),
+            (["token", "create", "--store", store, "--role", "admin", "--name", "a\nb"],
+             "is not allowed"),
+            (["token", "revoke", "--store", store, "000000000000"], "no token"),
+        ]
+        for args, message in cases:
+            capsys.readouterr()
+            assert main(args) == 2, args
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1 and message in err, (args, err)

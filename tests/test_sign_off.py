@@ -56,6 +56,11 @@ def test_approve_promotes_the_warned_version_and_the_ledger_shows_who(store, bas
     assert row.payload["comment"] == "reviewed the report" and row.request_id == rid
     assert main(["ledger", "verify", str(store)]) == 0
     capsys.readouterr()
+    assert main(["ledger", "show", str(store)]) == 0
+    out = capsys.readouterr().out
+    shown = [ln for ln in out.splitlines() if "│ approved" in ln]
+    assert len(shown) == 1 and "v2" in shown[0] and "│ yes" in shown[0]
+    assert "dpo@example.org" in out
     assert _sign(store, "approve", rid) == 2  # decided once, for good
     assert "already approved by 'dpo@example.org'" in one_error_line(capsys.readouterr().err)
 

@@ -71,6 +71,8 @@ def serve(
         raise DormantError(f"--port {port} is not a port; use 1..65535")
     if max_body < 1024 or max_upload < 1024:
         raise DormantError("--max-body and --max-upload must be at least 1024 bytes")
+    _service_db(store)
+    _check_port(host, port)
     pols = _policies(policy)
     svc = Service(Engine(store, _dataset(dataset, data_root, train_size), pols, device),
                   Limits(max_body=max_body, max_upload=max_upload))
@@ -83,6 +85,20 @@ def serve(
                   highlight=False)
     uvicorn.run(create_app(svc), host=host, port=port, log_level="warning",
                 timeout_graceful_shutdown=5)
+
+
+def _check_port(host: str, port: int) -> None:
+    """A port already taken (or an address this machine does not have) is one line before
+    the dataset is loaded."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise DormantError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose "
+                           "another --port, or stop what uses it") from None
 
 
 @token_app.command("create")

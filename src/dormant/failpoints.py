@@ -2,8 +2,9 @@
 
 ``DORMANT_FAILPOINT=NAME`` kills the process at the point named ``NAME`` as ``kill -9``
 would; ``DORMANT_FAILPOINT=hold:NAME`` stops the calling thread there for good, so a test can
-kill the process from outside while it is mid-way; ``DORMANT_FAILPOINT=disk-full`` makes the next checkpoint write fail half-way with
-``ENOSPC``, as a full disk does. Production code pays one environment lookup per point."""
+kill the process from outside while it is mid-way; ``DORMANT_FAILPOINT=disk-full`` makes the
+next checkpoint write fail half-way with ``ENOSPC``, as a full disk does. Production code pays
+one environment lookup per point."""
 
 from __future__ import annotations
 

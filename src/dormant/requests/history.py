@@ -31,6 +31,10 @@ def history_rows(ledger: Ledger, model: str | None = None) -> list[dict]:
                        ids=str(len(p["ids"])), method=p["method"])
         elif e.kind == "request-failed":
             row["verdict"] = "failed"
+        elif e.kind in ("version-approved", "version-rejected"):  # a reviewer's sign-off
+            row.update(kind=e.kind.removeprefix("version-"), versions=f"v{p['version']}",
+                       verdict=f"by {p['by']}",
+                       promoted="yes" if e.kind == "version-approved" else "no")
         if e.kind in ("request-finished", "audit"):
             m = p["measurements"]
             before, after = m["before"]["test_acc"], m["after"]["test_acc"]

@@ -101,12 +101,18 @@ class Worker(threading.Thread):
         b = q.body
         name, version = parse_ref(b["model"])
         store = ModelStore(e.root)
+        policy = e.policies.get(b.get("policy") or "default")
+        if policy is None:  # filed before a restart that dropped the policy it names
+            self._end(q, "denied", {"error": f"policy {b['policy']!r} is not one this service "
+                                             f"has now ({', '.join(e.policies)}); file the "
+                                             "request again"})
+            return
         try:
             req = Request(name, torch.tensor(b["ids"], dtype=torch.long), b["requester"],
                           b["reason"], version, b.get("method"), b.get("hparams") or {},
                           request_id=q.id)
-            process_request(store, e.dataset, req, e.policies[b.get("policy") or "default"],
-                            device=e.device, on_stage=lambda s: self.db.set_stage(q.id, s))
+            process_request(store, e.dataset, req, policy, device=e.device,
+                            on_stage=lambda s: self.db.set_stage(q.id, s))
         except RequestFailed as err:
             self._end(q, "failed", {"error": str(err)})
             return
