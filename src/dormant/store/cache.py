@@ -133,6 +133,31 @@ class ModelCache:
                     return model, extras
         return hit[0], hit[2]
 
+    def build_models(self, keys: list[str], spec: ModelSpec, device: torch.device | str,
+                     train: Callable[[list[int]], list[nn.Module]], meta: dict
+                     ) -> list[nn.Module]:
+        """The models of ``keys``: each loaded, or, for the ones missing, trained together by
+        ``train(positions)`` exactly once however many workers ask (their locks are taken in
+        key order, so two workers asking for overlapping groups cannot deadlock)."""
+        got = {i: self.load(k, spec, device) for i, k in enumerate(keys)}
+        missing = [i for i, h in got.items() if h is None]
+        if missing:
+            with contextlib.ExitStack() as held:
+                for k in sorted({keys[i] for i in missing}):
+                    held.enter_context(self.lock(k))
+                for i in missing:
+                    got[i] = self.load(keys[i], spec, device)
+                still = [i for i in missing if got[i] is None]
+                if still:
+                    t0 = time.perf_counter()
+                    models = train(still)
+                    share = (time.perf_counter() - t0) / len(still)
+                    for i, m in zip(still, models, strict=True):
+                        self.save(keys[i], m, spec, meta)
+                        self._built(keys[i], meta.get("kind", "model"), share)
+                        got[i] = (m, meta, {})
+        return [got[i][0] for i in range(len(keys))]
+
     def record_path(self, key: str) -> Path:
         # the format version in the name: a record an older layout wrote is not read back
         return self.records / f"{key}.v{RECORD_FORMAT}.json"

@@ -1,0 +1,120 @@
+"""Many small models trained in one pass: a group of same-architecture models, each on its own
+ids, as one batched model (``torch.func``: ``stack_module_state``, ``functional_call`` and
+``vmap``). Shadow models for membership inference are the case it is for: 16 or 64 copies of a
+small model, each on its own half of a pool, where training them one after another spends most
+of its time in per-step overhead rather than arithmetic.
+
+Each model of the group trains exactly as :func:`dormant.engine.fit` would train it alone: the
+same batches and augmentation (each model draws from its own generator, in the same order),
+the same optimiser steps (Adam, AdamW and SGD act element by element, so one optimiser over
+the stacked parameters is one per model), and BatchNorm's running statistics kept per model
+(the buffers are stacked too, and updated in place under ``vmap``). Only float summation
+order differs; ``tests/test_group.py`` bounds the difference for an MLP and a BatchNorm CNN.
+
+A model with an operation ``vmap`` has no batching rule for is trained one model at a time,
+with one warning saying so."""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from dormant.engine.augment import augment
+from dormant.engine.device import prepare_model, to_float
+from dormant.engine.loop import FINITE_CHECK_EVERY, BatchStream, Diverged, FitResult, Progress, fit
+from dormant.engine.recipe import Recipe
+
+
+def _batched(model: nn.Module):
+    base = copy.deepcopy(model).to("meta")
+    base.train()
+
+    def one(params, buffers, xb):
+        return functional_call(base, (params, buffers), (xb,))
+
+    return vmap(one, in_dims=(0, 0, 0))
+
+
+def groupable(models: list[nn.Module], x: torch.Tensor, batch: int) -> str | None:
+    """None when ``models`` can train as one batched model, else why not (one line): one
+    forward and backward pass on copies of their state, drawing no random numbers."""
+    if len({type(m) for m in models}) != 1:
+        return "the models are not of one architecture"
+    shapes = [[(k, tuple(v.shape)) for k, v in m.state_dict().items()] for m in models]
+    if any(s != shapes[0] for s in shapes):
+        return "the models' parameter shapes differ"
+    params, buffers = stack_module_state(models)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    buffers = {k: v.clone() for k, v in buffers.items()}
+    probe = to_float(x[:1]).expand(len(models), min(batch, 2), *x.shape[1:]).contiguous()
+    try:
+        _batched(models[0])(params, buffers, probe).sum().backward()
+    except (RuntimeError, NotImplementedError) as e:
+        return f"vmap cannot batch it ({' '.join(str(e).split())[:160]})"
+    return None
+
+
+def fit_group(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor,
+              ids: list[torch.Tensor], recipe: Recipe, *, generators: list[torch.Generator],
+              progress: Progress | None = None, label: str = "train group"
+              ) -> list[FitResult]:
+    """Train ``models[g]`` on ``(x[ids[g]], y[ids[g]])`` with ``generators[g]``, for every g
+    at once; each ends as :func:`fit` with the same arguments would leave it. Every model
+    needs the same batch size (each id set at least ``recipe.batch_size`` long, or all of
+    one length)."""
+    if not (len(models) == len(ids) == len(generators)) or not models:
+        raise ValueError("fit_group: one id set and one generator per model")
+    for m in models:
+        prepare_model(m, x.device)
+    sizes = {min(recipe.batch_size, len(i)) for i in ids}
+    why = "the id sets give different batch sizes" if len(sizes) > 1 else None
+    why = why or (None if len(models) > 1 else "a group of one")
+    why = why or groupable(models, x, recipe.batch_size)
+    if why is not None:
+        if len(models) > 1:
+            warnings.warn(f"{label}: training {len(models)} models one at a time: {why}",
+                          stacklevel=2)
+        return [fit(m, x, y, i, recipe, generator=g, progress=progress, label=label)
+                for m, i, g in zip(models, ids, generators, strict=True)]
+    t0 = time.perf_counter()
+    streams = [BatchStream(i.to(x.device), recipe.batch_size, g)
+               for i, g in zip(ids, generators, strict=True)]
+    params, buffers = stack_module_state(models)
+    params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    forward = _batched(models[0])
+    opt, sched = recipe.build(list(params.values()))
+    total = recipe.stop_after or recipe.steps
+    report_every = max(1, total // 100)
+    n = len(models)
+    for step in range(total):
+        opt.zero_grad(set_to_none=True)
+        batches = [s() for s in streams]
+        xs = torch.stack([augment(to_float(x[b]), recipe.augment, recipe.pad, g).contiguous()
+                          for b, g in zip(batches, generators, strict=True)])
+        ys = torch.stack([y[b] for b in batches])
+        logits = forward(params, buffers, xs)
+        losses = F.cross_entropy(logits.flatten(0, 1), ys.flatten(),
+                                 reduction="none").view(n, -1).mean(1)
+        done = step + 1
+        if (done % FINITE_CHECK_EVERY == 0 or done == total) and \
+                not bool(torch.isfinite(losses).all()):
+            bad = int((~torch.isfinite(losses)).nonzero()[0])
+            raise Diverged(f"{label}: model {bad}'s loss became {losses[bad].item()} at step "
+                           f"{done}")
+        losses.sum().backward()  # independent models: each gets its own loss's gradient
+        opt.step()
+        sched.step()
+        if progress is not None and (done % report_every == 0 or done == total):
+            progress(label, done, total)
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        for g, m in enumerate(models):
+            state = {k: v[g] for k, v in {**params, **buffers}.items()}
+            m.load_state_dict(state, strict=True)
+    return [FitResult(total, seconds / n, None) for _ in models]
