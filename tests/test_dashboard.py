@@ -86,7 +86,7 @@ def test_a_reviewer_approves_a_warned_request_in_the_browser(tmp_path, chromium)
         page.get_by_role("button", name="Approve and promote").click()
         expect(page.get_by_role("status")).to_have_text("The version was approved.")
         expect(page.locator("#promoted")).to_contain_text("promoted: in use")
-        expect(page.locator("#signed-by")).to_have_text("dpo@example.org")
+        expect(page.locator("#signed-by")).to_have_text(f"dpo@example.org (token {dpo['id']})")
         page.screenshot(path=SHOTS / "5-approved.png", full_page=True)
         page.goto(svc.url + "/ui/models/digits")
         expect(page.locator("table")).to_contain_text("current")
@@ -94,7 +94,7 @@ def test_a_reviewer_approves_a_warned_request_in_the_browser(tmp_path, chromium)
         browser.close()
         model = client(svc.url, dpo).get("/models/digits").json()
     row = Ledger(store / "ledger.sqlite").entries(kind="version-approved")[-1]
-    assert row.request_id == rid and row.payload["by"] == "dpo@example.org"
+    assert row.request_id == rid and row.payload["by"].startswith("dpo@example.org (token ")
     assert model["current_version"] == row.payload["version"] == 2
     assert all((SHOTS / f).stat().st_size > 10_000 for f in
                ("1-sign-in.png", "3-overview.png", "4-warned-request.png", "5-approved.png"))

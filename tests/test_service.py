@@ -74,7 +74,8 @@ def test_a_request_is_filed_processed_and_verified_and_each_change_is_called_bac
     secret = svc["tokens"]["fides"]["secret"]
     for g in got:
         assert g["headers"]["X-Dormant-Signature"] == sign(secret, g["body"])
-        assert g["headers"]["X-Dormant-Signature"] != sign("another secret", g["body"])
+        # a body changed on the way no longer matches its signature
+        assert g["headers"]["X-Dormant-Signature"] != sign(secret, g["body"] + b" ")
     assert json.loads(got[-1]["body"])["verdict"] == "warn"
 
 
@@ -86,11 +87,13 @@ def test_a_reviewer_approves_a_warned_version_and_the_ledger_shows_who(svc):
     before = dpo.get("/models/digits").json()["current_version"]
     r = dpo.post(f"/requests/{rid}/approve", json={"comment": "checked the report"})
     assert r.status_code == 200, r.text
-    assert r.json()["promoted"] and r.json()["signoff"]["by"] == "dpo@example.org"
+    dpo_id = svc["tokens"]["dpo@example.org"]["id"]
+    assert r.json()["promoted"]
+    assert r.json()["signoff"]["by"] == f"dpo@example.org (token {dpo_id})"
     model = dpo.get("/models/digits").json()
     assert model["current_version"] == done["to_version"] != before
     row = Ledger(svc["store"] / "ledger.sqlite").entries(kind="version-approved")[-1]
-    assert row.request_id == rid and row.payload["by"] == "dpo@example.org"
+    assert row.request_id == rid and row.payload["by"] == f"dpo@example.org (token {dpo_id})"
     assert row.payload["comment"] == "checked the report"
     again = dpo.post(f"/requests/{rid}/approve", json={"comment": "twice"})
     assert again.status_code == 400 and "already approved" in again.json()["error"]
@@ -180,6 +183,7 @@ BAD = [
          "Content-Type": "application/json"}}, 413),
     ("an unknown request id", "fides", "get", "/requests/0123456789abcdef", {}, 404),
     ("a request id that is no id", "fides", "get", "/requests/..%2F..%2Fetc", {}, 404),
+    ("a request id of other letters", "fides", "get", "/requests/ZZZZ", {}, 404),
     ("an unknown model name", "fides", "get", "/models/nope", {}, 400),
     ("an unknown status filter", "fides", "get", "/requests", {"params": {"status": "x"}},
      400),
@@ -200,6 +204,7 @@ def test_bad_input_gets_a_4xx_with_one_line_and_no_traceback(svc, case):
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error and "\n" not in error and "Traceback" not in r.text and 'File "' not in r.text
+    assert str(svc["store"]) not in r.text and "/tmp" not in r.text  # no server path
 
 
 def test_every_write_and_refusal_is_logged(svc):
@@ -216,28 +221,38 @@ def test_every_write_and_refusal_is_logged(svc):
 
 
 def test_serve_and_token_refuse_bad_input_in_one_line(svc, tmp_path, capsys):
+    store = str(svc["store"])
+    cases = [
+        (["serve", "--store", store], "another dormant serve is running"),
+        (["serve", "--store", str(tmp_path / "nowhere")], "nowhere"),
+        (["token", "create", "--store", store, "--role", "root", "--name", "x"],
+         "role 'root' is not one of"),
+        (["token", "create", "--store", store, "--role", "admin", "--name", "a\nb"],
+         "is not allowed"),
+        (["token", "revoke", "--store", store, "000000000000"], "no token"),
+        (["token", "create", "--store", store, "--role", "reviewer", "--name", "fides"],
+         "is named 'fides' already"),
+    ]
+    for args, message in cases:
+        capsys.readouterr()
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (args, err)
+
+
+def test_serve_refuses_a_taken_port_or_a_bad_policy_in_one_line(tmp_path, capsys):
     import socket
 
-    store = str(svc["store"])
+    store = str(served_store(tmp_path)["store"])
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = str(taken.getsockname()[1])
-        cases = [
-            (["serve", "--store", store, "--port", port], "cannot listen on"),
-            (["serve", "--store", str(tmp_path / "nowhere")], "nowhere"),
-            (["serve", "--store", store, "--port", "0", "--policy", "strict="],
-             "give FILE or NAME=FILE"),
-            (["serve", "--store", store, "--port", "0", "--policy",
-              f"strict={tmp_path / 'none.yaml'}"], "none.yaml"),
-            (["token", "create", "--store", store, "--role", "root", "--name", "x"],
-             "role 'root' is not one of"),
-            (["token", "create", "--store", store, "--role", "admin", "--name", "a\nb"],
-             "is not allowed"),
-            (["token", "revoke", "--store", store, "000000000000"], "no token"),
-        ]
-        for args, message in cases:
+        for args, message in [
+            (["--port", str(taken.getsockname()[1])], "cannot listen on"),
+            (["--port", "0", "--policy", "strict="], "give FILE or NAME=FILE"),
+            (["--port", "0", "--policy", f"strict={tmp_path / 'none.yaml'}"], "none.yaml"),
+        ]:
             capsys.readouterr()
-            assert main(args) == 2, args
+            assert main(["serve", "--store", store, *args]) == 2, args
             err = capsys.readouterr().err.strip()
             assert len(err.splitlines()) == 1 and message in err, (args, err)

@@ -75,3 +75,30 @@ def test_kill_9_mid_request_and_after_the_ledger_then_restart_finishes_each_once
     assert sorted(d["to_version"] for d in done) == [2, 3, 4]
     assert verified["ok"] and verified["files_checked"] >= 4
     receiver.close()
+
+
+def test_a_killed_request_whose_model_moved_on_is_closed_once_as_failed(tmp_path):
+    """Killed mid-request; while the service is down a shell promotes another deletion on
+    the same model. The killed run cannot resume (its base is no longer current): the
+    restart closes it as request-failed, once, and says why; nothing is promoted from it."""
+    from cli_helpers import write_ids
+    from test_store_integrity import forget_args
+
+    from dormant.cli import main
+
+    base = served_store(tmp_path)
+    store, policy = base["store"], base["policy"]
+    fides = make_token(store, "requester", "fides")
+    ledger = Ledger(store / "ledger.sqlite")
+    svc = LocalService(store, "--policy", str(policy),
+                       env={"DORMANT_FAILPOINT": "hold:started"}).start()
+    rid = file_request(client(svc.url, fides), range(10, 20))
+    _until(lambda: ledger.entries(request_id=rid), "the request to start")
+    svc.kill()
+    assert main(forget_args(store, write_ids(tmp_path / "b.ids", range(50, 60)), policy)) == 0
+    with LocalService(store, "--policy", str(policy)) as svc:
+        done = wait_for(client(svc.url, fides), rid)
+    assert done["status"] == "failed" and "superseded: its base v1 is not v3" in done["error"]
+    assert [e.kind for e in ledger.entries(request_id=rid)] == ["request-started",
+                                                                "request-failed"]
+    assert Ledger(store / "ledger.sqlite").verify(store=store).ok

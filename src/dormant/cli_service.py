@@ -71,7 +71,8 @@ def serve(
         raise DormantError(f"--port {port} is not a port; use 1..65535")
     if max_body < 1024 or max_upload < 1024:
         raise DormantError("--max-body and --max-upload must be at least 1024 bytes")
-    _service_db(store)
+    held = _service_db(store)
+    held.hold()  # for the process's life: one service per store
     _check_port(host, port)
     pols = _policies(policy)
     svc = Service(Engine(store, _dataset(dataset, data_root, train_size), pols, device),

@@ -161,18 +161,25 @@ def _close_stale(store: ModelStore, p: Plan, why: str) -> None:
     stale = [unfinished[k] for k in p.keys if k in unfinished]
     if not stale:
         return
+    seq = close_unfinished(store, p.base.name, stale, why)
+    raise DormantError(
+        f"request {stale[0].request_id} was started on {p.base.name} v{p.base.version} and "
+        f"cannot resume: {why}; it is closed as request-failed at ledger row {seq}: "
+        "file its ids again without @VERSION")
+
+
+def close_unfinished(store: ModelStore, name: str, stale: list, why: str) -> int:
+    """Record ``request-failed`` (superseded) for killed requests that can never resume,
+    remove what their runs wrote, and return the first new row's number."""
     with store.ledger.transaction():
         rows = [store.ledger.append("request-failed", {
             "error": f"superseded: {why}", "to_version": e.payload["to_version"]},
-            request_id=e.request_id, model=p.base.name) for e in stale]
-    for path in store.version_files(p.base.name, stale[0].payload["to_version"]):
-        path.unlink(missing_ok=True)  # what its killed run wrote: it will never be named
+            request_id=e.request_id, model=name) for e in stale]
     for e in stale:
+        for path in store.version_files(name, e.payload["to_version"]):
+            path.unlink(missing_ok=True)  # what its killed run wrote: it will never be named
         store.drop_report(e.request_id)
-    raise DormantError(
-        f"request {stale[0].request_id} was started on {p.base.name} v{p.base.version} and "
-        f"cannot resume: {why}; it is closed as request-failed at ledger row {rows[0].seq}: "
-        "file its ids again without @VERSION")
+    return rows[0].seq
 
 
 def _earlier_lineages(store: ModelStore, p: Plan, stage) -> None:
@@ -187,19 +194,45 @@ def _earlier_lineages(store: ModelStore, p: Plan, stage) -> None:
               "this request deletes them from it too")
 
 
+def _resumable(unfinished: list, req: Request, key: str):
+    """The killed run this request resumes: the latest unfinished one of the same key and,
+    for a request that brings its own id (a service's), of that id only."""
+    same = [e for e in unfinished if e.payload["key"] == key
+            and (req.request_id is None or e.request_id == req.request_id)]
+    return same[-1] if same else None
+
+
+def _require_new(store: ModelStore, name: str, rid: str, base: Version) -> None:
+    """A request that brings its own id and resumes nothing must be new to the ledger. A killed
+    run of that id whose base has moved since (a request promoted from a shell while a
+    service was down) can never resume: it is closed as ``request-failed``, and so is this."""
+    rows = store.ledger.entries(request_id=rid)
+    if not rows:
+        return
+    started = next((e for e in rows if e.kind == "request-started"), None)
+    if started is None or rows[-1].kind not in ("request-started", "request-resumed"):
+        raise DormantError(f"request id {rid} is in the ledger already, for another request; "
+                           "a new request needs a new id")
+    was = started.payload["from_version"]
+    seq = close_unfinished(store, name, [started], f"its base v{was} is not v{base.version}, "
+                                                    "the version it would now build on")
+    raise DormantError(f"request {rid} was started on {name} v{was} and cannot resume on "
+                       f"v{base.version}; it is closed as request-failed at ledger row {seq}: "
+                       "file its ids again")
+
+
 def start(store: ModelStore, p: Plan, policy: Policy, ds: Dataset, stage
           ) -> tuple[list[str], int]:
     """Each request's ``request-started`` row, or its ``request-resumed`` row when an earlier
     run of the same request (same batch) was killed; all in one transaction."""
     name = p.base.name
-    unfinished = {e.payload["key"]: e for e in store.unfinished(name)}
-    resumed = [unfinished.get(k) for k in p.keys]
+    unfinished = store.unfinished(name)
+    resumed = [_resumable(unfinished, req, k) for req, k in zip(p.reqs, p.keys, strict=True)]
+    for req, e in zip(p.reqs, resumed, strict=True):
+        if e is None and req.request_id:
+            _require_new(store, name, req.request_id, p.base)
     earlier = [e for e in resumed if e is not None]
     to_version = earlier[0].payload["to_version"] if earlier else store.next_version(name)
-    for req, e in zip(p.reqs, resumed, strict=True):
-        if e is None and req.request_id and store.ledger.entries(request_id=req.request_id):
-            raise DormantError(f"request id {req.request_id} is in the ledger already, for "
-                               "another request; a new request needs a new id")
     rids = []
     with store.ledger.transaction():
         for req, ask, key, e in zip(p.reqs, p.asks, p.keys, resumed, strict=True):

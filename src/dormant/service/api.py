@@ -185,13 +185,14 @@ def sign_off(svc: Service, rid: str, caller: Caller, approve: bool, comment: str
     if "verdict" not in view:
         raise DormantError(f"request {rid} has not finished (status {view['status']}); there "
                            "is nothing to sign off yet")
-    v = svc.store().sign_off(view["model_name"], rid, approve=approve, by=caller.name,
-                             comment=comment, timeout=svc.lock_wait)
+    # the token's id beside its name: names of revoked tokens may come back
+    v = svc.store().sign_off(view["model_name"], rid, approve=approve,
+                             by=f"{caller.name} (token {caller.id})", comment=comment,
+                             timeout=svc.lock_wait)
     q = svc.db.get(rid)
     if q is not None:
-        svc.notify(q, "finished", {"signoff": "approved" if approve else "rejected",
-                                   "by": caller.name, "to_version": v.version,
-                                   "promoted": approve}, event="signoff")
+        svc.signed_off(q, {"signoff": "approved" if approve else "rejected",
+                           "by": caller.name, "to_version": v.version, "promoted": approve})
     return visible_request(svc, rid, caller)
 
 

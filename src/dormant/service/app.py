@@ -85,8 +85,12 @@ class AuditLog:
                 status = msg["status"]
             await send(msg)
 
+        crashed = None
         try:
             await self.app(scope, receive, watch)
+        except Exception as e:  # answered by the 500 handler outside; logged here as well
+            crashed = f"{type(e).__name__}: {one_line_of(e)}"
+            raise
         finally:
             if scope["method"] not in ("GET", "HEAD") or status >= 400:
                 state = scope.get("state") or {}
@@ -96,7 +100,7 @@ class AuditLog:
                     "status": status, "ms": round(1000 * (time.perf_counter() - t0), 1),
                     "token": None if caller is None else caller.id,
                     "name": None if caller is None else caller.name,
-                    "error": state.get("error")}))
+                    "error": state.get("error") or crashed}))
 
 
 def _one_line(text: str) -> str:
@@ -153,9 +157,10 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(DormantError)
     async def refused(request: Request, e: DormantError):
+        message = _one_line(service.public(str(e)))
         if isinstance(e, StoreBusy):
-            return _answer(request, 503, _one_line(str(e)), {"Retry-After": "5"})
-        return _answer(request, 400, _one_line(str(e)))
+            return _answer(request, 503, message, {"Retry-After": "5"})
+        return _answer(request, 400, message)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, e: Exception):

@@ -26,12 +26,13 @@ log = logging.getLogger("dormant.service")
 @dataclass(frozen=True)
 class Backoff:
     """Retry schedule: ``first`` seconds after the first failure, doubling, at most ``most``
-    apart, for ``attempts`` tries in all (the defaults span about an hour and a half, long
-    enough for a receiver's deploy or restart), then the event is dead and logged."""
+    apart, for ``attempts`` tries in all (the defaults wait 5,822 s, an hour and a half, in
+    all: long enough for a receiver's deploy or restart), then the event is dead and
+    logged."""
 
     first: float = 2.0
     most: float = 600.0
-    attempts: int = 12
+    attempts: int = 18
     timeout: float = 10.0  # seconds a receiver has to answer one try
 
     def after(self, tries: int) -> float:
@@ -41,6 +42,17 @@ class Backoff:
 def event_body(event: str, rid: str, fields: dict) -> str:
     return json.dumps({"event": event, "request_id": rid, "at": time.time(), **fields},
                       sort_keys=True, separators=(",", ":"))
+
+
+class _Refuse(urllib.request.HTTPRedirectHandler):
+    """A redirect is a failed try: following it would turn the POST into a GET, and could
+    send the request's news somewhere its filer never named."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_Refuse)
 
 
 class Sender(threading.Thread):
@@ -94,7 +106,7 @@ class Sender(threading.Thread):
             "X-Dormant-Signature": sign(secret, body), "X-Dormant-Event": event,
             "X-Dormant-Delivery": str(delivery)})
         try:
-            with urllib.request.urlopen(req, timeout=self.backoff.timeout) as resp:  # noqa: S310
+            with _NO_REDIRECTS.open(req, timeout=self.backoff.timeout) as resp:
                 status = resp.status
         except urllib.error.HTTPError as e:
             status = e.code

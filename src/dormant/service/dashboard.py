@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from dormant.errors import DormantError
 from dormant.service.api import FileRequest, check_filing, report_html, sign_off, visible_request
@@ -126,11 +127,12 @@ async def _sign(request: Request, rid: str, approve: bool) -> Response:
         raise HTTPException(403, f"a {caller.role} token cannot sign off; sign in as a "
                                  "reviewer")
     svc = request.app.state.service
-    try:
-        sign_off(svc, rid, caller, approve, fields.get("comment", ""))
+    try:  # the store's lock may be taken by a running request: wait off the event loop
+        await run_in_threadpool(sign_off, svc, rid, caller, approve, fields.get("comment", ""))
     except DormantError as e:
-        view = visible_request(svc, rid, caller)
-        return _page(request, "request.html", caller, token, r=view, problem=str(e),
+        request.state.error = problem = svc.public(str(e))
+        view = await run_in_threadpool(visible_request, svc, rid, caller)
+        return _page(request, "request.html", caller, token, r=view, problem=problem,
                      comment=fields.get("comment", ""))
     return RedirectResponse(f"/ui/requests/{rid}?done={'approved' if approve else 'rejected'}",
                             status_code=303)
@@ -170,13 +172,14 @@ async def file_request(request: Request) -> Response:
             "model": fields.get("model", ""), "ids": ids,
             "requester": fields.get("requester", ""), "reason": fields.get("reason", ""),
             "policy": fields.get("policy") or None}, "the form")
-        check_filing(svc, body)
+        await run_in_threadpool(check_filing, svc, body)
     except ValueError:
         problem = "the ids must be whole numbers, separated by spaces, commas or new lines"
     except DormantError as e:
-        problem = str(e)
+        problem = svc.public(str(e))
     else:
-        q, _ = svc.file(caller, body.model_dump(), None)
+        q, _ = await run_in_threadpool(svc.file, caller, body.model_dump(), None)
         return RedirectResponse(f"/ui/requests/{q.id}", status_code=303)
+    request.state.error = problem
     return _page(request, "file.html", caller, token, models=models_view(svc.store()),
                  policies=list(svc.engine.policies), fields=fields, problem=problem)

@@ -8,6 +8,7 @@ with ``kill -9`` finds it again on restart."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -40,6 +41,8 @@ STATUSES = ("pending", "running", "finished", "failed", "denied")
 a verdict was recorded; failed: it stopped with an error after its ledger rows started;
 denied: refused before any work, as bad input)."""
 ENDED = ("finished", "failed", "denied")
+Outbox = tuple[str, str, str]
+"""A callback to queue: (url, the filing token's id, the JSON body)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,19 @@ class ServiceDB:
         if new:  # token hashes and callback secrets: for the service's owner only
             os.chmod(self.path, 0o600)
 
+    def hold(self) -> None:
+        """Take the store's one service lock for this process's life (the kernel drops it
+        when the process dies, ``kill -9`` included): two services on one store would run
+        each other's requests."""
+        f = open(self.path.with_name(".service.lock"), "a+")  # noqa: SIM115 - kept open
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise DormantError(f"another dormant serve is running on the store "
+                               f"{self.path.parent}; stop it first") from None
+        self._held = f
+
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
@@ -111,7 +127,14 @@ class ServiceDB:
     # --- tokens ------------------------------------------------------------------------------
 
     def add_token(self, t: Token) -> None:
+        """Add ``t``; refused while another token of the same name is not revoked, so the name
+        a sign-off records names one holder."""
         with self.tx() as db:
+            same = db.execute("SELECT id FROM tokens WHERE name = ? AND revoked IS NULL",
+                              (t.name,)).fetchone()
+            if same is not None:
+                raise DormantError(f"token {same['id']} is named {t.name!r} already; revoke "
+                                   "it first, or choose another name")
             db.execute("INSERT INTO tokens VALUES (?,?,?,?,?,?,?)",
                        (t.id, t.name, t.role, t.hash, t.secret, t.created, t.revoked))
 
@@ -136,9 +159,11 @@ class ServiceDB:
     # --- the queue ---------------------------------------------------------------------------
 
     def enqueue(self, rid: str, token_id: str, body: dict, model: str,
-                idempotency_key: str | None) -> tuple[Queued, bool]:
-        """The request, queued as ``pending``; or, when this token filed one with the same
-        idempotency key before, that one (``False``: nothing new was queued)."""
+                idempotency_key: str | None, outbox: Outbox | None = None
+                ) -> tuple[Queued, bool]:
+        """The request, queued as ``pending`` with its ``pending`` callback in the same
+        transaction; or, when this token filed one with the same idempotency key before,
+        that one (``False``: nothing new was queued)."""
         now = time.time()
         with self.tx() as db:
             if idempotency_key is not None:
@@ -149,6 +174,7 @@ class ServiceDB:
             db.execute("INSERT INTO requests VALUES (?,?,?,?,?,?,?,?,?,?)",
                        (rid, token_id, idempotency_key, json.dumps(body), model, "pending",
                         None, None, now, now))
+            self._post(db, rid, outbox)
             return self._queued(db, rid), True
 
     @staticmethod
@@ -192,10 +218,14 @@ class ServiceDB:
     def with_status(self, status: str) -> list[Queued]:
         return [q for q in self.listed(status=status, limit=1_000_000)][::-1]
 
-    def set_status(self, rid: str, status: str, *, error: str | None = None) -> None:
+    def set_status(self, rid: str, status: str, *, error: str | None = None,
+                   outbox: Outbox | None = None) -> None:
+        """A status change and the callback that reports it, in one transaction: a kill
+        between the two can lose neither."""
         with self.tx() as db:
             db.execute("UPDATE requests SET status = ?, error = ?, updated = ? WHERE id = ?",
                        (status, error, time.time(), rid))
+            self._post(db, rid, outbox)
 
     def set_stage(self, rid: str, stage: str) -> None:
         with self.tx() as db:
@@ -208,11 +238,18 @@ class ServiceDB:
 
     # --- the callbacks' outbox ---------------------------------------------------------------
 
-    def post(self, rid: str, token_id: str, url: str, body: str) -> None:
+    def post(self, rid: str, outbox: Outbox | None) -> None:
         with self.tx() as db:
-            db.execute("INSERT INTO outbox (request_id, token_id, url, body, state, attempts, "
-                       "next_at) VALUES (?,?,?,?,'pending',0,?)",
-                       (rid, token_id, url, body, time.time()))
+            self._post(db, rid, outbox)
+
+    @staticmethod
+    def _post(db: sqlite3.Connection, rid: str, outbox: Outbox | None) -> None:
+        if outbox is None:
+            return
+        url, token_id, body = outbox
+        db.execute("INSERT INTO outbox (request_id, token_id, url, body, state, attempts, "
+                   "next_at) VALUES (?,?,?,?,'pending',0,?)",
+                   (rid, token_id, url, body, time.time()))
 
     def due(self, now: float) -> list[sqlite3.Row]:
         """Callbacks to send now: of each request only its oldest undelivered one, so a

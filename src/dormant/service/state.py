@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from dormant.requests import ModelStore
 from dormant.requests.request import new_request_id
 from dormant.service.callbacks import Backoff, Sender, event_body
-from dormant.service.db import Queued, ServiceDB
+from dormant.service.db import Outbox, Queued, ServiceDB
 from dormant.service.tokens import Caller
 from dormant.service.worker import Engine, Worker
 
@@ -35,32 +35,45 @@ class Service:
         self.lock_wait = limits.lock_wait
         ModelStore(engine.root)  # a folder that is no store is one line before the port opens
         self.db = ServiceDB(engine.root)
-        self.worker = Worker(engine, self.db, self.notify)
         self.sender = Sender(self.db, limits.backoff)
+        self.worker = Worker(engine, self.db, self.event, self.sender.wake.set, self.public)
 
     def store(self) -> ModelStore:
         """A fresh view of the store for the calling thread (its ledger connection is its
         own)."""
         return ModelStore(self.engine.root)
 
+    def public(self, text: str) -> str:
+        """``text`` as a client may read it: the store's place on this machine left out."""
+        for root in {str(self.engine.root.resolve()), str(self.engine.root)}:
+            text = text.replace(root + "/", "").replace(root, "the store")
+        return text
+
+    def event(self, q: Queued, status: str, fields: dict, kind: str = "status"
+              ) -> Outbox | None:
+        """The callback reporting a change of ``q`` to its filer's ``callback_url``, if any."""
+        url = q.body.get("callback_url")
+        if not url:
+            return None
+        return url, q.token_id, event_body(kind, q.id, {
+            "status": status, "model": q.body["model"], **fields})
+
     def file(self, caller: Caller, body: dict, idempotency_key: str | None
              ) -> tuple[Queued, bool]:
-        """Queue a checked request (or find the one this caller filed under the same key)
-        and wake the worker; ``True`` when it is new."""
-        q, new = self.db.enqueue(new_request_id(), caller.id, body, body["model"],
-                                 idempotency_key)
+        """Queue a checked request, its ``pending`` callback with it (or find the one this
+        caller filed under the same key), and wake the worker; ``True`` when it is new."""
+        rid = new_request_id()
+        url = body.get("callback_url")
+        outbox = None if not url else (url, caller.id, event_body(
+            "status", rid, {"status": "pending", "model": body["model"]}))
+        q, new = self.db.enqueue(rid, caller.id, body, body["model"], idempotency_key, outbox)
         if new:
-            self.notify(q, "pending", {})
+            self.sender.wake.set()
             self.worker.wake.set()
         return q, new
 
-    def notify(self, q: Queued, status: str, fields: dict, event: str = "status") -> None:
-        """Queue a callback for a change of ``q`` to its filer's ``callback_url``, if any."""
-        url = q.body.get("callback_url")
-        if not url:
-            return
-        self.db.post(q.id, q.token_id, url, event_body(event, q.id, {
-            "status": status, "model": q.body["model"], **fields}))
+    def signed_off(self, q: Queued, fields: dict) -> None:
+        self.db.post(q.id, self.event(q, "finished", fields, kind="signoff"))
         self.sender.wake.set()
 
     def start(self) -> None:

@@ -77,7 +77,8 @@ def requests_view(store: ModelStore, db: ServiceDB, caller: Caller, *,
     """The caller's requests (a reviewer's or admin's: every one, those filed from a shell
     included), newest first."""
     mine = None if caller.can("read_all") else caller.id
-    queued = db.listed(token_id=mine, status=status, limit=limit)
+    # the model is matched below, by name: a request names it NAME or NAME@VERSION
+    queued = db.listed(token_id=mine, status=status, limit=limit if model is None else 10**6)
     ids = [q.id for q in queued]
     if mine is None:
         known = set(ids)

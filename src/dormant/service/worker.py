@@ -47,13 +47,20 @@ def ledger_state(store: ModelStore, rid: str) -> str | None:
     return None
 
 
+Event = Callable[[Queued, str, dict], "tuple[str, str, str] | None"]
+"""``event(q, status, fields)``: the callback a status change queues (url, token id, body),
+written in the same transaction as the change; None when the request has no callback."""
+
+
 class Worker(threading.Thread):
-    def __init__(self, engine: Engine, db: ServiceDB,
-                 notify: Callable[[Queued, str, dict], None]) -> None:
+    def __init__(self, engine: Engine, db: ServiceDB, event: Event,
+                 sent: Callable[[], None], public: Callable[[str], str]) -> None:
         super().__init__(name="dormant-worker", daemon=True)
         self.engine = engine
         self.db = db
-        self.notify = notify
+        self.event = event
+        self.sent = sent
+        self.public = public
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.current: str | None = None
@@ -73,10 +80,6 @@ class Worker(threading.Thread):
             self.current = q.id
             try:
                 self.process(q)
-            except Exception:  # noqa: BLE001 - one request's crash must not stop the queue
-                log.exception("worker: request %s", q.id)
-                self._end(q, "failed", {"error": "the service failed to process it; see its "
-                                                  "log"})
             finally:
                 self.current = None
 
@@ -85,10 +88,8 @@ class Worker(threading.Thread):
         store = ModelStore(self.engine.root)
         for q in self.db.with_status("running"):
             state = ledger_state(store, q.id)
-            if state == "finished":
-                self._end(q, "finished", finished_fields(store, q.id))
-            elif state == "failed":
-                self._end(q, "failed", {"error": failed_error(store, q.id)})
+            if state in ("finished", "failed"):
+                self.settle(q, None)
             else:  # not started, or killed mid-way: its rerun resumes it
                 self.db.set_status(q.id, "pending")
                 log.info(json.dumps({"event": "request-requeued", "request_id": q.id,
@@ -96,39 +97,57 @@ class Worker(threading.Thread):
 
     def process(self, q: Queued) -> None:
         e = self.engine
-        self.db.set_status(q.id, "running")
-        self.notify(q, "running", {})
+        self._set(q, "running", {})
         b = q.body
-        name, version = parse_ref(b["model"])
-        store = ModelStore(e.root)
         policy = e.policies.get(b.get("policy") or "default")
         if policy is None:  # filed before a restart that dropped the policy it names
-            self._end(q, "denied", {"error": f"policy {b['policy']!r} is not one this service "
-                                             f"has now ({', '.join(e.policies)}); file the "
-                                             "request again"})
+            self._set(q, "denied", {"error": f"policy {b['policy']!r} is not one this "
+                                             f"service has now ({', '.join(e.policies)}); "
+                                             "file the request again"})
             return
+        error: BaseException | None = None
         try:
+            name, version = parse_ref(b["model"])
             req = Request(name, torch.tensor(b["ids"], dtype=torch.long), b["requester"],
                           b["reason"], version, b.get("method"), b.get("hparams") or {},
                           request_id=q.id)
-            process_request(store, e.dataset, req, policy, device=e.device,
+            process_request(ModelStore(e.root), e.dataset, req, policy, device=e.device,
                             on_stage=lambda s: self.db.set_stage(q.id, s))
-        except RequestFailed as err:
-            self._end(q, "failed", {"error": str(err)})
-            return
-        except DormantError as err:
-            # refused before any row is denied; after its rows, the ledger holds its failure
-            failed = ledger_state(ModelStore(e.root), q.id) == "failed"
-            self._end(q, "failed" if failed else "denied", {"error": str(err)})
-            return
-        kill_point("service-finished")  # the ledger has the outcome, the queue not yet
-        self._end(q, "finished", finished_fields(ModelStore(e.root), q.id))
+            kill_point("service-finished")  # the ledger has the outcome, the queue not yet
+        except Exception as err:  # noqa: BLE001 - every end is settled by the ledger below
+            error = err
+            if not isinstance(err, (DormantError, RequestFailed)):
+                log.error(json.dumps({"event": "worker-error", "request_id": q.id}),
+                          exc_info=err)
+        self.settle(q, error)
 
-    def _end(self, q: Queued, status: str, fields: dict) -> None:
-        self.db.set_status(q.id, status, error=fields.get("error"))
-        log.info(json.dumps({"event": f"request-{status}", "request_id": q.id,
-                             **{k: v for k, v in fields.items() if k != "report"}}))
-        self.notify(q, status, fields)
+    def settle(self, q: Queued, error: BaseException | None) -> None:
+        """The request's end as the ledger has it: finished or failed by its rows; with no
+        row, denied (refused before any work) when the engine said why in one line, else
+        failed."""
+        store = ModelStore(self.engine.root)
+        state = ledger_state(store, q.id)
+        if state == "finished":
+            self._set(q, "finished", finished_fields(store, q.id))
+        elif state == "failed":
+            self._set(q, "failed", {"error": failed_error(store, q.id)})
+        elif state is None and isinstance(error, DormantError):
+            self._set(q, "denied", {"error": str(error)})
+        else:
+            why = "the service failed to process it; its log has the details" \
+                if error is None or not isinstance(error, (DormantError, RequestFailed)) \
+                else str(error)
+            self._set(q, "failed", {"error": why})
+
+    def _set(self, q: Queued, status: str, fields: dict) -> None:
+        if "error" in fields:
+            fields = {**fields, "error": self.public(fields["error"])}
+        self.db.set_status(q.id, status, error=fields.get("error"),
+                           outbox=self.event(q, status, fields))
+        self.sent()
+        if status != "running":
+            log.info(json.dumps({"event": f"request-{status}", "request_id": q.id,
+                                 **fields}))
 
 
 def finished_row(store: ModelStore, rid: str):

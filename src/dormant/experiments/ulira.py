@@ -1,0 +1,185 @@
+"""U-LiRA (Hayes et al., "Inexact unlearning needs more careful evaluations to avoid a false
+sense of privacy", SaTML 2025): can a per-example likelihood-ratio test tell a model that
+*unlearned* an example from one *retrained* without it?
+
+The design is the efficient variant's: N shadow splits of a pool (each pool example in for
+exactly half, as for LiRA; the originals are LiRA's shadows, from the same cache) and a fixed
+set of candidates. Split m's original trains on its half; its forget set is the candidates in
+that half; the method unlearns them (U_m) and a reference retrains without them (R_m, the
+same recipe, its own seed). Per candidate, Gaussians are fitted to its logit-scaled
+confidence under the unlearned models that forgot it and under the retrained models that never
+trained on it. Each split in turn is the target (leave-one-out: the fits use the others):
+its forgotten candidates under U_t are the positives, the same candidates under R_t the
+negatives. AUC 0.5 means unlearning is indistinguishable from retraining.
+
+``retrain`` as the method retrains with its own randomness, so its AUC is 0.5 up to noise.
+The same pairs give SVC's MIA AUC (the population attack of the study's tables) for U_t and
+R_t, and LiRA on the retain examples before and after unlearning: Hayes et al. found that
+unlearning can expose the examples it kept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from dormant.engine import Recipe
+from dormant.engine.group import fit_group
+from dormant.experiments.shadows import phis, shadow_key, shadow_seed, train_shadows
+from dormant.metrics.lira import fit_gaussians, lira_scores, membership, roc_summary
+from dormant.metrics.mia import svc_mia_auc
+from dormant.models import ModelSpec, create_model
+from dormant.store.cache import ModelCache, cache_key
+from dormant.unlearn import UnlearnContext, UnlearnData, unlearn
+
+
+@dataclass(frozen=True)
+class Splits:
+    """What every method shares: the pool, the in/out matrix, the candidates, each split's
+    forget set, and the original and retrained models."""
+
+    pool: torch.Tensor
+    keep: np.ndarray  # (models, pool)
+    candidates: np.ndarray  # positions in the pool
+    forgets: list[np.ndarray]  # per split: positions in the pool (candidates in its half)
+    originals: list[nn.Module]
+    retrained: list[nn.Module]
+
+
+def splits(x: torch.Tensor, y: torch.Tensor, pool: torch.Tensor, spec: ModelSpec,
+           recipe: Recipe, *, models: int, candidates: int, seed: int, cache: ModelCache,
+           fingerprint: str) -> Splits:
+    keep = membership(models, len(pool), seed)
+    rng = np.random.default_rng(seed + 1)
+    cand = np.sort(rng.choice(len(pool), candidates, replace=False))
+    originals = train_shadows(x, y, pool, keep, spec, recipe, seed=seed, cache=cache,
+                              fingerprint=fingerprint)
+    forgets = [cand[keep[m, cand]] for m in range(models)]
+    retain = [np.setdiff1d(np.flatnonzero(keep[m]), forgets[m]) for m in range(models)]
+    ids = [pool[torch.as_tensor(r)] for r in retain]
+    seeds = [shadow_seed(seed + 7, m) for m in range(models)]  # not the originals' seeds
+    keys = [shadow_key(fingerprint, spec, recipe, i, s) for i, s in zip(ids, seeds, strict=True)]
+
+    def train(positions: list[int]) -> list[nn.Module]:
+        out = [create_model(spec, seed=seeds[m]) for m in positions]
+        fit_group(out, x, y, [ids[m] for m in positions], recipe,
+                  generators=[torch.Generator().manual_seed(seeds[m]) for m in positions],
+                  label="retrained references")
+        return out
+
+    retrained = cache.build_models(keys, spec, x.device, train, {"kind": "retrained"})
+    return Splits(pool, keep, cand, forgets, originals, retrained)
+
+
+def unlearned(s: Splits, x: torch.Tensor, y: torch.Tensor, spec: ModelSpec, recipe: Recipe,
+              method: str, preset: str | None, num_classes: int, *, seed: int,
+              cache: ModelCache, fingerprint: str) -> list[nn.Module]:
+    """U_m for every split: ``method`` applied to original m on its forget set (cached)."""
+    out = []
+    for m, original in enumerate(s.originals):
+        forget = s.pool[torch.as_tensor(s.forgets[m])]
+        retain = s.pool[torch.as_tensor(np.setdiff1d(np.flatnonzero(s.keep[m]),
+                                                     s.forgets[m]))]
+        key = cache_key(kind="ulira-unlearned", data=fingerprint, method=method, preset=preset,
+                        recipe=recipe.to_dict(), spec=spec.__dict__, split=m, seed=seed,
+                        forget=forget.tolist(), original=shadow_seed(seed, m))
+        unlearn_seed = shadow_seed(seed + 13, m)  # retrain as a method: its own randomness
+
+        def run(original=original, forget=forget, retain=retain, unlearn_seed=unlearn_seed):
+            data = UnlearnData(x, y, forget.to(x.device), retain.to(x.device),
+                               forget[:0].to(x.device), num_classes)
+            ctx = UnlearnContext(recipe, lambda s=None, u=unlearn_seed: create_model(
+                spec, seed=u if s is None else s), unlearn_seed)
+            return unlearn(method, original, data, ctx, preset=preset), {}
+
+        model, _ = cache.build_model(key, spec, x.device, run,
+                                     {"kind": "ulira-unlearned", "method": method})
+        out.append(model)
+    return out
+
+
+def _fit_leave_one_out(phi: np.ndarray, include: np.ndarray, t: int):
+    """Gaussians per candidate from every model but ``t`` where ``include`` (models x
+    candidates); returned as (mean, std) arrays over candidates (and queries)."""
+    others = np.arange(len(phi)) != t
+    fit = fit_gaussians(phi[others], include[others])
+    return fit.mean_in, fit.std_in
+
+
+def ulira(s: Splits, u_models: list[nn.Module], x: torch.Tensor, y: torch.Tensor,
+          recipe: Recipe, test: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+    """AUC and accuracy of the U_t-versus-R_t likelihood-ratio test over every split and
+    forgotten candidate, the per-candidate scores, SVC's AUC on the same pairs (when ``test``
+    images are given) and the retain examples' LiRA exposure before and after unlearning."""
+    from dormant.metrics.lira import Fit
+
+    n = len(s.originals)
+    cand_ids = s.pool[torch.as_tensor(s.candidates)]
+    phi_u = phis(u_models, x, y, cand_ids, recipe)  # (models, candidates, queries)
+    phi_r = phis(s.retrained, x, y, cand_ids, recipe)
+    forgot = s.keep[:, s.candidates]  # U_m forgot candidate c iff c was in its half
+    pos, neg, per_candidate = [], [], [[] for _ in s.candidates]
+    for t in range(n):
+        mu_u, sd_u = _fit_leave_one_out(phi_u, forgot, t)
+        # R_m never trained on a candidate: every other split's reference counts
+        mu_r, sd_r = _fit_leave_one_out(phi_r, np.ones_like(forgot), t)
+        fit = Fit(mu_u, mu_r, sd_u, sd_r, True, n - 1)
+        su = lira_scores(phi_u[t], fit)
+        sr = lira_scores(phi_r[t], fit)
+        for c in np.flatnonzero(forgot[t]):
+            pos.append(su[c])
+            neg.append(sr[c])
+            per_candidate[c].append(float(su[c] - sr[c]))
+    pos, neg = np.array(pos), np.array(neg)
+    out = {"pairs": len(pos), "models": n, "candidates": len(s.candidates),
+           **{k: v for k, v in roc_summary(pos, neg).items()
+              if k in ("auc", "tpr_at_1pct")},
+           "accuracy": float(((pos > 0).sum() + (neg <= 0).sum()) / (2 * len(pos))),
+           "candidate_score_gap": [float(np.mean(v)) if v else None for v in per_candidate]}
+    if test is not None:
+        out["svc_auc_unlearned"], out["svc_auc_retrained"] = _svc(s, u_models, x, y, test)
+    out["retain_exposure"] = _retain_exposure(s, u_models, x, y, recipe)
+    return out
+
+
+def _svc(s: Splits, u_models, x, y, test) -> tuple[float, float]:
+    """SVC's MIA AUC (the study's population attack) of each split's forget set against test
+    images, for U_t and R_t, averaged over the splits."""
+    xt, yt = test
+    half = len(yt) // 2
+    shadow_out, eval_out = torch.arange(half), torch.arange(half, len(yt))
+    aucs = {"u": [], "r": []}
+    for t in range(len(s.originals)):
+        forget = s.pool[torch.as_tensor(s.forgets[t])]
+        retain = s.pool[torch.as_tensor(np.setdiff1d(np.flatnonzero(s.keep[t]),
+                                                     s.forgets[t]))]
+        for k, m in (("u", u_models[t]), ("r", s.retrained[t])):
+            aucs[k].append(svc_mia_auc(m, x, y, retain, xt, yt, shadow_out, forget,
+                                       eval_out, seed=t))
+    return float(np.mean(aucs["u"])), float(np.mean(aucs["r"]))
+
+
+def _retain_exposure(s: Splits, u_models, x, y, recipe: Recipe) -> dict:
+    """LiRA (online, the originals as shadows, leave-one-out) on each split's retained pool
+    examples against its pool examples out of training (candidates left out), for the
+    original O_t and for U_t: AUC and TPR at 1% FPR over all splits."""
+    non_cand = np.setdiff1d(np.arange(len(s.pool)), s.candidates)
+    ids = s.pool[torch.as_tensor(non_cand)]
+    keep = s.keep[:, non_cand]
+    phi_o = phis(s.originals, x, y, ids, recipe)
+    phi_u = phis(u_models, x, y, ids, recipe)
+    scores = {"before": ([], []), "after": ([], [])}
+    for t in range(len(s.originals)):
+        others = np.arange(len(keep)) != t
+        fit = fit_gaussians(phi_o[others], keep[others])
+        for k, phi in (("before", phi_o[t]), ("after", phi_u[t])):
+            sc = lira_scores(phi, fit)
+            scores[k][0].append(sc[keep[t]])
+            scores[k][1].append(sc[~keep[t]])
+    out = {}
+    for k, (mem, non) in scores.items():
+        r = roc_summary(np.concatenate(mem), np.concatenate(non))
+        out[k] = {"auc": r["auc"], "tpr_at_1pct": r["tpr_at_1pct"]}
+    return out
