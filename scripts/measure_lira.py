@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +28,9 @@ from dormant.experiments.profiles import profile_for
 from dormant.experiments.shadows import membership_audit
 from dormant.models import ModelSpec, create_model
 from dormant.store import ModelCache
+
+sys.path.insert(0, str(Path(__file__).parent))
+from provenance import write_meta  # noqa: E402
 
 POOL, SHADOWS = 5000, 16
 
@@ -74,14 +76,8 @@ def main() -> None:
         for r in rows:
             f.write(json.dumps(r) + "\n")
             print(json.dumps(r))
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True
-                            ).stdout.strip()
-    (args.out / "meta.json").write_text(json.dumps({
-        "command": f"python scripts/measure_lira.py --data-root {args.data_root} --out "
-                   f"{args.out} --seeds {args.seeds}",
-        "commit": commit, "rows": len(rows), "seeds": seeds,
-        "machine": f"{platform.machine()}, cpu, {torch.get_num_threads()} threads, torch "
-                   f"{torch.__version__}"}, indent=1) + "\n")
+    write_meta(args.out, f"python scripts/measure_lira.py --data-root {args.data_root} "
+                         f"--out {args.out} --seeds {args.seeds}", len(rows), seeds)
 
 
 if __name__ == "__main__":

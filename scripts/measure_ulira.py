@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +29,9 @@ from dormant.experiments.profiles import profile_for
 from dormant.experiments.ulira import splits, ulira, unlearned
 from dormant.models import ModelSpec
 from dormant.store import ModelCache
+
+sys.path.insert(0, str(Path(__file__).parent))
+from provenance import write_meta  # noqa: E402
 
 MODELS, CANDIDATES = 16, 50
 
@@ -71,15 +73,9 @@ def main() -> None:
         for r in rows:
             f.write(json.dumps(r) + "\n")
     builds = [b for b in cache.build_log() if b["kind"] in ("shadow", "retrained")]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True
-                            ).stdout.strip()
-    (args.out / "meta.json").write_text(json.dumps({
-        "command": f"python scripts/measure_ulira.py --out {args.out} --seeds {args.seeds} "
-                   f"--methods {args.methods}",
-        "commit": commit, "rows": len(rows), "seeds": seeds,
-        "shared_models_built": len(builds),
-        "machine": f"{platform.machine()}, cpu, {torch.get_num_threads()} threads, torch "
-                   f"{torch.__version__}"}, indent=1) + "\n")
+    write_meta(args.out, f"python scripts/measure_ulira.py --out {args.out} --seeds "
+                         f"{args.seeds} --methods {args.methods}", len(rows), seeds,
+               shared_models_built=len(builds))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def test_each_model_of_a_group_matches_it_trained_alone(digits, arch, augment):
     group = [create_model(spec, seed=s) for s in range(3)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # it must not fall back
-        fit_group(group, x, y, ids, recipe,
+        fit_group(group, x, y, ids, recipe, batched=True,
                   generators=[torch.Generator().manual_seed(100 + s) for s in range(3)])
     for a, b in zip(alone, group, strict=True):
         sa, sb = a.state_dict(), b.state_dict()

@@ -7,12 +7,16 @@ of its time in per-step overhead rather than arithmetic.
 Each model of the group trains exactly as :func:`dormant.engine.fit` would train it alone: the
 same batches and augmentation (each model draws from its own generator, in the same order),
 the same optimiser steps (Adam, AdamW and SGD act element by element, so one optimiser over
-the stacked parameters is one per model), and BatchNorm's running statistics kept per model
-(the buffers are stacked too, and updated in place under ``vmap``). Only float summation
-order differs; ``tests/test_group.py`` bounds the difference for an MLP and a BatchNorm CNN.
+the stacked parameters is one per model; it runs fused where torch has the kernel, because
+stacked parameters no longer fit in cache for a per-tensor update), and BatchNorm's running
+statistics kept per model (the buffers are stacked too, and updated in place under
+``vmap``). Only float summation order differs; ``tests/test_group.py`` bounds the difference
+for an MLP and a BatchNorm CNN.
 
-A model with an operation ``vmap`` has no batching rule for is trained one model at a time,
-with one warning saying so."""
+A model with an operation ``vmap`` has no batching rule for, or whose batched step is slower
+than its models' steps one by one (on a CPU, ``vmap`` makes convolutions grouped ones, which
+``benchmarks/shadows.py`` measured 5x slower for ``cnn-small``), is trained one model at a
+time, with one warning saying so."""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from dormant.engine.augment import augment
+from dormant.engine.augment import apply_moves, draw_moves
 from dormant.engine.device import prepare_model, to_float
 from dormant.engine.loop import FINITE_CHECK_EVERY, BatchStream, Diverged, FitResult, Progress, fit
 from dormant.engine.recipe import Recipe
@@ -41,9 +45,13 @@ def _batched(model: nn.Module):
     return vmap(one, in_dims=(0, 0, 0))
 
 
-def groupable(models: list[nn.Module], x: torch.Tensor, batch: int) -> str | None:
-    """None when ``models`` can train as one batched model, else why not (one line): one
-    forward and backward pass on copies of their state, drawing no random numbers."""
+def groupable(models: list[nn.Module], x: torch.Tensor, batch: int, *, timed: bool = True
+              ) -> str | None:
+    """None when ``models`` can train as one batched model and it pays, else why not (one
+    line). Forward and backward passes on copies of their state, drawing no random numbers:
+    one proves vmap batches every operation, and a timed pair of each kind compares a batched
+    step with one step of each model alone (on a CPU, vmap turns convolutions into grouped
+    ones, which can be slower than the models one by one)."""
     if len({type(m) for m in models}) != 1:
         return "the models are not of one architecture"
     shapes = [[(k, tuple(v.shape)) for k, v in m.state_dict().items()] for m in models]
@@ -52,22 +60,50 @@ def groupable(models: list[nn.Module], x: torch.Tensor, batch: int) -> str | Non
     params, buffers = stack_module_state(models)
     params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     buffers = {k: v.clone() for k, v in buffers.items()}
-    probe = to_float(x[:1]).expand(len(models), min(batch, 2), *x.shape[1:]).contiguous()
+    b = min(batch, len(x))
+    probe = to_float(x[:b])
+    stacked = probe.expand(len(models), *probe.shape).contiguous()
+    forward = _batched(models[0])
     try:
-        _batched(models[0])(params, buffers, probe).sum().backward()
+        forward(params, buffers, stacked).sum().backward()
     except (RuntimeError, NotImplementedError) as e:
         return f"vmap cannot batch it ({' '.join(str(e).split())[:160]})"
+    if not timed:
+        return None
+    one = copy.deepcopy(models[0]).train()
+
+    def alone() -> None:
+        for _ in models:
+            one(probe).sum().backward()
+
+    def batched() -> None:
+        forward(params, buffers, stacked).sum().backward()
+
+    t_alone, t_group = _best(alone), _best(batched)
+    if t_group > 0.8 * t_alone:
+        return (f"a batched step takes {1000 * t_group:.0f} ms against {1000 * t_alone:.0f} "
+                f"ms for the {len(models)} models one by one here")
     return None
+
+
+def _best(step, reps: int = 2) -> float:
+    out = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        out = min(out, time.perf_counter() - t0)
+    return out
 
 
 def fit_group(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor,
               ids: list[torch.Tensor], recipe: Recipe, *, generators: list[torch.Generator],
-              progress: Progress | None = None, label: str = "train group"
-              ) -> list[FitResult]:
+              progress: Progress | None = None, label: str = "train group",
+              batched: bool | None = None) -> list[FitResult]:
     """Train ``models[g]`` on ``(x[ids[g]], y[ids[g]])`` with ``generators[g]``, for every g
     at once; each ends as :func:`fit` with the same arguments would leave it. Every model
     needs the same batch size (each id set at least ``recipe.batch_size`` long, or all of
-    one length)."""
+    one length). ``batched``: None batches where it is possible and faster; True wherever it
+    is possible (the equivalence tests)."""
     if not (len(models) == len(ids) == len(generators)) or not models:
         raise ValueError("fit_group: one id set and one generator per model")
     for m in models:
@@ -75,7 +111,7 @@ def fit_group(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor,
     sizes = {min(recipe.batch_size, len(i)) for i in ids}
     why = "the id sets give different batch sizes" if len(sizes) > 1 else None
     why = why or (None if len(models) > 1 else "a group of one")
-    why = why or groupable(models, x, recipe.batch_size)
+    why = why or groupable(models, x, recipe.batch_size, timed=batched is None)
     if why is not None:
         if len(models) > 1:
             warnings.warn(f"{label}: training {len(models)} models one at a time: {why}",
@@ -88,16 +124,21 @@ def fit_group(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor,
     params, buffers = stack_module_state(models)
     params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     forward = _batched(models[0])
-    opt, sched = recipe.build(list(params.values()))
+    opt, sched = recipe.build(list(params.values()), fused=True)
     total = recipe.stop_after or recipe.steps
     report_every = max(1, total // 100)
     n = len(models)
     for step in range(total):
         opt.zero_grad(set_to_none=True)
-        batches = [s() for s in streams]
-        xs = torch.stack([augment(to_float(x[b]), recipe.augment, recipe.pad, g).contiguous()
-                          for b, g in zip(batches, generators, strict=True)])
-        ys = torch.stack([y[b] for b in batches])
+        idx = torch.stack([s() for s in streams])  # (models, batch)
+        xs = to_float(x[idx.flatten()])
+        if recipe.augment != "none" and len(xs):
+            # each model draws its moves from its own generator, in fit's order; one gather
+            moves = [draw_moves(recipe.augment, recipe.pad, idx.shape[1], g) for g in generators]
+            xs = apply_moves(xs, tuple(None if parts[0] is None else torch.cat(parts, -1)
+                                       for parts in zip(*moves, strict=True)), recipe.pad)
+        xs = xs.contiguous().view(n, idx.shape[1], *x.shape[1:])
+        ys = y[idx]
         logits = forward(params, buffers, xs)
         losses = F.cross_entropy(logits.flatten(0, 1), ys.flatten(),
                                  reduction="none").view(n, -1).mean(1)

@@ -10,10 +10,12 @@ import torch
 from dormant.errors import DormantError
 
 _OPTIMIZERS = {
-    "adam": lambda params, r: torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay),
-    "adamw": lambda params, r: torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay),
-    "sgd": lambda params, r: torch.optim.SGD(
-        params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay
+    "adam": lambda params, r, **kw: torch.optim.Adam(params, lr=r.lr,
+                                                     weight_decay=r.weight_decay, **kw),
+    "adamw": lambda params, r, **kw: torch.optim.AdamW(params, lr=r.lr,
+                                                       weight_decay=r.weight_decay, **kw),
+    "sgd": lambda params, r, **kw: torch.optim.SGD(
+        params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, **kw
     ),
 }
 AUGMENTATIONS = ("flip-crop", "crop", "none")
@@ -71,8 +73,19 @@ class Recipe:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def build(self, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-        opt = _OPTIMIZERS[self.optimizer](params, self)
+    def build(self, params, *, fused: bool = False
+              ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        """The optimiser and schedule over ``params``. ``fused``: one kernel for the whole
+        update where this torch has it for the device (a batched group's stacked parameters
+        are too large for the per-tensor update to stay in cache), else the default."""
+        params = list(params)
+        opt = None
+        if fused:
+            try:
+                opt = _OPTIMIZERS[self.optimizer](params, self, fused=True)
+            except (RuntimeError, TypeError, ValueError):
+                opt = None
+        opt = opt or _OPTIMIZERS[self.optimizer](params, self)
         end = (0.1 * self.lr if self.final_lr is None else self.final_lr) / self.lr
         total = self.steps
 
