@@ -45,12 +45,12 @@ def _batched(model: nn.Module):
     return vmap(one, in_dims=(0, 0, 0))
 
 
-def groupable(models: list[nn.Module], x: torch.Tensor, batch: int, *, timed: bool = True
-              ) -> str | None:
+def groupable(models: list[nn.Module], x: torch.Tensor, recipe: Recipe, *,
+              timed: bool = True) -> str | None:
     """None when ``models`` can train as one batched model and it pays, else why not (one
-    line). Forward and backward passes on copies of their state, drawing no random numbers:
-    one proves vmap batches every operation, and a timed pair of each kind compares a batched
-    step with one step of each model alone (on a CPU, vmap turns convolutions into grouped
+    line). Training steps on copies of their state, drawing no random numbers: one proves
+    vmap batches every operation, and a timed pair of each kind compares a batched step with
+    one step of each model alone (on a CPU, vmap turns convolutions into grouped
     ones, which can be slower than the models one by one)."""
     if len({type(m) for m in models}) != 1:
         return "the models are not of one architecture"
@@ -60,7 +60,7 @@ def groupable(models: list[nn.Module], x: torch.Tensor, batch: int, *, timed: bo
     params, buffers = stack_module_state(models)
     params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     buffers = {k: v.clone() for k, v in buffers.items()}
-    b = min(batch, len(x))
+    b = min(recipe.batch_size, len(x))
     probe = to_float(x[:b])
     stacked = probe.expand(len(models), *probe.shape).contiguous()
     forward = _batched(models[0])
@@ -71,13 +71,19 @@ def groupable(models: list[nn.Module], x: torch.Tensor, batch: int, *, timed: bo
     if not timed:
         return None
     one = copy.deepcopy(models[0]).train()
+    one_opt, _ = recipe.build(one.parameters())
+    group_opt, _ = recipe.build(list(params.values()), fused=True)
 
-    def alone() -> None:
+    def alone() -> None:  # a whole step: the optimiser's per-model overhead counts too
         for _ in models:
+            one_opt.zero_grad(set_to_none=True)
             one(probe).sum().backward()
+            one_opt.step()
 
     def batched() -> None:
+        group_opt.zero_grad(set_to_none=True)
         forward(params, buffers, stacked).sum().backward()
+        group_opt.step()
 
     t_alone, t_group = _best(alone), _best(batched)
     if t_group > 0.8 * t_alone:
@@ -111,7 +117,7 @@ def fit_group(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor,
     sizes = {min(recipe.batch_size, len(i)) for i in ids}
     why = "the id sets give different batch sizes" if len(sizes) > 1 else None
     why = why or (None if len(models) > 1 else "a group of one")
-    why = why or groupable(models, x, recipe.batch_size, timed=batched is None)
+    why = why or groupable(models, x, recipe, timed=batched is None)
     if why is not None:
         if len(models) > 1:
             warnings.warn(f"{label}: training {len(models)} models one at a time: {why}",
