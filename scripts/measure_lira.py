@@ -1,9 +1,10 @@
 """Measure LiRA against the loss-threshold attack on MNIST (issue 25, item 1): ``cnn-small``, a
 pool of 5,000 training images, 16 shadow models, on a CPU.
 
-Per seed (``--seeds``, default 10): a target model trains on a random half of the pool with
-the MNIST profile's recipe (30 epochs of 2,500 images, crop augmentation); 16 shadows train on
-random halves of the same pool (each image in for exactly 8), as one batched group, cached.
+Per seed (``--seeds``, a comma-separated list; by default seed 10 alone): a target model
+trains on a random half of the pool with the MNIST profile's recipe (30 epochs of 2,500
+images, crop augmentation); 16 shadows train on random halves of the same pool (each image in
+for exactly 8), as one group (batched where that is faster), cached.
 Both attacks score the same 5,000 images against the target; members are the target's half.
 Nothing was chosen on these seeds: the recipe is the profile's and N = 16 is the issue's.
 Writes ``rows.jsonl`` (one row per seed, without the per-example scores) and ``meta.json``.

@@ -1,7 +1,8 @@
 """Measure U-LiRA against SVC's membership attack on digits (issue 25, item 2).
 
-Per seed (``--seeds``, default 10) and method (``--methods``, default retrain,
-gradient_ascent, scrub; each at the digits preset, the budget the studies run): 16 shadow
+Per seed (``--seeds``, a comma-separated list; by default seed 10 alone) and method
+(``--methods``, default retrain, gradient_ascent, scrub; each at the digits preset, the budget
+the studies run): 16 shadow
 splits of the whole digits training set (the MLP, the digits profile's recipe), 50
 candidates, each forgotten by the 8 splits that trained on it. Reported per method: U-LiRA's
 AUC and accuracy at telling unlearned from retrained models on the forgotten candidates,

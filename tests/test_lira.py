@@ -72,3 +72,14 @@ def test_a_planted_membership_signal_is_found(online):
     r = roc_summary(*(lambda s: (s[target_in], s[~target_in]))(
         lira_scores(target_phi, fit_gaussians(phi, keep), online=online)))
     assert r["auc"] > 0.88 and r["tpr_at_1pct"] > 0.2
+
+
+def test_the_global_variance_is_the_same_with_several_queries():
+    """Queries (augmented copies) add cells, not spread: five copies of the same shadows'
+    statistic, each with its own noise, pool to the same variance as one."""
+    mean, keep, phi, rng = _synthetic(16, 500, shift=2.0, seed=3)
+    queried = phi[..., None] + rng.normal(0, 1e-3, (*phi.shape, 5))
+    one, five = fit_gaussians(phi, keep), fit_gaussians(queried, keep)
+    assert five.global_variance and five.std_in.shape == (500, 5)
+    assert float(five.std_in.mean()) == pytest.approx(float(one.std_in.mean()), rel=0.01)
+    assert float(five.std_out.mean()) == pytest.approx(0.5, rel=0.05)

@@ -29,6 +29,10 @@ def test_retrain_as_the_method_cannot_be_told_from_retraining(digits, tmp_path):
                cache=cache, fingerprint=digits.fingerprint)
     u = unlearned(s, x, y, spec, recipe, "retrain", None, 10, seed=3, cache=cache,
                   fingerprint=digits.fingerprint)
+    # the method's retrains are their own: not the references (a tie everywhere would also
+    # read 0.5)
+    for um, rm in zip(u, s.retrained, strict=True):
+        assert not torch.allclose(next(um.parameters()), next(rm.parameters()))
     r = ulira(s, u, x, y, recipe)
     assert r["models"] == 16 and r["pairs"] == 400
     assert r["auc"] == pytest.approx(0.5, abs=0.06)

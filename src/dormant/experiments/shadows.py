@@ -67,8 +67,8 @@ def queries(recipe: Recipe) -> list[tuple[bool, int, int]]:
     """The augmented copies each example is queried with, as (flip, row shift, column shift):
     the identity, and the training augmentation's own moves (one-pixel shifts where it crops,
     mirrored copies where it flips), as LiRA queries CIFAR-10 with flips and shifts."""
-    shifts = [(0, 0)] if recipe.augment == "none" else [(0, 0), (1, 0), (-1, 0), (0, 1),
-                                                        (0, -1)]
+    crops = recipe.augment != "none" and recipe.pad > 0
+    shifts = [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)] if crops else [(0, 0)]
     flips = [False, True] if recipe.augment == "flip-crop" else [False]
     return [(f, dr, dc) for f in flips for dr, dc in shifts]
 
@@ -128,9 +128,11 @@ def membership_audit(target: nn.Module, x: torch.Tensor, y: torch.Tensor, pool: 
         out[name] = roc_summary(s[member], s[~member])
         out[f"{name}_scores"] = s.tolist()
     with torch.no_grad():
+        was = target.training
         target.eval()
         logits = target(to_float(x[pool.to(x.device)]))
         loss = F.cross_entropy(logits.double(), y[pool.to(y.device)], reduction="none")
+        target.train(was)
     s = -loss.cpu().numpy()
     out["loss"] = roc_summary(s[member], s[~member])
     return out

@@ -82,9 +82,14 @@ def unlearned(s: Splits, x: torch.Tensor, y: torch.Tensor, spec: ModelSpec, reci
         forget = s.pool[torch.as_tensor(s.forgets[m])]
         retain = s.pool[torch.as_tensor(np.setdiff1d(np.flatnonzero(s.keep[m]),
                                                      s.forgets[m]))]
-        key = cache_key(kind="ulira-unlearned", data=fingerprint, method=method, preset=preset,
-                        recipe=recipe.to_dict(), spec=spec.__dict__, split=m, seed=seed,
-                        forget=forget.tolist(), original=shadow_seed(seed, m))
+        # the original's own key (its exact ids and seed) and the retain set: two designs that
+        # share a forget list never share an unlearned model
+        key = cache_key(kind="ulira-unlearned", method=method, preset=preset,
+                        forget=forget.tolist(), retain=retain.tolist(),
+                        original=shadow_key(fingerprint, spec, recipe,
+                                            s.pool[torch.as_tensor(s.keep[m])],
+                                            shadow_seed(seed, m)),
+                        unlearn_seed=shadow_seed(seed + 13, m))
         unlearn_seed = shadow_seed(seed + 13, m)  # retrain as a method: its own randomness
 
         def run(original=original, forget=forget, retain=retain, unlearn_seed=unlearn_seed):

@@ -59,8 +59,9 @@ def _moments(phi: np.ndarray, mask: np.ndarray, global_variance: bool
     count = m.sum(0)
     mean = (phi * m).sum(0) / np.maximum(count, 1)
     dev2 = ((phi - mean) ** 2) * m
-    if global_variance:
-        var = np.full_like(mean, dev2.sum() / max(float((count - 1).clip(0).sum()), 1.0))
+    if global_variance:  # every (example, query) cell gives count - 1 degrees of freedom
+        dof = (np.broadcast_to(count, mean.shape) - 1).clip(0).sum()
+        var = np.full_like(mean, dev2.sum() / max(float(dof), 1.0))
     else:
         var = dev2.sum(0) / np.maximum(count - 1, 1)
     return mean, np.sqrt(np.maximum(var, _FLOOR))
