@@ -81,6 +81,14 @@ def file_request(c: httpx.Client, ids, **more) -> str:
     return r.json()["id"]
 
 
+def until(cond, what: str, timeout: float = 60) -> None:
+    """Poll ``cond`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def wait_for(c: httpx.Client, rid: str, statuses=("finished", "failed", "denied"),
              timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout

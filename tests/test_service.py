@@ -15,6 +15,7 @@ from service_helpers import (
     file_request,
     make_token,
     served_store,
+    until,
     wait_for,
 )
 
@@ -61,14 +62,8 @@ def test_a_request_is_filed_processed_and_verified_and_each_change_is_called_bac
     verified = fides.get("/ledger/verify", params={"files": True}).json()
     assert verified["ok"] and verified["files_checked"] >= 2
     # every status change reached the receiver, in order, signed with fides's secret
+    until(lambda: len(svc["receiver"].events(rid)) >= 3, "three callbacks")
     got = [g for g in svc["receiver"].got if json.loads(g["body"])["request_id"] == rid]
-    for _ in range(100):
-        if len(got) >= 3:
-            break
-        import time
-
-        time.sleep(0.1)
-        got = [g for g in svc["receiver"].got if json.loads(g["body"])["request_id"] == rid]
     assert [json.loads(g["body"])["status"] for g in got] == ["pending", "running",
                                                               "finished"]
     secret = svc["tokens"]["fides"]["secret"]

@@ -6,10 +6,17 @@ did; a restart must neither lose the first nor redo the second."""
 from __future__ import annotations
 
 import sqlite3
-import time
 
 import pytest
-from service_helpers import Receiver, client, file_request, make_token, served_store, wait_for
+from service_helpers import (
+    Receiver,
+    client,
+    file_request,
+    make_token,
+    served_store,
+    until,
+    wait_for,
+)
 
 from dormant.requests import Ledger
 from dormant.service.local import LocalService
@@ -20,13 +27,6 @@ pytestmark = pytest.mark.slow
 def _queue(store) -> dict[str, str]:
     with sqlite3.connect(store / "service.sqlite") as db:
         return dict(db.execute("SELECT id, status FROM requests").fetchall())
-
-
-def _until(cond, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_kill_9_mid_request_and_after_the_ledger_then_restart_finishes_each_once(tmp_path):
@@ -45,7 +45,7 @@ def test_kill_9_mid_request_and_after_the_ledger_then_restart_finishes_each_once
     c = client(svc.url, fides)
     rids = [file_request(c, range(10 * i, 10 * i + 10), callback_url=receiver.url)
             for i in range(1, 4)]
-    _until(lambda: rows("request-started", rids[0]), "the first request to start")
+    until(lambda: rows("request-started", rids[0]), "the first request to start")
     svc.kill()
     assert _queue(store) == {rids[0]: "running", rids[1]: "pending", rids[2]: "pending"}
     assert not ledger.entries(kind="request-finished")
@@ -54,7 +54,7 @@ def test_kill_9_mid_request_and_after_the_ledger_then_restart_finishes_each_once
     # queue does not
     svc = LocalService(store, "--policy", str(policy),
                        env={"DORMANT_FAILPOINT": "hold:service-finished"}).start()
-    _until(lambda: rows("request-finished", rids[0]), "the first request to finish")
+    until(lambda: rows("request-finished", rids[0]), "the first request to finish")
     svc.kill()
     assert _queue(store)[rids[0]] == "running"
 
@@ -63,7 +63,7 @@ def test_kill_9_mid_request_and_after_the_ledger_then_restart_finishes_each_once
         c = client(svc.url, fides)
         done = [wait_for(c, rid) for rid in rids]
         verified = c.get("/ledger/verify", params={"files": True}).json()
-        _until(lambda: sum(1 for g in receiver.got if b'"finished"' in g["body"]) >= 3,
+        until(lambda: sum(1 for g in receiver.got if b'"finished"' in g["body"]) >= 3,
                "the finished callbacks")
     assert [d["status"] for d in done] == ["finished"] * 3
     for rid in rids:
@@ -93,7 +93,7 @@ def test_a_killed_request_whose_model_moved_on_is_closed_once_as_failed(tmp_path
     svc = LocalService(store, "--policy", str(policy),
                        env={"DORMANT_FAILPOINT": "hold:started"}).start()
     rid = file_request(client(svc.url, fides), range(10, 20))
-    _until(lambda: ledger.entries(request_id=rid), "the request to start")
+    until(lambda: ledger.entries(request_id=rid), "the request to start")
     svc.kill()
     assert main(forget_args(store, write_ids(tmp_path / "b.ids", range(50, 60)), policy)) == 0
     with LocalService(store, "--policy", str(policy)) as svc:

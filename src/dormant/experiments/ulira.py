@@ -47,6 +47,17 @@ class Splits:
     originals: list[nn.Module]
     retrained: list[nn.Module]
 
+    def forget_ids(self, m: int) -> torch.Tensor:
+        return self.pool[torch.as_tensor(self.forgets[m])]
+
+    def retain_ids(self, m: int) -> torch.Tensor:
+        """Split m's half less its forget set: what its retrained reference trains on."""
+        return self.pool[torch.as_tensor(retained(self.keep[m], self.forgets[m]))]
+
+
+def retained(keep_row: np.ndarray, forget: np.ndarray) -> np.ndarray:
+    return np.setdiff1d(np.flatnonzero(keep_row), forget)
+
 
 def splits(x: torch.Tensor, y: torch.Tensor, pool: torch.Tensor, spec: ModelSpec,
            recipe: Recipe, *, models: int, candidates: int, seed: int, cache: ModelCache,
@@ -57,8 +68,7 @@ def splits(x: torch.Tensor, y: torch.Tensor, pool: torch.Tensor, spec: ModelSpec
     originals = train_shadows(x, y, pool, keep, spec, recipe, seed=seed, cache=cache,
                               fingerprint=fingerprint)
     forgets = [cand[keep[m, cand]] for m in range(models)]
-    retain = [np.setdiff1d(np.flatnonzero(keep[m]), forgets[m]) for m in range(models)]
-    ids = [pool[torch.as_tensor(r)] for r in retain]
+    ids = [pool[torch.as_tensor(retained(keep[m], forgets[m]))] for m in range(models)]
     seeds = [shadow_seed(seed + 7, m) for m in range(models)]  # not the originals' seeds
     keys = [shadow_key(fingerprint, spec, recipe, i, s) for i, s in zip(ids, seeds, strict=True)]
 
@@ -79,9 +89,7 @@ def unlearned(s: Splits, x: torch.Tensor, y: torch.Tensor, spec: ModelSpec, reci
     """U_m for every split: ``method`` applied to original m on its forget set (cached)."""
     out = []
     for m, original in enumerate(s.originals):
-        forget = s.pool[torch.as_tensor(s.forgets[m])]
-        retain = s.pool[torch.as_tensor(np.setdiff1d(np.flatnonzero(s.keep[m]),
-                                                     s.forgets[m]))]
+        forget, retain = s.forget_ids(m), s.retain_ids(m)
         # the original's own key (its exact ids and seed) and the retain set: two designs that
         # share a forget list never share an unlearned model
         key = cache_key(kind="ulira-unlearned", method=method, preset=preset,
@@ -157,9 +165,7 @@ def _svc(s: Splits, u_models, x, y, test) -> tuple[float, float]:
     shadow_out, eval_out = torch.arange(half), torch.arange(half, len(yt))
     aucs = {"u": [], "r": []}
     for t in range(len(s.originals)):
-        forget = s.pool[torch.as_tensor(s.forgets[t])]
-        retain = s.pool[torch.as_tensor(np.setdiff1d(np.flatnonzero(s.keep[t]),
-                                                     s.forgets[t]))]
+        forget, retain = s.forget_ids(t), s.retain_ids(t)
         for k, m in (("u", u_models[t]), ("r", s.retrained[t])):
             aucs[k].append(svc_mia_auc(m, x, y, retain, xt, yt, shadow_out, forget,
                                        eval_out, seed=t))

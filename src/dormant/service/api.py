@@ -102,10 +102,7 @@ def check_filing(svc: Service, body: FileRequest) -> None:
     check_text("requester", body.requester, "who asked for the deletion, e.g. alice")
     check_text("reason", body.reason, "why, in a few words, e.g. 'GDPR art. 17'")
     check_ids(body.ids, len(svc.engine.dataset.y_train), "ids")
-    if body.method is not None:
-        get_preset(body.method, None)
-        make_hparams(body.method, body.hparams)
-    chosen = method_of(body.method, body.hparams, base)
+    chosen = method_of(body.method, body.hparams, base)  # an unknown method is one line here
     get_preset(chosen, None)
     make_hparams(chosen, body.hparams)
     if (body.policy or "default") not in svc.engine.policies:
@@ -188,7 +185,7 @@ def sign_off(svc: Service, rid: str, caller: Caller, approve: bool, comment: str
     # the token's id beside its name: names of revoked tokens may come back
     v = svc.store().sign_off(view["model_name"], rid, approve=approve,
                              by=f"{caller.name} (token {caller.id})", comment=comment,
-                             timeout=svc.lock_wait)
+                             timeout=svc.limits.lock_wait)
     q = svc.db.get(rid)
     if q is not None:
         svc.signed_off(q, {"signoff": "approved" if approve else "rejected",

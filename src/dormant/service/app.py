@@ -9,11 +9,10 @@ import logging
 import secrets
 import time
 from contextlib import asynccontextmanager
-from html import escape
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dormant.errors import DormantError
@@ -176,8 +175,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     def home():
-        return HTMLResponse(f'<meta http-equiv="refresh" content="0; url=/ui">'
-                            f'<a href="/ui">{escape("dashboard")}</a>')
+        return RedirectResponse("/ui")
 
     app.include_router(router)
     app.include_router(ui)

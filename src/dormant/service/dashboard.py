@@ -48,18 +48,16 @@ async def _form(request: Request, token: str | None) -> dict[str, str]:
 
 
 def _page(request: Request, name: str, caller: Caller | None, token: str | None, **ctx):
-    svc = request.app.state.service
     return templates.TemplateResponse(request, name, {
-        "caller": caller, "form_key": form_key(token) if token else "",
-        "queue": svc.db.counts(), **ctx})
+        "caller": caller, "form_key": form_key(token) if token else "", **ctx})
 
 
 def error_page(request: Request, status: int, message: str) -> Response:
     if status == 303:
         return RedirectResponse("/ui/login", status_code=303)
     return templates.TemplateResponse(request, "error.html", {
-        "caller": None, "status": status, "message": message, "form_key": "",
-        "queue": None}, status_code=status)
+        "caller": None, "status": status, "message": message, "form_key": ""},
+        status_code=status)
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -95,6 +93,7 @@ def overview(request: Request, verify_files: bool = False) -> Response:
     svc = request.app.state.service
     st = svc.store()
     return _page(request, "overview.html", caller, token, models=models_view(st),
+                 queue=svc.db.counts(),
                  requests=requests_view(st, svc.db, caller, limit=50),
                  ledger=ledger_view(st, verify_files), verified_files=verify_files)
 

@@ -216,7 +216,8 @@ class ServiceDB:
         return self.get(rows[0]["id"]) if rows else None
 
     def with_status(self, status: str) -> list[Queued]:
-        return [q for q in self.listed(status=status, limit=1_000_000)][::-1]
+        """Every request of ``status``, oldest first."""
+        return self.listed(status=status, limit=-1)[::-1]  # SQLite: LIMIT -1 is no limit
 
     def set_status(self, rid: str, status: str, *, error: str | None = None,
                    outbox: Outbox | None = None) -> None:

@@ -32,7 +32,6 @@ class Service:
     def __init__(self, engine: Engine, limits: Limits = Limits()) -> None:
         self.engine = engine
         self.limits = limits
-        self.lock_wait = limits.lock_wait
         ModelStore(engine.root)  # a folder that is no store is one line before the port opens
         self.db = ServiceDB(engine.root)
         self.sender = Sender(self.db, limits.backoff)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dormant.requests import ModelStore
 from dormant.requests.history import accuracy_by_version
+from dormant.requests.ledger import request_states
 from dormant.service.db import ServiceDB
 from dormant.service.tokens import Caller
 
@@ -13,21 +14,37 @@ MEASURED = (("test_acc", "test accuracy"), ("retain_acc", "retain accuracy"),
 """The before/after table: one number each for the model before the request and after."""
 
 
-def _signoffs(store: ModelStore, name: str) -> dict[int, dict]:
-    out = {}
-    for e in store.ledger.entries(model=name):
-        if e.kind in ("version-approved", "version-rejected"):
-            out[e.payload["version"]] = {
-                "decision": e.kind.removeprefix("version-"), "by": e.payload["by"],
-                "comment": e.payload["comment"], "ledger_row": e.seq, "at": e.ts}
-    return out
+class LedgerRead:
+    """The ledger read once for one answer: a list of a hundred requests costs one walk of the
+    ledger, not several per request."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self.store = store
+        self.entries = store.ledger.entries()
+        self.states = {s.request_id: s for s in request_states(self.entries)}
+        self.finished = {e.request_id: e for e in self.entries if e.kind == "request-finished"}
+        self._versions: dict[str, list] = {}
+
+    def versions(self, name: str) -> list:
+        if name not in self._versions:
+            self._versions[name] = self.store.versions(name)
+        return self._versions[name]
+
+    def signoffs(self, name: str) -> dict[int, dict]:
+        return {e.payload["version"]: {
+            "decision": e.kind.removeprefix("version-"), "by": e.payload["by"],
+            "comment": e.payload["comment"], "ledger_row": e.seq, "at": e.ts}
+            for e in self.entries if e.model == name
+            and e.kind in ("version-approved", "version-rejected")}
 
 
-def request_view(store: ModelStore, db: ServiceDB, rid: str) -> dict | None:
+def request_view(store: ModelStore, db: ServiceDB, rid: str,
+                 read: LedgerRead | None = None) -> dict | None:
     """A request as the service knows it (queued over HTTP) and as the ledger does (filed
     by any client); None when neither does."""
+    read = read or LedgerRead(store)
     q = db.get(rid)
-    state = next((s for s in store.ledger.requests() if s.request_id == rid), None)
+    state = read.states.get(rid)
     if q is None and state is None:
         return None
     if q is not None:
@@ -48,12 +65,12 @@ def request_view(store: ModelStore, db: ServiceDB, rid: str) -> dict | None:
                "callback_url": None, "created": None, "updated": None, "filed_by": None,
                "source": "ledger"}
     out["ledger"] = None if state is None else state.status
-    rows = store.ledger.entries(kind="request-finished", request_id=rid)
-    if rows:
-        p = rows[-1].payload
-        name = rows[-1].model
-        v = next(x for x in store.versions(name) if x.version == p["to_version"])
-        decided = _signoffs(store, name).get(v.version)
+    row = read.finished.get(rid)
+    if row is not None:
+        p = row.payload
+        name = row.model
+        v = next(x for x in read.versions(name) if x.version == p["to_version"])
+        decided = read.signoffs(name).get(v.version)
         awaiting = decided is None and not v.promoted and p["verdict"] == "warn"
         out.update({
             "model_name": name, "verdict": p["verdict"], "promoted": v.promoted,
@@ -63,7 +80,7 @@ def request_view(store: ModelStore, db: ServiceDB, rid: str) -> dict | None:
                               "after": p["measurements"]["after"].get(k)}
                              for k, label in MEASURED],
             "signoff": decided or {"decision": "awaiting" if awaiting else "not needed"},
-            "ledger_row": rows[-1].seq, "report": f"/requests/{rid}/report"})
+            "ledger_row": row.seq, "report": f"/requests/{rid}/report"})
     return out
 
 
@@ -77,14 +94,15 @@ def requests_view(store: ModelStore, db: ServiceDB, caller: Caller, *,
     """The caller's requests (a reviewer's or admin's: every one, those filed from a shell
     included), newest first."""
     mine = None if caller.can("read_all") else caller.id
+    read = LedgerRead(store)
     # the model is matched below, by name: a request names it NAME or NAME@VERSION
     queued = db.listed(token_id=mine, status=status, limit=limit if model is None else 10**6)
     ids = [q.id for q in queued]
     if mine is None:
         known = set(ids)
-        ids += [s.request_id for s in reversed(store.ledger.requests(model))
-                if s.request_id not in known][:limit]
-    out = [v for v in (request_view(store, db, i) for i in ids) if v is not None]
+        ids += [r for r, s in reversed(read.states.items())
+                if r not in known and (model is None or s.model == model)][:limit]
+    out = [v for v in (request_view(store, db, i, read) for i in ids) if v is not None]
     return [v for v in out if (status is None or v["status"] == status)
             and (model is None or v["model"].partition("@")[0] == model)][:limit]
 
@@ -103,7 +121,7 @@ def model_view(store: ModelStore, name: str) -> dict:
     root), the current one and how many ids it no longer holds."""
     cur = store.resolve(name)
     acc = accuracy_by_version(store.ledger, name)
-    decided = _signoffs(store, name)
+    decided = LedgerRead(store).signoffs(name)
     finished = {e.request_id: e.payload for e in
                 store.ledger.entries(kind="request-finished", model=name)}
     versions = []
