@@ -5,9 +5,10 @@ trains on about 150, where an MLP memorises), 50 candidates, 400 (split, candida
 retrained references: AUC 0.5 up to noise. An AUC over 400 positive and 400 negative scores
 has a standard error of about 0.02 if the pairs were independent; the bound, 0.5 +/- 0.06, is
 3 of them. The pairs are not independent (they share 16 model pairs), so the true error is
-larger and this bound is tight rather than generous. The positive control at the same strength, the originals (which never forgot), must
-be told apart: AUC over 0.62. Both were measured on seeds 0-2 before this test was written
-(retrain 0.497, 0.519, 0.506; originals 0.758, 0.722, 0.682); the test runs seed 3."""
+larger and this bound is tight rather than generous. The positive control at the same
+strength, the originals (which never forgot), must be told apart: AUC over 0.62. Both were
+measured on seeds 0-2 before this test was written (retrain 0.497, 0.519, 0.506; originals
+0.758, 0.722, 0.682); the test runs seed 3."""
 
 from __future__ import annotations
 
