@@ -30,6 +30,7 @@ from dormant.experiments.profiles import profile_for
 from dormant.experiments.ulira import splits, ulira, unlearned
 from dormant.models import ModelSpec
 from dormant.store import ModelCache
+from dormant.unlearn import resolve_hparams
 
 sys.path.insert(0, str(Path(__file__).parent))
 from provenance import write_meta  # noqa: E402
@@ -49,8 +50,9 @@ def rows_for(seed: int, methods: list[str], cache: ModelCache) -> list[dict]:
     out = []
     for method in methods:
         t0 = time.perf_counter()
-        u = unlearned(s, x, y, spec, prof.train, method, prof.preset, ds.num_classes,
-                      seed=seed, cache=cache, fingerprint=ds.fingerprint)
+        stages = [(method, resolve_hparams(method, prof.preset, {}, n_train=len(y)))]
+        u = unlearned(s, x, y, spec, prof.train, stages, ds.num_classes, seed=seed,
+                      cache=cache, fingerprint=ds.fingerprint)
         r = ulira(s, u, x, y, prof.train, test=(ds.x_test, ds.y_test))
         r.pop("candidate_score_gap")
         out.append({"seed": seed, "method": method, "preset": prof.preset, **r,

@@ -29,7 +29,7 @@ def test_retrain_as_the_method_cannot_be_told_from_retraining(digits, tmp_path):
     cache = ModelCache(tmp_path / "cache")
     s = splits(x, y, torch.arange(300), spec, recipe, models=16, candidates=50, seed=3,
                cache=cache, fingerprint=digits.fingerprint)
-    u = unlearned(s, x, y, spec, recipe, "retrain", None, 10, seed=3, cache=cache,
+    u = unlearned(s, x, y, spec, recipe, [("retrain", {})], 10, seed=3, cache=cache,
                   fingerprint=digits.fingerprint)
     # the method's retrains are their own: not the references (a tie everywhere would also
     # read 0.5)

@@ -86,6 +86,28 @@ class RelearnRow(Row):
     curve_forget_acc: list[float] | None = None
     unlearn_seconds: float | None = None
     attack_seconds: float | None = None
+    # per-example membership inference (``mia: [lira, rmia, ulira]``,
+    # ``dormant.experiments.membership``), after unlearning and after the attack
+    mia_shadows: int | None = None
+    mia_variance: str | None = None
+    lira_auc: float | None = None
+    lira_tpr_at_1pct: float | None = None
+    lira_forget_scores: list[float] | None = None
+    rmia_auc: float | None = None
+    rmia_tpr_at_1pct: float | None = None
+    ulira_auc: float | None = None
+    ulira_accuracy: float | None = None
+    ulira_retain_exposure: dict[str, Any] | None = None
+    forgetting_quality: float | None = None
+    challenge_score: float | None = None
+    challenge_models: int | None = None
+    lira_auc_attacked: float | None = None
+    lira_tpr_at_1pct_attacked: float | None = None
+    lira_forget_scores_attacked: list[float] | None = None
+    rmia_auc_attacked: float | None = None
+    rmia_tpr_at_1pct_attacked: float | None = None
+    ulira_auc_attacked: float | None = None
+    ulira_accuracy_attacked: float | None = None
 
 
 class BackdoorRow(Row):

@@ -30,6 +30,13 @@ from dormant.executors import execute
 from dormant.executors.options import ExecutorOptions
 from dormant.experiments.analysis import Probe, analyse, make_probe, mia
 from dormant.experiments.calibrate import Calibration, calibrate
+from dormant.experiments.membership import (
+    PER_EXAMPLE,
+    design,
+    lira_columns,
+    ulira_columns,
+    ulira_models,
+)
 from dormant.experiments.pipeline import Pipeline, resolve
 from dormant.experiments.prepare import (
     Prepared,
@@ -102,7 +109,14 @@ def check_spec(spec: RelearnSpec, ds: Dataset) -> list[Pipeline]:
     spec.recipe(profile.train)
     for text in forget_sets(spec, profile):
         fspec = parse_forget(text)
-        n_leak = leakable_count(planned_size(fspec, ds.y_train, ds.num_classes))
+        n_forget = planned_size(fspec, ds.y_train, ds.num_classes)
+        n_leak = leakable_count(n_forget)
+        if set(spec.mia) & set(PER_EXAMPLE) and n_forget - n_leak > len(ds.y_test):
+            raise DormantError(
+                f"mia {'/'.join(a for a in spec.mia if a in PER_EXAMPLE)} audits the "
+                f"{n_forget - n_leak} held-out forget examples against as many test images, "
+                f"but the test set has {len(ds.y_test)}; raise test_size or use a smaller "
+                "forget set")
         if max(spec.k) > n_leak:
             raise DormantError(
                 f"k={max(spec.k)} leaked examples asked for, but at most {n_leak} of the "
@@ -181,13 +195,77 @@ class RelearnCell(Cell):
                           size=spec.analysis_size, lmc_points=spec.lmc_points),
                 "analysis", lambda: analyse(prep, probe, model, pipe.name == "original",
                                             spec.lmc_points))
+        extra = {k: v for k, v in extra.items() if _wanted(spec, k)}
+        audit = _Audit(ws, spec, prep, pipe, stage_hps, self) \
+            if set(spec.mia) & set(PER_EXAMPLE) else None
+        if audit is not None:
+            extra |= audit.before(model)
         try:
-            row = _attack_row(spec, prep, probe, model, before["forget_acc"], self)
+            row = _attack_row(spec, prep, probe, model, before["forget_acc"], self, audit)
         except Diverged as e:
             return RelearnRow(**common, status="failed", error=f"attack diverged: {e}")
         return RelearnRow(**common, **before, **row, **extra,
                           unlearn_seconds=round(unlearn_s, 3),
                           seconds=round(unlearn_s + row["attack_seconds"], 3))
+
+
+def _wanted(spec: RelearnSpec, column: str) -> bool:
+    """The population attacks' columns only where ``mia`` asks for them."""
+    if column.startswith("mia_loss_auc"):
+        return "loss" in spec.mia
+    if column.startswith("mia_auc"):
+        return "svc" in spec.mia
+    return True
+
+
+class _Audit:
+    """A cell's per-example membership inference (``dormant.experiments.membership``): the
+    seed's design once per worker, U-LiRA's unlearned models per pipeline (cached), the
+    cell's attack on both sides of every split."""
+
+    def __init__(self, ws: Workspace, spec: RelearnSpec, prep: Prepared, pipe: Pipeline,
+                 stage_hps: list[dict], cell: RelearnCell) -> None:
+        self.ws, self.spec, self.prep, self.cell = ws, spec, prep, cell
+        self.design = ws.remember(
+            ("mia-design", prep.original_key, prep.split.hash, spec.shadows),
+            lambda: design(prep, spec.shadows, ws.cache, ws.progress), keep=1)
+        if pipe.name == "original":
+            self.stages: list = []
+        elif pipe.name == "retrain":
+            self.stages = [("retrain", {})]
+        else:
+            self.stages = [(st.method, hp) for st, hp in zip(pipe.stages, stage_hps,
+                                                             strict=True)]
+        self._pairs = None
+
+    def pairs(self):
+        if self._pairs is None:
+            self._pairs = ulira_models(self.design, self.prep, self.stages, self.ws.cache,
+                                       self.ws.progress)
+        return self._pairs
+
+    def before(self, model: nn.Module) -> dict:
+        d, spec = self.design, self.spec
+        out = {**d.labels(), **lira_columns(d, model, self.prep.recipe, spec.mia)}
+        if "ulira" in spec.mia:
+            key = cache_key(kind="study-ulira", original=self.prep.original_key,
+                            split=self.prep.split.hash, shadows=spec.shadows,
+                            stages=[_keyed(m, hp) for m, hp in self.stages])
+            out |= self.ws.cache.build_record(key, "ulira", lambda: ulira_columns(
+                d, self.prep, *self.pairs()))
+        return out
+
+    def after(self, attacked: nn.Module, attack) -> dict:
+        """The same attacks on the attacked model; U-LiRA with the cell's ``attack`` applied
+        to every split's unlearned and retrained model alike."""
+        d = self.design
+        out = lira_columns(d, attacked, self.prep.recipe, self.spec.mia, "_attacked")
+        if "ulira" in self.spec.mia:
+            s, u = self.pairs()
+            out |= ulira_columns(d, self.prep, s, [attack(m, i, s) for i, m in enumerate(u)],
+                                 [attack(m, i, s) for i, m in enumerate(s.retrained)],
+                                 "_attacked")
+        return out
 
 
 def fit_note(row: dict) -> str | None:
@@ -242,6 +320,17 @@ the key instead, and the reference models use none) and where the data lies (its
 fingerprint is in the key instead)."""
 
 
+def _idle_membership_keys(spec: RelearnSpec) -> set[str]:
+    """``mia`` at its default and ``shadows`` with no per-example attack change no row, so
+    they leave the cell keys as they were before these keys existed."""
+    idle = set()
+    if spec.mia == RelearnSpec.model_fields["mia"].get_default(call_default_factory=True):
+        idle.add("mia")
+    if not set(spec.mia) & set(PER_EXAMPLE):
+        idle.add("shadows")
+    return idle
+
+
 def relearn_cells(spec: RelearnSpec, ds: Dataset) -> list[RelearnCell]:
     """The study's grid as cells, after every check.
 
@@ -263,7 +352,8 @@ def relearn_cells(spec: RelearnSpec, ds: Dataset) -> list[RelearnCell]:
     profile = profile_for(spec.dataset, len(ds.y_train), ds.image_shape)
     model_name = spec.model or profile.model
     n_train = len(ds.y_train)
-    shared = cache_key(spec=spec.model_dump(exclude=GRID_KEYS | REFERENCE_FREE),
+    shared = cache_key(spec=spec.model_dump(exclude=GRID_KEYS | REFERENCE_FREE |
+                                            _idle_membership_keys(spec)),
                        data=ds.fingerprint)
     def protocol(pipe: Pipeline) -> dict:
         cal = pipe.calibration(spec)
@@ -368,7 +458,7 @@ def _measure(prep: Prepared, model: nn.Module) -> dict:
 
 
 def _attack_row(spec, prep: Prepared, probe: Probe | None, model, forget_before: float,
-                cell: RelearnCell) -> dict:
+                cell: RelearnCell, audit: _Audit | None = None) -> dict:
     k = cell.k
     cfg = attack_config(spec, prep.profile, k, cell.attack_lr, cell.attack_steps)
     forget_classes = torch.unique(prep.y[prep.split.forget.to(prep.x.device)])
@@ -380,7 +470,18 @@ def _attack_row(spec, prep: Prepared, probe: Probe | None, model, forget_before:
     attack_s = time.perf_counter() - t0
     retain_after = evaluate(attacked, prep.x, prep.y, prep.split.retain.to(prep.x.device)).acc
     after = {} if probe is None else {f"{key}_attacked": v
-                                      for key, v in mia(prep, probe, attacked).items()}
+                                      for key, v in mia(prep, probe, attacked).items()
+                                      if _wanted(spec, key)}
+    if audit is not None:
+        def attack_split(m: nn.Module, i: int, s) -> nn.Module:
+            split_data = RelearnData.build(cell.relearn_set, s_x, s_y, prep.x_test,
+                                           prep.y_test, s.retain_ids(i),
+                                           prep.split.leaked(k), s.forget_ids(i),
+                                           forget_classes)
+            return relearn(m, split_data, cfg, prep.recipe, seed=prep.seed)[0]
+
+        s_x, s_y = audit.design.x, audit.design.y
+        after |= audit.after(attacked, attack_split)
     return {
         "retain_acc_attacked": round(retain_after, 4),
         "test_acc_attacked": round(curve.test_acc[-1], 4),

@@ -41,10 +41,14 @@ def shadow_key(fingerprint: str, spec: ModelSpec, recipe: Recipe, ids: torch.Ten
 
 def train_shadows(x: torch.Tensor, y: torch.Tensor, pool: torch.Tensor, keep: np.ndarray,
                   spec: ModelSpec, recipe: Recipe, *, seed: int, cache: ModelCache,
-                  fingerprint: str, group: int = GROUP, progress=None) -> list[nn.Module]:
-    """One model per row of ``keep`` (models x pool), trained on ``pool[keep[m]]`` with seed
-    ``shadow_seed(seed, m)``; loaded from ``cache`` where it was trained before."""
+                  fingerprint: str, group: int = GROUP, base: torch.Tensor | None = None,
+                  progress=None) -> list[nn.Module]:
+    """One model per row of ``keep`` (models x pool), trained on ``base`` (ids every shadow
+    trains on, e.g. a study's training set less its audited examples) and ``pool[keep[m]]``
+    with seed ``shadow_seed(seed, m)``; loaded from ``cache`` where it was trained before."""
     ids = [pool[torch.as_tensor(row)] for row in keep]
+    if base is not None:
+        ids = [torch.cat([base, i]) for i in ids]
     seeds = [shadow_seed(seed, m) for m in range(len(keep))]
     keys = [shadow_key(fingerprint, spec, recipe, i, s) for i, s in zip(ids, seeds, strict=True)]
 

@@ -20,6 +20,8 @@ DEFAULT_METHODS = ["finetune", "gradient_ascent", "neggrad_plus"]
 RELEARN_SETS = ("retain", "forget-only", "test", "test+retain-class")
 NonNegative = Annotated[int, Field(ge=0)]
 RelearnSet = choice("relearn set", *RELEARN_SETS)
+MIA_ATTACKS = ("loss", "svc", "lira", "rmia", "ulira")
+MiaAttack = choice("membership attack", *MIA_ATTACKS)
 
 
 class MethodEntry(BaseModel):
@@ -111,3 +113,13 @@ class RelearnSpec(DataSpec):
     analysis: bool = True
     lmc_points: int = Field(default=21, ge=2, le=1001)  # each point evaluates three splits
     analysis_size: int = Field(default=2000, gt=0)
+    mia: list[MiaAttack] = Field(default_factory=lambda: ["loss", "svc"])
+    """Membership attacks on the held-out forget split: ``loss`` and ``svc`` (population
+    attacks, part of ``analysis``), ``lira`` and ``rmia`` (per example, calibrated on
+    ``shadows`` shadow models) and ``ulira`` (unlearned against retrained models, per
+    example, and the NeurIPS 2023 challenge's score), ``dormant.experiments.membership``.
+    The per-example attacks cost ``shadows`` trainings of the original per seed, and
+    ``ulira`` as many unlearning runs per method and retrainings per seed."""
+    shadows: int = Field(default=16, ge=4, le=1024)
+    """Shadow models per seed for ``lira``, ``rmia`` and ``ulira``: 16 is LiRA's usual small
+    budget (one global variance), 64 or more gives each example its own variances."""

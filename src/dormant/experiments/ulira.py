@@ -19,6 +19,7 @@ unlearning can expose the examples it kept."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,27 +33,31 @@ from dormant.metrics.lira import fit_gaussians, lira_scores, membership, roc_sum
 from dormant.metrics.mia import svc_mia_auc
 from dormant.models import ModelSpec, create_model
 from dormant.store.cache import ModelCache, cache_key
-from dormant.unlearn import UnlearnContext, UnlearnData, unlearn
+from dormant.unlearn import UnlearnContext, UnlearnData, method_provenance, unlearn
 
 
 @dataclass(frozen=True)
 class Splits:
     """What every method shares: the pool, the in/out matrix, the candidates, each split's
-    forget set, and the original and retrained models."""
+    forget set, and the original and retrained models. ``base`` ids (into the same images as
+    the pool) are in every original's training set: a study's retain set."""
 
     pool: torch.Tensor
     keep: np.ndarray  # (models, pool)
     candidates: np.ndarray  # positions in the pool
-    forgets: list[np.ndarray]  # per split: positions in the pool (candidates in its half)
+    forgets: list[np.ndarray]  # per split: positions in the pool
     originals: list[nn.Module]
     retrained: list[nn.Module]
+    base: torch.Tensor | None = None
 
     def forget_ids(self, m: int) -> torch.Tensor:
-        return self.pool[torch.as_tensor(self.forgets[m])]
+        return self.pool[torch.as_tensor(self.forgets[m], dtype=torch.long)]
 
     def retain_ids(self, m: int) -> torch.Tensor:
-        """Split m's half less its forget set: what its retrained reference trains on."""
-        return self.pool[torch.as_tensor(retained(self.keep[m], self.forgets[m]))]
+        """Split m's training set less its forget set: what its retrained reference trains
+        on."""
+        kept = self.pool[torch.as_tensor(retained(self.keep[m], self.forgets[m]))]
+        return kept if self.base is None else torch.cat([self.base, kept])
 
 
 def retained(keep_row: np.ndarray, forget: np.ndarray) -> np.ndarray:
@@ -62,55 +67,94 @@ def retained(keep_row: np.ndarray, forget: np.ndarray) -> np.ndarray:
 def splits(x: torch.Tensor, y: torch.Tensor, pool: torch.Tensor, spec: ModelSpec,
            recipe: Recipe, *, models: int, candidates: int, seed: int, cache: ModelCache,
            fingerprint: str) -> Splits:
+    """Hayes et al.'s efficient design: the originals (LiRA's shadows, on random halves of
+    ``pool``), ``candidates`` pool examples drawn at random, each split's forget set (the
+    candidates in its half) and a reference retrained without it."""
     keep = membership(models, len(pool), seed)
-    rng = np.random.default_rng(seed + 1)
-    cand = np.sort(rng.choice(len(pool), candidates, replace=False))
+    cand = np.sort(np.random.default_rng(seed + 1).choice(len(pool), candidates, replace=False))
     originals = train_shadows(x, y, pool, keep, spec, recipe, seed=seed, cache=cache,
                               fingerprint=fingerprint)
-    forgets = [cand[keep[m, cand]] for m in range(models)]
-    ids = [pool[torch.as_tensor(retained(keep[m], forgets[m]))] for m in range(models)]
-    seeds = [shadow_seed(seed + 7, m) for m in range(models)]  # not the originals' seeds
-    keys = [shadow_key(fingerprint, spec, recipe, i, s) for i, s in zip(ids, seeds, strict=True)]
+    s = Splits(pool, keep, cand, [cand[keep[m, cand]] for m in range(models)], originals, [])
+    return with_references(s, x, y, spec, recipe, seed=seed, cache=cache,
+                           fingerprint=fingerprint)
+
+
+def with_references(s: Splits, x: torch.Tensor, y: torch.Tensor, spec: ModelSpec,
+                    recipe: Recipe, *, seed: int, cache: ModelCache, fingerprint: str,
+                    progress=None) -> Splits:
+    """``s`` with each split's reference retrained without its forget set, with its own seed
+    (cached); a split that forgets nothing is its own reference, since its original never
+    trained on a forgotten example."""
+    todo = [m for m in range(len(s.originals)) if len(s.forgets[m])]
+    ids = {m: s.retain_ids(m) for m in todo}
+    seeds = {m: shadow_seed(seed + 7, m) for m in todo}  # not the originals' seeds
+    keys = [shadow_key(fingerprint, spec, recipe, ids[m], seeds[m]) for m in todo]
 
     def train(positions: list[int]) -> list[nn.Module]:
-        out = [create_model(spec, seed=seeds[m]) for m in positions]
-        fit_group(out, x, y, [ids[m] for m in positions], recipe,
-                  generators=[torch.Generator().manual_seed(seeds[m]) for m in positions],
-                  label="retrained references")
+        chosen = [todo[i] for i in positions]
+        out = [create_model(spec, seed=seeds[m]) for m in chosen]
+        fit_group(out, x, y, [ids[m] for m in chosen], recipe,
+                  generators=[torch.Generator().manual_seed(seeds[m]) for m in chosen],
+                  progress=progress, label="retrained references")
         return out
 
-    retrained = cache.build_models(keys, spec, x.device, train, {"kind": "retrained"})
-    return Splits(pool, keep, cand, forgets, originals, retrained)
+    built = cache.build_models(keys, spec, x.device, train, {"kind": "retrained"})
+    retrained = list(s.originals)
+    for m, model in zip(todo, built, strict=True):
+        retrained[m] = model
+    return dataclasses.replace(s, retrained=retrained)
+
+
+Stage = tuple[str, dict]
+"""A method and the keyword arguments ``unlearn`` takes for it (``{"preset": ...}`` or the
+resolved hyper-parameters): a pipeline is a list of stages, each from the last one's model."""
 
 
 def unlearned(s: Splits, x: torch.Tensor, y: torch.Tensor, spec: ModelSpec, recipe: Recipe,
-              method: str, preset: str | None, num_classes: int, *, seed: int,
-              cache: ModelCache, fingerprint: str) -> list[nn.Module]:
-    """U_m for every split: ``method`` applied to original m on its forget set (cached)."""
+              stages: list[Stage], num_classes: int, *, seed: int, cache: ModelCache,
+              fingerprint: str, progress=None) -> list[nn.Module]:
+    """U_m for every split: the ``stages`` applied to original m on its forget set, in turn
+    (cached; no stage at all is the original itself)."""
     out = []
     for m, original in enumerate(s.originals):
+        if not stages or not len(s.forgets[m]):  # nothing to forget: the original itself
+            out.append(original)
+            continue
         forget, retain = s.forget_ids(m), s.retain_ids(m)
+        unlearn_seed = shadow_seed(seed + 13, m)  # retrain as a method: its own randomness
         # the original's own key (its exact ids and seed) and the retain set: two designs that
         # share a forget list never share an unlearned model
-        key = cache_key(kind="ulira-unlearned", method=method, preset=preset,
+        own = _original_ids(s, m)
+        key = cache_key(kind="ulira-unlearned", stages=[[n, kw, method_provenance(n, kw)]
+                                                        for n, kw in stages],
                         forget=forget.tolist(), retain=retain.tolist(),
-                        original=shadow_key(fingerprint, spec, recipe,
-                                            s.pool[torch.as_tensor(s.keep[m])],
+                        original=shadow_key(fingerprint, spec, recipe, own,
                                             shadow_seed(seed, m)),
-                        unlearn_seed=shadow_seed(seed + 13, m))
-        unlearn_seed = shadow_seed(seed + 13, m)  # retrain as a method: its own randomness
+                        unlearn_seed=unlearn_seed)
 
         def run(original=original, forget=forget, retain=retain, unlearn_seed=unlearn_seed):
+            # a stopping rule watches the forget set itself: a split keeps nothing back
             data = UnlearnData(x, y, forget.to(x.device), retain.to(x.device),
-                               forget[:0].to(x.device), num_classes)
+                               forget.to(x.device), num_classes)
             ctx = UnlearnContext(recipe, lambda s=None, u=unlearn_seed: create_model(
-                spec, seed=u if s is None else s), unlearn_seed)
-            return unlearn(method, original, data, ctx, preset=preset), {}
+                spec, seed=u if s is None else s), unlearn_seed, progress)
+            model = original
+            ctx = dataclasses.replace(ctx, pretrained=original)
+            for name, kw in stages:
+                model = unlearn(name, model, data, ctx, **kw)
+            return model, {}
 
         model, _ = cache.build_model(key, spec, x.device, run,
-                                     {"kind": "ulira-unlearned", "method": method})
+                                     {"kind": "ulira-unlearned",
+                                      "method": "+".join(n for n, _ in stages)})
         out.append(model)
     return out
+
+
+def _original_ids(s: Splits, m: int) -> torch.Tensor:
+    """What original m trained on, as ``train_shadows`` keyed it."""
+    half = s.pool[torch.as_tensor(s.keep[m])]
+    return half if s.base is None else torch.cat([s.base, half])
 
 
 def _fit_leave_one_out(phi: np.ndarray, include: np.ndarray, t: int):
@@ -122,16 +166,20 @@ def _fit_leave_one_out(phi: np.ndarray, include: np.ndarray, t: int):
 
 
 def ulira(s: Splits, u_models: list[nn.Module], x: torch.Tensor, y: torch.Tensor,
-          recipe: Recipe, test: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+          recipe: Recipe, test: tuple[torch.Tensor, torch.Tensor] | None = None, *,
+          r_models: list[nn.Module] | None = None, exposure: bool = True) -> dict:
     """AUC and accuracy of the U_t-versus-R_t likelihood-ratio test over every split and
     forgotten candidate, the per-candidate scores, SVC's AUC on the same pairs (when ``test``
-    images are given) and the retain examples' LiRA exposure before and after unlearning."""
+    images are given) and the retain examples' LiRA exposure before and after unlearning
+    (``exposure``). ``r_models`` stand in for the retrained references (the same references
+    after an attack, beside ``u_models`` after the same attack)."""
     from dormant.metrics.lira import Fit
 
     n = len(s.originals)
+    r_models = s.retrained if r_models is None else r_models
     cand_ids = s.pool[torch.as_tensor(s.candidates)]
     phi_u = phis(u_models, x, y, cand_ids, recipe)  # (models, candidates, queries)
-    phi_r = phis(s.retrained, x, y, cand_ids, recipe)
+    phi_r = phis(r_models, x, y, cand_ids, recipe)
     forgot = s.keep[:, s.candidates]  # U_m forgot candidate c iff c was in its half
     pos, neg, per_candidate = [], [], [[] for _ in s.candidates]
     for t in range(n):
@@ -153,7 +201,8 @@ def ulira(s: Splits, u_models: list[nn.Module], x: torch.Tensor, y: torch.Tensor
            "candidate_score_gap": [float(np.mean(v)) if v else None for v in per_candidate]}
     if test is not None:
         out["svc_auc_unlearned"], out["svc_auc_retrained"] = _svc(s, u_models, x, y, test)
-    out["retain_exposure"] = _retain_exposure(s, u_models, x, y, recipe)
+    if exposure:
+        out["retain_exposure"] = _retain_exposure(s, u_models, x, y, recipe)
     return out
 
 
@@ -176,7 +225,8 @@ def _retain_exposure(s: Splits, u_models, x, y, recipe: Recipe) -> dict:
     """LiRA (online, the originals as shadows, leave-one-out) on each split's retained pool
     examples against its pool examples out of training (candidates left out), for the
     original O_t and for U_t: AUC and TPR at 1% FPR over all splits."""
-    non_cand = np.setdiff1d(np.arange(len(s.pool)), s.candidates)
+    forgotten = np.concatenate([s.candidates, *s.forgets]).astype(int)
+    non_cand = np.setdiff1d(np.arange(len(s.pool)), forgotten)
     ids = s.pool[torch.as_tensor(non_cand)]
     keep = s.keep[:, non_cand]
     phi_o = phis(s.originals, x, y, ids, recipe)

@@ -1,0 +1,224 @@
+"""Per-example membership inference inside the relearning study (``mia: [lira, rmia, ulira]``
+with ``shadows: N``), one design per prepared seed, shared by every method and cell.
+
+The audited examples, the *pool*, are the forget set (the held-out split is scored) and as
+many test images as it has held-out ids. N shadow models train on the retain set plus part
+of the pool, and come from the model cache: every method, cell and later study on the same
+seed reuses them.
+
+- The forget set is in or out *as a whole*: exactly half the shadows train on all of it, as
+  the original did, and half on none of it, as the oracle did. Forget sets are coherent
+  groups (a class's atypical images, a class): a shadow trained on half of them would know
+  the other half from their neighbours, and the oracle, which saw none, would then read as
+  far *less* member-like than unseen data.
+- Each test image of the pool is in for a random half of the shadows, as LiRA's design has
+  it.
+
+From them:
+
+- **LiRA** (online, ``dormant.metrics.lira``) scores each pool example against a model (the
+  unlearned one, and the same after the attack): AUC and TPR at 1% FPR of the held-out
+  forget split against the test images. The oracle trained on neither, so its AUC is about
+  0.5; the original's is what there was to forget; far below 0.5 is as telling as far above
+  (forgotten examples that look *less* seen than unseen ones). Per-example calibration
+  removes the population attacks' caveat that atypical forget images look less member-like
+  than test images.
+- **RMIA** (offline, one OUT reference model per example, ``dormant.metrics.rmia``) on the
+  same examples: the cheap fallback.
+- **U-LiRA** (``dormant.experiments.ulira``): each shadow that trained on the forget set is
+  an original; the pipeline's own stages, with their resolved hyper-parameters, unlearn the
+  forget set from it, and a reference retrains without it (the shadows that never had it
+  are references as they are). AUC of telling the unlearned from the retrained models per
+  held-out example, after unlearning and after the cell's attack (both sides attacked
+  alike), and the NeurIPS 2023 challenge's score on the same pairs.
+
+With fewer than 64 shadows every Gaussian has one global variance (LiRA's advice for few
+shadows), from 64 on each example its own; every row says which and how many shadows."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from dormant.engine import evaluate
+from dormant.engine.device import to_float
+from dormant.experiments.prepare import Prepared
+from dormant.experiments.shadows import phis, train_shadows
+from dormant.experiments.ulira import Splits, Stage, ulira, unlearned, with_references
+from dormant.metrics.challenge import challenge_score, forgetting_quality
+from dormant.metrics.lira import Fit, fit_gaussians, lira_scores, membership, roc_summary
+from dormant.metrics.rmia import rmia_scores
+from dormant.store import ModelCache
+
+PER_EXAMPLE = ("lira", "rmia", "ulira")
+"""The ``mia`` entries that need shadow models; ``loss`` and ``svc`` are population attacks
+of the analysis (``dormant.experiments.analysis``)."""
+POPULATION = 1000
+"""RMIA's population examples z: test images outside the pool, at most this many."""
+
+
+@dataclass(frozen=True)
+class Design:
+    """One prepared seed's audit: the images (training then test, on the device), the pool
+    and who in it is a forget example, the shadows and their fits."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    pool: torch.Tensor
+    forget: np.ndarray  # bool over the pool: the held-out forget split (the scored ids)
+    population: torch.Tensor  # test images outside the pool (RMIA's z, utility)
+    splits: Splits
+    fit: Fit
+    lira_null: np.ndarray  # LiRA scores of the scored ids under each shadow without them
+    rmia_null: np.ndarray  # the same for RMIA
+    probs: np.ndarray  # (shadows, pool + population): true-label probabilities
+    reference: int  # RMIA's one reference model: a shadow that never had the forget set
+
+    @property
+    def shadows(self) -> int:
+        return len(self.splits.originals)
+
+    def labels(self) -> dict:
+        return {"mia_shadows": self.shadows,
+                "mia_variance": "global" if self.fit.global_variance else "per-example"}
+
+
+def _fingerprint(prep: Prepared, y: torch.Tensor) -> str:
+    """The images and labels the shadows see (a canary study relabels some)."""
+    h = hashlib.sha256(prep.dataset.fingerprint.encode())
+    h.update(np.asarray(y.cpu(), dtype=np.int64).tobytes())
+    return "study-mia:" + h.hexdigest()[:24]
+
+
+def design(prep: Prepared, shadows: int, cache: ModelCache, progress=None) -> Design:
+    """The seed's pool and shadows (trained once, cached) and their fits."""
+    n = len(prep.y)
+    x = torch.cat([prep.x, prep.x_test])
+    y = torch.cat([prep.y, prep.y_test])
+    heldout = prep.split.heldout.to(x.device)
+    leakable = prep.split.leakable.to(x.device)
+    g = torch.Generator().manual_seed(prep.seed + 4_099)
+    order = torch.randperm(len(prep.y_test), generator=g).to(x.device) + n
+    outside = order[:len(heldout)]
+    pool = torch.cat([heldout, leakable, outside])
+    group = np.r_[np.ones(len(heldout) + len(leakable), bool), np.zeros(len(outside), bool)]
+    keep = membership(shadows, len(pool), prep.seed)  # test images: each its own halves
+    coin = membership(shadows, 1, prep.seed + 1)[:, 0]  # the forget set: all or nothing
+    keep[:, group] = coin[:, None]
+    fingerprint = _fingerprint(prep, y)
+    base = prep.split.retain.to(x.device)
+    models = train_shadows(x, y, pool, keep, prep.spec, prep.recipe, seed=prep.seed,
+                           cache=cache, fingerprint=fingerprint, base=base, progress=progress)
+    phi = phis(models, x, y, pool, prep.recipe)
+    fit = fit_gaussians(phi, keep)
+    forget = np.r_[np.ones(len(heldout), bool), np.zeros(len(pool) - len(heldout), bool)]
+    population = order[len(heldout):len(heldout) + POPULATION]
+    s = Splits(pool, keep, np.flatnonzero(forget),
+               [np.flatnonzero(group) if c else np.zeros(0, int) for c in coin], models, [],
+               base)
+    probs = np.stack([_true_prob(m, x, y, torch.cat([pool, population])) for m in models])
+    outs = np.flatnonzero(~coin)
+    ref, others = outs[0], outs[1:]
+    # the null: each shadow that never had the forget set, scored as a target would be,
+    # against fits without it (LiRA) or against the reference (RMIA)
+    lira_null = np.concatenate([
+        lira_scores(phi[j], fit_gaussians(np.delete(phi, j, 0), np.delete(keep, j, 0)))[forget]
+        for j in outs])
+    rmia_null = np.concatenate([_rmia(probs[j], probs[ref], forget) for j in others])
+    return Design(x, y, pool, forget, population, s, fit, lira_null, rmia_null, probs, ref)
+
+
+def _rmia(target: np.ndarray, ref: np.ndarray, forget: np.ndarray) -> np.ndarray:
+    """RMIA scores of the scored ids, from true-label probabilities over pool + population."""
+    n = len(forget)
+    return rmia_scores(target[:n][forget], ref[:n][forget], target[n:], ref[n:])
+
+
+@torch.no_grad()
+def _true_prob(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
+               batch: int = 1024) -> np.ndarray:
+    was = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(ids), batch):
+        b = ids[start:start + batch]
+        p = torch.softmax(model(to_float(x[b])).double(), -1)
+        out.append(p.gather(1, y[b].unsqueeze(1)).squeeze(1).cpu().numpy())
+    model.train(was)
+    return np.concatenate(out)
+
+
+def lira_columns(d: Design, model: nn.Module, recipe, kinds: list[str],
+                 suffix: str = "") -> dict:
+    """LiRA's (and RMIA's) AUC and TPR at 1% FPR of ``model``'s scores on the held-out
+    forget ids against the same ids' scores under the shadows that never trained on the
+    forget set (the null: 0.5 reads "as if never trained on them", 1 "as the original",
+    below 0.5 "less than never seen"); LiRA's per-example scores of the forget ids."""
+    out: dict = {}
+    if "lira" in kinds:
+        s = lira_scores(phis([model], d.x, d.y, d.pool, recipe)[0], d.fit)[d.forget]
+        r = roc_summary(s, d.lira_null)
+        out |= {f"lira_auc{suffix}": round(r["auc"], 4),
+                f"lira_tpr_at_1pct{suffix}": round(r["tpr_at_1pct"], 4),
+                f"lira_forget_scores{suffix}": [round(float(v), 3) for v in s]}
+    if "rmia" in kinds:
+        p = _true_prob(model, d.x, d.y, torch.cat([d.pool, d.population]))
+        r = roc_summary(_rmia(p, d.probs[d.reference], d.forget), d.rmia_null)
+        out |= {f"rmia_auc{suffix}": round(r["auc"], 4),
+                f"rmia_tpr_at_1pct{suffix}": round(r["tpr_at_1pct"], 4)}
+    return out
+
+
+def references(d: Design, prep: Prepared, cache: ModelCache, progress=None) -> Splits:
+    """``d``'s splits with their retrained references (trained once per seed, cached)."""
+    return with_references(d.splits, d.x, d.y, prep.spec, prep.recipe, seed=prep.seed,
+                           cache=cache, fingerprint=_fingerprint(prep, d.y), progress=progress)
+
+
+def ulira_models(d: Design, prep: Prepared, stages: list[Stage], cache: ModelCache,
+                 progress=None) -> tuple[Splits, list[nn.Module]]:
+    s = references(d, prep, cache, progress)
+    u = unlearned(s, d.x, d.y, prep.spec, prep.recipe, stages, prep.dataset.num_classes,
+                  seed=prep.seed, cache=cache, fingerprint=_fingerprint(prep, d.y),
+                  progress=progress)
+    return s, u
+
+
+def ulira_columns(d: Design, prep: Prepared, s: Splits, u: list[nn.Module],
+                  r: list[nn.Module] | None = None, suffix: str = "") -> dict:
+    """U-LiRA's AUC and accuracy over the splits (``r``: the references, by default the
+    retrained ones), and, from the same pairs, the challenge's forgetting quality and score."""
+    res = ulira(s, u, d.x, d.y, prep.recipe, r_models=r, exposure=not suffix)
+    out = {f"ulira_auc{suffix}": round(res["auc"], 4),
+           f"ulira_accuracy{suffix}": round(res["accuracy"], 4)}
+    if not suffix:
+        out["ulira_retain_exposure"] = res["retain_exposure"]
+        out |= challenge_columns(d, prep, s, u, r or s.retrained)
+    return out
+
+
+def challenge_columns(d: Design, prep: Prepared, s: Splits, u: list[nn.Module],
+                      r: list[nn.Module]) -> dict:
+    cand = d.pool[torch.as_tensor(s.candidates)]
+    phi_u = phis(u, d.x, d.y, cand, prep.recipe)[..., 0]  # the identity query
+    phi_r = phis(r, d.x, d.y, cand, prep.recipe)[..., 0]
+    forgot = s.keep[:, s.candidates]
+    q = forgetting_quality([phi_u[forgot[:, c], c] for c in range(len(s.candidates))],
+                           [phi_r[forgot[:, c], c] for c in range(len(s.candidates))])
+
+    def mean_acc(models: list[nn.Module], ids_of) -> float:
+        return float(np.mean([evaluate(m, d.x, d.y, ids_of(i)).acc
+                              for i, m in enumerate(models)]))
+
+    retain_u = mean_acc(u, s.retain_ids)
+    retain_r = mean_acc(r, s.retain_ids)
+    test_u = mean_acc(u, lambda _: d.population)
+    test_r = mean_acc(r, lambda _: d.population)
+    return {"forgetting_quality": round(q["quality"], 4),
+            "challenge_score": round(challenge_score(q["quality"], retain_u, retain_r,
+                                                     test_u, test_r), 4),
+            "challenge_models": q["models"]}
