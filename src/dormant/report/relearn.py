@@ -25,6 +25,7 @@ from dormant.report.figures import (
     scatter_figure,
 )
 from dormant.report.html import Block, to_html, to_markdown
+from dormant.report.membership import lira_figure, membership_blocks
 from dormant.report.tables import (
     REFERENCE_ORDER,
     Table,
@@ -192,6 +193,7 @@ def _blocks(rows: list[dict], title: str, figs: dict[str, Path]) -> list[Block]:
               path=figs["scatter"]),
         Block("img", "linear mode connectivity from the original (the retrain line: original "
                      "to oracle)", path=figs["lmc"]),
+        *membership_blocks(rows, figs.get("lira")),
         Block("h2", "All settings"),
         Block("p", "Mean over seeds per method, relearn set, attack setting and k. "
                    "*recovery (own start)* = best held-out forget accuracy during the attack "
@@ -215,7 +217,8 @@ def _with_verdicts(rows: list[dict]) -> list[dict]:
 
 def write_relearn_report(rows: list[dict], out: Path, title: str = "Relearning study") -> dict:
     """``results.csv``, ``report.md``, ``recovery.png`` (plus ``recovery-<set>.png`` per
-    other relearn set), ``scatter.png``, ``lmc.png`` and the self-contained ``report.html``
+    other relearn set), ``scatter.png``, ``lmc.png``, ``lira.png`` (a study with per-example
+    membership inference) and the self-contained ``report.html``
     in ``out``; returns their paths by kind."""
     if not rows:
         raise ValueError("no results rows to report")
@@ -229,6 +232,9 @@ def write_relearn_report(rows: list[dict], out: Path, title: str = "Relearning s
     figs.update({f"recovery-{s}": p for s, p in other_recovery_figures(rows, out, styles).items()})
     figs["scatter"] = scatter_figure(rows, out / "scatter.png", styles)
     figs["lmc"] = lmc_figure(rows, out / "lmc.png", styles)
+    lira = lira_figure(rows, out / "lira.png", styles)
+    if lira is not None:
+        figs["lira"] = lira
     blocks = _blocks(rows, title, figs)
     atomic_write_text(paths["md"], to_markdown(blocks))
     atomic_write_text(paths["html"], to_html(blocks, title))

@@ -42,6 +42,12 @@ EXTRA = {
     "mia_auc_attacked": "MIA AUC (SVC) after attack",
     "mia_loss_auc": "MIA AUC (loss)",
     "mia_loss_auc_attacked": "MIA AUC (loss) after attack",
+    "lira_auc": "LiRA AUC",
+    "lira_auc_attacked": "LiRA AUC after attack",
+    "rmia_auc": "RMIA AUC",
+    "rmia_auc_attacked": "RMIA AUC after attack",
+    "ulira_auc": "U-LiRA AUC",
+    "ulira_auc_attacked": "U-LiRA AUC after attack",
 }
 GROUP = ["method", "relearn_set", "attack_lr", "attack_steps", "k"]
 REFERENCE_ORDER = {"original": 0, "retrain": 1}
@@ -67,7 +73,8 @@ PAPER = {
 FAILED = ["method", "seed", "k", "relearn_set", "error"]
 _SIGNED = {"signed", "excess", "excess_max", "recovery", "forget_gap"}
 _DECIMALS = {"l2_to_original": 3, "l2_to_oracle": 3, "barrier": 3, "mia_auc": 3,
-             "mia_auc_attacked": 3, "mia_loss_auc": 3, "mia_loss_auc_attacked": 3}
+             "mia_auc_attacked": 3, "mia_loss_auc": 3, "mia_loss_auc_attacked": 3,
+             **{f"{a}_auc{s}": 3 for a in ("lira", "rmia", "ulira") for s in ("", "_attacked")}}
 
 
 @dataclass(frozen=True)
