@@ -19,7 +19,11 @@ here every threshold and every interval between observed values is tried, which 
 every error pair the grid can and more, so an epsilon here is never below the grid's on the
 same outputs. The challenge used 512 models per side; with N models the finest epsilon a
 rate of 1/N allows is about ln(N - 1), which is why the point scale stops there, and the
-model count is reported with every score."""
+model count is reported with every score. The best of so many attacks finds some epsilon
+even between identical distributions: outputs drawn from one Gaussian for both sides scored
+a forgetting quality of 0.12, 0.07 and 0.05 with 16, 64 and 256 models per side (30
+examples each, measured here), so a method as good as retraining scores well below 1, and
+scores compare only at one model count."""
 
 from __future__ import annotations
 

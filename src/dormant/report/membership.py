@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import SymmetricalLogLocator
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import SymmetricalLogLocator
 
 from dormant.report.figures import _legend, _save, method_styles
 from dormant.report.html import Block
