@@ -189,3 +189,39 @@ def test_run_checks_flags_the_backdoor_class_and_nothing_on_a_clean_update(digit
     assert same["after"] == same["before"]
     judged = judge(Policy(), same)
     assert verdict(judged) == "pass" and not any(c.classes for c in judged)
+
+
+@pytest.mark.slow
+def test_the_lira_check_passes_the_oracle_fails_the_original_and_keeps_no_shadow(
+        digits_setup, tmp_path, monkeypatch):
+    """Levels (warn 0.65, fail 0.75 on max(AUC, 1 - AUC)) were set from the study's oracle on
+    digits seeds 0-3 with 8 shadows (AUC 0.40-0.47: at most 0.60 either way)."""
+    import tempfile
+
+    prep = digits_setup
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the shadows live
+    data = RequestData(prep.x, prep.y, prep.x_test, prep.y_test, prep.split.heldout,
+                       prep.split.leakable, prep.split.retain, prep.recipe, 10, prep.spec)
+    budget = CheckBudget(lira_shadows=8, relearn_steps=10, leaked_k=0)
+    policy = Policy(budget=budget.model_dump())
+
+    def judged(new):
+        known = {"nc_norms": [], "uap_success": [], "retain_acc": 100.0, "test_acc": 100.0}
+        m = run_checks(prep.original, new, data, budget, oracle=Oracle.itself(),
+                       old_known=known, new_known=known)
+        return m, next(c for c in judge(policy, m) if c.name == "lira_auc")
+
+    m, check = judged(prep.oracle)
+    assert m["before"]["lira_auc"] >= 0.95 and m["before"]["mia_shadows"] == 8
+    assert m["after"]["lira_auc"] == pytest.approx(0.5, abs=0.15)
+    assert check.status == "pass" and "8 shadows, global variance" in check.detail
+    _, kept = judged(prep.original)  # nothing forgotten
+    assert kept.status == "fail" and kept.value >= 0.95
+    assert list(tmp_path.iterdir()) == []  # trained on the deleted ids: never kept
+    with pytest.raises(ValueError, match="lira_shadows 2: use 0"):
+        CheckBudget(lira_shadows=2)
+    off = run_checks(prep.original, prep.oracle, _request(prep), CheckBudget(
+        relearn_steps=10, leaked_k=0), old_known={"nc_norms": [], "uap_success": []},
+                     new_known={"nc_norms": [], "uap_success": []})
+    assert "lira_auc" not in off["after"]
+    assert not [c for c in judge(Policy(), off) if c.name == "lira_auc"]

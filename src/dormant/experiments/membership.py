@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dormant.engine import evaluate
+from dormant.engine import Recipe, evaluate
 from dormant.engine.device import to_float
 from dormant.experiments.prepare import Prepared
 from dormant.experiments.shadows import phis, train_shadows
@@ -52,6 +52,7 @@ from dormant.experiments.ulira import Splits, Stage, ulira, unlearned, with_refe
 from dormant.metrics.challenge import challenge_score, forgetting_quality
 from dormant.metrics.lira import Fit, fit_gaussians, lira_scores, membership, roc_summary
 from dormant.metrics.rmia import rmia_scores
+from dormant.models import ModelSpec
 from dormant.store import ModelCache
 
 PER_EXAMPLE = ("lira", "rmia", "ulira")
@@ -77,6 +78,8 @@ class Design:
     rmia_null: np.ndarray  # the same for RMIA
     probs: np.ndarray  # (shadows, pool + population): true-label probabilities
     reference: int  # RMIA's one reference model: a shadow that never had the forget set
+    recipe: Recipe
+    fingerprint: str
 
     @property
     def shadows(self) -> int:
@@ -87,33 +90,46 @@ class Design:
                 "mia_variance": "global" if self.fit.global_variance else "per-example"}
 
 
-def _fingerprint(prep: Prepared, y: torch.Tensor) -> str:
+def _fingerprint(data: str, y_train: torch.Tensor, y_test: torch.Tensor) -> str:
     """The images and labels the shadows see (a canary study relabels some)."""
-    h = hashlib.sha256(prep.dataset.fingerprint.encode())
-    h.update(np.asarray(y.cpu(), dtype=np.int64).tobytes())
+    h = hashlib.sha256(data.encode())
+    for y in (y_train, y_test):
+        h.update(np.asarray(y.cpu(), dtype=np.int64).tobytes())
     return "study-mia:" + h.hexdigest()[:24]
 
 
 def design(prep: Prepared, shadows: int, cache: ModelCache, progress=None) -> Design:
-    """The seed's pool and shadows (trained once, cached) and their fits."""
-    n = len(prep.y)
-    x = torch.cat([prep.x, prep.x_test])
-    y = torch.cat([prep.y, prep.y_test])
-    heldout = prep.split.heldout.to(x.device)
-    leakable = prep.split.leakable.to(x.device)
-    g = torch.Generator().manual_seed(prep.seed + 4_099)
-    order = torch.randperm(len(prep.y_test), generator=g).to(x.device) + n
+    """The study seed's design (:func:`audit_design` on its split)."""
+    return audit_design(prep.x, prep.y, prep.x_test, prep.y_test, prep.split.retain,
+                        prep.split.heldout, prep.split.leakable, prep.spec, prep.recipe,
+                        shadows=shadows, seed=prep.seed, cache=cache,
+                        fingerprint=_fingerprint(prep.dataset.fingerprint, prep.y,
+                                                 prep.y_test), progress=progress)
+
+
+def audit_design(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+                 y_test: torch.Tensor, retain: torch.Tensor, heldout: torch.Tensor,
+                 leakable: torch.Tensor, spec: ModelSpec, recipe: Recipe, *, shadows: int,
+                 seed: int, cache: ModelCache, fingerprint: str, progress=None) -> Design:
+    """The pool (``heldout`` and ``leakable`` as one forget group, and as many test images as
+    ``heldout``), ``shadows`` models on ``retain`` and their part of it (from ``cache``),
+    their fits and the nulls."""
+    n = len(y_train)
+    x = torch.cat([x_train, x_test])
+    y = torch.cat([y_train, y_test])
+    heldout, leakable = heldout.to(x.device), leakable.to(x.device)
+    g = torch.Generator().manual_seed(seed + 4_099)
+    order = torch.randperm(len(y_test), generator=g).to(x.device) + n
     outside = order[:len(heldout)]
     pool = torch.cat([heldout, leakable, outside])
     group = np.r_[np.ones(len(heldout) + len(leakable), bool), np.zeros(len(outside), bool)]
-    keep = membership(shadows, len(pool), prep.seed)  # test images: each its own halves
-    coin = membership(shadows, 1, prep.seed + 1)[:, 0]  # the forget set: all or nothing
+    keep = membership(shadows, len(pool), seed)  # test images: each its own halves
+    coin = membership(shadows, 1, seed + 1)[:, 0]  # the forget set: all or nothing
     keep[:, group] = coin[:, None]
-    fingerprint = _fingerprint(prep, y)
-    base = prep.split.retain.to(x.device)
-    models = train_shadows(x, y, pool, keep, prep.spec, prep.recipe, seed=prep.seed,
-                           cache=cache, fingerprint=fingerprint, base=base, progress=progress)
-    phi = phis(models, x, y, pool, prep.recipe)
+    base = retain.to(x.device)
+    models = train_shadows(x, y, pool, keep, spec, recipe, seed=seed, cache=cache,
+                           fingerprint=fingerprint, base=base, progress=progress)
+    phi = phis(models, x, y, pool, recipe)
     fit = fit_gaussians(phi, keep)
     forget = np.r_[np.ones(len(heldout), bool), np.zeros(len(pool) - len(heldout), bool)]
     population = order[len(heldout):len(heldout) + POPULATION]
@@ -129,7 +145,8 @@ def design(prep: Prepared, shadows: int, cache: ModelCache, progress=None) -> De
         lira_scores(phi[j], fit_gaussians(np.delete(phi, j, 0), np.delete(keep, j, 0)))[forget]
         for j in outs])
     rmia_null = np.concatenate([_rmia(probs[j], probs[ref], forget) for j in others])
-    return Design(x, y, pool, forget, population, s, fit, lira_null, rmia_null, probs, ref)
+    return Design(x, y, pool, forget, population, s, fit, lira_null, rmia_null, probs, ref,
+                  recipe, fingerprint)
 
 
 def _rmia(target: np.ndarray, ref: np.ndarray, forget: np.ndarray) -> np.ndarray:
@@ -175,15 +192,15 @@ def lira_columns(d: Design, model: nn.Module, recipe, kinds: list[str],
 
 def references(d: Design, prep: Prepared, cache: ModelCache, progress=None) -> Splits:
     """``d``'s splits with their retrained references (trained once per seed, cached)."""
-    return with_references(d.splits, d.x, d.y, prep.spec, prep.recipe, seed=prep.seed,
-                           cache=cache, fingerprint=_fingerprint(prep, d.y), progress=progress)
+    return with_references(d.splits, d.x, d.y, prep.spec, d.recipe, seed=prep.seed,
+                           cache=cache, fingerprint=d.fingerprint, progress=progress)
 
 
 def ulira_models(d: Design, prep: Prepared, stages: list[Stage], cache: ModelCache,
                  progress=None) -> tuple[Splits, list[nn.Module]]:
     s = references(d, prep, cache, progress)
     u = unlearned(s, d.x, d.y, prep.spec, prep.recipe, stages, prep.dataset.num_classes,
-                  seed=prep.seed, cache=cache, fingerprint=_fingerprint(prep, d.y),
+                  seed=prep.seed, cache=cache, fingerprint=d.fingerprint,
                   progress=progress)
     return s, u
 

@@ -82,21 +82,22 @@ def assess(old: nn.Module, new: nn.Module, tensors: tuple[torch.Tensor, ...],
            forget: torch.Tensor, retain: torch.Tensor, recipe: Recipe, num_classes: int,
            policy: Policy, *, oracle: Oracle | None = None, seed: int = 0,
            old_known: dict | None = None, new_known: dict | None = None,
-           progress: Progress | None = None) -> Assessment:
+           spec: ModelSpec | None = None, progress: Progress | None = None) -> Assessment:
     """Run every check of ``new`` against ``old`` for the forgotten ids and judge them; the
     tamper test compares with ``oracle`` (``None``: no oracle, so no tamper verdict).
     ``old_known``/``new_known``: values already measured on the models
-    (``checks.KNOWN``)."""
+    (``checks.KNOWN``). ``spec``: the models' architecture (the LiRA check's shadows)."""
     return assess_batch(old, new, tensors, [forget], retain, recipe, num_classes, policy,
                         oracle=oracle, seed=seed, old_known=old_known, new_known=new_known,
-                        progress=progress)[0]
+                        spec=spec, progress=progress)[0]
 
 
 def assess_batch(old: nn.Module, new: nn.Module, tensors: tuple[torch.Tensor, ...],
                  forgets: list[torch.Tensor], retain: torch.Tensor, recipe: Recipe,
                  num_classes: int, policy: Policy, *, oracle: Oracle | None = None,
                  seed: int = 0, old_known: dict | None = None, new_known: dict | None = None,
-                 progress: Progress | None = None) -> list[Assessment]:
+                 spec: ModelSpec | None = None, progress: Progress | None = None
+                 ) -> list[Assessment]:
     """:func:`assess` for each request of a batch (its ids in ``forgets``), measuring once
     what the requests share (``checks.run_batch_checks``); each request's ``seconds`` are
     its share of the time."""
@@ -111,7 +112,7 @@ def assess_batch(old: nn.Module, new: nn.Module, tensors: tuple[torch.Tensor, ..
         else:  # one record: it is measured, and there is nothing left to leak to the attacker
             heldout, leakable = forget.cpu(), forget[:0].cpu()
         datas.append(RequestData(x, y, x_test, y_test, heldout.to(dev), leakable.to(dev),
-                                 retain.to(dev), recipe, num_classes))
+                                 retain.to(dev), recipe, num_classes, spec))
     records = run_batch_checks(old, new, datas, policy.check_budget(), oracle=oracle,
                                old_known=old_known, new_known=new_known, progress=progress)
     share = (time.perf_counter() - t0) / len(forgets)

@@ -67,7 +67,7 @@ def audit(original: Path, unlearned: Path, ds: Dataset, ids: torch.Tensor, polic
         ref = None
     t_oracle = time.perf_counter() - t1
     a = assess(old, new, tensors, ids, retain, recipe, ds.num_classes, policy, oracle=ref,
-               seed=seed, progress=progress)
+               seed=seed, spec=spec, progress=progress)
     rec = record(
         a, False, "an audit promotes nothing; its verdict is the result",
         kind="audit", request_id=None, model=None, from_version=None, to_version=None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from pydantic import Field, ValidationError, model_validator
@@ -28,6 +29,7 @@ from dormant.engine import Progress, Recipe, evaluate
 from dormant.errors import DormantError
 from dormant.experiments.verdicts import classify
 from dormant.metrics import aurc, end_mean, recovery, svc_mia_auc
+from dormant.models import ModelSpec
 from dormant.settings import Settings, one_line
 
 DIGITS = 4  # rounding of the record: far below any threshold, and stable across runs
@@ -67,6 +69,17 @@ class CheckBudget(Settings):
     is 5 points, the tightest default warn level (``excess``, ``forget_gap``). Below it those
     checks say ``insufficient evidence`` and warn (a request of 25 ids holds out 20)."""
     seed: int = 0
+    lira_shadows: int = Field(0, ge=0, le=256)
+    """Shadow models for the per-example LiRA check (``lira_auc``); 0, the default, turns it
+    off. It trains this many models with the original's recipe per request (the forget set
+    in half of them, as a whole), in memory only: they trained on the deleted ids, so none
+    is ever written. At least 4; 16 is LiRA's usual small budget."""
+
+    @model_validator(mode="after")
+    def _enough_shadows(self):
+        if 0 < self.lira_shadows < 4:
+            raise ValueError(f"lira_shadows {self.lira_shadows}: use 0 (off) or at least 4")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -104,6 +117,8 @@ class RequestData:
     retain: torch.Tensor
     recipe: Recipe
     num_classes: int
+    spec: ModelSpec | None = None
+    """The model's architecture: the LiRA check trains shadows of it."""
 
     def __post_init__(self) -> None:
         if len(self.heldout) == 0:
@@ -401,6 +416,34 @@ def change_block(old: nn.Module, new: nn.Module, data: RequestData,
             "oracle_distance": distance(oracle.model)}
 
 
+def lira_check(old: nn.Module, new: nn.Module, data: RequestData, budget: CheckBudget,
+               progress: Progress | None) -> tuple[dict, dict]:
+    """LiRA's AUC and TPR at 1% FPR for the old and the new model, on the held-out ids
+    against the same ids under shadows that never trained on the request
+    (``dormant.experiments.membership``), with the shadow count and variance rule. The
+    shadows live in a temporary cache, removed before this returns."""
+    import tempfile
+
+    from dormant.experiments.membership import audit_design, lira_columns
+    from dormant.store import ModelCache
+
+    if data.spec is None:
+        raise DormantError("budget.lira_shadows needs the model's architecture; this model "
+                           "was loaded without one")
+    with tempfile.TemporaryDirectory(prefix="dormant-shadows-") as tmp:
+        d = audit_design(data.x, data.y, data.x_test, data.y_test, data.retain, data.heldout,
+                         data.leakable, data.spec, data.recipe, shadows=budget.lira_shadows,
+                         seed=budget.seed, cache=ModelCache(Path(tmp)),
+                         fingerprint="request", progress=progress)
+
+    def one(model: nn.Module) -> dict:
+        c = lira_columns(d, model, data.recipe, ["lira"])
+        return {"lira_auc": c["lira_auc"], "lira_tpr_at_1pct": c["lira_tpr_at_1pct"],
+                **d.labels()}
+
+    return one(old), one(new)
+
+
 def run_checks(old: nn.Module, new: nn.Module, data: RequestData, budget: CheckBudget, *,
                oracle: Oracle | None = None, old_known: dict | None = None,
                new_known: dict | None = None, progress: Progress | None = None) -> dict:
@@ -427,6 +470,11 @@ def run_batch_checks(old: nn.Module, new: nn.Module, datas: list[RequestData],
         after.append(model_state(new, d, budget, known=new_known, progress=progress))
         old_known = {k: before[-1][k] for k in KNOWN}
         new_known = {k: after[-1][k] for k in KNOWN}
+    if budget.lira_shadows:
+        for d, b, a in zip(datas, before, after, strict=True):
+            b_lira, a_lira = lira_check(old, new, d, budget, progress)
+            b.update(b_lira)
+            a.update(a_lira)
     tampers = tamper_tests(new, datas, budget, oracle=oracle, progress=progress)
     return [{
         "before": b, "after": a, "tamper": t, "change": c,

@@ -202,7 +202,8 @@ def _run(store: ModelStore, ds: Dataset, p: Plan, model, side: dict, spec, rids:
         model, made.model, tensors, [torch.tensor(a.new_ids, dtype=torch.long)
                                      for a in p.asks],
         retain, recipe, ds.num_classes, policy, oracle=oracle, seed=first.seed,
-        old_known=_known_profile(store, base, budget_dict(policy)), progress=progress)
+        old_known=_known_profile(store, base, budget_dict(policy)), spec=spec,
+        progress=progress)
     promoted, why = promotion(checked, rids, first.accept_warnings)
     outcomes = []
     for i, (req, ask, rid, a) in enumerate(zip(p.reqs, p.asks, rids, checked, strict=True)):

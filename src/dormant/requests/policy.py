@@ -279,6 +279,25 @@ def mia_auc(t: Thresholds, m: dict) -> list[Check]:
                          "(0.5: unseen)"), m)]
 
 
+@register_check("lira_auc", group="forgetting", warn=0.65, fail=0.75)
+def lira_auc(t: Thresholds, m: dict) -> list[Check]:
+    """LiRA, per example, on the held-out ids (``budget.lira_shadows`` > 0): how far the new
+    model's scores sit from those of shadows that never trained on the ids, either way, as
+    max(AUC, 1 - AUC)."""
+    auc = m["after"].get("lira_auc")
+    if auc is None:
+        return []  # off (the default): it costs lira_shadows trainings per request
+    auc = _f(auc)
+    far = max(auc, 1 - auc)
+    side = "member-like" if auc >= 0.5 else "less seen than never-trained"
+    return [_weigh(_make(
+        "lira_auc", "forgetting", t, far,
+        f"LiRA AUC {auc:.3f} of the held-out ids against shadows that never had them "
+        f"({side}; 0.5: as if never trained on them), {m['after']['mia_shadows']} shadows, "
+        f"{m['after']['mia_variance']} variance; before {_f(m['before'].get('lira_auc')):.3f}"),
+        m)]
+
+
 MEMORISED_RISE = 0.05
 """The least rise of the forget loss (mean cross-entropy, nats) that retraining without the ids
 must show for ``unchanged`` to judge a model's change against it. Below it the ids are barely
