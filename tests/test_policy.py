@@ -94,8 +94,8 @@ def test_yaml_overrides_keep_the_other_defaults(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ("recovry: {warn: 1}\n", "policy.yaml: unknown key 'recovry'; known keys: retain_drop, "
-                             "test_drop, forget_gap, mia_auc, lira_auc, unchanged, excess, excess_leaked, "
-                             "nc_shrink, uap_jump, budget"),
+                             "test_drop, forget_gap, mia_auc, lira_auc, unchanged, excess, "
+                             "excess_leaked, nc_shrink, uap_jump, budget"),
     ("budget: {relearn_stepz: 1}\n", "key 'budget.relearn_stepz': unknown key"),
     ("retain_drop: {wrn: 1}\n", "key 'retain_drop.wrn': unknown key"),
     # the budgets of the defenses are their own configs now, nested (issue 12)
