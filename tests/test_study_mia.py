@@ -10,6 +10,8 @@ on 4 splits and is bounded only away from the original's (measured 0.20-0.50).""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from dormant.experiments.relearn import relearn_cells, run_relearn
@@ -80,3 +82,18 @@ def test_membership_keys_change_cell_keys_only_where_they_change_rows(digits):
                                          digits)] == keys
     lira = base.model_copy(update={"mia": ["loss", "svc", "lira"]})
     assert set(c.key for c in relearn_cells(lira, digits)).isdisjoint(keys)
+
+
+def test_the_local_executor_shares_a_seeds_shadows_out_among_its_workers(tmp_path):
+    from dormant.executors.options import ExecutorOptions
+
+    spec = RelearnSpec(dataset="digits", methods=["gradient_ascent"], k=[0], seeds=[4],
+                       analysis=False, mia=["lira"], shadows=4, calibrate="none")
+    rows = run_relearn(spec, tmp_path / "out", cache_dir=tmp_path / "cache",
+                       executor=ExecutorOptions(executor="local", workers=2))
+    assert {r["status"] for r in rows} == {"ok"} and len(rows) == 3
+    shares = [json.loads(line) for line in
+              (tmp_path / "out" / "shadows" / "results.jsonl").read_text().splitlines()]
+    assert sorted(tuple(r["shadows"]) for r in shares) == [(0, 2), (1, 3)]
+    built = [b for b in ModelCache(tmp_path / "cache").build_log() if b["kind"] == "shadow"]
+    assert len(built) == 4 and len({b["pid"] for b in built}) == 2  # two workers, once each

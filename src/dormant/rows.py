@@ -110,6 +110,14 @@ class RelearnRow(Row):
     ulira_accuracy_attacked: float | None = None
 
 
+class ShadowRow(Row):
+    """One worker's share of a seed's shadow models (``mia: [lira, ...]``), trained into the
+    cache before the study's cells; ``method`` is ``shadows``."""
+
+    forget: str
+    shadows: list[int]
+
+
 class BackdoorRow(Row):
     """One backdoor cell: a method under a condition for a seed; scan columns are extra."""
 

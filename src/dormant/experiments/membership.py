@@ -103,17 +103,27 @@ def design(prep: Prepared, shadows: int, cache: ModelCache, progress=None) -> De
     return audit_design(prep.x, prep.y, prep.x_test, prep.y_test, prep.split.retain,
                         prep.split.heldout, prep.split.leakable, prep.spec, prep.recipe,
                         shadows=shadows, seed=prep.seed, cache=cache,
-                        fingerprint=_fingerprint(prep.dataset.fingerprint, prep.y,
-                                                 prep.y_test), progress=progress)
+                        fingerprint=_study_fingerprint(prep), progress=progress)
 
 
-def audit_design(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
-                 y_test: torch.Tensor, retain: torch.Tensor, heldout: torch.Tensor,
-                 leakable: torch.Tensor, spec: ModelSpec, recipe: Recipe, *, shadows: int,
-                 seed: int, cache: ModelCache, fingerprint: str, progress=None) -> Design:
-    """The pool (``heldout`` and ``leakable`` as one forget group, and as many test images as
-    ``heldout``), ``shadows`` models on ``retain`` and their part of it (from ``cache``),
-    their fits and the nulls."""
+@dataclass(frozen=True)
+class _Layout:
+    """Where everything sits: the images (training then test), the pool, who trains on what
+    and the seed; what :func:`audit_design` and :func:`train_part` agree on."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    pool: torch.Tensor
+    group: np.ndarray  # bool over the pool: the forget set (held-out, then leakable)
+    heldout: int
+    keep: np.ndarray
+    coin: np.ndarray  # per shadow: trained on the forget set
+    base: torch.Tensor
+    population: torch.Tensor
+
+
+def _layout(x_train, y_train, x_test, y_test, retain, heldout, leakable, shadows: int,
+            seed: int) -> _Layout:
     n = len(y_train)
     x = torch.cat([x_train, x_test])
     y = torch.cat([y_train, y_test])
@@ -126,18 +136,49 @@ def audit_design(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
     keep = membership(shadows, len(pool), seed)  # test images: each its own halves
     coin = membership(shadows, 1, seed + 1)[:, 0]  # the forget set: all or nothing
     keep[:, group] = coin[:, None]
-    base = retain.to(x.device)
+    return _Layout(x, y, pool, group, len(heldout), keep, coin, retain.to(x.device),
+                   order[len(heldout):len(heldout) + POPULATION])
+
+
+def train_part(prep: Prepared, shadows: int, part: list[int], cache: ModelCache,
+               progress=None) -> None:
+    """Train shadows ``part`` of the study seed's design into ``cache``: a worker's share,
+    so that a study's workers train a seed's shadows side by side."""
+    lay = _study_layout(prep, shadows)
+    train_shadows(lay.x, lay.y, lay.pool, lay.keep, prep.spec, prep.recipe, seed=prep.seed,
+                  cache=cache, fingerprint=_study_fingerprint(prep), base=lay.base,
+                  only=part, progress=progress)
+
+
+def _study_layout(prep: Prepared, shadows: int) -> _Layout:
+    return _layout(prep.x, prep.y, prep.x_test, prep.y_test, prep.split.retain,
+                   prep.split.heldout, prep.split.leakable, shadows, prep.seed)
+
+
+def _study_fingerprint(prep: Prepared) -> str:
+    return _fingerprint(prep.dataset.fingerprint, prep.y, prep.y_test)
+
+
+def audit_design(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+                 y_test: torch.Tensor, retain: torch.Tensor, heldout: torch.Tensor,
+                 leakable: torch.Tensor, spec: ModelSpec, recipe: Recipe, *, shadows: int,
+                 seed: int, cache: ModelCache, fingerprint: str, progress=None) -> Design:
+    """The pool (``heldout`` and ``leakable`` as one forget group, and as many test images as
+    ``heldout``), ``shadows`` models on ``retain`` and their part of it (from ``cache``),
+    their fits and the nulls."""
+    lay = _layout(x_train, y_train, x_test, y_test, retain, heldout, leakable, shadows, seed)
+    x, y, pool, keep = lay.x, lay.y, lay.pool, lay.keep
     models = train_shadows(x, y, pool, keep, spec, recipe, seed=seed, cache=cache,
-                           fingerprint=fingerprint, base=base, progress=progress)
+                           fingerprint=fingerprint, base=lay.base, progress=progress)
     phi = phis(models, x, y, pool, recipe)
     fit = fit_gaussians(phi, keep)
-    forget = np.r_[np.ones(len(heldout), bool), np.zeros(len(pool) - len(heldout), bool)]
-    population = order[len(heldout):len(heldout) + POPULATION]
+    forget = np.arange(len(pool)) < lay.heldout
     s = Splits(pool, keep, np.flatnonzero(forget),
-               [np.flatnonzero(group) if c else np.zeros(0, int) for c in coin], models, [],
-               base)
-    probs = np.stack([_true_prob(m, x, y, torch.cat([pool, population])) for m in models])
-    outs = np.flatnonzero(~coin)
+               [np.flatnonzero(lay.group) if c else np.zeros(0, int) for c in lay.coin],
+               models, [], lay.base)
+    probs = np.stack([_true_prob(m, x, y, torch.cat([pool, lay.population]))
+                      for m in models])
+    outs = np.flatnonzero(~lay.coin)
     ref, others = outs[0], outs[1:]
     # the null: each shadow that never had the forget set, scored as a target would be,
     # against fits without it (LiRA) or against the reference (RMIA)
@@ -145,8 +186,8 @@ def audit_design(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
         lira_scores(phi[j], fit_gaussians(np.delete(phi, j, 0), np.delete(keep, j, 0)))[forget]
         for j in outs])
     rmia_null = np.concatenate([_rmia(probs[j], probs[ref], forget) for j in others])
-    return Design(x, y, pool, forget, population, s, fit, lira_null, rmia_null, probs, ref,
-                  recipe, fingerprint)
+    return Design(x, y, pool, forget, lay.population, s, fit, lira_null, rmia_null, probs,
+                  ref, recipe, fingerprint)
 
 
 def _rmia(target: np.ndarray, ref: np.ndarray, forget: np.ndarray) -> np.ndarray:

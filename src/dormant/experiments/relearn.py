@@ -11,6 +11,7 @@ included) is written as a failed row with its error, and the study goes on.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,7 @@ from dormant.experiments.membership import (
     PER_EXAMPLE,
     design,
     lira_columns,
+    train_part,
     ulira_columns,
     ulira_models,
 )
@@ -51,7 +53,7 @@ from dormant.experiments.protocol import PROTOCOL
 from dormant.experiments.spec import RelearnSpec
 from dormant.metrics import aurc, comparable, l2_distance, recovery, tow
 from dormant.models import ModelSpec, create_model
-from dormant.rows import RelearnRow
+from dormant.rows import RelearnRow, ShadowRow
 from dormant.store import ModelCache, ResultsLog, cache_key
 from dormant.store.results import driver_lock
 from dormant.unlearn import (
@@ -389,6 +391,58 @@ def relearn_cells(spec: RelearnSpec, ds: Dataset) -> list[RelearnCell]:
     return cells
 
 
+class ShadowCell(Cell):
+    """Shadows ``part`` of one seed's membership design (``dormant.experiments.membership``),
+    trained into the cache, so that a study's workers share out a seed's shadows before its
+    cells need them instead of waiting on one another's locks."""
+
+    spec: RelearnSpec
+    model_name: str
+    seed: int
+    forget: str
+    part: list[int]
+
+    @property
+    def label(self) -> str:
+        return f"shadows {self.part[0] + 1}-{self.part[-1] + 1} seed {self.seed}"
+
+    def _coords(self) -> dict:
+        return {"cell": self.key, "dataset": self.spec.dataset, "model": self.model_name,
+                "method": "shadows", "seed": self.seed, "forget": self.forget,
+                "shadows": self.part}
+
+    def failed(self, error: str) -> ShadowRow:
+        return ShadowRow(**self._coords(), status="failed", error=error)
+
+    def run(self, ws: Workspace) -> ShadowRow:
+        t0 = time.perf_counter()
+        prep = _prepared(ws, self.spec, self.seed, self.forget)
+        train_part(prep, self.spec.shadows, self.part, ws.cache, ws.progress)
+        return ShadowRow(**self._coords(), seconds=round(time.perf_counter() - t0, 3))
+
+
+def shadow_cells(cells: list[RelearnCell], parts: int) -> list[ShadowCell]:
+    """Each (seed, forget set) of ``cells``' study in ``parts`` shares of its shadows (one per
+    worker, at most one shadow each)."""
+    if not cells or not set(cells[0].spec.mia) & set(PER_EXAMPLE):
+        return []
+    spec = cells[0].spec
+    n = spec.shadows
+    parts = max(1, min(parts, n))
+    shares = [list(range(n))[i::parts] for i in range(parts)]
+    out, seen = [], set()
+    for c in cells:
+        if (c.seed, c.forget) in seen:
+            continue
+        seen.add((c.seed, c.forget))
+        for share in shares:
+            key = cache_key(kind="shadow-cell", spec=spec.model_dump(exclude=GRID_KEYS),
+                            seed=c.seed, forget=c.forget, part=share)
+            out.append(ShadowCell(key=key, spec=spec, model_name=c.model_name, seed=c.seed,
+                                  forget=c.forget, part=share))
+    return out
+
+
 def run_relearn(
     spec: RelearnSpec,
     out: Path,
@@ -404,8 +458,15 @@ def run_relearn(
     log = ResultsLog(out, on_row)
     ds = load_study_data(spec, cache_dir)
     cells = relearn_cells(spec, ds)
+    executor = executor or ExecutorOptions()
     with driver_lock(out):
-        execute(cells, log, cache_dir, out, executor or ExecutorOptions(), progress)
+        # per-example membership inference: the seeds' shadows first, shared out among the
+        # workers, into the cache every cell then reads (their rows: OUT/shadows/)
+        parts = 1 if executor.executor == "serial" else (executor.workers or os.cpu_count() or 1)
+        shadows = shadow_cells(cells, parts)
+        if shadows:
+            execute(shadows, ResultsLog(out / "shadows"), cache_dir, out, executor, progress)
+        execute(cells, log, cache_dir, out, executor, progress)
     return log.read()
 
 

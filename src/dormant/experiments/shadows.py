@@ -42,20 +42,22 @@ def shadow_key(fingerprint: str, spec: ModelSpec, recipe: Recipe, ids: torch.Ten
 def train_shadows(x: torch.Tensor, y: torch.Tensor, pool: torch.Tensor, keep: np.ndarray,
                   spec: ModelSpec, recipe: Recipe, *, seed: int, cache: ModelCache,
                   fingerprint: str, group: int = GROUP, base: torch.Tensor | None = None,
-                  progress=None) -> list[nn.Module]:
+                  only: list[int] | None = None, progress=None) -> list[nn.Module]:
     """One model per row of ``keep`` (models x pool), trained on ``base`` (ids every shadow
-    trains on, e.g. a study's training set less its audited examples) and ``pool[keep[m]]``
-    with seed ``shadow_seed(seed, m)``; loaded from ``cache`` where it was trained before."""
-    ids = [pool[torch.as_tensor(row)] for row in keep]
+    trains on, e.g. a study's retain set) and ``pool[keep[m]]`` with seed
+    ``shadow_seed(seed, m)``; loaded from ``cache`` where it was trained before. ``only``:
+    just these rows (a worker's share; the others are left to other workers)."""
+    rows = list(range(len(keep))) if only is None else list(only)
+    ids = {m: pool[torch.as_tensor(keep[m])] for m in rows}
     if base is not None:
-        ids = [torch.cat([base, i]) for i in ids]
-    seeds = [shadow_seed(seed, m) for m in range(len(keep))]
-    keys = [shadow_key(fingerprint, spec, recipe, i, s) for i, s in zip(ids, seeds, strict=True)]
+        ids = {m: torch.cat([base, i]) for m, i in ids.items()}
+    seeds = {m: shadow_seed(seed, m) for m in rows}
+    keys = [shadow_key(fingerprint, spec, recipe, ids[m], seeds[m]) for m in rows]
 
     def train(positions: list[int]) -> list[nn.Module]:
         out: list[nn.Module] = []
         for start in range(0, len(positions), group):
-            chunk = positions[start:start + group]
+            chunk = [rows[p] for p in positions[start:start + group]]
             models = [create_model(spec, seed=seeds[m]) for m in chunk]
             fit_group(models, x, y, [ids[m] for m in chunk], recipe,
                       generators=[torch.Generator().manual_seed(seeds[m]) for m in chunk],
