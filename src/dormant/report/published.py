@@ -352,5 +352,17 @@ def demo_table(pub: Published, opts: dict) -> Table:
                   "excess [95%] verdict", "why", "calibrated"], out)
 
 
+@renderer("membership")
+def membership(pub: Published, opts: dict) -> Table:
+    """The per-example membership table (``report.membership.membership_table``): LiRA,
+    RMIA, U-LiRA and the challenge score per method, mean ± std over seeds."""
+    from dormant.report.membership import membership_table
+
+    table = membership_table(pub.rows)
+    if table is None:
+        raise ValueError("no row has per-example membership columns (mia: [lira, ...])")
+    return table
+
+
 # the backdoor study's renderers register themselves beside these
 from dormant.report import published_backdoor  # noqa: E402, F401
