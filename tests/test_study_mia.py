@@ -14,6 +14,7 @@ import json
 
 import pytest
 
+from dormant.executors.options import ExecutorOptions
 from dormant.experiments.relearn import relearn_cells, run_relearn
 from dormant.experiments.spec import RelearnSpec
 from dormant.report.relearn import write_relearn_report
@@ -27,8 +28,10 @@ def study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study-mia")
     spec = RelearnSpec(dataset="digits", methods=["gradient_ascent"], k=[0], seeds=[3],
                        analysis=False, mia=["lira", "rmia", "ulira"], shadows=8,
-                       calibrate="none")
-    rows = run_relearn(spec, tmp / "out", cache_dir=tmp / "cache")
+                       calibrate="none", attack_steps=[50])
+    # two local workers: they share the seed's shadows out before the cells
+    rows = run_relearn(spec, tmp / "out", cache_dir=tmp / "cache",
+                       executor=ExecutorOptions(executor="local", workers=2))
     return {r["method"]: r for r in rows}, tmp
 
 
@@ -55,11 +58,15 @@ def test_ulira_tells_the_original_and_ga_from_retraining_but_not_retrain_itself(
     assert rows["retrain"]["challenge_models"] == 4
 
 
-def test_the_shadows_train_once_for_every_method_and_cell(study):
+def test_the_shadows_train_once_shared_out_among_the_workers(study):
     _, tmp = study
     builds = ModelCache(tmp / "cache").build_log()
     kinds = [b["kind"] for b in builds]
     assert kinds.count("shadow") == 8  # shared by the three pipelines' cells
+    shares = [json.loads(line) for line in
+              (tmp / "out" / "shadows" / "results.jsonl").read_text().splitlines()]
+    assert sorted(tuple(r["shadows"]) for r in shares) == [(0, 2, 4, 6), (1, 3, 5, 7)]
+    assert len({b["pid"] for b in builds if b["kind"] == "shadow"}) == 2
     assert kinds.count("retrained") == 4  # the splits that had the forget set
     # 4 splits each: gradient ascent, and retrain as a method (its own seeds, not the
     # references)
@@ -82,18 +89,3 @@ def test_membership_keys_change_cell_keys_only_where_they_change_rows(digits):
                                          digits)] == keys
     lira = base.model_copy(update={"mia": ["loss", "svc", "lira"]})
     assert set(c.key for c in relearn_cells(lira, digits)).isdisjoint(keys)
-
-
-def test_the_local_executor_shares_a_seeds_shadows_out_among_its_workers(tmp_path):
-    from dormant.executors.options import ExecutorOptions
-
-    spec = RelearnSpec(dataset="digits", methods=["gradient_ascent"], k=[0], seeds=[4],
-                       analysis=False, mia=["lira"], shadows=4, calibrate="none")
-    rows = run_relearn(spec, tmp_path / "out", cache_dir=tmp_path / "cache",
-                       executor=ExecutorOptions(executor="local", workers=2))
-    assert {r["status"] for r in rows} == {"ok"} and len(rows) == 3
-    shares = [json.loads(line) for line in
-              (tmp_path / "out" / "shadows" / "results.jsonl").read_text().splitlines()]
-    assert sorted(tuple(r["shadows"]) for r in shares) == [(0, 2), (1, 3)]
-    built = [b for b in ModelCache(tmp_path / "cache").build_log() if b["kind"] == "shadow"]
-    assert len(built) == 4 and len({b["pid"] for b in built}) == 2  # two workers, once each

@@ -17,6 +17,7 @@ from dormant.report.html import Block
 from dormant.report.tables import Table, _numeric, _plus_minus, main_rows, method_order
 
 COLUMNS = {
+    "mia_auc": "SVC AUC (population)",
     "lira_auc": "LiRA AUC",
     "lira_tpr_at_1pct": "LiRA TPR at 1% FPR",
     "lira_auc_attacked": "LiRA AUC after attack",
@@ -106,7 +107,9 @@ def membership_blocks(rows: list[dict], figure: Path | None) -> list[Block]:
             "method's models from models retrained without the forget set, per held-out id, "
             "over the shadow splits (0.5: indistinguishable); *after attack*: both sides "
             "after the same attack. *Challenge*: the NeurIPS 2023 unlearning challenge's "
-            "forgetting quality and score from the same model pairs")
+            "forgetting quality and score from the same model pairs. *SVC AUC*, the "
+            "study's population attack (forget ids against test images), is beside them for "
+            "comparison")
     text += (f", {'/'.join(map(str, models))} models per side (the challenge used 512; with "
              "few models its epsilons are coarse)." if models else ".")
     blocks = [Block("h2", "Membership inference per example"), Block("p", text),
