@@ -58,7 +58,11 @@ def main() -> None:
     device = resolve_device("auto")
     name = args.setting or ("full" if device.type == "cuda" else "reduced")
     s = SETTINGS[name]
-    ds = load_dataset("cifar10", root=args.data_root, cache_dir=default_cache_dir())
+    # the project's machines hold CIFAR-10 as a JPEG export (lossy: quality 75) rather than
+    # torchvision's pickles
+    jpeg = args.data_root / "cifar10-jpeg.tar.gz"
+    ds = (load_dataset(f"imagefolder:{jpeg}", cache_dir=default_cache_dir()) if jpeg.is_file()
+          else load_dataset("cifar10", root=args.data_root, cache_dir=default_cache_dir()))
     x, y = ds.x_train.to(device), ds.y_train.to(device)
     g = torch.Generator().manual_seed(args.seed)
     pool = torch.randperm(len(ds.y_train), generator=g)[:s["pool"]]
@@ -86,6 +90,7 @@ def main() -> None:
         "ratio_auc": round(online["auc"] / PUBLISHED["auc"], 3),
         "ratio_tpr_at_0.1pct": round(online["tpr_at_0.1pct"] / PUBLISHED["tpr_at_0.1pct"], 3),
         "loss_attack": {k: out["loss"][k] for k in ("auc", "tpr_at_1pct", "tpr_at_0.1pct")},
+        "data": ds.name,
         "seconds": {"target": round(t_target, 1), "shadows_and_scores":
                     round(time.perf_counter() - t0, 1)},
         "note": None if name == "full" else
