@@ -25,10 +25,14 @@ def test_rmia_counts_the_population_examples_the_ratio_beats_by_gamma():
     s = rmia_scores(np.array([0.5]), np.array([0.1]), target_z, ref_z, a=1.0, gamma=2.0)
     # LR(x, z) = 5 / ratio_z > 2 for ratio_z of 1 and 2 only
     assert s[0] == pytest.approx(0.5)
-    # the offline approximation: p(x) = ((1 + a) p_out + (1 - a)) / 2
-    s = rmia_scores(np.array([0.5]), np.array([0.2]), np.array([0.5]), np.array([0.2]),
-                    a=0.3, gamma=0.99)
-    assert s[0] == 1.0  # the same example as x and z: LR = 1 > 0.99
+    # the offline approximation, p(x) = ((1 + a) p_out + (1 - a)) / 2: with a = 0.3,
+    # p(x) = 0.48 for p_out 0.2 and p(z) = 0.935 for p_out 0.9, so
+    # LR = (0.5 / 0.48) / (0.5 / 0.935) = 1.948: over gamma 1.9, under 2
+    x, ref_x, z, ref_z = np.array([0.5]), np.array([0.2]), np.array([0.5]), np.array([0.9])
+    assert rmia_scores(x, ref_x, z, ref_z, a=0.3, gamma=1.9)[0] == 1.0
+    assert rmia_scores(x, ref_x, z, ref_z, a=0.3, gamma=2.0)[0] == 0.0
+    # a = 1 would read p(x) = p_out: LR = (0.5 / 0.2) / (0.5 / 0.9) = 4.5, over 2
+    assert rmia_scores(x, ref_x, z, ref_z, a=1.0, gamma=2.0)[0] == 1.0
 
 
 def test_rmia_is_blind_where_members_look_like_non_members_and_finds_a_planted_signal():
@@ -60,6 +64,7 @@ def test_the_challenge_epsilon_follows_its_formula_and_its_edge_cases():
 def test_the_challenge_points_halve_every_half_epsilon_and_stop_at_ln_n():
     assert [points(e, 512) for e in (0.2, 0.7, 1.2, 6.9, 7.0)] == [1, 0.5, 0.25, 2 ** -13, 0]
     assert (points(2.9, 16), points(3.0, 16)) == (2 ** -5, 0)  # ceil(ln 15) = 3
+    assert points(0.0, 2) == 0  # ln 1 = 0: two models per side earn nothing
     assert challenge_score(0.5, 90.0, 100.0, 80.0, 100.0) == pytest.approx(0.36)
 
 

@@ -198,24 +198,25 @@ def test_the_lira_check_passes_the_oracle_fails_the_original_and_keeps_no_shadow
     digits seeds 0-3 with 8 shadows (AUC 0.40-0.47: at most 0.60 either way)."""
     import tempfile
 
+    from dormant.requests.policy import lira_auc
+
     prep = digits_setup
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the shadows live
     data = RequestData(prep.x, prep.y, prep.x_test, prep.y_test, prep.split.heldout,
                        prep.split.leakable, prep.split.retain, prep.recipe, 10, prep.spec)
     budget = CheckBudget(lira_shadows=8, relearn_steps=10, leaked_k=0)
-    policy = Policy(budget=budget.model_dump())
-
-    def judged(new):
-        known = {"nc_norms": [], "uap_success": [], "retain_acc": 100.0, "test_acc": 100.0}
-        m = run_checks(prep.original, new, data, budget, oracle=Oracle.itself(),
-                       old_known=known, new_known=known)
-        return m, next(c for c in judge(policy, m) if c.name == "lira_auc")
-
-    m, check = judged(prep.oracle)
+    known = {"nc_norms": [], "uap_success": [], "retain_acc": 100.0, "test_acc": 100.0}
+    m = run_checks(prep.original, prep.oracle, data, budget, oracle=Oracle.itself(),
+                   old_known=known, new_known=known)
+    check = next(c for c in judge(Policy(budget=budget.model_dump()), m)
+                 if c.name == "lira_auc")
     assert m["before"]["lira_auc"] >= 0.95 and m["before"]["mia_shadows"] == 8
     assert m["after"]["lira_auc"] == pytest.approx(0.5, abs=0.15)
     assert check.status == "pass" and "8 shadows, global variance" in check.detail
-    _, kept = judged(prep.original)  # nothing forgotten
+    # nothing forgotten: the new model is the old one, its AUC the old one's
+    kept = lira_auc(Policy().thresholds("lira_auc"),
+                    {**m, "after": {**m["after"], **{k: m["before"][k] for k in (
+                        "lira_auc", "lira_tpr_at_1pct")}}})[0]
     assert kept.status == "fail" and kept.value >= 0.95
     assert list(tmp_path.iterdir()) == []  # trained on the deleted ids: never kept
     with pytest.raises(ValueError, match="lira_shadows 2: use 0"):

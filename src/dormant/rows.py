@@ -98,6 +98,7 @@ class RelearnRow(Row):
     ulira_auc: float | None = None
     ulira_accuracy: float | None = None
     ulira_retain_exposure: dict[str, Any] | None = None
+    ulira_forget_gaps: list[float | None] | None = None
     forgetting_quality: float | None = None
     challenge_score: float | None = None
     challenge_models: int | None = None

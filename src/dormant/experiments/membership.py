@@ -175,7 +175,8 @@ def audit_design(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
     forget = np.arange(len(pool)) < lay.heldout
     s = Splits(pool, keep, np.flatnonzero(forget),
                [np.flatnonzero(lay.group) if c else np.zeros(0, int) for c in lay.coin],
-               models, [], lay.base)
+               models, [], lay.base,
+               watch=np.flatnonzero(lay.group & ~forget))  # the leakable ids, never scored
     probs = np.stack([_true_prob(m, x, y, torch.cat([pool, lay.population]))
                       for m in models])
     outs = np.flatnonzero(~lay.coin)
@@ -183,7 +184,8 @@ def audit_design(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Ten
     # the null: each shadow that never had the forget set, scored as a target would be,
     # against fits without it (LiRA) or against the reference (RMIA)
     lira_null = np.concatenate([
-        lira_scores(phi[j], fit_gaussians(np.delete(phi, j, 0), np.delete(keep, j, 0)))[forget]
+        lira_scores(phi[j], fit_gaussians(np.delete(phi, j, 0), np.delete(keep, j, 0),
+                                          fit.global_variance))[forget]
         for j in outs])
     rmia_null = np.concatenate([_rmia(probs[j], probs[ref], forget) for j in others])
     return Design(x, y, pool, forget, lay.population, s, fit, lira_null, rmia_null, probs,
@@ -255,6 +257,10 @@ def ulira_columns(d: Design, prep: Prepared, s: Splits, u: list[nn.Module],
            f"ulira_accuracy{suffix}": round(res["accuracy"], 4)}
     if not suffix:
         out["ulira_retain_exposure"] = res["retain_exposure"]
+        # per held-out id: its mean score gap, unlearned minus retrained (> 0: the unlearned
+        # model gives it away), the distribution the report plots
+        out["ulira_forget_gaps"] = [None if g is None else round(g, 3)
+                                    for g in res["candidate_score_gap"]]
         out |= challenge_columns(d, prep, s, u, r or s.retrained)
     return out
 
@@ -272,8 +278,11 @@ def challenge_columns(d: Design, prep: Prepared, s: Splits, u: list[nn.Module],
         return float(np.mean([evaluate(m, d.x, d.y, ids_of(i)).acc
                               for i, m in enumerate(models)]))
 
-    retain_u = mean_acc(u, s.retain_ids)
-    retain_r = mean_acc(r, s.retain_ids)
+    # the pairs only: a split that forgot nothing has the same model on both sides
+    pairs = [i for i in range(len(u)) if len(s.forgets[i])]
+    u, r = [u[i] for i in pairs], [r[i] for i in pairs]
+    retain_u = mean_acc(u, lambda i: s.retain_ids(pairs[i]))
+    retain_r = mean_acc(r, lambda i: s.retain_ids(pairs[i]))
     test_u = mean_acc(u, lambda _: d.population)
     test_r = mean_acc(r, lambda _: d.population)
     return {"forgetting_quality": round(q["quality"], 4),

@@ -113,12 +113,12 @@ def check_spec(spec: RelearnSpec, ds: Dataset) -> list[Pipeline]:
         fspec = parse_forget(text)
         n_forget = planned_size(fspec, ds.y_train, ds.num_classes)
         n_leak = leakable_count(n_forget)
-        if set(spec.mia) & set(PER_EXAMPLE) and n_forget - n_leak > len(ds.y_test):
+        if set(spec.mia) & set(PER_EXAMPLE) and n_forget - n_leak >= len(ds.y_test):
             raise DormantError(
                 f"mia {'/'.join(a for a in spec.mia if a in PER_EXAMPLE)} audits the "
                 f"{n_forget - n_leak} held-out forget examples against as many test images, "
-                f"but the test set has {len(ds.y_test)}; raise test_size or use a smaller "
-                "forget set")
+                f"and RMIA needs more beside them, but the test set has {len(ds.y_test)}; "
+                "raise test_size or use a smaller forget set")
         if max(spec.k) > n_leak:
             raise DormantError(
                 f"k={max(spec.k)} leaked examples asked for, but at most {n_leak} of the "
@@ -250,7 +250,7 @@ class _Audit:
         d, spec = self.design, self.spec
         out = {**d.labels(), **lira_columns(d, model, self.prep.recipe, spec.mia)}
         if "ulira" in spec.mia:
-            key = cache_key(kind="study-ulira", original=self.prep.original_key,
+            key = cache_key(kind="study-ulira", layout=2, original=self.prep.original_key,
                             split=self.prep.split.hash, shadows=spec.shadows,
                             stages=[_keyed(m, hp) for m, hp in self.stages])
             out |= self.ws.cache.build_record(key, "ulira", lambda: ulira_columns(
@@ -264,9 +264,11 @@ class _Audit:
         out = lira_columns(d, attacked, self.prep.recipe, self.spec.mia, "_attacked")
         if "ulira" in self.spec.mia:
             s, u = self.pairs()
-            out |= ulira_columns(d, self.prep, s, [attack(m, i, s) for i, m in enumerate(u)],
-                                 [attack(m, i, s) for i, m in enumerate(s.retrained)],
-                                 "_attacked")
+            # every reference is attacked (each is in the references' fits); an unlearned
+            # model only where its split forgot something (the others are in no fit)
+            r = [attack(m, i, s) for i, m in enumerate(s.retrained)]
+            u = [attack(m, i, s) if len(s.forgets[i]) else r[i] for i, m in enumerate(u)]
+            out |= ulira_columns(d, self.prep, s, u, r, "_attacked")
         return out
 
 

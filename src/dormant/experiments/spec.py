@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dormant.engine import Recipe
 from dormant.errors import DormantError
@@ -120,6 +120,13 @@ class RelearnSpec(DataSpec):
     example, and the NeurIPS 2023 challenge's score), ``dormant.experiments.membership``.
     The per-example attacks cost ``shadows`` trainings of the original per seed, and
     ``ulira`` as many unlearning runs per method and retrainings per seed."""
-    shadows: int = Field(default=16, ge=4, le=1024)
-    """Shadow models per seed for ``lira``, ``rmia`` and ``ulira``: 16 is LiRA's usual small
-    budget (one global variance), 64 or more gives each example its own variances."""
+    shadows: int = Field(default=16, ge=4, le=1024, multiple_of=2)
+    """Shadow models per seed for ``lira``, ``rmia`` and ``ulira``, an even number (half of
+    them train on the forget set): 16 is LiRA's usual small budget (one global variance), 64
+    or more gives each example its own variances."""
+
+    @field_validator("mia")
+    @classmethod
+    def _one_order(cls, v: list[str]) -> list[str]:
+        """One order, no repeats: ``[svc, loss]`` is the same study as ``[loss, svc]``."""
+        return [a for a in MIA_ATTACKS if a in v]

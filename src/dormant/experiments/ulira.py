@@ -29,7 +29,13 @@ from torch import nn
 from dormant.engine import Recipe
 from dormant.engine.group import fit_group
 from dormant.experiments.shadows import phis, shadow_key, shadow_seed, train_shadows
-from dormant.metrics.lira import fit_gaussians, lira_scores, membership, roc_summary
+from dormant.metrics.lira import (
+    PER_EXAMPLE_VARIANCE_FROM,
+    fit_gaussians,
+    lira_scores,
+    membership,
+    roc_summary,
+)
 from dormant.metrics.mia import svc_mia_auc
 from dormant.models import ModelSpec, create_model
 from dormant.store.cache import ModelCache, cache_key
@@ -49,6 +55,9 @@ class Splits:
     originals: list[nn.Module]
     retrained: list[nn.Module]
     base: torch.Tensor | None = None
+    watch: np.ndarray | None = None
+    """Pool positions a stopping rule may watch (a study's leakable ids), never the scored
+    candidates; None: the split's forget set."""
 
     def forget_ids(self, m: int) -> torch.Tensor:
         return self.pool[torch.as_tensor(self.forgets[m], dtype=torch.long)]
@@ -130,12 +139,15 @@ def unlearned(s: Splits, x: torch.Tensor, y: torch.Tensor, spec: ModelSpec, reci
                         forget=forget.tolist(), retain=retain.tolist(),
                         original=shadow_key(fingerprint, spec, recipe, own,
                                             shadow_seed(seed, m)),
-                        unlearn_seed=unlearn_seed)
+                        unlearn_seed=unlearn_seed,
+                        watch=None if s.watch is None else
+                        s.pool[torch.as_tensor(s.watch)].tolist())
 
         def run(original=original, forget=forget, retain=retain, unlearn_seed=unlearn_seed):
-            # a stopping rule watches the forget set itself: a split keeps nothing back
+            # a stopping rule watches the leakable ids, as the study's own cell does
+            watched = forget if s.watch is None else s.pool[torch.as_tensor(s.watch)]
             data = UnlearnData(x, y, forget.to(x.device), retain.to(x.device),
-                               forget.to(x.device), num_classes)
+                               watched.to(x.device), num_classes)
             ctx = UnlearnContext(recipe, lambda s=None, u=unlearn_seed: create_model(
                 spec, seed=u if s is None else s), unlearn_seed, progress)
             model = original
@@ -157,11 +169,17 @@ def _original_ids(s: Splits, m: int) -> torch.Tensor:
     return half if s.base is None else torch.cat([s.base, half])
 
 
+def _global(models: int) -> bool:
+    """The variance rule of a design of ``models`` shadows, for every fit in it: a fit that
+    leaves one model out must not switch rules at the threshold."""
+    return models < PER_EXAMPLE_VARIANCE_FROM
+
+
 def _fit_leave_one_out(phi: np.ndarray, include: np.ndarray, t: int):
     """Gaussians per candidate from every model but ``t`` where ``include`` (models x
     candidates); returned as (mean, std) arrays over candidates (and queries)."""
     others = np.arange(len(phi)) != t
-    fit = fit_gaussians(phi[others], include[others])
+    fit = fit_gaussians(phi[others], include[others], _global(len(phi)))
     return fit.mean_in, fit.std_in
 
 
@@ -186,7 +204,7 @@ def ulira(s: Splits, u_models: list[nn.Module], x: torch.Tensor, y: torch.Tensor
         mu_u, sd_u = _fit_leave_one_out(phi_u, forgot, t)
         # R_m never trained on a candidate: every other split's reference counts
         mu_r, sd_r = _fit_leave_one_out(phi_r, np.ones_like(forgot), t)
-        fit = Fit(mu_u, mu_r, sd_u, sd_r, True, n - 1)
+        fit = Fit(mu_u, mu_r, sd_u, sd_r, _global(n), n - 1)
         su = lira_scores(phi_u[t], fit)
         sr = lira_scores(phi_r[t], fit)
         for c in np.flatnonzero(forgot[t]):
@@ -224,7 +242,7 @@ def _svc(s: Splits, u_models, x, y, test) -> tuple[float, float]:
 def _retain_exposure(s: Splits, u_models, x, y, recipe: Recipe) -> dict:
     """LiRA (online, the originals as shadows, leave-one-out) on each split's retained pool
     examples against its pool examples out of training (candidates left out), for the
-    original O_t and for U_t: AUC and TPR at 1% FPR over all splits."""
+    original O_t and for U_t: AUC and TPR at 1% FPR over the splits that forgot something."""
     forgotten = np.concatenate([s.candidates, *s.forgets]).astype(int)
     non_cand = np.setdiff1d(np.arange(len(s.pool)), forgotten)
     ids = s.pool[torch.as_tensor(non_cand)]
@@ -232,9 +250,10 @@ def _retain_exposure(s: Splits, u_models, x, y, recipe: Recipe) -> dict:
     phi_o = phis(s.originals, x, y, ids, recipe)
     phi_u = phis(u_models, x, y, ids, recipe)
     scores = {"before": ([], []), "after": ([], [])}
-    for t in range(len(s.originals)):
+    # a split that forgot nothing has U = O: it would only pull "after" towards "before"
+    for t in [t for t in range(len(s.originals)) if len(s.forgets[t])]:
         others = np.arange(len(keep)) != t
-        fit = fit_gaussians(phi_o[others], keep[others])
+        fit = fit_gaussians(phi_o[others], keep[others], _global(len(keep)))
         for k, phi in (("before", phi_o[t]), ("after", phi_u[t])):
             sc = lira_scores(phi, fit)
             scores[k][0].append(sc[keep[t]])

@@ -74,7 +74,9 @@ def example_epsilon(unlearned: np.ndarray, retrained: np.ndarray) -> float:
 
 def points(epsilon: float, models: int) -> float:
     """The challenge's points for one example's epsilon with ``models`` models per side."""
-    top = math.ceil(math.log(max(models - 1, 2)))
+    if models < 3:  # ln(N - 1) <= 0: no epsilon is small enough to earn a point
+        return 0.0
+    top = math.ceil(math.log(models - 1))
     if epsilon >= top:
         return 0.0
     return 2.0 ** -int(epsilon // 0.5)

@@ -50,15 +50,27 @@ def membership_table(rows: list[dict]) -> Table | None:
     mean, std = g.mean(), g.std()
     out = []
     for m in method_order(found):
+        shadows = sorted({(r["mia_shadows"], r.get("mia_variance") or "?")
+                          for r in found if r["method"] == m})
         out.append([m, str(int(g.size()[m])),
+                    ", ".join(f"{n} ({v})" for n, v in shadows),
                     *(_plus_minus(mean.loc[m, c], std.loc[m, c], "mia_auc") for c in cols)])
-    return Table(["method", "seeds", *(COLUMNS[c] for c in cols)], out)
+    return Table(["method", "seeds", "shadows (variance)", *(COLUMNS[c] for c in cols)], out)
+
+
+PANELS = [("lira_forget_scores", "LiRA, after unlearning",
+           "LiRA score (log likelihood ratio; > 0: member-like)"),
+          ("lira_forget_scores_attacked", "LiRA, after the attack",
+           "LiRA score (log likelihood ratio; > 0: member-like)"),
+          ("ulira_forget_gaps", "U-LiRA, after unlearning",
+           "score gap, unlearned - retrained (> 0: given away)")]
 
 
 def lira_figure(rows: list[dict], path: Path, styles: dict | None = None) -> Path | None:
-    """The distribution (ECDF) of the held-out forget ids' LiRA scores under each method,
-    the first seed's, after unlearning and after the attack; the oracle's is the black
-    line a method that forgot should lie on."""
+    """The distribution (ECDF) of the held-out forget ids' per-example scores under each
+    method, the first seed's: LiRA after unlearning and after the attack (the oracle's is
+    the black line a method that forgot should lie on), and U-LiRA's mean score gap per id
+    where the study ran it."""
     found = _rows(rows)
     if not found or not any(r.get("lira_forget_scores") for r in found):
         return None
@@ -66,11 +78,12 @@ def lira_figure(rows: list[dict], path: Path, styles: dict | None = None) -> Pat
     by_method = {r["method"]: r for r in found if r["seed"] == seed}
     methods = [m for m in method_order(found) if m in by_method]
     styles = styles or method_styles(methods)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for ax, key, title in ((axes[0], "lira_forget_scores", "after unlearning"),
-                           (axes[1], "lira_forget_scores_attacked", "after the attack")):
+    panels = [p for p in PANELS if any(by_method[m].get(p[0]) for m in methods)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), sharey=True,
+                             squeeze=False)
+    for ax, (key, title, label) in zip(axes[0], panels, strict=True):
         for m in methods:
-            scores = by_method[m].get(key)
+            scores = [v for v in by_method[m].get(key) or [] if v is not None]
             if scores:
                 v = np.sort(np.asarray(scores, float))
                 ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", **styles[m])
@@ -79,9 +92,9 @@ def lira_figure(rows: list[dict], path: Path, styles: dict | None = None) -> Pat
         ax.set_xscale("symlog", linthresh=1)
         ax.xaxis.set_major_locator(SymmetricalLogLocator(base=100, linthresh=1))
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("LiRA score (log likelihood ratio; > 0: member-like)")
+        ax.set_xlabel(label, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("share of held-out forget ids")
+    axes[0][0].set_ylabel("share of held-out forget ids")
     _legend(fig, {m: styles[m] for m in methods})
     fig.tight_layout()
     return _save(fig, path)
@@ -115,6 +128,7 @@ def membership_blocks(rows: list[dict], figure: Path | None) -> list[Block]:
     blocks = [Block("h2", "Membership inference per example"), Block("p", text),
               Block("table", table=table)]
     if figure is not None:
-        blocks.append(Block("img", "LiRA scores of the held-out forget ids (first seed): each "
-                                   "method beside the oracle (black)", path=figure))
+        blocks.append(Block("img", "per-example scores of the held-out forget ids (first "
+                                   "seed): each method beside the oracle (black)",
+                            path=figure))
     return blocks

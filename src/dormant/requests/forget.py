@@ -149,9 +149,12 @@ def process_batch(store: ModelStore, ds: Dataset, reqs: list[Request], policy: P
 def _known_profile(store: ModelStore, base: Version, budget: dict) -> dict | None:
     """The base version's backdoor profile if an earlier request measured it with this budget;
     it is read from the ledger, so nobody can swap it quietly."""
+    def profiled(b: dict | None) -> dict:  # the shadow count never touches the profile
+        return {k: v for k, v in (b or {}).items() if k != "lira_shadows"}
+
     for e in reversed(store.ledger.entries(kind="request-finished", model=base.name)):
         m, p = e.payload["measurements"], e.payload
-        if m.get("budget") != budget:
+        if profiled(m.get("budget")) != profiled(budget):
             continue
         if p.get("to_version") == base.version:
             return profile_of(m, "after")
