@@ -72,8 +72,9 @@ class CheckBudget(Settings):
     lira_shadows: int = Field(0, ge=0, le=256)
     """Shadow models for the per-example LiRA check (``lira_auc``); 0, the default, turns it
     off. It trains this many models with the original's recipe per request (the forget set
-    in half of them, as a whole), in memory only: they trained on the deleted ids, so none
-    is ever written. At least 4; 16 is LiRA's usual small budget."""
+    in half of them, as a whole), in a temporary folder removed when the check ends: they
+    trained on the deleted ids, so none is kept in the store or the cache. At least 4; 16
+    is LiRA's usual small budget."""
 
     @model_validator(mode="after")
     def _enough_shadows(self):
