@@ -119,7 +119,18 @@ def _floats(x: torch.Tensor, ids: list[torch.Tensor]
         return None, None
     local = torch.full((len(x),), -1, dtype=torch.long, device=x.device)
     local[union] = torch.arange(len(union), device=x.device)
-    return to_float(x[union]), local
+    # one row per image, in the layout to_float gives a batch: a row gather is a memcpy
+    floats = to_float(x[union])
+    rows = floats.permute(0, 2, 3, 1) if x.dim() == 4 else floats
+    return rows.contiguous().view(len(union), -1), local
+
+
+def _rows(rows: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Gathered rows of :func:`_floats` as the (B, C, H, W) channels-last batch they were."""
+    if len(shape) != 3:
+        return rows.view(len(rows), *shape)
+    c, h, w = shape
+    return rows.view(len(rows), h, w, c).permute(0, 3, 1, 2)
 
 
 def fit_group(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor,
@@ -160,7 +171,8 @@ def fit_group(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor,
     for step in range(total):
         opt.zero_grad(set_to_none=True)
         idx = torch.stack([s() for s in streams])  # (models, batch)
-        xs = to_float(x[idx.flatten()]) if floats is None else floats[local[idx.flatten()]]
+        xs = (to_float(x[idx.flatten()]) if floats is None else
+              _rows(floats.index_select(0, local[idx.flatten()]), x.shape[1:]))
         if recipe.augment != "none" and len(xs):
             # each model draws its moves from its own generator, in fit's order; one gather
             moves = [draw_moves(recipe.augment, recipe.pad, idx.shape[1], g) for g in generators]
