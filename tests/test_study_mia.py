@@ -31,7 +31,7 @@ def study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study-mia")
     spec = RelearnSpec(dataset="digits", methods=["gradient_ascent"], k=[0], seeds=[3],
                        analysis=False, mia=["lira", "rmia", "ulira"], shadows=8,
-                       calibrate="none", attack_steps=[50])
+                       calibrate="none", attack_steps=[20])
     # two local workers: they share the seed's shadows out before the cells
     rows = run_relearn(spec, tmp / "out", cache_dir=tmp / "cache",
                        executor=ExecutorOptions(executor="local", workers=2))
