@@ -755,3 +755,31 @@ def test_progress_on_a_terminal_keeps_the_live_bars() -> None:
     with bars:
         bars("cells", 1, 4)
         assert bars.bars.tasks[0].total == 4 and bars.bars.tasks[0].completed == 1
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_training(capsys,
+                                                                    tmp_path: Path) -> None:
+    args = _relearn(tmp_path / "o")
+    args[args.index("--device") + 1] = "mps"
+    _fails(capsys, args, "--device mps", "cannot use it", "use cpu or auto")
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+
+
+def test_a_study_whose_every_cell_failed_exits_1_after_its_report(capsys,
+                                                                  tmp_path: Path) -> None:
+    capsys.readouterr()
+    # an original that diverges: every cell, the references' too, becomes a failed row
+    # and executor flags the serial executor on this CPU would ignore: one warning each
+    rc = main([*_relearn(tmp_path / "o"), "--set", "train_recipe.lr=1e30", "--workers", "3",
+               "--ray-address", "auto", "--gpus-per-cell", "0.5"])
+    cap = capsys.readouterr()
+    lines = cap.out.splitlines()
+    assert rc == 1, cap.out + cap.err
+    assert any(line.startswith("every one of the 3 cells failed (the first: ") and
+               line.endswith(f"{tmp_path / 'o' / 'workers' / 'errors.log'}") for line in lines)
+    assert (tmp_path / "o" / "report.md").is_file()  # the report is written all the same
+    warned = [line for line in lines if line.startswith("warning: ")]
+    assert len(warned) == 3, warned
+    assert "--workers is ignored by the serial executor" in warned[0]
+    assert "--ray-address is ignored by the serial executor" in warned[1]
+    assert "--gpus-per-cell is ignored" in warned[2]

@@ -142,7 +142,19 @@ def _run_study(spec, out: Path, title: str, executor=None) -> list[dict]:
     console.print(verdict_text(main_verdicts(rows)))
     console.print(f"wrote {', '.join(str(p) for p in [out / 'results.jsonl', *paths.values()])} "
                   f"in {time.perf_counter() - t0:.1f} s")
+    _exit_if_all_failed(rows, out)
     return rows
+
+
+def _exit_if_all_failed(rows: list[dict], out: Path) -> None:
+    """Exit 1, after the report is written, when no cell of the study succeeded: the run
+    measured nothing, and a script must not read it as done."""
+    if rows and all(r.get("status") == "failed" for r in rows):
+        first = rows[0].get("error") or "no error recorded"
+        console.print(f"every one of the {len(rows)} cells failed (the first: {first}); the "
+                      f"tracebacks are in {out / 'workers' / 'errors.log'}", style="red",
+                      markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -221,6 +233,7 @@ def backdoor_cmd(spec: BackdoorSpec, out: Path, executor) -> None:
     console.print(verdict_text(backdoor_verdict(rows)))
     console.print(f"wrote {', '.join(str(p) for p in [out / 'results.jsonl', *paths.values()])} "
                   f"in {time.perf_counter() - t0:.1f} s")
+    _exit_if_all_failed(rows, out)
 
 
 @app.command()

@@ -216,6 +216,17 @@ OutOpt = Annotated[Path | None, typer.Option(help="output folder (default runs/N
 EXECUTOR_FLAGS = flags("executor", "workers", "ray_address", "gpus_per_cell", "threads")
 
 
+def warn_ignored(executor) -> None:
+    """A warning line per executor flag this run would silently ignore."""
+    import torch
+
+    from dormant.executors.options import ignored
+
+    for line in ignored(executor, torch.cuda.is_available()):
+        console.print(f"warning: {line}", style="yellow", markup=False, highlight=False,
+                      soft_wrap=True)
+
+
 def study_command(app: typer.Typer, name: str, cls: type[BaseModel], study_flags: list[Flag]):
     """Register ``fn(spec, out, executor)`` as the command ``name``: a study file, a flag per
     ``study_flags`` (typed from ``cls``), ``--set``, the executor flags and ``--out``."""
@@ -233,6 +244,7 @@ def study_command(app: typer.Typer, name: str, cls: type[BaseModel], study_flags
 
             spec = load_spec(cls, kw["study"], given(spec_opts), kw["set_"])
             executor = load_spec(ExecutorOptions, None, given(exec_opts))
+            warn_ignored(executor)
             out = kw["out"] or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
             _check_out(out)
             check_sizes(spec)

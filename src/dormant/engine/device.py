@@ -19,9 +19,17 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise DormantError("--device cuda was asked for but no CUDA GPU is visible; use cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise DormantError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+    if device.type != "cpu":  # mps, xpu, ...: refused here, not inside every cell
+        try:
+            torch.empty(1, device=device)
+        except (RuntimeError, AssertionError) as e:
+            why = (str(e).splitlines() or ["not available"])[0].split(". ")[0][:100]
+            raise DormantError(f"--device {name} was asked for but this machine cannot use "
+                               f"it ({why}); use cpu or auto") from None
+    return device
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:

@@ -29,3 +29,20 @@ class ExecutorOptions(Settings):
     ``local``, the CPU count divided among the workers; ``ray``, 1). Rows are identical
     across executors at equal threads; on a CPU the thread count changes the order of float
     reductions, and so the last digits of a trained model's numbers."""
+
+
+def ignored(opts: ExecutorOptions, cuda: bool) -> list[str]:
+    """One line per option that ``opts.executor`` (or this machine, without ``cuda``) would
+    silently ignore, naming the option and what would use it."""
+    out = []
+    if opts.workers is not None and opts.executor == "serial":
+        out.append("--workers is ignored by the serial executor (one cell at a time in this "
+                   "process); add --executor local or ray to use it")
+    if opts.ray_address is not None and opts.executor != "ray":
+        out.append(f"--ray-address is ignored by the {opts.executor} executor; add "
+                   "--executor ray to join that cluster")
+    if opts.gpus_per_cell is not None and (opts.executor == "serial" or not cuda):
+        why = "the serial executor runs one cell at a time" if opts.executor == "serial" \
+            else "no CUDA GPU is visible here"
+        out.append(f"--gpus-per-cell is ignored: {why}")
+    return out
