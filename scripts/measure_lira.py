@@ -15,7 +15,6 @@ Writes ``rows.jsonl`` (one row per seed, without the per-example scores) and ``m
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from dormant.models import ModelSpec, create_model
 from dormant.store import ModelCache
 
 sys.path.insert(0, str(Path(__file__).parent))
-from provenance import write_meta  # noqa: E402
+from provenance import write_rows  # noqa: E402
 
 POOL, SHADOWS = 5000, 16
 
@@ -73,12 +72,8 @@ def main() -> None:
     cache = ModelCache(default_cache_dir() / "lira")
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = [row(s, args.data_root, cache) for s in seeds]
-    with open(args.out / "rows.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-            print(json.dumps(r))
-    write_meta(args.out, f"python scripts/measure_lira.py --data-root {args.data_root} "
-                         f"--out {args.out} --seeds {args.seeds}", len(rows), seeds)
+    write_rows(args.out, rows, f"python scripts/measure_lira.py --data-root "
+               f"{args.data_root} --out {args.out} --seeds {args.seeds}", seeds)
 
 
 if __name__ == "__main__":

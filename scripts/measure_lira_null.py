@@ -13,7 +13,6 @@ seed) and ``meta.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from dormant.models import create_model
 from dormant.store import ModelCache
 
 sys.path.insert(0, str(Path(__file__).parent))
-from provenance import write_meta  # noqa: E402
+from provenance import write_rows  # noqa: E402
 
 SHADOWS, RETRAINS = 8, 6
 
@@ -65,12 +64,8 @@ def main() -> None:
     cache = ModelCache(default_cache_dir() / "lira-null")
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = [row(s, cache) for s in seeds]
-    with open(args.out / "rows.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-            print(json.dumps(r))
-    write_meta(args.out, f"python scripts/measure_lira_null.py --out {args.out} --seeds "
-                         f"{args.seeds}", len(rows), seeds)
+    write_rows(args.out, rows, f"python scripts/measure_lira_null.py --out {args.out} "
+               f"--seeds {args.seeds}", seeds)
 
 
 if __name__ == "__main__":

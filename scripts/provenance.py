@@ -21,3 +21,12 @@ def write_meta(out: Path, command: str, rows: int, seeds: list[int], **extra) ->
         "rows": rows, "seeds": seeds, **extra,
         "machine": f"{platform.machine()}, cpu, {torch.get_num_threads()} threads, torch "
                    f"{torch.__version__}"}, indent=1) + "\n")
+
+
+def write_rows(out: Path, rows: list[dict], command: str, seeds: list[int], **extra) -> None:
+    """``rows`` as ``out/rows.jsonl`` (each also printed) and their ``meta.json``."""
+    with open(out / "rows.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+            print(json.dumps(r))
+    write_meta(out, command, len(rows), seeds, **extra)
