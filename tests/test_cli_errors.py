@@ -783,3 +783,28 @@ def test_a_study_whose_every_cell_failed_exits_1_after_its_report(capsys,
     assert "--workers is ignored by the serial executor" in warned[0]
     assert "--ray-address is ignored by the serial executor" in warned[1]
     assert "--gpus-per-cell is ignored" in warned[2]
+
+
+def test_a_yaml_merge_key_is_read_and_explicit_keys_override_it(tmp_path: Path) -> None:
+    from dormant.experiments.spec import RelearnSpec
+    from dormant.settings import load_yaml
+
+    study = tmp_path / "s.yaml"
+    study.write_text("dataset: digits\nhparams:\n  finetune: &common {lr: 1.0e-4, steps: 5}\n"
+                     "  gradient_ascent:\n    <<: *common\n    steps: 7\n")
+    spec = RelearnSpec(**load_yaml(study))
+    assert spec.hparams["gradient_ascent"] == {"lr": 1e-4, "steps": 7}
+    study.write_text("dataset: digits\nk: 0\nk: 5\n")  # a key twice is still refused
+    with pytest.raises(Exception, match="key 'k' appears twice"):
+        load_yaml(study)
+
+
+def test_an_alias_bomb_is_refused_in_one_line_at_once(capsys, tmp_path: Path) -> None:
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]"
+              for p, c in zip("abcdefgh", "bcdefghi", strict=True)]
+    study = tmp_path / "bomb.yaml"
+    study.write_text("\n".join(lines) + "\n")  # 9**9 values once expanded
+    _fails(capsys, ["relearn", str(study), "--out", str(tmp_path / "o")],
+           "more than 100,000 values", "aliases")
+    assert not (tmp_path / "o").exists()

@@ -170,6 +170,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: set = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
+            continue
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             mark = key_node.start_mark
@@ -201,7 +203,33 @@ def read_text(path: Path, what: str) -> str:
                            "UTF-8") from None
 
 
+MAX_VALUES = 100_000
+"""The most values a settings text may hold once its aliases are expanded: every walk over
+it (NaN checks, copies, validation) expands them, so a few lines of nested aliases (a
+"billion laughs") would otherwise hang the command."""
+
+
+def _expanded(value: Any, memo: dict[int, int]) -> int:
+    """How many values ``value`` holds with every alias expanded; each object counted once
+    per distinct node, so this walk itself stays linear in the text."""
+    if not isinstance(value, dict | list):
+        return 1
+    if id(value) not in memo:
+        memo[id(value)] = 0  # a cycle counts nothing more
+        items = value.values() if isinstance(value, dict) else value
+        memo[id(value)] = 1 + sum(min(_expanded(v, memo), MAX_VALUES + 1) for v in items)
+    return memo[id(value)]
+
+
 def parse_yaml(text: str, where: str) -> Any:
+    data = _parse_yaml(text, where)
+    if _expanded(data, {}) > MAX_VALUES:
+        raise DormantError(f"{where} holds more than {MAX_VALUES:,} values once its aliases "
+                           "(*name) are expanded; no setting needs that many")
+    return data
+
+
+def _parse_yaml(text: str, where: str) -> Any:
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except DormantError as e:
