@@ -22,8 +22,10 @@ from dormant.report.relearn import write_relearn_report
 from dormant.store import ModelCache
 
 pytestmark = pytest.mark.slow
-PINNED = ["c96415142768e3bcdd13c58a", "8ffb2aa81c539969dcc453c2", "930bf225678e3d66553250c1"]
-"""The cell keys of the digits study below at c67ef0f, before ``mia`` and ``shadows``."""
+PINNED = ["c96415142768e3bcdd13c58a", "8ffb2aa81c539969dcc453c2"]
+"""The original's and the oracle's cell keys of the digits study below at c67ef0f, before
+``mia`` and ``shadows``. A method's key also hashes its code (``method_revision``), which any
+change to the engine moves, so only the reference pipelines' keys are pinned."""
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +97,7 @@ def test_membership_keys_change_cell_keys_only_where_they_change_rows(digits):
     keys = [c.key for c in relearn_cells(base, digits)]
     # the keys c67ef0f, before the membership keys existed, gave this study: rows written
     # then are still found
-    assert keys == PINNED
+    assert keys[:2] == PINNED
     reordered = base.model_copy(update={"mia": ["svc", "loss", "svc"]})
     assert [c.key for c in relearn_cells(RelearnSpec.model_validate(reordered.model_dump()),
                                          digits)] == keys
