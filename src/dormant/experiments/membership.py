@@ -44,8 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dormant.engine import Recipe, evaluate
-from dormant.engine.device import to_float
+from dormant.engine import Recipe, evaluate, predict
 from dormant.experiments.prepare import Prepared
 from dormant.experiments.shadows import phis, train_shadows
 from dormant.experiments.ulira import Splits, Stage, ulira, unlearned, with_references
@@ -198,18 +197,11 @@ def _rmia(target: np.ndarray, ref: np.ndarray, forget: np.ndarray) -> np.ndarray
     return rmia_scores(target[:n][forget], ref[:n][forget], target[n:], ref[n:])
 
 
-@torch.no_grad()
-def _true_prob(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
-               batch: int = 1024) -> np.ndarray:
-    was = model.training
-    model.eval()
-    out = []
-    for start in range(0, len(ids), batch):
-        b = ids[start:start + batch]
-        p = torch.softmax(model(to_float(x[b])).double(), -1)
-        out.append(p.gather(1, y[b].unsqueeze(1)).squeeze(1).cpu().numpy())
-    model.train(was)
-    return np.concatenate(out)
+def _true_prob(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               ids: torch.Tensor) -> np.ndarray:
+    """The softmax probability of the true label of ``x[ids]`` (RMIA's signal)."""
+    p = torch.softmax(predict(model, x, ids).double(), -1)
+    return p.gather(1, y[ids].unsqueeze(1)).squeeze(1).cpu().numpy()
 
 
 def lira_columns(d: Design, model: nn.Module, recipe, kinds: list[str],
