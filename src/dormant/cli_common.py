@@ -92,6 +92,10 @@ HELP = {
     "gpus_per_cell": "a GPU share per cell: 0.25 packs four cells onto one GPU",
     "threads": "torch CPU threads per cell (rows are identical across executors at equal "
                "threads; default: serial all, local CPUs / workers, ray 1)",
+    "track": "record every cell as an experiment-tracker run once the report is written "
+             "(pip install 'dormant[mlflow]'; see docs/tracking.md)",
+    "tracking_uri": "with --track mlflow: the MLflow tracking URI (default: "
+                    "$MLFLOW_TRACKING_URI, else a local ./mlruns folder)",
 }
 
 
@@ -214,6 +218,7 @@ SetOpt = Annotated[list[str] | None, typer.Option(
     "hparams.finetune.lr=1e-4 (a YAML value; overrides the file and the flags); repeat it")]
 OutOpt = Annotated[Path | None, typer.Option(help="output folder (default runs/NAME-TIME)")]
 EXECUTOR_FLAGS = flags("executor", "workers", "ray_address", "gpus_per_cell", "threads")
+TRACKING_FLAGS = flags("track", "tracking_uri")
 
 
 def warn_ignored(executor) -> None:
@@ -231,9 +236,11 @@ def study_command(app: typer.Typer, name: str, cls: type[BaseModel], study_flags
     """Register ``fn(spec, out, executor)`` as the command ``name``: a study file, a flag per
     ``study_flags`` (typed from ``cls``), ``--set``, the executor flags and ``--out``."""
     from dormant.executors.options import ExecutorOptions
+    from dormant.tracking.options import TrackingOptions
 
     spec_opts = [(f, *_option(cls, f)) for f in study_flags]
     exec_opts = [(f, *_option(ExecutorOptions, f)) for f in EXECUTOR_FLAGS]
+    track_opts = [(f, *_option(TrackingOptions, f)) for f in TRACKING_FLAGS]
     kw_only = inspect.Parameter.KEYWORD_ONLY
 
     def deco(fn: Callable) -> Callable:
@@ -248,12 +255,16 @@ def study_command(app: typer.Typer, name: str, cls: type[BaseModel], study_flags
             out = kw["out"] or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
             _check_out(out)
             check_sizes(spec)
-            fn(spec, out, executor)
+            from dormant.tracking.cli import tracked
+
+            with tracked(load_spec(TrackingOptions, None, given(track_opts)), out, spec, name):
+                fn(spec, out, executor)
 
         params = [inspect.Parameter("study", kw_only, default=None, annotation=StudyFile),
                   *(p for _, p, _ in spec_opts),
                   inspect.Parameter("set_", kw_only, default=None, annotation=SetOpt),
                   *(p for _, p, _ in exec_opts),
+                  *(p for _, p, _ in track_opts),
                   inspect.Parameter("out", kw_only, default=None, annotation=OutOpt)]
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__doc__ = fn.__doc__
