@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dormant.cli_common import (
@@ -26,6 +27,7 @@ from dormant.cli_common import (
 )
 from dormant.cli_progress import ProgressBars
 from dormant.errors import DormantError
+from dormant.tracking.cli import mirror_after, store_mirror
 
 store_app = typer.Typer(no_args_is_help=True, help="The model store: add and list versions.")
 ledger_app = typer.Typer(no_args_is_help=True,
@@ -154,6 +156,7 @@ def forget(
             f"({'promoted' if rec['promoted'] else 'kept, not promoted'}: "
             f"{rec['promotion_reason']}) in {rec['durations']['total']:.1f} s{saving}; "
             f"report {out / 'report.html'}", highlight=False)
+    mirror_after(st, [name])
 
 
 IDS_SUFFIXES = (".txt", ".csv", ".npy")
@@ -287,6 +290,7 @@ def _sign_off(store: Path, request: str, by: str, comment: str, approve: bool,
     now = st.resolve(v.name)
     console.print(f"{v.name} v{v.version} {'approved' if approve else 'rejected'} by {by}; "
                   f"v{now.version} is current", highlight=False)
+    mirror_after(st, [v.name])
 
 
 SignOffBy = Annotated[str, typer.Option("--by", help="who signs off (recorded in the ledger)")]
@@ -329,12 +333,16 @@ def store_add(
     from dormant.requests.manifest import read_manifest
 
     given = None if manifest is None else read_manifest(manifest)
-    v = add_model(ModelStore(store, ledger, create=True), name, checkpoint, arch=arch,
-                  new_lineage=new_lineage, manifest=given)
+    st = ModelStore(store, ledger, create=True)
+    v = add_model(st, name, checkpoint, arch=arch, new_lineage=new_lineage, manifest=given)
     console.print(f"added {name} v{v.version} ({v.sha256[:12]}) at ledger row {v.seq}"
                   + (f", lineage {v.lineage}" if new_lineage else "")
                   + ("" if given is None else f", with a manifest of {len(given)} ids from "
                      f"{len(set(given.values()))} contributors"))
+    mirror_after(st, [name])
+
+
+store_app.command("mirror")(store_mirror)
 
 
 @store_app.command("list")
@@ -368,8 +376,12 @@ def ledger_verify(
     = None,
     expect_head: Annotated[str | None, typer.Option(help="the head hash you kept elsewhere")]
     = None,
+    mirror: Annotated[bool, typer.Option(
+        "--mirror/--no-mirror", help="also check the MLflow registry mirrors the ledger "
+        "records (dormant store mirror)")] = True,
 ) -> None:
-    """Re-walk the hash chain (and the checkpoints); exit 1 at the first bad row."""
+    """Re-walk the hash chain (and the checkpoints, and the registry mirrors); exit 1 at the
+    first bad row, or on any disagreement of a mirror."""
     book = _open_ledger(ledger)
     if store is None and ledger.is_dir():
         store = ledger
@@ -377,9 +389,19 @@ def ledger_verify(
     if not r.ok:
         console.print(f"[red]FAILED[/] at row {r.bad_seq}: {r.problem}", highlight=False)
         raise typer.Exit(1)
+    mirrors = 0
+    if mirror:
+        from dormant.tracking.verify import mirror_problems
+
+        problems, mirrors = mirror_problems(book, ledger, store)
+        for p in problems:
+            console.print(f"[red]MIRROR[/] {escape(p)}", highlight=False, soft_wrap=True)
+        if problems:
+            raise typer.Exit(1)
     note = f"; {r.note}" if r.note else ""
+    agree = f", {mirrors} registry mirror(s) in agreement" if mirrors else ""
     console.print(f"ok: {r.rows} rows, chain intact, head {r.head}, {r.files_checked} "
-                  f"checkpoint(s) re-hashed{note}", highlight=False)
+                  f"checkpoint(s) re-hashed{agree}{note}", highlight=False)
 
 
 @ledger_app.command("head")
