@@ -1,4 +1,4 @@
-from dormant.cli import entry
+from dormant.cli_root import entry
 
 if __name__ == "__main__":  # worker processes re-import this module under another name
     entry()

@@ -12,6 +12,7 @@ import click
 import typer
 from rich.table import Table
 
+from dormant import plugins
 from dormant.cli_common import (
     DataRoot,
     Dataset,
@@ -37,6 +38,7 @@ from dormant.cli_plan import register as register_plan
 from dormant.cli_progress import ProgressBars
 from dormant.cli_requests import register as register_requests
 from dormant.cli_results import register as register_results
+from dormant.cli_root import HELP, one_line_warnings, root_options
 from dormant.cli_service import register as register_service
 from dormant.errors import DormantError
 from dormant.experiments.backdoor_spec import BackdoorSpec
@@ -44,7 +46,7 @@ from dormant.experiments.spec import RelearnSpec
 from dormant.settings import not_finite, short
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Test whether machine unlearning really removes what it claims to.")
+                  help=HELP)
 register_requests(app)
 register_plan(app)
 register_results(app)
@@ -363,6 +365,8 @@ def methods(
 ) -> None:
     """List the unlearning methods with their defaults and sources, or with --preset the
     values each one runs under that preset and where they come from."""
+    from rich.markup import escape
+
     from dormant.unlearn import (
         PAPER,
         available_methods,
@@ -380,7 +384,9 @@ def methods(
         for name in available_methods():
             info = get_method(name)
             defaults = ", ".join(f"{k}={v}" for k, v in info.defaults().items()) or "-"
-            t.add_row(name, defaults, info.summary)
+            src = plugins.source("methods", name)
+            where = "" if src is None or src.level == "built-in" else f" (from {src})"
+            t.add_row(name, escape(defaults), escape(info.summary + where))
         console.print(t)
         return
     t = Table(title=f"unlearning methods under preset {preset}")
@@ -400,11 +406,29 @@ def methods(
     console.print(t)
 
 
-@app.callback()
-def _global(debug: Annotated[bool, typer.Option(
-        "--debug", help="on bad input, raise with the full traceback instead of one error line "
-        "(may stand anywhere on the command line)")] = False) -> None:
-    """Test whether machine unlearning really removes what it claims to."""
+@app.command("plugins")
+def plugins_cmd() -> None:
+    """List the plugins found (entry points, --plugin, DORMANT_PLUGINS), what each
+    registered, and those that failed to load."""
+    from rich.markup import escape
+
+    found = plugins.plugins()
+    if not found:
+        console.print("no plugins: none installed in the groups "
+                      f"{', '.join(plugins.GROUPS.values())}, and no --plugin given",
+                      markup=False, highlight=False, soft_wrap=True)
+        return
+    t = Table(title="plugins")
+    for col in ("source", "status", "registered"):
+        t.add_column(col, overflow="fold")
+    for p in found:
+        status = f"failed: {p.error}" if p.error else "loaded"
+        t.add_row(escape(str(p.source)), escape(status),
+                  escape(", ".join(p.registered) or "-"))
+    console.print(t)
+
+
+app.callback()(root_options)
 
 
 def _click_errors() -> tuple[type, ...]:
@@ -425,6 +449,7 @@ _CLICK_ERRORS = _click_errors()
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input becomes one line on stderr and exit code 2 (``--debug``,
     anywhere on the line, raises it instead)."""
+    one_line_warnings()
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dormant import plugins
 from dormant.data.dataset import Dataset
 from dormant.errors import DormantError
 
@@ -55,6 +56,7 @@ def default_cache_dir() -> Path:
 
 
 def available_sources() -> list[str]:
+    plugins.load()
     return sorted(s.usage for s in _REGISTRY.values())
 
 
@@ -70,7 +72,8 @@ def register_source(name: str, *, inputs: Inputs | None = None) -> Callable[[Loa
 
     def deco(fn: Loader) -> Loader:
         default = _path_inputs if sep else _root_inputs
-        _REGISTRY[base] = _Source(fn, inputs or default, bool(sep), name)
+        plugins.claim("datasets", base, _REGISTRY, _Source(fn, inputs or default, bool(sep), name),
+                      fn.__module__)
         return fn
 
     return deco
@@ -86,6 +89,7 @@ def load_dataset(
     """Load ``name`` or ``name:ARG``, from the cache when its inputs are unchanged."""
     name, sep, arg_text = spec.strip().partition(":")
     name = name.lower()
+    plugins.load()
     source = _REGISTRY.get(name)
     if source is None:
         raise DormantError(

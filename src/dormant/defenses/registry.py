@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dormant import plugins
 from dormant.errors import DormantError
 
 Stage = Literal["scan", "mitigate"]
@@ -106,10 +107,10 @@ def register_defense(name: str, config: type[BaseModel], *, label: str, columns:
 
     def deco(fn: Callable) -> Callable:
         doc = (config.__doc__ or "").strip().split("\n\n")[0]
-        _DEFENSES[name] = DefenseInfo(name, config, fn, label, stage, tuple(columns),
-                                      dict(presets or {}), study_preset, control,
-                                      dict(report or {}), tuple(flags), rank,
-                                      " ".join(doc.split()))
+        info = DefenseInfo(name, config, fn, label, stage, tuple(columns), dict(presets or {}),
+                           study_preset, control, dict(report or {}), tuple(flags), rank,
+                           " ".join(doc.split()))
+        plugins.claim("defenses", name, _DEFENSES, info, fn.__module__)
         return fn
 
     return deco
@@ -118,11 +119,13 @@ def register_defense(name: str, config: type[BaseModel], *, label: str, columns:
 def available_defenses() -> list[str]:
     """Registered defenses by ``rank``, then registration order (the order the study runs
     them and the report lists them)."""
+    plugins.load()
     order = list(_DEFENSES)
     return sorted(order, key=lambda n: (_DEFENSES[n].rank, order.index(n)))
 
 
 def get_defense(name: str) -> DefenseInfo:
+    plugins.load()
     if name not in _DEFENSES:
         raise DormantError(f"unknown defense {name!r}; choose one of: "
                            f"{', '.join(available_defenses())}")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from dormant import plugins
 from dormant.cells import Cell, Workspace, run_cell
 from dormant.engine import Progress
 from dormant.executors.options import ExecutorOptions
@@ -79,7 +80,7 @@ def execute(cells: list[Cell], log: ResultsLog, cache_dir: Path, out: Path,
         # one cell per GPU unless told to pack: N CPU-count workers would all take cuda:0
         opts = opts.model_copy(update={"gpus_per_cell": 1.0})
     cfg = WorkerConfig(cache_dir=str(Path(cache_dir).resolve()), out=str(Path(out).resolve()),
-                       threads=opts.threads)
+                       threads=opts.threads, plugins=plugins.requested())
     EXECUTORS[opts.executor](todo, cfg, opts, emit, progress)
 
 

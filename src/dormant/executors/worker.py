@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from dormant import plugins
 from dormant.cells import Cell, Workspace, run_cell
 from dormant.settings import Settings
 
@@ -25,6 +26,9 @@ class WorkerConfig(Settings):
     threads: int | None = None
     gpu: str | None = None
     """The physical id (or MIG uuid) this worker's ``CUDA_VISIBLE_DEVICES`` is set to."""
+    plugins: tuple[str, ...] = ()
+    """The ``--plugin`` modules the driver loaded (``dormant.plugins``): a worker registers
+    the same components before its first cell."""
 
 
 def log_path(out: str | Path) -> Path:
@@ -64,6 +68,7 @@ def workspace(cfg: WorkerConfig) -> Workspace:
         os.environ["CUDA_VISIBLE_DEVICES"] = cfg.gpu
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    plugins.use(*cfg.plugins)
     _log(cfg, f"pid {os.getpid()} up, {torch.get_num_threads()} threads")
     return Workspace(Path(cfg.cache_dir), Path(cfg.out), LogProgress(cfg))
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dormant import plugins
 from dormant.engine import Recipe
 from dormant.errors import DormantError
 from dormant.settings import Axis, Settings, choice, validate
@@ -73,6 +74,21 @@ class DataSpec(Settings):
     train_recipe: dict = Field(default_factory=dict)
     """Overrides of the profile's training recipe, e.g. ``{augment: none, lr: 1e-3}``."""
     device: str = "auto"
+    plugins: tuple[str, ...] = Field(default=(), exclude=True)
+    """Modules to load before the rest of the study is read, as ``--plugin`` does (see
+    ``dormant.plugins``): a method, model or dataset of their own is then a name here like
+    any other. Left out of every cache key: the components' code is in theirs."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_plugins(cls, data):
+        names = data.get("plugins") if isinstance(data, dict) else None
+        if isinstance(names, str):
+            names = [names]
+        if isinstance(names, list | tuple) and all(isinstance(n, str) for n in names):
+            plugins.use(*names)
+            return {**data, "plugins": tuple(names)}
+        return data
 
     def recipe(self, profile_recipe: Recipe) -> Recipe:
         """The original's (and oracle's) training recipe: the profile's, then the overrides."""

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from dormant import plugins
 from dormant.errors import DormantError
 
 Builder = Callable[["ModelSpec"], nn.Module]
@@ -32,18 +33,20 @@ def register_model(name: str, *, prefix: bool = False) -> Callable[[Builder], Bu
     """Register ``fn(spec) -> nn.Module`` under ``name`` (or ``name:<arg>`` when ``prefix``)."""
 
     def deco(fn: Builder) -> Builder:
-        (_PREFIXED if prefix else _BUILDERS)[name] = fn
+        plugins.claim("models", name, _PREFIXED if prefix else _BUILDERS, fn, fn.__module__)
         return fn
 
     return deco
 
 
 def available_models() -> list[str]:
+    plugins.load()
     return sorted(_BUILDERS) + [f"{p}:<name>" for p in sorted(_PREFIXED)]
 
 
 def create_model(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
     """Build a fresh model; with ``seed`` its initialisation is reproducible."""
+    plugins.load()
     head = spec.name.split(":", 1)[0]
     builder = _PREFIXED.get(head) if ":" in spec.name else _BUILDERS.get(spec.name)
     if builder is None:

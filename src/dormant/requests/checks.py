@@ -20,6 +20,7 @@ import torch
 from pydantic import Field, ValidationError, model_validator
 from torch import nn
 
+from dormant import plugins
 from dormant.attacks import RelearnConfig, RelearnData, relearn
 from dormant.defenses.neural_cleanse import PRESETS as NC_PRESETS
 from dormant.defenses.neural_cleanse import NeuralCleanseConfig, reverse_triggers
@@ -181,7 +182,9 @@ def register_check(name: str, *, group: str, warn: float | None, fail: float | N
     ``name`` (see :class:`CheckInfo`). Checks are judged in registration order."""
     def deco(fn: Callable) -> Callable:
         doc = (fn.__doc__ or "").strip().split("\n\n")[0]
-        _CHECKS[name] = CheckInfo(name, group, warn, fail, fn, measure, " ".join(doc.split()))
+        plugins.claim("checks", name, _CHECKS,
+                      CheckInfo(name, group, warn, fail, fn, measure, " ".join(doc.split())),
+                      fn.__module__)
         return fn
 
     return deco
@@ -190,7 +193,9 @@ def register_check(name: str, *, group: str, warn: float | None, fail: float | N
 def available_checks() -> list[str]:
     """Every registered check, in the order they are judged. The built-ins register in
     ``dormant.requests.policy``, which the package imports before any of its modules is
-    used, so they are always there (this module imports nothing of the policy's)."""
+    used, so they are always there (this module imports nothing of the policy's); plugins'
+    register on the first call."""
+    plugins.load()
     return list(_CHECKS)
 
 
@@ -228,7 +233,7 @@ def model_state(model: nn.Module, data: RequestData, budget: CheckBudget, *,
     if "test_acc" not in known:
         known["test_acc"] = _num(evaluate(model, data.x_test, data.y_test).acc)
     extra = {}
-    for info in list(_CHECKS.values()):
+    for info in [_CHECKS[name] for name in available_checks()]:
         if info.measure is not None:
             extra.update(info.measure(model, data, budget))
     return {**extra,

@@ -27,6 +27,7 @@ import torch
 from pydantic import AfterValidator, ConfigDict, Field
 from torch import nn
 
+from dormant import plugins
 from dormant.engine import Hook, Progress, Recipe, evaluate
 from dormant.errors import DormantError
 from dormant.settings import validate
@@ -288,17 +289,20 @@ def register_method(name: str, hparams: type, presets: Mapping[str, Preset] | No
 
     def deco(fn: Method) -> Method:
         doc = (hparams.__doc__ or "").strip().split("\n\n")[0]
-        _METHODS[name] = MethodInfo(name, fn, hparams, " ".join(doc.split()), merged)
+        plugins.claim("methods", name, _METHODS,
+                      MethodInfo(name, fn, hparams, " ".join(doc.split()), merged), fn.__module__)
         return fn
 
     return deco
 
 
 def available_methods() -> list[str]:
+    plugins.load()
     return sorted(_METHODS)
 
 
 def get_method(name: str) -> MethodInfo:
+    plugins.load()
     if name not in _METHODS:
         raise DormantError(
             f"unknown method {name!r}; choose one of: {', '.join(available_methods())}"
@@ -308,6 +312,7 @@ def get_method(name: str) -> MethodInfo:
 
 def available_presets() -> list[str]:
     """Every preset name some registered method has (``paper`` is every method's)."""
+    plugins.load()
     return sorted({p for info in _METHODS.values() for p in info.presets} | {PAPER})
 
 
