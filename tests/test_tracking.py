@@ -216,6 +216,15 @@ def test_approving_a_kept_version_moves_the_alias_through_the_mirror(store, tmp_
     approved = Ledger(store / "ledger.sqlite").entries(kind="version-approved")[-1]
     assert on.tags["dormant.sign_off"].endswith(f"({approved.hash})")
     assert main(["ledger", "verify", str(store)]) == 0
+    # the bytes a deployment would load from the registry are the ledger's, or verify fails
+    served = Path(client.get_run(on.run_id).info.artifact_uri.removeprefix("file://"))
+    (served / "checkpoint" / "v3.safetensors").write_bytes(b"not the ledger's weights")
+    capsys.readouterr()
+    assert main(["ledger", "verify", str(store)]) == 1
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("MIRROR ")]
+    assert "(digits v3, current): its checkpoint has sha256" in line
+    assert "the registry's copy was replaced" in " ".join(line.split())
+    assert main(["ledger", "verify", str(store), "--no-mirror"]) == 0
     # the mirror is in the ledger: a verify without MLflow cannot skip it silently
     capsys.readouterr()
     sys.modules["mlflow"], saved = None, sys.modules["mlflow"]
@@ -224,4 +233,3 @@ def test_approving_a_kept_version_moves_the_alias_through_the_mirror(store, tmp_
     finally:
         sys.modules["mlflow"] = saved
     assert "pip install 'dormant[mlflow]'" in _one_line(capsys.readouterr().err)
-    assert main(["ledger", "verify", str(store), "--no-mirror"]) == 0

@@ -248,7 +248,29 @@ def check(st, name: str, config: MirrorConfig) -> list[str]:
             claimed = (on.tags or {}).get("dormant.version", "?")
             problems.append(f"alias {config.alias!r} is on {rm!r} version {on.version} "
                             f"({name} v{claimed}); {where}")
+        if right:
+            problems += _served_bytes(client, rm, right[0], current)
     return problems
+
+
+def _served_bytes(client, rm: str, mv, v) -> list[str]:
+    """The checkpoint the registry serves for the current version, re-hashed against the
+    ledger: a deployment reads these bytes, not the store's."""
+    from dormant.store.files import sha256_file
+
+    name = Path(v.rel).name
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = Path(client.download_artifacts(mv.run_id, f"checkpoint/{name}", tmp))
+        except Exception as e:  # noqa: BLE001 - any way the artifact is gone is one line
+            return [f"{rm!r} version {mv.version} ({v.name} v{v.version}, current): its "
+                    f"checkpoint cannot be read from the registry ({type(e).__name__})"]
+        have = sha256_file(path)
+    if have != v.sha256:
+        return [f"{rm!r} version {mv.version} ({v.name} v{v.version}, current): its "
+                f"checkpoint has sha256 {have[:12]}, the ledger recorded {v.sha256[:12]} at "
+                f"row {v.seq}; the registry's copy was replaced"]
+    return []
 
 
 def check_all(st) -> list[str]:
