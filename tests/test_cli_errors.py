@@ -808,3 +808,51 @@ def test_an_alias_bomb_is_refused_in_one_line_at_once(capsys, tmp_path: Path) ->
     _fails(capsys, ["relearn", str(study), "--out", str(tmp_path / "o")],
            "more than 100,000 values", "aliases")
     assert not (tmp_path / "o").exists()
+
+
+# --- sizes the cells would only find out: checked when the grid expands, before training -------
+
+
+@pytest.mark.parametrize(("extra", "needles"), [
+    (["--forget", "random:1437"], ["forget random:1437", "training set has 1,437",
+                                   "forget at most 1,436"]),
+    (["--forget", "canary:2000"], ["forget canary:2000", "forget at most 1,436"]),
+    # five images hold at most one of class 1: the default forget set cannot be drawn
+    (["--train-size", "5"], ["forget class:1:atypical:0.3", "class 1 has 1 training",
+                             "at least 2"]),
+    (["--analysis-size", "361"], ["analysis_size 361", "test set has 360",
+                                  "set analysis_size <= 360"]),
+], ids=["forget-all", "canaries-past-the-set", "class-too-small", "analysis-size"])
+def test_a_size_the_data_cannot_give_is_refused_before_training(capsys, tmp_path: Path, extra,
+                                                               needles) -> None:
+    out = tmp_path / "o"
+    _fails(capsys, _relearn(out, *extra), *needles)
+    assert not out.exists()  # not one cell ran: no results, no workers' log
+
+
+def test_the_backdoor_defense_size_is_checked_against_the_test_set(capsys, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """The README's digits example: its default defense_size (500) is larger than digits'
+    360 test images, so it is capped at half of them; a size the study asks for is refused
+    up front, naming the key and the limit."""
+    import dormant.experiments
+    from dormant.errors import DormantError
+
+    out = tmp_path / "o"
+    readme = ["--conditions", "attack,random-equal,unpoisoned,none", "--trigger", "noise",
+              "--amplitude", "0.1", "--poisons", "3", "--request", "30", "--strategy", "margin"]
+    _fails(capsys, _backdoor(out, *readme, "--set", "defenses.defense_size=360"),
+           "defenses.defense_size 360", "the test set has 360", "set it below 360")
+    assert not out.exists()
+
+    def stop(spec, out, **_):  # the grid expanded and every check passed: stop before training
+        raise DormantError("stopped where the cells would start")
+
+    monkeypatch.setattr(dormant.experiments, "run_backdoor", stop)
+    _fails(capsys, _backdoor(out, *readme), "stopped where the cells would start")
+    from dormant.experiments.backdoor_scan import defense_size
+    from dormant.experiments.backdoor_spec import BackdoorSpec
+
+    assert defense_size(BackdoorSpec().defenses, 360) == 180
+    assert defense_size(BackdoorSpec().defenses, 2000) == 500  # a large test set: the default
+    assert defense_size(BackdoorSpec(defenses={"defense_size": 300}).defenses, 360) == 300

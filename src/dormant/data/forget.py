@@ -125,12 +125,26 @@ def planned_size(spec: ForgetSpec, y: torch.Tensor, num_classes: int) -> int:
     return members if spec.kind == "class" else _fraction_size(spec, members)
 
 
+def check_leaves_retain(spec: ForgetSpec, n_forget: int, n_train: int) -> None:
+    """Refuse a forget set that would leave no training image to retain: the retain set is
+    what every method fine-tunes on, the oracle retrains on and the attack relearns from."""
+    if n_forget >= n_train:
+        raise DormantError(f"forget {spec.text}: {n_forget:,} images to forget, but the "
+                           f"training set has {n_train:,} and must keep some to retain; "
+                           f"forget at most {n_train - 1:,} (or raise train_size)")
+
+
 def _class_members(spec: ForgetSpec, y: torch.Tensor, num_classes: int) -> torch.Tensor:
     if not 0 <= spec.cls < num_classes:
         raise DormantError(
             f"forget spec {spec.text!r}: class {spec.cls} does not exist; use 0..{num_classes - 1}"
         )
-    return torch.nonzero(y == spec.cls).flatten()
+    members = torch.nonzero(y == spec.cls).flatten()
+    if len(members) < 2:
+        raise DormantError(f"forget {spec.text}: class {spec.cls} has {len(members)} training "
+                           "image(s), and a forget set needs at least 2; raise train_size or "
+                           "pick another class")
+    return members
 
 
 def _fraction_size(spec: ForgetSpec, members: int) -> int:
@@ -144,8 +158,7 @@ def canary_labels(
     training, so only memorisation can fit them. Other specs return ``y`` unchanged."""
     if spec.kind != "canary":
         return y, None
-    if spec.count > len(y):
-        raise DormantError(f"forget spec {spec.text!r}: only {len(y)} training images")
+    check_leaves_retain(spec, spec.count, len(y))
     g = torch.Generator().manual_seed(seed + 7919)
     ids = torch.randperm(len(y), generator=g)[: spec.count]
     shift = torch.randint(1, num_classes, (spec.count,), generator=g)
@@ -167,12 +180,13 @@ def select_forget(
     """The forget ids (sorted). ``scores``: higher = more typical; ``fitted``: bool per id."""
     n = len(y)
     if spec.kind == "ids":
-        return torch.sort(read_ids(spec.path, n)).values
+        ids = read_ids(spec.path, n)
+        check_leaves_retain(spec, len(ids), n)
+        return torch.sort(ids).values
     if spec.kind == "canary":
         return canaries
     if spec.kind == "random":
-        if spec.count >= n:
-            raise DormantError(f"forget spec {spec.text!r}: only {n} training images")
+        check_leaves_retain(spec, spec.count, n)
         g = torch.Generator().manual_seed(seed + 104729)
         return torch.sort(torch.randperm(n, generator=g)[: spec.count]).values
     members = _class_members(spec, y, num_classes)

@@ -47,7 +47,7 @@ from dormant.engine import Diverged, Progress, Recipe, fit, resolve_device
 from dormant.errors import DormantError
 from dormant.executors import execute
 from dormant.executors.options import ExecutorOptions
-from dormant.experiments.backdoor_scan import Scanner
+from dormant.experiments.backdoor_scan import Scanner, defense_size
 from dormant.experiments.backdoor_spec import (
     CONTROLS,
     EXACT_METHODS,
@@ -178,10 +178,7 @@ def check_spec(spec: BackdoorSpec, ds: Dataset, cache_dir: Path | None = None,
         if most > int(counts.min()):
             raise DormantError(f"doses asks {max(spec.doses)} poisons, {most} of a class that "
                                f"has {int(counts.min())} training images; lower doses")
-    if spec.defenses.defense_size >= len(ds.y_test):
-        raise DormantError(f"defense_size {spec.defenses.defense_size} leaves no test images "
-                           f"to measure on (the test set has {len(ds.y_test)}); lower it or "
-                           "raise test_size")
+    defense_size(spec.defenses, len(ds.y_test))
     return attack
 
 

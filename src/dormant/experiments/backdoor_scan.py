@@ -26,6 +26,26 @@ from dormant.store.files import atomic_write_bytes
 SHOWN = 6  # inputs per kind whose CD masks the report shows
 
 
+DEFAULT_DEFENSE_SHARE = 0.5
+"""A ``defense_size`` left at its default takes at most this share of the test set, so a
+small one (digits' 360 images) still leaves images to measure on."""
+
+
+def defense_size(defenses, n_test: int) -> int:
+    """The defender's clean test images out of ``n_test``: ``defense_size`` as the study set
+    it, or its default capped at half the test set (a size the dataset cannot give is
+    clamped only when nobody asked for it, as ``train_size`` is). A size the study set that
+    leaves nothing to measure on is refused, naming the key and the limit."""
+    size = defenses.defense_size
+    if "defense_size" not in defenses.model_fields_set:
+        return min(size, max(1, int(n_test * DEFAULT_DEFENSE_SHARE)))
+    if size >= n_test:
+        raise DormantError(f"defenses.defense_size {size} leaves no test images to measure on "
+                           f"(the test set has {n_test}): set it below {n_test}, e.g. --set "
+                           f"defenses.defense_size={max(10, n_test // 2)}, or raise test_size")
+    return size
+
+
 class Scanner:
     def __init__(self, spec, ds: Dataset, victim, out: Path, progress: Progress | None):
         self.spec, self.v, self.progress = spec, victim, progress
@@ -34,13 +54,10 @@ class Scanner:
         self.target = spec.target
         dev = victim.x_clean.device
         n = len(ds.y_test)
-        if self.d.defense_size >= n:
-            raise DormantError(f"defense_size {self.d.defense_size} leaves no test images to "
-                               f"measure on (the test set has {n}); lower it or raise "
-                               "test_size")
+        size = defense_size(self.d, n)
         g = torch.Generator().manual_seed(victim.seed)
         perm = torch.randperm(n, generator=g)
-        d_ids, e_ids = perm[: self.d.defense_size], perm[self.d.defense_size :]
+        d_ids, e_ids = perm[:size], perm[size:]
         x_test, y_test = ds.x_test.to(dev), ds.y_test.to(dev)
         self.x_def, self.y_def = x_test[d_ids.to(dev)], y_test[d_ids.to(dev)]
         self.x_eval, self.y_eval = x_test[e_ids.to(dev)], y_test[e_ids.to(dev)]

@@ -22,7 +22,7 @@ from torch import nn
 from dormant.attacks import RelearnConfig, RelearnData, relearn
 from dormant.cells import Cell, Workspace
 from dormant.data import Dataset
-from dormant.data.forget import load_cscores, parse_forget, planned_size
+from dormant.data.forget import check_leaves_retain, load_cscores, parse_forget, planned_size
 from dormant.data.sources import default_cache_dir
 from dormant.data.split import leakable_count
 from dormant.engine import Diverged, Progress, evaluate
@@ -112,6 +112,7 @@ def check_spec(spec: RelearnSpec, ds: Dataset) -> list[Pipeline]:
     for text in forget_sets(spec, profile):
         fspec = parse_forget(text)
         n_forget = planned_size(fspec, ds.y_train, ds.num_classes)
+        check_leaves_retain(fspec, n_forget, len(ds.y_train))
         n_leak = leakable_count(n_forget)
         if set(spec.mia) & set(PER_EXAMPLE) and n_forget - n_leak >= len(ds.y_test):
             raise DormantError(
@@ -126,6 +127,15 @@ def check_spec(spec: RelearnSpec, ds: Dataset) -> list[Pipeline]:
             )
         if spec.cscores and fspec.needs_scores:
             load_cscores(Path(spec.cscores), len(ds.y_train))
+        # the analysis clamps its default to the data; a size asked for is given or refused
+        most = min(len(ds.y_train) - n_forget, len(ds.y_test))
+        if spec.analysis and "analysis_size" in spec.model_fields_set \
+                and spec.analysis_size > most:
+            raise DormantError(
+                f"analysis_size {spec.analysis_size:,}: the analysis evaluates that many "
+                f"retain and test images, but forget {fspec.text} leaves "
+                f"{len(ds.y_train) - n_forget:,} to retain and the test set has "
+                f"{len(ds.y_test):,}; set analysis_size <= {most:,}")
     if spec.relearn_sets == ["forget-only"] and spec.k == [0]:
         raise DormantError("relearn set forget-only needs some k >= 1; with k = 0 the grid "
                            "has no cells")
