@@ -198,12 +198,24 @@ def test_the_registry_mirrors_the_ledger_and_verify_reports_a_tampered_mirror(
     assert "registered v2; alias 'champion' moved to v2" in out and "tag dormant.ledger_hash" \
         in out
     assert main(["ledger", "verify", str(store)]) == 0
+    # a command that changes the store syncs its mirror: a new lineage is current at once
+    assert main(["store", "add", str(store), "digits", str(tmp_path / "m.safetensors"),
+                 "--new-lineage", "retrained without every deleted id"]) == 0
+    assert "registered v4; alias 'champion' moved to v4" in " ".join(
+        capsys.readouterr().out.split())
+    assert main(["ledger", "verify", str(store)]) == 0
 
 
 def test_approving_a_kept_version_moves_the_alias_through_the_mirror(store, tmp_path, capsys):
     from dormant.requests import Ledger
 
     uri = tmp_path / "mlruns"
+    for bad, why in ((store / "mlruns", "is inside the model store"),
+                     (uri, "is not an MLflow alias")):
+        assert main(["store", "mirror", str(store), "digits", "--tracking-uri", str(bad),
+                     "--alias", "prod" if bad != uri else "v2"]) == 2
+        assert why in _one_line(capsys.readouterr().err)
+    assert not Ledger(store / "ledger.sqlite").entries(kind="registry-mirror")
     assert main(["store", "mirror", str(store), "digits", "--tracking-uri", str(uri),
                  "--registered-model", "team.digits", "--alias", "prod"]) == 0
     rid = Ledger(store / "ledger.sqlite").entries(kind="request-finished")[-1].request_id

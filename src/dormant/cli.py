@@ -296,9 +296,12 @@ def train(
                   f"test {m['test_acc']:.1f}%, {m['seconds']:.1f} s")
     if store is not None:
         from dormant.requests.deleters import add_model
+        from dormant.tracking.cli import mirror_after
 
-        v = add_model(ModelStore(store), name, path, new_lineage=new_lineage)
+        st = ModelStore(store)
+        v = add_model(st, name, path, new_lineage=new_lineage)
         console.print(f"added to {store} as {name} v{v.version} (ledger row {v.seq})")
+        mirror_after(st, [name])
 
 
 def parse_sisa(text: str) -> dict:

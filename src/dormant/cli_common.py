@@ -92,8 +92,8 @@ HELP = {
     "gpus_per_cell": "a GPU share per cell: 0.25 packs four cells onto one GPU",
     "threads": "torch CPU threads per cell (rows are identical across executors at equal "
                "threads; default: serial all, local CPUs / workers, ray 1)",
-    "track": "record every cell as an experiment-tracker run once the report is written "
-             "(pip install 'dormant[mlflow]'; see docs/tracking.md)",
+    "track": "mlflow: record every cell as an MLflow run once the report is written (the "
+             "mlflow extra; see docs/tracking.md)",
     "tracking_uri": "with --track mlflow: the MLflow tracking URI (default: "
                     "$MLFLOW_TRACKING_URI, else a local ./mlruns folder)",
 }

@@ -44,7 +44,13 @@ def check_file_store(uri: str, flag: str = "--tracking-uri") -> None:
         return
     from urllib.parse import unquote, urlparse
 
+    from dormant.requests.store import store_root_of
+
     path = Path(unquote(urlparse(uri).path))
+    root = store_root_of(path)
+    if root is not None:
+        raise DormantError(f"{flag} {path} is inside the model store {root}; only the store "
+                           "writes there: give a folder outside it")
     if path.exists() and not path.is_dir():
         raise DormantError(f"{flag} {path} is a file; give a folder for MLflow's runs")
     ancestor = path

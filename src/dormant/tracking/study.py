@@ -34,7 +34,7 @@ HEAD = ("cell", "status", "error", "transient")
 SETTINGS = frozenset({
     "seed", "k", "attack_lr", "attack_steps", "fit_target", "mia_shadows",  # relearning
     "target", "poisons", "amplitude", "counterweights", "camouflage", "trigger_row",
-    "trigger_col",  # backdoor
+    "trigger_col", "dose",  # backdoor
 })
 """Numeric row columns that set the cell rather than measure it: parameters, not metrics."""
 PREFIXED = ("hparams", "attack")
