@@ -100,6 +100,8 @@ def check_command(where: str, command: str) -> list[str]:
         targets = re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M)
         assert all(t in targets for t in words[1:]), f"{where}: {command}"
         return words
+    while words[1:2] == ["--plugin"] and len(words) > 3:  # a root option before the command
+        words = [words[0], *words[3:]]
     n = 1 if words[1].startswith("-") else 3 if words[1] in GROUPS else 2
     sub = words[1:n]
     rc, text = _help(sub)

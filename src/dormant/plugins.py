@@ -86,7 +86,8 @@ _requested: list[str] = []
 _entry_points_loaded = False
 
 
-def _origin(module: str) -> Source:
+def _origin(module: str | None) -> Source:
+    module = module or "__main__"  # code exec'd without a module name
     # the package's own modules first: a plugin's import may be what imports them
     if module == "dormant" or module.startswith("dormant."):
         return Source("built-in", module)
@@ -95,7 +96,7 @@ def _origin(module: str) -> Source:
     return Source("run time", module)
 
 
-def claim(kind: str, name: str, table: MutableMapping, value, module: str) -> None:
+def claim(kind: str, name: str, table: MutableMapping, value, module: str | None) -> None:
     """Put ``value`` into registry ``table`` under ``name`` unless a component of higher
     precedence holds the name (see the module docstring); every registry decorator calls
     this. ``module`` is the registering code's module, which says its level when no plugin

@@ -1,0 +1,48 @@
+"""``dormant --help`` starts without torch: the root lists the commands from a table
+(``dormant.cli_root.COMMANDS``) that must be the full command line's, word for word."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import typer
+
+from dormant.cli_root import COMMANDS, HELP
+
+ROOT_HELP = """\
+import sys
+sys.argv = ["dormant", *{args!r}]
+from dormant import cli_root
+try:
+    cli_root.entry()
+except SystemExit as e:
+    assert e.code in (0, None), e.code
+print("torch imported:", "torch" in sys.modules, file=sys.stderr)
+"""
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", ROOT_HELP.format(args=list(args))],
+                          capture_output=True, text=True, env={"COLUMNS": "100",
+                                                              "PATH": "/usr/bin:/bin"})
+
+
+def test_root_help_imports_no_torch_and_lists_every_command():
+    for args in ([], ["--help"], ["--debug", "--help"], ["--plugin", "x.y", "--help"]):
+        r = _run(*args)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.strip().splitlines()[-1] == "torch imported: False", (args, r.stderr)
+        listed = [line.split()[1] for line in r.stdout.splitlines()
+                  if line.startswith("│ ") and line.split()[1] in dict(COMMANDS)]
+        assert listed == [name for name, _ in COMMANDS]
+
+
+def test_the_table_is_the_full_command_lines():
+    from dormant.cli import app
+
+    group = typer.main.get_command(app)
+    assert group.help == HELP
+    assert [(name, cmd.help) for name, cmd in group.commands.items()] == list(COMMANDS), (
+        "dormant.cli_root.COMMANDS is stale; set it to:\n" + "\n".join(
+            f"    ({name!r}, {cmd.help!r})," for name, cmd in group.commands.items()))
