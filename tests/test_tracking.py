@@ -88,6 +88,30 @@ def test_a_tracked_study_is_one_run_per_cell_with_its_row_verdict_and_report(
     assert len(again) == len(runs) == 7
 
 
+def test_a_row_splits_into_settings_measurements_and_curves():
+    from dormant.tracking.study import row_record
+
+    row = {"cell": "c1", "status": "ok", "error": None, "transient": False,
+           "dataset": "digits", "method": "finetune", "seed": 1, "k": 5, "attack_lr": 1e-4,
+           "hparams": {"lr": 1e-3, "steps": 20}, "pipeline": [["finetune", {"lr": 1e-3}]],
+           "forget_acc": 12.5, "train_steps": 60, "armed": True, "mia_auc": None,
+           "curve_steps": [5, 10], "curve_forget_acc": [10.0, 20.0],
+           "lmc": {"t": [0.0, 1.0], "retain_loss": [0.3, 0.2]},
+           "calibration": [{"stage": 0, "param": "lr", "values": [1e-4, 1e-3],
+                            "scores": [50.0, 40.0], "chosen": 1e-3}],
+           "lira_forget_scores": [0.1, 0.2], "nc_flagged_before": [3]}
+    params, metrics, curves = row_record(row)
+    assert params == {"dataset": "digits", "method": "finetune", "seed": "1", "k": "5",
+                      "attack_lr": "0.0001", "hparams.lr": "0.001", "hparams.steps": "20",
+                      "pipeline": '[["finetune", {"lr": 0.001}]]',
+                      "calibration.0.lr": "0.001"}
+    assert metrics == {"forget_acc": 12.5, "train_steps": 60.0, "armed": 1.0}
+    assert curves == {"curve_forget_acc": [(5, 10.0), (10, 20.0)],
+                      "lmc.t": [(0, 0.0), (1, 1.0)], "lmc.retain_loss": [(0, 0.3), (1, 0.2)],
+                      "calibration.0.lr.values": [(0, 1e-4), (1, 1e-3)],
+                      "calibration.0.lr.scores": [(0, 50.0), (1, 40.0)]}
+
+
 def test_tracking_flags_are_checked_before_any_work(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DORMANT_CACHE", str(tmp_path / "cache"))
     out = str(tmp_path / "out")

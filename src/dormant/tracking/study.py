@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,11 @@ def experiment_name(kind: str) -> str:
 
 def row_hash(row: dict) -> str:
     return hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _key(name: str) -> str:
+    """A name MLflow takes as a parameter or metric key (letters, digits, ``_-. /``)."""
+    return re.sub(r"[^\w./\- ]", "_", name)[:250]
 
 
 def _short(value: Any) -> str:
@@ -203,9 +209,10 @@ def _log(client, run_id: str, params: dict, metrics: dict, curves: dict, tags: d
     from mlflow.entities import Metric, Param, RunTag
 
     now = int(time.time() * 1000)
-    points = [Metric(k, v, now, 0) for k, v in metrics.items()]
-    points += [Metric(k, float(v), now, int(s)) for k, curve in curves.items() for s, v in curve]
-    plist = [Param(k, v) for k, v in params.items()]
+    points = [Metric(_key(k), v, now, 0) for k, v in metrics.items()]
+    points += [Metric(_key(k), float(v), now, int(s)) for k, curve in curves.items()
+               for s, v in curve]
+    plist = [Param(_key(k), v) for k, v in params.items()]
     tlist = [RunTag(k, str(v)) for k, v in tags.items()]
     # the first request carries the tags and up to 100 parameters; the rest follow
     client.log_batch(run_id, metrics=points[:1000], params=plist[:100], tags=tlist)
