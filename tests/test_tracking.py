@@ -120,6 +120,10 @@ def test_tracking_flags_are_checked_before_any_work(tmp_path, monkeypatch, capsy
     assert main([*STUDY, "--out", out, "--track", "wandb"]) == 2
     line = _one_line(capsys.readouterr().err)
     assert "--track" in line and "mlflow" in line
+    # a server that does not answer fails the check in seconds, not after MLflow's retries
+    assert main([*STUDY, "--out", out, "--track", "mlflow", "--tracking-uri",
+                 "http://127.0.0.1:9"]) == 2
+    assert "MLflow at http://127.0.0.1:9 does not answer" in _one_line(capsys.readouterr().err)
     (tmp_path / "afile").write_text("x")
     assert main([*STUDY, "--out", out, "--track", "mlflow", "--tracking-uri",
                  str(tmp_path / "afile")]) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,6 +77,26 @@ def open_client(uri: str, registry_uri: str | None = None, what: str = "--track 
 
 
 @contextlib.contextmanager
+def quick(uri: str) -> Iterator[None]:
+    """A probe that fails in seconds: MLflow retries a server that does not answer for
+    minutes, which a check before the work must not wait out (the user's own settings of
+    these variables win)."""
+    saved = {k: os.environ.get(k) for k in PROBE}
+    for k, v in PROBE.items():
+        os.environ.setdefault(k, v)
+    try:
+        with mlflow_errors(uri):
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+
+
+PROBE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+@contextlib.contextmanager
 def mlflow_errors(uri: str) -> Iterator[None]:
     """MLflow's exceptions (a server that is down, a store it refuses) as one line."""
     from mlflow.exceptions import MlflowException
@@ -84,4 +105,9 @@ def mlflow_errors(uri: str) -> Iterator[None]:
         yield
     except MlflowException as e:
         text = " ".join(str(e.message if hasattr(e, "message") else e).split())
+        if "API request to" in text and "failed with exception" in text:
+            cause = re.search(r"Caused by (\w+)", text)
+            why = cause.group(1) if cause else text.rsplit("failed with exception", 1)[1][:80]
+            raise DormantError(f"MLflow at {uri} does not answer ({why.strip()}); check the "
+                               "URI, and that the server is up") from None
         raise DormantError(f"MLflow at {uri}: {text[:300]}") from None

@@ -28,7 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from dormant.errors import DormantError
-from dormant.tracking.client import check_file_store, mlflow_errors, open_client, resolve_uri
+from dormant.tracking.client import (
+    check_file_store,
+    mlflow_errors,
+    open_client,
+    quick,
+    resolve_uri,
+)
 
 KIND = "registry-mirror"
 """The ledger row that records (or, with ``active: false``, stops) a model's mirror."""
@@ -100,7 +106,7 @@ def configure(st, name: str, *, tracking_uri: str | None = None,
     for u, flag in ((uri, "--tracking-uri"), (registry, "--registry-uri")):
         check_file_store(u, flag)
     client = open_client(uri, registry, WHAT)
-    with mlflow_errors(registry):
+    with quick(registry):
         client.search_registered_models(max_results=1)
     with st.lock():
         st.ledger.require_intact()

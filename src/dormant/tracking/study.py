@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dormant.errors import DormantError
-from dormant.tracking.client import mlflow_errors, open_client, resolve_uri
+from dormant.tracking.client import mlflow_errors, open_client, quick, resolve_uri
 
 HEAD = ("cell", "status", "error", "transient")
 SETTINGS = frozenset({
@@ -256,7 +256,7 @@ def prepare(tracking_uri: str | None) -> tuple[str, Any]:
     uri = resolve_uri(tracking_uri)
     check_file_store(uri)
     client = open_client(uri)
-    with mlflow_errors(uri):
+    with quick(uri):
         client.search_experiments(max_results=1)
     return uri, client
 
