@@ -18,8 +18,10 @@ mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 STUDY = ["relearn", "--dataset", "digits", "--methods", "finetune", "--k", "0",
-         "--train-steps", "60", "--unlearn-steps", "5", "--attack-steps", "6",
+         "--train-steps", "20", "--unlearn-steps", "5", "--attack-steps", "6",
          "--calibrate", "none", "--no-analysis", "--seeds", "0,1", "--device", "cpu"]
+"""test_cli.py's smallest two-seed study: in one session the two share their models through
+the session's cache (a verdict needs two seeds)."""
 
 
 def _client(uri: Path) -> MlflowClient:
@@ -37,8 +39,10 @@ def _one_line(err: str) -> str:
 
 @pytest.mark.slow
 def test_a_tracked_study_is_one_run_per_cell_with_its_row_verdict_and_report(
-        tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("DORMANT_CACHE", str(tmp_path / "cache"))
+        tmp_path, tmp_path_factory, monkeypatch, capsys):
+    cache = tmp_path_factory.getbasetemp() / "dormant-cache"  # as in test_cli.py
+    cache.mkdir(exist_ok=True)
+    monkeypatch.setenv("DORMANT_CACHE", str(cache))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     out, uri = tmp_path / "study", tmp_path / "mlruns"
@@ -81,11 +85,26 @@ def test_a_tracked_study_is_one_run_per_cell_with_its_row_verdict_and_report(
     kept = {a.path for a in client.list_artifacts(study.info.run_id)}
     assert {"report.html", "report.md", "results.csv", "verdicts.json", "study.yaml"} <= kept
 
-    # a resumed study logs nothing twice
-    assert main(args) == 0
-    assert "0 cell run(s) logged, 6 already there" in " ".join(capsys.readouterr().out.split())
-    again = client.search_runs([exp.experiment_id])
-    assert len(again) == len(runs) == 7
+    # tracking the study again, as its resumed command does once no cell is left to run,
+    # logs nothing twice
+    from dormant.tracking.study import track_study
+
+    done = track_study(out, tracking_uri=str(uri))
+    assert (done.logged, done.kept, done.replaced) == (0, 6, 0)
+    assert done.study_run_id == study.info.run_id
+    assert len(client.search_runs([exp.experiment_id])) == len(runs) == 7
+
+    # a cell whose row changed (a retried transient failure) is logged again, once
+    cell = cells[0].data.tags["dormant.cell"]
+    newer = {**rows[cell], "forget_acc": rows[cell]["forget_acc"] + 1.5}
+    with open(out / "results.jsonl", "a") as f:
+        f.write(json.dumps(newer) + "\n")
+    done = track_study(out, tracking_uri=str(uri))
+    assert (done.logged, done.kept, done.replaced) == (0, 5, 1)
+    live = [r for r in client.search_runs([exp.experiment_id])
+            if r.data.tags.get("dormant.cell") == cell]
+    assert len(live) == 1 and live[0].data.metrics["forget_acc"] == newer["forget_acc"]
+    assert client.get_run(cells[0].info.run_id).info.lifecycle_stage == "deleted"
 
 
 def test_a_row_splits_into_settings_measurements_and_curves():

@@ -297,27 +297,32 @@ def track_study(out: Path, *, tracking_uri: str | None = None, experiment: str |
             if spec is not None:
                 _log(client, parent.info.run_id, _spec_params(spec), {}, {}, {})
         parent_id = parent.info.run_id
-        logged_cells = {r.data.tags.get("dormant.cell"): r for r in existing
-                        if r.data.tags.get("dormant.kind") == "cell"}
+        logged: dict[str, list] = {}
+        for run in existing:
+            if run.data.tags.get("dormant.kind") == "cell":
+                logged.setdefault(run.data.tags.get("dormant.cell"), []).append(run)
         made = kept = replaced = 0
         for r in rows:
             verdict, group = verdict_of.get(r["cell"], ("none", "shadow models: no verdict"))
-            old = logged_cells.get(r["cell"])
             digest = row_hash(r)
-            if old is not None and old.data.tags.get("dormant.row_hash") == digest:
+            old = logged.get(r["cell"], [])
+            same = [x for x in old if x.data.tags.get("dormant.row_hash") == digest][:1]
+            # a run of an older row, a duplicate, or one a crash left half-logged (the hash
+            # tag comes last) goes; MLflow keeps deleted runs until they are purged
+            for x in old:
+                if not same or x.info.run_id != same[0].info.run_id:
+                    client.delete_run(x.info.run_id)
+            if same:
                 kept += 1
-                client.set_tag(old.info.run_id, "dormant.verdict", verdict)
-                client.set_tag(old.info.run_id, "dormant.verdict_group", group)
-                _report(client, old.info.run_id, out, r)
+                client.set_tag(same[0].info.run_id, "dormant.verdict", verdict)
+                client.set_tag(same[0].info.run_id, "dormant.verdict_group", group)
+                _report(client, same[0].info.run_id, out)
                 continue
-            if old is not None:
-                client.delete_run(old.info.run_id)
-                replaced += 1
-            else:
-                made += 1
+            replaced += bool(old)
+            made += not old
             run = client.create_run(exp_id, run_name=run_name(r), tags={
                 "mlflow.parentRunId": parent_id, "dormant.kind": "cell",
-                "dormant.study": study, "dormant.cell": r["cell"], "dormant.row_hash": digest})
+                "dormant.study": study, "dormant.cell": r["cell"]})
             params, metrics, curves = row_record(r)
             tags = {"dormant.status": r.get("status", "ok"), "dormant.verdict": verdict,
                     "dormant.verdict_group": group}
@@ -327,6 +332,7 @@ def track_study(out: Path, *, tracking_uri: str | None = None, experiment: str |
             _report(client, run.info.run_id, out, r)
             client.set_terminated(run.info.run_id,
                                   "FAILED" if r.get("status") == "failed" else "FINISHED")
+            client.set_tag(run.info.run_id, "dormant.row_hash", digest)
         _study_artifacts(client, parent_id, out, spec, summary)
         client.set_terminated(parent_id, "FINISHED")
     return Tracked(uri, exp_id, parent_id, made, kept, replaced)
@@ -348,12 +354,14 @@ def _spec_params(spec: Any) -> dict[str, str]:
     return out
 
 
-def _report(client, run_id: str, out: Path, row: dict) -> None:
-    """The study's report (``report.md``) and the cell's full row, on a cell run."""
+def _report(client, run_id: str, out: Path, row: dict | None = None) -> None:
+    """The study's report (``report.md``) and, given, the cell's full row, on a cell run."""
     import tempfile
 
     if (out / "report.md").is_file():
         client.log_artifact(run_id, str(out / "report.md"))
+    if row is None:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "row.json"
         path.write_text(json.dumps(row, indent=1))
