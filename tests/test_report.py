@@ -288,3 +288,97 @@ def test_an_original_short_of_fit_target_is_said_in_one_line_and_in_the_report(r
     assert fit_note({**short[0], "fit_target": None}) is None
     md = write_relearn_report(short, tmp_path, "Short fit")["md"].read_text()
     assert "original fits 88.9% of its training set, below fit_target 99%" in md
+
+
+# --- how the report reads: labels apart, tables inside the page ---------------------------------
+
+
+def _crowded_rows() -> list[dict]:
+    """Ten methods at nearly the same accuracies after the attack (two exactly on the
+    original's point, as a method that did nothing lands), at the right edge of the data."""
+    spots = [(96.5, 91.4), (96.5, 91.4), (96.5, 91.4), (96.49, 87.6), (96.4, 90.0),
+             (95.3, 30.5), (94.9, 35.3), (96.45, 89.0), (96.5, 88.0), (95.0, 34.0)]
+    names = ["original", "gradient_ascent", "noop", "neggrad_plus", "scrub", "retrain",
+             "finetune", "salun", "l1_sparse", "ssd"]
+    return [{**make_row("scrub", 0, 0), "method": name, "test_acc_attacked": x,
+             "forget_acc_attacked_last": y}
+            for name, (x, y) in zip(names, spots, strict=True)]
+
+
+def test_scatter_labels_do_not_overlap_each_other_or_a_marker():
+    """The demo's scatter put "original" and "gradient_ascent" on top of each other: every
+    label's box, in pixels as drawn, now overlaps no other label and no point."""
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Annotation, Text
+
+    from dormant.report.figures import _MARKER_PX, scatter_plot
+
+    fig = scatter_plot(_crowded_rows())
+    ax = fig.axes[0]
+    fig.canvas.draw()  # an annotation finds its place in pixels when drawn
+    renderer = fig.canvas.get_renderer()
+    labels = [c for c in ax.get_children() if isinstance(c, Annotation)]
+    assert sorted(t.get_text() for t in labels) == sorted(r["method"] for r in _crowded_rows())
+    boxes = [Text.get_window_extent(t, renderer) for t in labels]  # the text, not its line
+    points = [ax.transData.transform(t.xy) for t in labels]
+    plt.close(fig)
+    for i, a in enumerate(boxes):
+        for j, b in enumerate(boxes[i + 1:], i + 1):
+            assert not a.overlaps(b), (labels[i].get_text(), labels[j].get_text())
+        for px, py in points:
+            inside_x = a.x0 < px + _MARKER_PX and a.x1 > px - _MARKER_PX
+            inside_y = a.y0 < py + _MARKER_PX and a.y1 > py - _MARKER_PX
+            assert not (inside_x and inside_y), labels[i].get_text()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """As in test_dashboard.py: the system Chromium, skipped where absent, a failure in CI."""
+    import os
+    import shutil
+
+    path = os.environ.get("DORMANT_CHROMIUM") or shutil.which("chromium") or \
+        shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("no chromium on PATH; CI must install it (apt-get install chromium)")
+        pytest.skip("no chromium on PATH (apt-get install chromium)")
+    return path
+
+
+@pytest.mark.slow  # a browser: about 5 s alone, 18 s on a loaded machine
+def test_no_table_is_cut_at_1400_px(rows, tmp_path, chromium):
+    """In a 1400 px window the page itself never scrolls sideways: every table sits in a box
+    that scrolls on its own, so a table too wide for the page stays whole, and only the
+    all-settings dump (26 metric columns) needs it: the verdicts, the calibration, the
+    methods and the failed cells (with a long error) fit."""
+    from playwright.sync_api import sync_playwright
+
+    values = [1e-4 * 3 ** i for i in range(7)]  # a grid extended three times, as the demo's
+    cal = [{"stage": 0, "method": "scrub", "param": "lr", "target": "leakable", "goal": 44.4,
+            "values": values, "scores": [66.7, 77.8, 88.9, 88.9, 88.9, 66.7, 33.3],
+            "retain": [100.0] * 6 + [99.0], "chosen": values[-1], "bracketed": True}]
+    wide = [{**r, "calibration": cal} if r["method"] == "scrub" else r for r in rows]
+    wide.append(failed_row("cbft", 3, 0, "RuntimeError: " + "a long message " * 20))
+    page_path = write_relearn_report(wide, tmp_path, "Layout")["html"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(page_path.as_uri())
+        found = page.evaluate("""() => ({
+            page: [document.documentElement.scrollWidth, document.documentElement.clientWidth],
+            tables: [...document.querySelectorAll('table')].map(t => ({
+                wrapped: t.parentElement.classList.contains('scroll') &&
+                         getComputedStyle(t.parentElement).overflowX === 'auto',
+                table: t.scrollWidth, box: t.parentElement.clientWidth,
+                section: (() => { let e = t.parentElement.previousElementSibling;
+                                  while (e && !/^H[1-3]$/.test(e.tagName))
+                                      e = e.previousElementSibling;
+                                  return e ? e.textContent : null; })()}))})""")
+        browser.close()
+    assert found["page"][0] <= found["page"][1], found["page"]
+    sections = [t["section"] for t in found["tables"]]
+    assert sections == ["Verdicts", "Calibration", "Methods", "All settings", "Failed cells"]
+    for t in found["tables"]:
+        assert t["wrapped"], t
+        assert t["table"] <= t["box"] or t["section"] == "All settings", t

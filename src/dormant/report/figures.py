@@ -99,17 +99,17 @@ def recovery_figure(rows: list[dict], path: Path, relearn_set: str = "retain",
     return _save(fig, path)
 
 
-def scatter_figure(rows: list[dict], path: Path, styles: dict | None = None) -> Path:
-    """Held-out forget accuracy against test accuracy, both at the end of the k = 0 attack
-    (retain set, main setting), one labelled point per method (mean over seeds). Good
-    unlearning sits bottom right: the attack neither restores the forget set nor costs
-    test accuracy."""
+def scatter_plot(rows: list[dict], styles: dict | None = None):
+    """The figure of :func:`scatter_figure`, unsaved (``None`` when nothing is plotted):
+    held-out forget accuracy against test accuracy, both at the end of the k = 0 attack
+    (retain set, main setting), one labelled point per method (mean over seeds)."""
     rows = [r for r in main_rows(rows) if r["k"] == 0]
     if not rows:
-        return _placeholder(path, "no successful k = 0 cells on the retain set")
+        return None
     methods = method_order(rows)
     styles = styles or method_styles(methods)
     fig, ax = plt.subplots(figsize=(6.4, 5))
+    points = []
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
         x = np.nanmean([_num(r.get("test_acc_attacked")) for r in rs])
@@ -119,12 +119,84 @@ def scatter_figure(rows: list[dict], path: Path, styles: dict | None = None) -> 
         st = styles[m]
         ax.scatter([x], [y], color=st["color"], s=60 if m in REFERENCE_STYLE else 36,
                    marker="s" if m in REFERENCE_STYLE else "o", zorder=3)
-        ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        points.append((x, y, m))
+    ax.margins(0.15)  # room for the labels inside the frame
     ax.set_xlabel("test accuracy after the attack (%)")
     ax.set_ylabel("held-out forget accuracy after the attack (%)")
     ax.set_title("after the retain-only attack (k = 0)", fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.tight_layout()  # before the labels: it moves the axes, and the labels sit in pixels
+    place_labels(fig, ax, points)
+    return fig
+
+
+# offsets tried for a label, in points from its point: nearest first, 16 directions a ring
+_RINGS = (6, 12, 20, 30, 42, 56, 72, 90)
+_ANGLES = np.deg2rad([30, 150, 210, 330, 90, 270, 0, 180, 60, 120, 240, 300, 15, 165, 195, 345])
+_MARKER_PX = 6.0  # half the side of a marker's box, in pixels at the figure's dpi
+
+
+def place_labels(fig, ax, points: list[tuple[float, float, str]], fontsize: float = 7) -> list:
+    """Each point's label at the nearest offset where its box overlaps no label placed
+    before it and no marker, inside the axes when possible; a label set away from its point
+    gets a thin line to it. Methods that land on nearly the same accuracies (the original
+    and a method that did nothing) stay readable: the labels fan out around the points."""
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    pad = 1.5
+    markers = [ax.transData.transform((x, y)) for x, y, _ in points]
+    marker_boxes = [(px - _MARKER_PX, py - _MARKER_PX, px + _MARKER_PX, py + _MARKER_PX)
+                    for px, py in markers]
+    placed: list[tuple[float, float, float, float]] = []
+    texts = []
+
+    def clash(box, others) -> float:
+        x0, y0, x1, y1 = box
+        return sum(max(0.0, min(x1, b[2]) - max(x0, b[0]) + pad)
+                   * max(0.0, min(y1, b[3]) - max(y0, b[1]) + pad) for b in others)
+
+    for x, y, name in points:
+        best = None
+        for r in _RINGS:
+            for a in _ANGLES:
+                dx, dy = r * np.cos(a), r * np.sin(a)
+                t = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy),
+                                fontsize=fontsize, ha=_align(dx, "left", "right"),
+                                va=_align(dy, "bottom", "top"))
+                e = t.get_window_extent(renderer)
+                box = (e.x0, e.y0, e.x1, e.y1)
+                inside = (e.x0 >= frame.x0 and e.x1 <= frame.x1 and e.y0 >= frame.y0
+                          and e.y1 <= frame.y1)
+                cost = (clash(box, placed) + clash(box, marker_boxes), not inside, r)
+                t.remove()
+                if best is None or cost < best[0]:
+                    best = (cost, dx, dy, box)
+                if cost[:2] == (0, False):
+                    break
+            if best[0][:2] == (0, False):
+                break
+        _, dx, dy, box = best
+        far = np.hypot(dx, dy) > _RINGS[0]
+        texts.append(ax.annotate(
+            name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+            ha=_align(dx, "left", "right"), va=_align(dy, "bottom", "top"),
+            arrowprops=dict(arrowstyle="-", lw=0.5, color="0.5", shrinkA=0, shrinkB=3)
+            if far else None))
+        placed.append(box)
+    return texts
+
+
+def _align(d: float, positive: str, negative: str) -> str:
+    return positive if d > 1e-6 else negative if d < -1e-6 else "center"
+
+
+def scatter_figure(rows: list[dict], path: Path, styles: dict | None = None) -> Path:
+    """Held-out forget accuracy against test accuracy after the k = 0 attack, one labelled
+    point per method (:func:`scatter_plot`). Good unlearning sits bottom right: the attack
+    neither restores the forget set nor costs test accuracy."""
+    fig = scatter_plot(rows, styles)
+    if fig is None:
+        return _placeholder(path, "no successful k = 0 cells on the retain set")
     return _save(fig, path)
 
 
