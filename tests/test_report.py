@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import math
+import os
 import re
+import stat
 
 import matplotlib
 import pytest
@@ -216,6 +218,11 @@ def test_report_files_and_self_contained_html(rows, tmp_path):
     assert "CUDA out of memory" in md and "45.0 ± 7.1" in md
     csv_lines = paths["csv"].read_text().strip().splitlines()
     assert len(csv_lines) == len(rows) + 1 and "status" in csv_lines[0]
+    # one mode for every file of the report, the one open() gives (0644 under umask 022)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {key: stat.S_IMODE(p.stat().st_mode) for key, p in paths.items()}
+    assert set(modes.values()) == {0o666 & ~umask}, modes
 
 
 def test_old_format_rows_still_report(rows, tmp_path):

@@ -3,8 +3,10 @@ hashes."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -24,10 +26,36 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
                 f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for(path))  # mkstemp's 0600 would hide a report from its readers
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _mode_for(path: Path) -> int:
+    """The mode ``path`` already has (a file a user locked down stays so), else the mode
+    ``open()`` gives a new file: 0666 less the umask, 0644 for most users, the same as the
+    figures and results.jsonl written beside it."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask: read from /proc where Linux shows it, else set and put back (the
+    only portable way, racy only against another thread creating a file at that instant)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
