@@ -292,3 +292,10 @@ def test_approving_a_kept_version_moves_the_alias_through_the_mirror(store, tmp_
     finally:
         sys.modules["mlflow"] = saved
     assert "pip install 'dormant[mlflow]'" in _one_line(capsys.readouterr().err)
+    # a mirror stopped (recorded in the ledger) is no longer checked, nor synced
+    assert main(["store", "mirror", str(store), "digits", "--stop"]) == 0
+    assert Ledger(store / "ledger.sqlite").entries(kind="registry-mirror")[-1].payload[
+        "active"] is False
+    capsys.readouterr()
+    assert main(["ledger", "verify", str(store)]) == 0
+    assert "registry mirror" not in capsys.readouterr().out
