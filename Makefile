@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-quick test-fuzz install bench clean
+.PHONY: demo test test-quick test-fuzz install bench clean docs docs-serve
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -29,9 +29,16 @@ test-quick: $(STAMP)
 test-fuzz: $(STAMP)
 	$(VENV)/bin/python -m pytest -m fuzz tests/test_fuzz.py
 
+# the documentation site (strict: a broken link or any warning fails); docs-serve previews it
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/train_throughput.py
 	$(VENV)/bin/python benchmarks/fisher.py --model cnn-small --data digits
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache
