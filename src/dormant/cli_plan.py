@@ -25,6 +25,26 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
+def _plan_data(spec, cache_dir: Path, load):
+    """The study's data when it is here; else, for a dataset with published sizes, a stand-in
+    with its label counts and image shape (a plan counts and times, it trains nothing), said
+    in one line. Nothing is downloaded, whatever the study's ``download`` says."""
+    from dormant.data.known_sizes import stand_in
+
+    try:
+        return load(spec.model_copy(update={"download": False}), cache_dir)
+    except DormantError as e:
+        ds = stand_in(spec.dataset, spec.train_size, spec.test_size)
+        if ds is None:
+            raise
+        console.print(f"note: {e}. This plan counts and times from {spec.dataset}'s "
+                      f"published sizes instead ({len(ds.y_train):,} training and "
+                      f"{len(ds.y_test):,} test images of {'x'.join(map(str, ds.image_shape))}"
+                      "); the run itself needs the data", markup=False, highlight=False,
+                      soft_wrap=True)
+        return ds
+
+
 def plan_cmd(
     study: Annotated[Path, typer.Argument(help="YAML relearning study file")],
     workers: Annotated[str, typer.Option(help="worker or GPU counts to plan for, e.g. 1,8,64")]
@@ -55,7 +75,7 @@ def plan_cmd(
     spec = load_spec(RelearnSpec, study, {"data_root": ("--data-root",
                                                          _check_data_root(data_root))}, set_)
     cache_dir = default_cache_dir()
-    ds = load_study_data(spec, cache_dir)
+    ds = _plan_data(spec, cache_dir, load_study_data)
     pipelines = resolve(spec)
     costs = (earlier_costs(spec, ds, pipelines, from_run, cache_dir) if from_run
              else measured_costs(spec, ds, pipelines, step=step_seconds))
