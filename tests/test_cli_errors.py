@@ -856,3 +856,102 @@ def test_the_backdoor_defense_size_is_checked_against_the_test_set(capsys, tmp_p
     assert defense_size(BackdoorSpec().defenses, 360) == 180
     assert defense_size(BackdoorSpec().defenses, 2000) == 500  # a large test set: the default
     assert defense_size(BackdoorSpec(defenses={"defense_size": 300}).defenses, 360) == 300
+
+
+# --- faults of the machine: one line naming the path and what to do, no temporary left ---------
+
+
+def test_an_unusable_cache_folder_is_refused_before_a_study(capsys, tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """A path under a regular file: no folder can be made there, whoever runs the test
+    (root writes through chmod)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me\n")
+    monkeypatch.setenv("DORMANT_CACHE", str(blocker / "cache"))
+    out = tmp_path / "o"
+    _fails(capsys, _relearn(out), f"DORMANT_CACHE {blocker / 'cache'}", f"{blocker} is a file")
+    _fails(capsys, _backdoor(out), f"DORMANT_CACHE {blocker / 'cache'}")
+    assert not out.exists() and blocker.read_text() == "keep me\n"
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_leaves_no_temporary(
+        capsys, tmp_path: Path, monkeypatch) -> None:
+    """Every write fails with ENOSPC half-way (the disk-full failpoint): the dataset cache
+    costs only speed (one warning line), the checkpoint ends the run with exit 1 and one
+    line naming it; no temporary file is left anywhere."""
+    cache, out = tmp_path / "cache", tmp_path / "o"
+    monkeypatch.setenv("DORMANT_CACHE", str(cache))
+    monkeypatch.setenv("DORMANT_FAILPOINT", "disk-full")
+    capsys.readouterr()
+    rc = main(["train", "--steps", "1", "--device", "cpu", "--out", str(out)])
+    cap = capsys.readouterr()
+    assert rc == 1, cap.out + cap.err
+    assert "Traceback" not in cap.err
+    warn, err = cap.err.splitlines()
+    assert warn.startswith(f"warning: could not write the dataset cache {cache / 'data'}/")
+    assert "No space left on device" in warn and "decoded again on every run" in warn
+    assert err.startswith("error: No space left on device"), err
+    assert err.endswith(f": {out / 'model.safetensors'}; free space on that disk, or point "
+                        "DORMANT_CACHE / --out to another one, then rerun (nothing recorded "
+                        "was lost)"), err
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == []  # not a byte
+
+
+# --- messages that point the right way --------------------------------------------------------
+
+
+def test_a_set_below_a_flags_key_names_the_set_not_the_flag(capsys, tmp_path: Path) -> None:
+    line = _fails(capsys, _relearn(tmp_path / "o", "--train-size", "100", "--set",
+                                   "train_size.x=1"), "--set train_size.x=1", "valid integer")
+    assert "--train-size" not in line  # the flag's value was fine, and the --set replaced it
+
+
+def test_a_folder_given_as_a_checkpoint_is_called_a_folder(capsys, tmp_path: Path,
+                                                           digits_ckpt: Path) -> None:
+    folder = digits_ckpt.parent
+    _fails(capsys, _unlearn(folder, tmp_path / "o"), f"checkpoint {folder} is a folder",
+           f"e.g. {digits_ckpt}")
+    assert not (tmp_path / "o").exists()
+
+
+def test_another_stores_ledger_is_named_as_such(capsys, tmp_path: Path,
+                                                digits_ckpt: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["store", "add", str(a), "alpha", str(digits_ckpt)]) == 0
+    assert main(["store", "add", str(b), "beta", str(digits_ckpt)]) == 0
+    for args in (["store", "list", str(b)], ["approve", "--store", str(b), "--request", "x",
+                                             "--by", "me", "--comment", "ok"]):
+        _fails(capsys, [*args, "--ledger", str(a / "ledger.sqlite")],
+               f"--ledger {a / 'ledger.sqlite'} is not the ledger of the store {b}",
+               "models/beta/v1.safetensors")
+
+
+def test_user_text_is_printed_as_it_is_never_as_markup(capsys, tmp_path: Path) -> None:
+    out, store = tmp_path / "[reverse]run", tmp_path / "[red]store"
+    capsys.readouterr()
+    assert main(["train", "--steps", "1", "--device", "cpu", "--out", str(out),
+                 "--store", str(store), "--name", "m"]) == 0
+    printed = capsys.readouterr().out.replace("\n", "")
+    assert "[reverse]run/model.safetensors" in printed
+    assert "[red]store as m v1" in printed
+    assert main(["ledger", "show", str(store)]) == 0
+    assert "[red]store" in capsys.readouterr().out
+
+
+def test_unlearning_dearer_than_retraining_reads_as_a_cost(capsys, tmp_path: Path) -> None:
+    from dormant.requests import Ledger
+
+    path = tmp_path / "ledger.sqlite"
+    book = Ledger(path, create=True)
+    book.append("request-finished", {
+        "from_version": 1, "to_version": 2, "ids": [1, 2], "method": "finetune",
+        "verdict": "pass", "promoted": True,
+        "measurements": {"before": {"test_acc": 90.0}, "after": {"test_acc": 89.0}},
+        "cost": {"training_seconds": 50.5, "full_retrain_seconds": 40.4}},
+        request_id="r1", model="m")
+    capsys.readouterr()
+    assert main(["ledger", "show", str(path)]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert ("against 40.4 s for a full retrain per request (a batch shares one): 10.1 s more "
+            "than retraining (1.2x the retrain's cost)") in printed
+    assert "saved" not in printed and "-10.1" not in printed

@@ -54,13 +54,22 @@ register_service(app)
 
 
 def _row_line(r: dict) -> str:
-    lr = r.get("attack_lr")
-    head = (f"  {r.get('method')!s:<18} seed {r.get('seed')} k={r.get('k')!s:<3} "
-            f"{r.get('relearn_set')!s:<8} lr {'-' if lr is None else format(lr, '.0e')}")
+    """One cell: the method with its own strength (the calibrated value, else its lr), then
+    the forget accuracy after unlearning -> at the attack's end, and the attack's own lr,
+    labelled as such (in 100 columns)."""
+    cal = (r.get("calibration") or [{}])[0]
+    param, value = (cal["param"], cal["chosen"]) if cal else ("lr", (r.get("hparams") or {}
+                                                                     ).get("lr"))
+    own = "" if value is None or r.get("method") in ("original", "retrain") else \
+        f"{param} {value:.3g}"
+    alr = r.get("attack_lr")
+    head = (f"  {r.get('method')!s:<15} {own:<10} seed {r.get('seed')} k={r.get('k')!s:<2} "
+            f"{r.get('relearn_set')!s:<7}")
     if r.get("status") == "failed":
-        return f"{head}  FAILED: {r['error']}"
-    return (f"{head}  forget {r['forget_acc']:5.1f} -> {r['forget_acc_attacked_end']:5.1f} at "
-            f"the attack's end (max {r['forget_acc_attacked']:5.1f})")
+        return f"{head} FAILED: {r['error']}"
+    return (f"{head} forget {r['forget_acc']:5.1f} -> {r['forget_acc_attacked_end']:5.1f} "
+            f"(max {r['forget_acc_attacked']:5.1f}), attack lr "
+            f"{'-' if alr is None else format(alr, '.0e')}")
 
 
 def _results_table(rows: list[dict], title: str) -> Table:
@@ -96,6 +105,7 @@ def study_line(spec, out: Path, executor, cells_of) -> str:
     """What a study will run, in one line: its cells (new and already in ``out``), methods,
     seeds, device and executor. ``cells_of(spec, dataset)`` expands the grid (every check of
     the spec runs in it, so bad input stops here, before any training)."""
+    from dormant.cli_common import check_cache_dir
     from dormant.data.sources import default_cache_dir
     from dormant.engine import resolve_device
     from dormant.executors.options import ExecutorOptions
@@ -103,6 +113,7 @@ def study_line(spec, out: Path, executor, cells_of) -> str:
     from dormant.store.results import final, read_rows
 
     executor = executor or ExecutorOptions()
+    check_cache_dir()
     keys = list(dict.fromkeys(c.key for c in cells_of(spec, load_study_data(
         spec, default_cache_dir()))))
     path = out / "results.jsonl"
@@ -118,7 +129,9 @@ def study_line(spec, out: Path, executor, cells_of) -> str:
             f"executor {where}")
 
 
-def _run_study(spec, out: Path, title: str, executor=None) -> list[dict]:
+def _run_study(spec, out: Path, title: str, executor=None, brief: bool = False) -> list[dict]:
+    """``brief`` (the demo): one line per stage instead of one per cell."""
+    from dormant.cli_rows import StageLines
     from dormant.experiments import run_relearn
     from dormant.experiments.relearn import fit_note, relearn_cells
     from dormant.report import main_verdicts, write_relearn_report
@@ -130,14 +143,20 @@ def _run_study(spec, out: Path, title: str, executor=None) -> list[dict]:
     noted: set = set()
 
     def on_row(r: dict) -> None:
-        bars.say(_row_line(r))
+        if brief:
+            stages.row(r)
+        else:
+            bars.say(_row_line(r))
         note = fit_note(r)
         if note and r.get("seed") not in noted:
             noted.add(r.get("seed"))
             bars.say(note)
 
-    with ProgressBars(console) as bars:
+    with ProgressBars(console, study=True) as bars:
+        stages = StageLines(bars, _row_line)
         rows = run_relearn(spec, out, progress=bars, executor=executor, on_row=on_row)
+    if brief:
+        console.print(stages.summary(time.perf_counter() - t0), highlight=False)
     paths = write_relearn_report(rows, out, title)
     console.print(_results_table(rows, f"{title}: {rows[0]['dataset']}, {rows[0]['model']}, "
                                        f"forget {rows[0]['forget']}"))
@@ -172,7 +191,7 @@ def demo(
     _check_out(out)
     spec = load_spec(RelearnSpec, given=flag_values(dataset="digits", k=[0, 5], device=device)
                      | {"seeds": ("--seeds", _numbers(seeds, "seeds"))})
-    _run_study(spec, out, "dormant demo: relearning after unlearning")
+    _run_study(spec, out, "dormant demo: relearning after unlearning", brief=True)
 
 
 STUDY = [*flags("dataset", "download", "train_size", "test_size", "model", "methods", "preset",
@@ -332,10 +351,12 @@ def unlearn_cmd(
     device: Device = "auto",
 ) -> None:
     """Apply an unlearning method to a saved checkpoint."""
+    from dormant.errors import need_file
     from dormant.experiments.single import unlearn_checkpoint
     from dormant.unlearn import get_method, get_preset, make_hparams
 
     get_method(method)
+    need_file(checkpoint, "checkpoint", suffix=".safetensors")
     _check_positive(steps=steps)
     if lr is not None and not_finite(lr):
         raise DormantError(f"--lr: must be a finite number, got {lr}")
@@ -368,8 +389,6 @@ def methods(
 ) -> None:
     """List the unlearning methods with their defaults and sources, or with --preset the
     values each one runs under that preset and where they come from."""
-    from rich.markup import escape
-
     from dormant.unlearn import (
         PAPER,
         available_methods,
@@ -389,7 +408,7 @@ def methods(
             defaults = ", ".join(f"{k}={v}" for k, v in info.defaults().items()) or "-"
             src = plugins.source("methods", name)
             where = "" if src is None or src.level == "built-in" else f" (from {src})"
-            t.add_row(name, escape(defaults), escape(info.summary + where))
+            t.add_row(name, defaults, info.summary + where)
         console.print(t)
         return
     t = Table(title=f"unlearning methods under preset {preset}")
@@ -413,8 +432,6 @@ def methods(
 def plugins_cmd() -> None:
     """List the plugins found (entry points, --plugin, DORMANT_PLUGINS), what each
     registered, and those that failed to load."""
-    from rich.markup import escape
-
     found = plugins.plugins()
     if not found:
         console.print("no plugins: none installed in the groups "
@@ -426,8 +443,7 @@ def plugins_cmd() -> None:
         t.add_column(col, overflow="fold")
     for p in found:
         status = f"failed: {p.error}" if p.error else "loaded"
-        t.add_row(escape(str(p.source)), escape(status),
-                  escape(", ".join(p.registered) or "-"))
+        t.add_row(str(p.source), status, ", ".join(p.registered) or "-")
     console.print(t)
 
 
@@ -483,9 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the machine, not the input: a full disk, a read-only folder
         if debug:
             raise
-        where = f": {e.filename}" if e.filename else ""
-        print(f"error: {e.strerror or e}{where}; nothing recorded was lost (free space or fix "
-              "the permissions, then rerun)", file=sys.stderr)
+        from dormant.errors import environment_line
+
+        print(f"error: {environment_line(e)}", file=sys.stderr)
         return 1
     return 0
 

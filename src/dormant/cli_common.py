@@ -27,7 +27,9 @@ from rich.console import Console
 from dormant.errors import DormantError
 from dormant.settings import apply_sets, load_yaml, not_finite, parse_yaml, put, short, validate
 
-console = Console()
+# markup off: what is printed holds user text (paths, names, error messages), and a file
+# named "[reverse]evil.txt" must print as it is; the few styled lines opt in with markup=True
+console = Console(markup=False)
 
 Dataset = Annotated[str, typer.Option("--dataset", help="digits, mnist, fashion-mnist, cifar10, "
                                       "cifar100, svhn, imagefolder:PATH or npz:PATH")]
@@ -203,7 +205,13 @@ def load_spec(cls: type, study: Path | None = None, given: dict | None = None,
             put(data, f"{key}.{sub}" if sub else key, v)
             names[f"{key}.{sub}" if sub else key] = flag
     data = apply_sets(data, sets)
-    names.update({s.partition("=")[0].strip(): f"--set {s}" for s in sets or []})
+    for s in sets or []:
+        key = s.partition("=")[0].strip()
+        # the --set replaced whatever a flag put at this key, above it or below it: an error
+        # there is the --set's, not the flag's
+        names = {k: f for k, f in names.items() if not (
+            k == key or k.startswith(key + ".") or key.startswith(k + "."))}
+        names[key] = f"--set {s}"
     return validate(cls, data, f"study file {study}" if study else "options", names)
 
 
@@ -315,6 +323,16 @@ def _check_out(out: Path | None, flag: str = "--out") -> None:
         what = "write into" if ancestor == out else "create folders in"
         raise DormantError(f"{flag} {out}: cannot {what} {ancestor} (permission denied or "
                            "a read-only file system); give a writable path")
+
+
+def check_cache_dir() -> None:
+    """Refuse, before a study trains anything, a cache folder that cannot be made or written:
+    every model a study builds goes there, so each cell would fail on it."""
+    from dormant.data.sources import default_cache_dir
+
+    env = os.environ.get("DORMANT_CACHE")
+    _check_out(default_cache_dir(), "DORMANT_CACHE" if env else
+               "the cache folder (set DORMANT_CACHE to move it)")
 
 
 def outside_stores(path: Path, flag: str = "--out") -> None:

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from dormant.cli_common import (
     DataRoot,
@@ -26,7 +27,7 @@ from dormant.cli_common import (
     load_spec,
 )
 from dormant.cli_progress import ProgressBars
-from dormant.errors import DormantError
+from dormant.errors import DormantError, need_file
 from dormant.tracking.cli import mirror_after, store_mirror
 
 store_app = typer.Typer(no_args_is_help=True, help="The model store: add and list versions.")
@@ -71,7 +72,7 @@ def _summary(rec: dict) -> Table:
     style = {"pass": "green", "warn": "yellow", "fail": "red"}
     for c in rec["checks"]:
         t.add_row(c["name"], _num(c["value"]), _num(c["warn"]), _num(c["fail"]),
-                  f"[{style[c['status']]}]{c['status']}[/]", c["detail"])
+                  Text(c["status"], style=style[c["status"]]), c["detail"])
     return t
 
 
@@ -203,8 +204,7 @@ def audit(
 
     pol = load_policy(policy)
     for p in (original, unlearned):
-        if not p.is_file():
-            raise DormantError(f"checkpoint {p} does not exist; check the path")
+        need_file(p, "checkpoint", suffix=".safetensors")
     out = out or Path("runs") / f"audit-{time.strftime('%Y%m%d-%H%M%S')}"
     _check_out(out)
     book = Ledger(ledger) if ledger is not None else None
@@ -387,7 +387,8 @@ def ledger_verify(
         store = ledger
     r = book.verify(expect_head=expect_head, store=store)
     if not r.ok:
-        console.print(f"[red]FAILED[/] at row {r.bad_seq}: {r.problem}", highlight=False)
+        console.print(f"[red]FAILED[/] at row {r.bad_seq}: {escape(r.problem)}", highlight=False,
+                      markup=True)
         raise typer.Exit(1)
     mirrors = 0
     if mirror:
@@ -395,7 +396,8 @@ def ledger_verify(
 
         problems, mirrors = mirror_problems(book, ledger, store)
         for p in problems:
-            console.print(f"[red]MIRROR[/] {escape(p)}", highlight=False, soft_wrap=True)
+            console.print(f"[red]MIRROR[/] {escape(p)}", highlight=False, soft_wrap=True,
+                          markup=True)
         if problems:
             raise typer.Exit(1)
     note = f"; {r.note}" if r.note else ""
@@ -425,7 +427,7 @@ def ledger_show(ledger: LedgerArg,
     for r in history_rows(_open_ledger(ledger), model):
         t.add_row(*(r[c] for c in cols))
     # twelve columns need more than 80: a narrow terminal wraps lines rather than hiding cells
-    Console(width=max(console.width, 132)).print(t)
+    Console(width=max(console.width, 132), markup=False).print(t)
     console.print("test: test accuracy after the row's request; drift: its change since the "
                   "model's first version (points)")
     book = _open_ledger(ledger)
@@ -434,11 +436,12 @@ def ledger_show(ledger: LedgerArg,
         console.print(line, highlight=False)
     for s in book.requests(model):
         if s.status == "unfinished":
-            console.print(f"[yellow]unfinished[/] request {s.describe()}: no outcome row; killed, "
-                          "or still running (rerun the same request to resume it)",
-                          highlight=False)
+            console.print(f"[yellow]unfinished[/] request {escape(s.describe())}: no outcome "
+                          "row; killed, or still running (rerun the same request to resume it)",
+                          highlight=False, markup=True)
         elif s.status == "failed":
-            console.print(f"[red]failed[/] request {s.describe()}", highlight=False)
+            console.print(f"[red]failed[/] request {escape(s.describe())}", highlight=False,
+                          markup=True)
 
 
 @ledger_app.command("export")

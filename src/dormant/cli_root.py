@@ -77,7 +77,9 @@ def one_line_warnings() -> None:
         return
 
     def show_line(message, category, *args, **kwargs) -> None:
-        if issubclass(category, plugins.PluginWarning):
+        from dormant.errors import DormantWarning  # a cache the machine cannot write
+
+        if issubclass(category, plugins.PluginWarning | DormantWarning):
             print(f"warning: {message}", file=sys.stderr)
         else:
             show(message, category, *args, **kwargs)

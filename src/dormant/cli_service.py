@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from dormant.cli_common import DataRoot, Device, TrainSize, console
@@ -79,7 +80,8 @@ def serve(
                   Limits(max_body=max_body, max_upload=max_upload))
     if not svc.db.tokens():
         console.print("[yellow]no tokens yet[/]: make one with dormant token create --store "
-                      f"{store} --role admin --name NAME", highlight=False)
+                      f"{escape(str(store))} --role admin --name NAME", highlight=False,
+                      markup=True)
     log_to(store / "service.log")
     console.print(f"serving {store} on http://{host}:{port} (API docs /docs, dashboard /ui; "
                   f"policies: {', '.join(pols)}; log {store / 'service.log'})",

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dormant.errors import DormantError
+from dormant.errors import DormantError, need_file
 from dormant.settings import read_text
 
 SPEC_HELP = (
@@ -73,8 +73,7 @@ def parse_forget(text: str) -> ForgetSpec:
 
 def read_ids(path: Path, n_train: int) -> torch.Tensor:
     """Training indices from a text file (whitespace or comma separated) or a ``.npy`` file."""
-    if not path.exists():
-        raise DormantError(f"ids file {path} does not exist; give a text or .npy file of indices")
+    need_file(path, "ids file", "give a text or .npy file of indices")
     if path.suffix == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
@@ -208,8 +207,7 @@ def select_forget(
 def load_cscores(path: Path, n_train: int) -> torch.Tensor:
     """C-scores (higher = more typical) from an ``.npz`` with one array, aligned with the
     training set as loaded (before ``--train-size`` subsetting is applied)."""
-    if not path.exists():
-        raise DormantError(f"--cscores file {path} does not exist")
+    need_file(path, "--cscores file", suffix=".npz")
     try:
         with np.load(path, allow_pickle=False) as z:
             key = "scores" if "scores" in z.files else z.files[0]

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ import torch
 
 from dormant import plugins
 from dormant.data.dataset import Dataset
-from dormant.errors import DormantError
+from dormant.errors import DormantError, DormantWarning, need_file
 
 Loader = Callable[[str | None, Path | None, bool], Dataset]
 # key material for the cache: anything JSON-serialisable that changes when the inputs change
@@ -174,30 +173,40 @@ def _read_cache(path: Path, name: str) -> Dataset | None:
             fingerprint=meta["fingerprint"],
         )
     except Exception as e:  # any unreadable cache file is just a miss: rebuild it
-        warnings.warn(f"ignoring unreadable dataset cache {path}: {e}", stacklevel=3)
+        _warn_once(path, f"ignoring the unreadable dataset cache {path} ({_one_line(e)}); it "
+                         "is rebuilt")
         return None
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(path: Path, text: str) -> None:
+    """One warning line per cache file and process: a study loads its data many times."""
+    if str(path) not in _WARNED:
+        _WARNED.add(str(path))
+        warnings.warn(text, DormantWarning, stacklevel=4)
+
+
 def _write_cache(path: Path, ds: Dataset) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from dormant.store.files import atomic_write_bytes
 
     tensors = {
         k: getattr(ds, k).contiguous() for k in ("x_train", "y_train", "x_test", "y_test")
     }
     meta = {"name": ds.name, "classes": json.dumps(list(ds.classes)), "fingerprint": ds.fingerprint}
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        save_file(tensors, tmp, metadata=meta)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a cache may be shared
-        os.replace(tmp, path)  # atomic: readers never see a half-written file
+        # serialised in memory, then written by the one atomic writer: a full disk leaves no
+        # temporary file (safetensors' own file writer raises no OSError, and left one)
+        atomic_write_bytes(path, save(tensors, metadata=meta))
+        os.chmod(path, 0o644)  # a cache may be shared: readable whatever the umask
     except OSError as e:
         # a read-only or full cache costs speed, not correctness
-        warnings.warn(f"could not write dataset cache {path}: {e}", stacklevel=3)
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        _warn_once(path, f"could not write the dataset cache {path}: {e.strerror or e} "
+                         f"({e.filename or path}); the data is decoded again on every run "
+                         "until DORMANT_CACHE is a writable folder with free space")
 
 
 # --- digits ------------------------------------------------------------------------------------
@@ -452,8 +461,7 @@ def _npz_labels(a: np.ndarray, key: str, path: Path) -> torch.Tensor:
 @register_source("npz:PATH")
 def _load_npz(arg: str | None, root: Path | None, download: bool) -> Dataset:
     path = Path(arg or "").expanduser()
-    if not path.is_file():
-        raise DormantError(f"npz file {path} does not exist; pass npz:PATH to an existing .npz")
+    need_file(path, "npz file", "pass npz:PATH to an existing .npz", suffix=".npz")
     try:
         npz = np.load(path, allow_pickle=False)  # pickles can run code: never load them
     except Exception as e:

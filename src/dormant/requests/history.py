@@ -87,7 +87,14 @@ def cost_line(ledger: Ledger, model: str | None = None) -> str | None:
         n += 1
     if not n:
         return None
-    times = f" ({full / spent:.1f}x cheaper)" if spent > 0 else ""
-    return (f"training: {spent:.1f} s over {n} request{'s' if n > 1 else ''}, against "
-            f"{full:.1f} s for a full retrain per request (a batch shares one): "
-            f"{full - spent:.1f} s saved{times}")
+    head = (f"training: {spent:.1f} s over {n} request{'s' if n > 1 else ''}, against "
+            f"{full:.1f} s for a full retrain per request (a batch shares one): ")
+    # unlearning can cost more than retraining (a small model, a long budget): say so, never
+    # a negative saving
+    if spent <= 0:
+        return head + f"{full:.1f} s saved"
+    if full >= spent:
+        return head + f"{full - spent:.1f} s saved ({full / spent:.1f}x cheaper)"
+    return head + (f"{spent - full:.1f} s more than retraining ({spent / full:.1f}x the "
+                   "retrain's cost)" if full > 0 else f"{spent - full:.1f} s more than "
+                   "retraining")

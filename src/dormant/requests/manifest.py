@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from dormant.errors import DormantError
+from dormant.errors import DormantError, need_file
 
 HEADER = ("id", "contributor")
 _NAME = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
@@ -66,8 +66,7 @@ def parse_manifest(text: str, source: str = "manifest") -> dict[int, str]:
 
 def read_manifest(path: Path) -> dict[int, str]:
     path = Path(path)
-    if not path.is_file():
-        raise DormantError(f"manifest {path} does not exist; check the path")
+    need_file(path, "manifest")
     if path.stat().st_size > MAX_BYTES:
         raise DormantError(f"manifest {path} is over {MAX_BYTES >> 20} MiB")
     try:

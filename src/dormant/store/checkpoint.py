@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from dormant.errors import DormantError
+from dormant.errors import DormantError, need_file
 from dormant.models import ModelSpec, create_model
 from dormant.models.ensemble import member_name, spec_of
 from dormant.store.files import atomic_write_bytes, atomic_write_text
@@ -117,8 +117,7 @@ def read_sidecar(path: Path) -> dict:
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """State dict and sidecar (empty dict when there is none)."""
     path = Path(path)
-    if not path.is_file():
-        raise DormantError(f"checkpoint {path} does not exist; check the path")
+    need_file(path, "checkpoint", suffix=".safetensors")
     state = _read_state(path)
     check_finite(state, path)
     return state, read_sidecar(path)

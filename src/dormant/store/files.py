@@ -10,12 +10,18 @@ import stat
 import tempfile
 from pathlib import Path
 
+from dormant.errors import at_path
 from dormant.failpoints import disk_point
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """``data`` at ``path`` whole or not at all; a failed write (a full disk) leaves no
+    temporary file behind and raises an ``OSError`` that names ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise at_path(e, path.parent) from None
     try:
         with os.fdopen(fd, "wb") as f:
             if path.suffix == ".safetensors":
@@ -28,6 +34,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, _mode_for(path))  # mkstemp's 0600 would hide a report from its readers
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise at_path(e, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
