@@ -397,3 +397,30 @@ def test_the_api_reference_covers_every_package(site: Path) -> None:
         page = site / "api" / name / "index.html"
         assert page.is_file(), f"dormant.{name} has no API page (docs/api/{name}.md)"
         assert f'id="dormant.{name}' in page.read_text(), name
+
+
+# --- study files shown on the site: valid studies, every key a real one ----------------------
+
+
+def _study_blocks() -> list[tuple[str, str]]:
+    return [(_name(path), block) for path in DOCS
+            for block in re.findall(r"```yaml\n(.*?)```", path.read_text(encoding="utf-8"), re.S)
+            if block.startswith("dataset:")]
+
+
+def test_every_study_file_shown_is_a_valid_study(tmp_path) -> None:
+    from dormant.cli_common import load_spec
+    from dormant.errors import DormantError
+    from dormant.experiments.spec import RelearnSpec
+
+    blocks = _study_blocks()
+    assert any(page == "docs/guide/study-files.md" for page, _ in blocks), blocks
+    for i, (page, block) in enumerate(blocks):
+        study = tmp_path / f"{i}.yaml"
+        study.write_text(block)
+        spec = load_spec(RelearnSpec, study)
+        assert spec.dataset == re.match(r"dataset: (\S+)", block).group(1), page
+        broken = tmp_path / f"{i}-broken.yaml"  # the check has teeth
+        broken.write_text(block + "sedes: [0]\n")
+        with pytest.raises(DormantError, match="sedes"):
+            load_spec(RelearnSpec, broken)
