@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from dormant.cli_common import DataRoot, SetOpt, _check_data_root, _numbers, console, load_spec
@@ -80,7 +81,7 @@ def plan_cmd(
     costs = (earlier_costs(spec, ds, pipelines, from_run, cache_dir) if from_run
              else measured_costs(spec, ds, pipelines, step=step_seconds))
     p = plan(spec, ds, costs, counts)
-    console.print(f"[bold]{study}[/]: {p.cells} cells")
+    console.print(f"[bold]{escape(str(study))}[/]: {p.cells} cells", markup=True)
     t = Table(title="artefacts the cells build (each once)")
     t.add_column("kind")
     t.add_column("count", justify="right")

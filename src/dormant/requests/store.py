@@ -182,6 +182,28 @@ class ModelStore:
                                "gone; restore it from a backup (a new, empty ledger would "
                                "forget every deletion)")
         self.ledger = Ledger(path, create=create)
+        if ledger is not None and path.resolve() != (self.root / "ledger.sqlite").resolve():
+            self._require_ledger_of_store()
+
+    def _require_ledger_of_store(self) -> None:
+        """Refuse a ``--ledger`` that is another store's: its checkpoints are not here, or
+        this store's are not in it. Left unchecked, every command would go on to a wrong
+        complaint (an unknown model, a missing checkpoint) or list another store's models."""
+        named = {v.rel for name in self.models() for v in self.versions(name)}
+        named_all = named | {self.rel(name, e.payload["to_version"]) for name in self.models()
+                             for e in self.unfinished(name)}
+        on_disk = {str(p.relative_to(self.root))
+                   for p in (self.root / "models").glob("*/v*.safetensors")
+                   if re.fullmatch(r"v\d+\.safetensors", p.name)}
+        missing = sorted(r for r in named if not self.path(r).is_file())
+        stray = sorted(on_disk - named_all)
+        if missing or stray:
+            what = (f"it does not name this store's {', '.join(stray[:3])}" if stray else
+                    f"it names {missing[0]}, which this store does not hold")
+            raise DormantError(
+                f"--ledger {self.ledger.path} is not the ledger of the store {self.root}: "
+                f"{what}; give the store's own ledger, or leave --ledger out to use "
+                f"{self.root / 'ledger.sqlite'}")
 
     @contextmanager
     def lock(self, on_wait: Callable[[], None] | None = None,
