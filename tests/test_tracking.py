@@ -250,7 +250,9 @@ def test_the_registry_mirrors_the_ledger_and_verify_reports_a_tampered_mirror(
                  "--new-lineage", "retrained without every deleted id"]) == 0
     assert "registered v4; alias 'champion' moved to v4" in " ".join(
         capsys.readouterr().out.split())
-    assert main(["ledger", "verify", str(store)]) == 0
+    # given the ledger file rather than the store, verify finds the store beside it
+    assert main(["ledger", "verify", str(store / "ledger.sqlite")]) == 0
+    assert "1 registry mirror(s) in agreement" in " ".join(capsys.readouterr().out.split())
 
 
 def test_approving_a_kept_version_moves_the_alias_through_the_mirror(store, tmp_path, capsys):
