@@ -1,6 +1,12 @@
 """Model registry. Importing this package registers every built-in architecture."""
 
-from dormant.models import cnn_small, ensemble, resnet_cifar, torchvision_models  # noqa: F401
+from dormant.models import (  # noqa: F401
+    cnn_small,
+    ensemble,
+    resnet_cifar,
+    timm_models,
+    torchvision_models,
+)
 from dormant.models.registry import (
     ModelSpec,
     available_models,

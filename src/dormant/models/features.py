@@ -13,6 +13,8 @@ Which modules count as hidden states (``hidden_layers``), in forward order:
 - ``nn.Sequential`` (``mlp``, ``cnn-small``): every top-level child, except the last (the
   logits), that is or contains an activation function; i.e. the output after each
   nonlinearity or nonlinear block, before any pooling that follows it.
+- timm models: the modules their own ``feature_info`` names, in its order (the stem's and
+  every stage's output for CNNs, every transformer block for ViTs).
 - Anything else: every residual block (modules named ``BasicBlock`` or ``Bottleneck``, as
   in torchvision's ResNets); a model with none of these needs its layers named explicitly.
 """
@@ -44,9 +46,13 @@ def hidden_layers(model: nn.Module) -> list[str]:
     (the rule per architecture is in this module's docstring)."""
     if isinstance(model, ResNet):
         return ["layers" + INPUT] + [f"layers.{i}" for i in range(len(model.layers))]
+    info = getattr(model, "feature_info", None)
     if isinstance(model, nn.Sequential):
         children = list(model.named_children())[:-1]
         names = [name for name, child in children if _nonlinear(child)]
+    elif isinstance(info, list) and all(isinstance(f, dict) for f in info):
+        modules = dict(model.named_modules())
+        names = [f["module"] for f in info if f.get("module") in modules]
     else:
         names = [name for name, m in model.named_modules() if type(m).__name__ in _BLOCKS]
     if not names:

@@ -91,6 +91,8 @@ def fit_spec(state: dict[str, torch.Tensor], side: dict, arch: str, path: Path) 
             model = create_model(spec)
         except (TypeError, ValueError, RuntimeError) as e:
             if isinstance(e, DormantError):
+                if not isinstance(given, dict):
+                    continue  # a guessed size the model refuses (a timm ViT's patch grid)
                 raise
             raise DormantError(f"cannot build --arch {arch!r} as {spec}: {one_line_of(e)}; fix "
                                f"the sidecar of {path} or pass the plain weights") from None
