@@ -1,5 +1,12 @@
 """The one exception type that the CLI turns into a single line and exit code 2, and the
-check of a file path that every reader shares."""
+check of a file path that every reader shares.
+
+Exit codes: 2 for anything found before the work starts, the machine's faults included when
+they can be seen then (a cache folder or ``--out`` that cannot be made or written); 1 for a
+fault of the machine met mid-run (a full disk: one line naming the file, nothing half
+written), or a study whose every cell failed. In a study, such a fault fails the cells it
+meets (their rows are marked transient, and a rerun into the same ``--out`` retries them);
+a cache that cannot be written costs only speed and is one ``warning:`` line."""
 
 from __future__ import annotations
 
