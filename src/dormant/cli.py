@@ -172,8 +172,11 @@ def _exit_if_all_failed(rows: list[dict], out: Path) -> None:
     measured nothing, and a script must not read it as done."""
     if rows and all(r.get("status") == "failed" for r in rows):
         first = rows[0].get("error") or "no error recorded"
+        # a fault of the machine (a full disk, memory) is retried by a rerun; say so
+        retry = (f"; fix the cause and rerun into {out}: these cells are retried"
+                 if all(r.get("transient") for r in rows) else "")
         console.print(f"every one of the {len(rows)} cells failed (the first: {first}); the "
-                      f"tracebacks are in {out / 'workers' / 'errors.log'}", style="red",
+                      f"tracebacks are in {out / 'workers' / 'errors.log'}{retry}", style="red",
                       markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 

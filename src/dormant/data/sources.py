@@ -204,9 +204,10 @@ def _write_cache(path: Path, ds: Dataset) -> None:
         os.chmod(path, 0o644)  # a cache may be shared: readable whatever the umask
     except OSError as e:
         # a read-only or full cache costs speed, not correctness
-        _warn_once(path, f"could not write the dataset cache {path}: {e.strerror or e} "
-                         f"({e.filename or path}); the data is decoded again on every run "
-                         "until DORMANT_CACHE is a writable folder with free space")
+        where = f" ({e.filename})" if e.filename and str(e.filename) != str(path) else ""
+        _warn_once(path, f"could not write the dataset cache {path}: {e.strerror or e}{where}; "
+                         "the data is decoded again on every run until DORMANT_CACHE is a "
+                         "writable folder with free space")
 
 
 # --- digits ------------------------------------------------------------------------------------
