@@ -5,6 +5,7 @@ and the site show is checked against the real CLI, and the cheap ones are run as
 from __future__ import annotations
 
 import contextlib
+import functools
 import html
 import io
 import json
@@ -142,6 +143,12 @@ def _tokens(command: str) -> list[str]:
 
 
 def _help(sub: list[str]) -> tuple[int, str]:
+    return _help_at(tuple(sub), os.environ.get("COLUMNS"))
+
+
+@functools.cache
+def _help_at(sub: tuple[str, ...], columns: str | None) -> tuple[int, str]:
+    """One rendering per subcommand and width: some 300 doc commands share 26 of them."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
         rc = main([*sub, "--help"])
