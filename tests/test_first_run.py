@@ -4,6 +4,7 @@ file, and the demo's console output fits one screen."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -113,3 +114,142 @@ def test_the_stand_in_plans_what_the_real_data_plans(shared_datasets, tmp_path):
         p = plan(spec, ds, costs, [1, 2])
         got[name] = (p.cells, p.artefacts, p.makespan)
     assert got["real"] == got["stand-in"]
+
+
+# --- the demo's console ---------------------------------------------------------------------------
+
+DEMO = ("original", "retrain", "finetune", "gradient_ascent", "neggrad_plus")
+GRID = [1e-4 * 3 ** i for i in range(7)]  # a grid extended three times, as the demo's finetune
+
+
+def _demo_rows() -> list[dict]:
+    from test_report import make_row
+
+    rows = []
+    for k in (0, 5):
+        for seed in (0, 1, 2):
+            for m in DEMO:
+                cal = [] if m in ("original", "retrain") else [{
+                    "stage": 0, "method": m, "param": "lr", "target": "leakable",
+                    "goal": 44.4444, "values": GRID,
+                    "scores": [66.7, 77.8, 88.9, 88.9, 88.9, 66.7, 33.3],
+                    "retain": [100.0] * 7, "chosen": GRID[-1], "bracketed": True}]
+                row = make_row("scrub", seed, k)
+                rows.append({**row, "method": m, "calibration": cal,
+                             "forget_acc_attacked_end": row["forget_acc_attacked_last"],
+                             "hparams": {"lr": GRID[-1], "steps": 1500} if cal else {},
+                             "cell": f"{m}-{seed}-{k}", "train_steps": 324,
+                             "fit_target": 99.0})
+    return rows
+
+
+def _replay(rows: list[dict]):
+    """run_relearn as the demo calls it, replaying ``rows``: each cell reports a 1,500-step
+    unlearning run and an attack through ``progress``, as the engine does."""
+
+    def run_relearn(spec, out, progress=None, executor=None, on_row=None):
+        progress("cells", 0, len(rows))
+        for i, r in enumerate(rows, 1):
+            for step in range(0, 1501, 15):
+                progress(r["method"], step, 1500)
+            for step in range(0, 151, 5):
+                progress("attack", step, 150)
+            on_row(r)
+            progress("cells", i, len(rows))
+        return rows
+
+    return run_relearn
+
+
+def test_the_demo_output_fits_one_screen(tmp_path, monkeypatch, capsys):
+    """The demo printed about 210 lines piped (each training run's tenths, one line per cell,
+    unlabelled numbers). Now, at 100 columns: the plan, one labelled line per calibrated
+    method, a few cells lines, one summary line, the table, the verdict and the page to open,
+    all within 40 rows of the screen; no run's own progress line."""
+    import math
+
+    import dormant.experiments
+    import dormant.report
+    from dormant.cli import main
+    from dormant.cli_common import console
+
+    monkeypatch.setattr(dormant.experiments, "run_relearn", _replay(_demo_rows()))
+    out = tmp_path / "demo"
+    names = {"csv": "results.csv", "md": "report.md", "html": "report.html",
+             "png": "recovery.png", "scatter": "scatter.png", "lmc": "lmc.png"}
+    # the figures cost seconds and say nothing here: test_report.py draws them
+    monkeypatch.setattr(dormant.report, "write_relearn_report",
+                        lambda rows, out, title: {k: out / n for k, n in names.items()})
+    monkeypatch.setattr(console, "width", 100)
+    capsys.readouterr()
+    rc = main(["demo", "--out", str(out), "--device", "cpu"])
+    lines = capsys.readouterr().out.splitlines()
+    assert rc == 0, "\n".join(lines)
+    rows_on_screen = sum(max(1, math.ceil(len(ln) / 100)) for ln in lines)
+    assert rows_on_screen <= 40, "\n".join(lines)
+    assert lines[0].startswith("30 cells to run (0 already done, 30 in all)")
+    cal = [ln for ln in lines if ln.startswith("calibrated ")]
+    assert [ln.split(":")[0] for ln in cal] == [
+        "calibrated finetune", "calibrated gradient_ascent", "calibrated neggrad_plus"]
+    assert cal[0] == ("calibrated finetune: lr 0.0729, leakable forget acc 33.3% (oracle "
+                      "44.4%); also tried lr 0.0001: 66.7%, 0.0003: 77.8%, 0.0009: 88.9%, "
+                      "0.0027: 88.9%, 0.0081: 88.9%, 0.0243: 66.7%")
+    cells = [ln for ln in lines if ln.startswith("cells: ")]
+    assert 2 <= len(cells) <= 12 and cells[-1].startswith("cells: 30/30 (100%)")
+    assert not [ln for ln in lines if re.match(r"(original|retrain|finetune|gradient_ascent|"
+                                               r"neggrad_plus|attack): [\d,]+/", ln)]
+    assert any(ln.startswith("30 cells in ") and ln.endswith(": 30 ok, 0 failed")
+               for ln in lines)
+    assert lines[-1].startswith(f"wrote {out / 'report.html'} in ")
+    assert lines[-1].endswith("; beside it results.csv, report.md, results.jsonl and 3 figures")
+
+
+def test_a_study_logs_its_cells_not_each_training_run():
+    """Off a terminal a study logs the cells task only: its start, a tenth no sooner than 30 s
+    after the last line, a beat naming the run in progress after a tenth of the time so far,
+    and its end; on a terminal the last cell shows under the bars and is replaced."""
+    import io
+
+    from rich.console import Console
+
+    from dormant.cli_progress import ProgressBars
+
+    buf, now = io.StringIO(), [0.0]
+    with ProgressBars(Console(file=buf, width=200), clock_fn=lambda: now[0], study=True) as bars:
+        bars("cells", 0, 30)
+        for cell in range(1, 31):
+            for step in range(0, 1501, 150):
+                bars("finetune", step, 1500)
+            now[0] += 10.0  # a cell every 10 s: a 5-minute study
+            bars("cells", cell, 30)
+        now[0] = 300.0
+        bars("finetune", 600, 1500)
+        now[0] = 331.0
+        bars.beat_once()  # 31 s of silence, but a tenth of 331 s is 33 s: nothing yet
+        now[0] = 340.0
+        bars.beat_once()
+    lines = buf.getvalue().splitlines()
+    assert not [ln for ln in lines if ln.startswith("finetune")]
+    assert lines[0] == "cells: 0/30 (0%) in 0 s"
+    # tenths at 3, 6, ... cells, each 30 s after the last line: 3 cells (30 s) apart
+    assert [ln.split()[1] for ln in lines[1:-1]] == [f"{n}/30" for n in range(3, 30, 3)]
+    assert lines[-1] == "cells: 30/30 (100%) in 5 min 00 s"
+    assert bars.beat is not None and not bars.beat.is_alive()
+
+    buf, now = io.StringIO(), [0.0]
+    with ProgressBars(Console(file=buf, width=200), clock_fn=lambda: now[0], study=True) as bars:
+        bars("cells", 2, 30)
+        bars("finetune", 600, 1500)
+        now[0] = 331.0
+        bars.beat_once()  # 331 s since the last line, more than 33 s: the beat
+        now[0] = 340.0
+        bars.beat_once()  # 9 s later: nothing
+    assert buf.getvalue().splitlines()[1:] == [
+        "cells: 2/30 (7%) in 5 min 31 s, eta 1 h 17 min, still running (finetune 600/1,500)"]
+
+    live = ProgressBars(Console(file=io.StringIO(), force_terminal=True, width=100), study=True)
+    with live:
+        live.status("last cell: finetune seed 0")
+        live.status("last cell: finetune seed 1")
+        assert str(live.bars.status) == "last cell: finetune seed 1"
+        assert list(live.bars.get_renderables())[-1] is live.bars.status

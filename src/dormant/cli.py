@@ -131,7 +131,7 @@ def study_line(spec, out: Path, executor, cells_of) -> str:
 
 def _run_study(spec, out: Path, title: str, executor=None, brief: bool = False) -> list[dict]:
     """``brief`` (the demo): one line per stage instead of one per cell."""
-    from dormant.cli_rows import StageLines
+    from dormant.cli_rows import StageLines, wrote_line
     from dormant.experiments import run_relearn
     from dormant.experiments.relearn import fit_note, relearn_cells
     from dormant.report import main_verdicts, write_relearn_report
@@ -161,8 +161,12 @@ def _run_study(spec, out: Path, title: str, executor=None, brief: bool = False) 
     console.print(_results_table(rows, f"{title}: {rows[0]['dataset']}, {rows[0]['model']}, "
                                        f"forget {rows[0]['forget']}"))
     console.print(verdict_text(main_verdicts(rows)))
-    console.print(f"wrote {', '.join(str(p) for p in [out / 'results.jsonl', *paths.values()])} "
-                  f"in {time.perf_counter() - t0:.1f} s")
+    if brief:
+        console.print(wrote_line(paths, out, time.perf_counter() - t0), highlight=False,
+                      markup=False, soft_wrap=True)
+    else:
+        files = [out / "results.jsonl", *paths.values()]
+        console.print(f"wrote {', '.join(map(str, files))} in {time.perf_counter() - t0:.1f} s")
     _exit_if_all_failed(rows, out)
     return rows
 

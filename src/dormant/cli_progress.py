@@ -1,14 +1,14 @@
 """Progress driven by the engine's ``progress(task, done, total)`` callback: rich's live bars
-on a terminal; periodic plain log lines when the output is a pipe or a file, where rich's
-live display prints nothing at all."""
+on a terminal, which replace themselves; periodic plain log lines when the output is a pipe
+or a file, where rich's live display prints nothing at all."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,6 +17,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 
 def clock(seconds: float) -> str:
@@ -38,6 +39,18 @@ class _Task:
         self.total = 0
 
 
+class _Bars(Progress):
+    """rich's bars with one line of status under them (the last cell a study finished),
+    replaced in place like the bars."""
+
+    status: Text | None = None
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield from super().get_renderables()
+        if self.status is not None:
+            yield self.status
+
+
 class ProgressBars:
     """One bar per task label; a finished bar is removed so long studies stay readable. The
     study's ``cells`` bar (every executor drives it) carries the ETA of the whole study.
@@ -46,15 +59,23 @@ class ProgressBars:
     plain line at its start, every ``every`` of its total (10%), at least every ``interval``
     seconds (a background beat covers a phase that reports nothing for a while, such as an
     evaluation), and at its end, with the elapsed time (and, for ``cells``, the ETA from the
-    whole run's speed)."""
+    whole run's speed).
+
+    ``study=True`` (a study's thousands of training runs) logs only the ``cells`` task's
+    tenths off a terminal; the other tasks appear in the beat line, which names the one in
+    progress, and the beat's gap grows to a tenth of the time run so far, so an hour's study
+    logs tens of lines, not hundreds."""
 
     def __init__(self, console: Console, *, live: bool | None = None, every: float = 0.1,
-                 interval: float = 30.0, clock_fn: Callable[[], float] = time.monotonic
-                 ) -> None:
+                 interval: float = 30.0, clock_fn: Callable[[], float] = time.monotonic,
+                 study: bool = False) -> None:
         self.console = console
         self.live = console.is_terminal if live is None else live
         self.every, self.interval, self.now = every, interval, clock_fn
-        self.bars = Progress(
+        self.study = study
+        self.started = clock_fn()
+        self.current: tuple[str, int, int] | None = None  # the latest task but cells (study)
+        self.bars = _Bars(
             TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
             transient=True,
@@ -89,9 +110,21 @@ class ProgressBars:
             self.beat_once()
 
     def beat_once(self) -> None:
-        """Log every open task that has said nothing for ``interval`` seconds."""
+        """Log every open task that has said nothing for ``interval`` seconds (a study: the
+        cells task alone, naming the task in progress, after a tenth of the time so far)."""
         now = self.now()
         with self.lock:
+            if self.study:
+                task = self.logged.get("cells")
+                if task is not None and now - task.last_time >= max(
+                        self.interval, (now - self.started) / 10):
+                    task.last_time = now
+                    line = self._line("cells", task, now) + ", still running"
+                    if self.current is not None:
+                        label, done, total = self.current
+                        line += f" ({label} {done:,}/{total:,})"
+                    self.say(line)
+                return
             for label, task in list(self.logged.items()):
                 if now - task.last_time >= self.interval:
                     task.last_time = now
@@ -101,8 +134,19 @@ class ProgressBars:
         """A line above the bars (or in the log)."""
         self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
+    def status(self, text: str) -> None:
+        """A line under the bars that the next one replaces (on a terminal; nothing in a
+        log, where it would be one more line)."""
+        if self.live:
+            self.bars.status = Text(text, no_wrap=True, overflow="ellipsis")
+            self.bars.refresh()
+
     def __call__(self, label: str, done: int, total: int) -> None:
         if not self.live:
+            if self.study and label != "cells":
+                with self.lock:
+                    self.current = (label, done, total)
+                return
             self._log(label, done, total)
             return
         if label not in self.tasks:
@@ -124,7 +168,16 @@ class ProgressBars:
             parts = max(1, round(1 / self.every))
             step = done * parts // total if total > 0 else 0
             finished = done >= total
-            if finished or step > task.last_step or now - task.last_time >= self.interval:
+            quiet = now - task.last_time
+            if self.study:
+                # each tenth, but not within interval seconds of the last line, and otherwise
+                # after a tenth of the time so far: a two-minute demo gets a few lines, a
+                # day-long study of thousands of cells some tens
+                show = (task.last_step < 0 or step > task.last_step and quiet >= self.interval
+                        or quiet >= max(self.interval, (now - self.started) / 10))
+            else:
+                show = step > task.last_step or quiet >= self.interval
+            if finished or show:
                 task.last_step, task.last_time = step, now
                 self.say(self._line(label, task, now))
             if finished:

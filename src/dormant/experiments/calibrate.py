@@ -65,6 +65,30 @@ class Calibration:
         return asdict(self)
 
 
+def calibration_line(c: dict) -> str:
+    """One calibration (``Calibration.to_dict()``) in words, every number labelled:
+    ``calibrated finetune: lr 0.081, leakable forget acc 33.3% (oracle 44.4%); also tried lr
+    0.0001: 66.7%, 0.0003: 77.8%``."""
+    leakable = c["target"] == "leakable"
+    what, unit = ("leakable forget acc", "%") if leakable else ("L2 from θ_pre", "")
+
+    def reached(s: float) -> str:
+        return "diverged" if not math.isfinite(s) else f"{s:.1f}{unit}" if leakable \
+            else f"{s:.3g}"
+
+    pairs = list(zip(c["values"], c["scores"], strict=True))
+    chosen = next((s for v, s in pairs if v == c["chosen"]), math.nan)
+    others = ", ".join(f"{v:.3g}: {reached(s)}" for v, s in pairs if v != c["chosen"])
+    goal = f"{c['goal']:.1f}{unit}" if leakable else f"{c['goal']:.3g}"
+    line = (f"calibrated {c['method']}: {c['param']} {c['chosen']:.3g}, {what} {reached(chosen)} "
+            f"(oracle {goal})")
+    if others:
+        line += f"; also tried {c['param']} {others}"
+    if not c.get("bracketed", True):
+        line += "; no candidate lay beyond the oracle, the closest runs"
+    return line
+
+
 UTILITY_MARGIN = PROTOCOL.utility_margin
 """Points of retain accuracy below the oracle's at which a candidate no longer counts: a
 model that sends every image to one class scores 100% on a one-class forget set, and Fisher
