@@ -14,8 +14,8 @@ from dormant.experiments.relearn import method_hparams
 from dormant.experiments.spec import RelearnSpec
 from dormant.unlearn import StoppableHparams, UnlearnData, available_methods, get_method, unlearn
 
-# the module, not the function of the same name that dormant.engine re-exports
-evaluate_module = importlib.import_module("dormant.engine.evaluate")
+# the module whose predict every evaluation goes through
+evaluate_module = importlib.import_module("dormant.engine.evaluation")
 CHEAP = {"tar": {"adversaries": 1, "inner_steps": 2}, "fisher_forgetting": {"max_samples": 200},
          "ssd": {"max_samples": 300}, "sisa": {"shards": 2, "slices": 2}}
 

@@ -7,10 +7,11 @@ import dataclasses
 import pytest
 import torch
 
+import dormant.engine
 from dormant.engine import Recipe, evaluate, fit, grads, to_float
 from dormant.errors import DormantError
 from dormant.models import ModelSpec, create_model
-from dormant.unlearn import fisher_forgetting, make_hparams, ssd, unlearn
+from dormant.unlearn import fisher_forgetting, make_hparams, unlearn
 
 
 def _acc(prep, model, ids):
@@ -25,14 +26,14 @@ def _params(model):
 def captured(monkeypatch):
     """The importances SSD computed, with the ids and reduction each was asked for."""
     calls = []
-    real = ssd.batch_grad_importance
+    real = grads.batch_grad_importance
 
     def spy(model, x, y, ids, **kw):
         out = real(model, x, y, ids, **kw)
         calls.append({"ids": ids.clone(), "imp": out, **kw})
         return out
 
-    monkeypatch.setattr(ssd, "batch_grad_importance", spy)
+    monkeypatch.setattr(grads, "batch_grad_importance", spy)  # SSD imports it when it runs
     return calls
 
 
@@ -129,7 +130,7 @@ def test_ssd_never_touches_batchnorm_buffers(digits_setup, bn_model):
 def test_ssd_seed_variant_sums_then_finetunes_on_retain(digits_setup, captured, monkeypatch):
     prep = digits_setup
     fits = []
-    monkeypatch.setattr(ssd, "fit", lambda model, x, y, ids, recipe, **kw: fits.append(
+    monkeypatch.setattr(dormant.engine, "fit", lambda model, x, y, ids, recipe, **kw: fits.append(
         (ids, recipe)))
     before = _params(prep.original)
     model = unlearn("ssd", prep.original, prep.unlearn_data(), prep.context(None),
@@ -260,14 +261,14 @@ def test_fisher_forgetting_defaults_to_the_whole_retain_set_in_chunks(digits_set
     prep = digits_setup
     data = _small(prep, 120)
     calls = []
-    real = fisher_forgetting.diag_fisher
+    real = grads.diag_fisher
 
     def spy(model, x, y, ids, **kw):
         out = real(model, x, y, ids, **kw)
         calls.append((ids.clone(), kw, out))
         return out
 
-    monkeypatch.setattr(fisher_forgetting, "diag_fisher", spy)
+    monkeypatch.setattr(grads, "diag_fisher", spy)  # the method imports it when it runs
     a = _params(unlearn("fisher_forgetting", prep.original, data, prep.context(None)))
     # every retain id, each once: the original's Fisher, not a subsample
     (ids, kw, fisher), = calls

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import dormant.engine
 import dormant.unlearn.bad_teacher  # noqa: F401
 import dormant.unlearn.boundary_expand  # noqa: F401
 import dormant.unlearn.boundary_shrink  # noqa: F401
@@ -117,13 +118,13 @@ def test_random_label_forgets_and_keeps_retain(digits_setup):
 def test_bad_teacher_pulls_forget_towards_the_random_teacher(digits_setup, monkeypatch):
     prep = digits_setup
     pools = []
-    real = dormant.unlearn.bad_teacher.BatchStream
+    real = dormant.engine.BatchStream
 
     def recording(ids, batch_size, generator):
         pools.append(ids.clone())
         return real(ids, batch_size, generator)
 
-    monkeypatch.setattr(dormant.unlearn.bad_teacher, "BatchStream", recording)
+    monkeypatch.setattr(dormant.engine, "BatchStream", recording)  # methods import it on use
     model = _run(prep, "bad_teacher", steps=30, lr=1e-3)
     # one stream: all of D_f plus a random 30% of D_r, no id twice
     (pool,) = pools
@@ -332,14 +333,14 @@ def test_boundary_expand_finds_a_nested_classifier(digits_setup, cnn_setup):
 def test_boundary_expand_stops_on_the_pruned_view(digits_setup, monkeypatch):
     prep = digits_setup
     steps = []
-    real = dormant.unlearn.boundary_expand.forward
+    real = dormant.engine.forward
 
     def counting(model, x, ids, recipe, generator):
         out = real(model, x, ids, recipe, generator)
         steps.append(out.shape[1])
         return out
 
-    monkeypatch.setattr(dormant.unlearn.boundary_expand, "forward", counting)
+    monkeypatch.setattr(dormant.engine, "forward", counting)
     model = _run(prep, "boundary_expand", steps=300, lr=1e-4, stop_acc=25.0)
     assert set(steps) == {11}  # trained (C+1)-way
     assert len(steps) < 100  # stopped early (measured: 45 steps)

@@ -13,7 +13,7 @@ from torch import nn
 
 from dormant.engine.augment import augment
 from dormant.engine.device import autocast, prepare_model, to_float
-from dormant.engine.evaluate import evaluate
+from dormant.engine.evaluation import evaluate
 from dormant.engine.recipe import Recipe
 
 Progress = Callable[[str, int, int], None]

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-
-import torch
+from typing import TYPE_CHECKING
 
 from dormant.errors import DormantError
 
+if TYPE_CHECKING:
+    import torch
+
+# torch loads when a recipe first builds an optimiser: settings that only hold a recipe
+# (the method registry, ``dormant methods``) stay free of it
 _OPTIMIZERS = {
-    "adam": lambda params, r, **kw: torch.optim.Adam(params, lr=r.lr,
-                                                     weight_decay=r.weight_decay, **kw),
-    "adamw": lambda params, r, **kw: torch.optim.AdamW(params, lr=r.lr,
-                                                       weight_decay=r.weight_decay, **kw),
-    "sgd": lambda params, r, **kw: torch.optim.SGD(
+    "adam": lambda torch, params, r, **kw: torch.optim.Adam(params, lr=r.lr,
+                                                            weight_decay=r.weight_decay, **kw),
+    "adamw": lambda torch, params, r, **kw: torch.optim.AdamW(params, lr=r.lr,
+                                                              weight_decay=r.weight_decay, **kw),
+    "sgd": lambda torch, params, r, **kw: torch.optim.SGD(
         params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, **kw
     ),
 }
@@ -78,14 +82,16 @@ class Recipe:
         """The optimiser and schedule over ``params``. ``fused``: one kernel for the whole
         update where this torch has it for the device (a batched group's stacked parameters
         are too large for the per-tensor update to stay in cache), else the default."""
+        import torch
+
         params = list(params)
         opt = None
         if fused:
             try:
-                opt = _OPTIMIZERS[self.optimizer](params, self, fused=True)
+                opt = _OPTIMIZERS[self.optimizer](torch, params, self, fused=True)
             except (RuntimeError, TypeError, ValueError):
                 opt = None
-        opt = opt or _OPTIMIZERS[self.optimizer](params, self)
+        opt = opt or _OPTIMIZERS[self.optimizer](torch, params, self)
         end = (0.1 * self.lr if self.final_lr is None else self.final_lr) / self.lr
         total = self.steps
 

@@ -1,13 +1,11 @@
+from __future__ import annotations
+
 import copy
 import hashlib
 from typing import Annotated
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
-from dormant.engine import BatchStream, prepare_model, to_float, train_loop
-from dormant.engine.augment import augment
 from dormant.unlearn.base import (
     Positive,
     Preset,
@@ -50,6 +48,8 @@ def incompetent_seed(seed: int) -> int:
 
 
 def _frozen(model, device):
+    from dormant.engine import prepare_model
+
     return prepare_model(model, device).eval().requires_grad_(False)
 
 
@@ -60,6 +60,12 @@ def _frozen(model, device):
         "request makes a stream of 200 + 30% of 9,800 = 3,140 images, 13 steps")),
 })
 def bad_teacher(model, data, hp, ctx):
+    import torch
+    import torch.nn.functional as F
+
+    from dormant.engine import BatchStream, to_float, train_loop
+    from dormant.engine.augment import augment
+
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)
     device = data.x.device

@@ -20,17 +20,21 @@ import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import pydantic.dataclasses
-import torch
 from pydantic import AfterValidator, ConfigDict, Field
-from torch import nn
 
 from dormant import plugins
-from dormant.engine import Hook, Progress, Recipe, evaluate
+from dormant.engine.recipe import Recipe
 from dormant.errors import DormantError
 from dormant.settings import validate
+
+if TYPE_CHECKING:  # torch loads when a method runs: listing methods and their settings needs
+    import torch  # none of it (``dormant methods`` starts without it)
+    from torch import nn
+
+    from dormant.engine import Hook, Progress
 
 _frozen_forbid = pydantic.dataclasses.dataclass(
     frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
@@ -209,12 +213,16 @@ def noise_generator(seed: int) -> torch.Generator:
     ``create_model(seed=s)`` draws from a generator seeded with s, and Gaussian noise from a
     fresh generator seeded with the same s correlates with those initial weights (measured:
     -0.35 on the MLP), which survive training. The noise seed is derived from s instead."""
+    import torch
+
     parent = torch.Generator().manual_seed(seed)
     return torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=parent)))
 
 
 def subsample(ids: torch.Tensor, cap: int | None, g: torch.Generator) -> torch.Tensor:
     """At most ``cap`` of ``ids`` (a seeded pick, order kept); ``None`` keeps them all."""
+    import torch
+
     if cap is None or cap >= len(ids):
         return ids
     keep = torch.randperm(len(ids), generator=g)[:cap].sort().values
@@ -222,12 +230,14 @@ def subsample(ids: torch.Tensor, cap: int | None, g: torch.Generator) -> torch.T
 
 
 def stop_when_forgotten(data: UnlearnData, hp: StoppableHparams) -> Hook | None:
+    from dormant.engine import evaluate
+
     if hp.stop_acc is None or len(data.monitor) == 0:
         return None
     return lambda _step, model: evaluate(model, data.x, data.y, data.monitor).acc <= hp.stop_acc
 
 
-Method = Callable[[nn.Module, UnlearnData, object, UnlearnContext], nn.Module]
+Method = Callable[["nn.Module", UnlearnData, object, UnlearnContext], "nn.Module"]
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,9 @@
+from __future__ import annotations
+
+import functools
 import math
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from dormant.engine import BatchStream, forward, train_loop
 from dormant.errors import DormantError
 from dormant.unlearn.base import (
     BACKDOOR_DOC,
@@ -16,6 +14,10 @@ from dormant.unlearn.base import (
     register_method,
     stop_when_forgotten,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @hyperparameters
@@ -36,18 +38,27 @@ class BoundaryExpandHparams(StoppableHparams):
     strength: ClassVar[Strength | None] = Strength("lr", (0.03, 0.1, 0.3, 1.0))
 
 
-class _FirstLogits(nn.Module):
-    """The wrapped model with its logits cut to the first ``n``: the pruned model's view."""
+@functools.cache
+def _first_logits() -> type:
+    """The wrapper class (made on first use: this module loads without torch)."""
+    from torch import nn
 
-    def __init__(self, model: nn.Module, n: int) -> None:
-        super().__init__()
-        self.model, self.n = model, n
+    class FirstLogits(nn.Module):
+        """The wrapped model with its logits cut to the first ``n``: the pruned model's view."""
 
-    def forward(self, x):
-        return self.model(x)[:, : self.n]
+        def __init__(self, model: nn.Module, n: int) -> None:
+            super().__init__()
+            self.model, self.n = model, n
+
+        def forward(self, x):
+            return self.model(x)[:, : self.n]
+
+    return FirstLogits
 
 
 def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    from torch import nn
+
     found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not found:
         raise DormantError("boundary_expand needs a model whose classifier is an nn.Linear")
@@ -64,6 +75,9 @@ def _put(model: nn.Module, name: str, module: nn.Module) -> nn.Module:
 
 
 def _linear_from(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    import torch
+    from torch import nn
+
     new = nn.utils.skip_init(nn.Linear, old.in_features, weight.shape[0], bias=bias is not None,
                              device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
@@ -76,6 +90,8 @@ def _linear_from(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None
 
 def widen(head: nn.Linear, generator: torch.Generator) -> nn.Linear:
     """``head`` with one extra output row, default-initialised from ``generator``."""
+    import torch
+
     w = head.weight.detach()
     bound = 1.0 / math.sqrt(head.in_features)
     draw = torch.rand(1 + head.in_features, generator=generator).to(w) * 2 * bound - bound
@@ -88,6 +104,11 @@ def widen(head: nn.Linear, generator: torch.Generator) -> nn.Linear:
     "backdoor": Preset({"steps": 20, "lr": 1e-4}, doc=BACKDOOR_DOC),
 })
 def boundary_expand(model, data, hp, ctx):
+    import torch
+    import torch.nn.functional as F
+
+    from dormant.engine import BatchStream, forward, train_loop
+
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)
     c = data.num_classes
@@ -104,7 +125,7 @@ def boundary_expand(model, data, hp, ctx):
         return F.cross_entropy(forward(model, data.x, b, recipe, g), shadow[: len(b)])
 
     stop = stop_when_forgotten(data, hp)
-    hook = None if stop is None else (lambda done, m: stop(done, _FirstLogits(m, c)))
+    hook = None if stop is None else (lambda done, m: stop(done, _first_logits()(m, c)))
     train_loop(model, recipe, loss, hook=hook, progress=ctx.progress, label="boundary_expand")
     wide = model.get_submodule(name) if name else model
     pruned = _linear_from(wide, wide.weight.detach()[:c],

@@ -1,12 +1,8 @@
+from __future__ import annotations
+
 import copy
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from dormant.engine import BatchStream, to_float, train_loop
-from dormant.engine.augment import augment
 from dormant.unlearn.base import (
     BACKDOOR_DOC,
     NonNegative,
@@ -17,6 +13,10 @@ from dormant.unlearn.base import (
     register_method,
     stop_when_forgotten,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @hyperparameters
@@ -43,6 +43,9 @@ def neighbour_labels(
     probe: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float
 ) -> torch.Tensor:
     """argmax probe(FGSM(x)) for float inputs ``x`` in [0, 1]; ``probe`` is frozen."""
+    import torch
+    import torch.nn.functional as F
+
     x = x.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad(F.cross_entropy(probe(x), y), x)
     with torch.no_grad():
@@ -53,6 +56,12 @@ def neighbour_labels(
     "backdoor": Preset({"steps": 10, "lr": 1e-4}, doc=BACKDOOR_DOC),
 })
 def boundary_shrink(model, data, hp, ctx):
+    import torch
+    import torch.nn.functional as F
+
+    from dormant.engine import BatchStream, to_float, train_loop
+    from dormant.engine.augment import augment
+
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)
     probe = copy.deepcopy(model).eval().requires_grad_(False)

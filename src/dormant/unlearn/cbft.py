@@ -1,11 +1,7 @@
-from typing import ClassVar, Literal
+from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch.func import functional_call
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from dormant.engine import BatchStream, to_float, train_loop
-from dormant.engine.augment import augment
 from dormant.unlearn.base import (
     NonNegative,
     StepHparams,
@@ -13,6 +9,9 @@ from dormant.unlearn.base import (
     hyperparameters,
     register_method,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 PAPER_ALPHA = 1e-3
 """The seed's alpha (scripts/train.sh)."""
@@ -87,17 +86,25 @@ def cbft_terms(model, pre: dict, x: torch.Tensor, y: torch.Tensor, n_retain: int
                gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(retain CE at theta, capped barrier B at the midpoint) on one batch whose first
     ``n_retain`` rows are the retain images, the rest forget images."""
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call
+
     ce = F.cross_entropy(model(x[:n_retain]), y[:n_retain])
     mid_ce = F.cross_entropy(functional_call(model, midpoint_state(model, pre), (x,)), y)
     return ce, torch.clamp(-mid_ce, min=-gamma)
 
 
 def _grads(loss: torch.Tensor, params: list) -> list[torch.Tensor]:
+    import torch
+
     gs = torch.autograd.grad(loss, params, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs, strict=True)]
 
 
 def _norm(gs: list[torch.Tensor]) -> torch.Tensor:
+    import torch
+
     return torch.sqrt(sum(g.float().pow(2).sum() for g in gs))
 
 
@@ -105,6 +112,8 @@ def balanced_grads(ce: torch.Tensor, barrier: torch.Tensor, params: list, alpha:
                    ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """(g_CE + c * g_B, c) with c = alpha * |g_CE| / |g_B|; c = 0 once the barrier is capped
     (its gradient is then zero anyway) or where it has no gradient."""
+    import torch
+
     g_ce = _grads(ce, params)
     if not barrier.requires_grad or barrier.grad_fn is None:
         return g_ce, torch.zeros(())
@@ -123,6 +132,11 @@ def as_loss(params: list, grads: list[torch.Tensor], value: torch.Tensor) -> tor
 
 @register_method("cbft", CBFTHparams)
 def cbft(model, data, hp, ctx):
+    import torch
+
+    from dormant.engine import BatchStream, to_float, train_loop
+    from dormant.engine.augment import augment
+
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)
     retain = BatchStream(data.retain, recipe.batch_size, g)

@@ -1,13 +1,8 @@
+from __future__ import annotations
+
 import copy
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from dormant.engine import BatchStream, to_float, train_loop
-from dormant.engine.augment import augment
-from dormant.models.features import default_layers, forward_with
 from dormant.unlearn.base import (
     NonNegative,
     StoppableHparams,
@@ -17,6 +12,10 @@ from dormant.unlearn.base import (
     register_method,
     stop_when_forgotten,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @hyperparameters
@@ -43,6 +42,8 @@ class CircuitBreakersHparams(StoppableHparams):
 def chosen_layers(layers, model: nn.Module) -> list[str]:
     """The ``layers`` hyper-parameter as names: a sequence, a comma-separated string (as a
     command line gives it), or empty for ``default_layers(model)``."""
+    from dormant.models.features import default_layers
+
     if isinstance(layers, str):
         layers = [name.strip() for name in layers.split(",") if name.strip()]
     return list(layers) or default_layers(model)
@@ -57,12 +58,18 @@ def frozen_anchor(ctx: UnlearnContext) -> nn.Module:
 
 def layer_mse(h: list[torch.Tensor], h0: list[torch.Tensor]) -> torch.Tensor:
     """Mean over layers of the element-mean squared error (L_r; TAR's representation term)."""
+    import torch
+    import torch.nn.functional as F
+
     return torch.stack([F.mse_loss(a.float(), b.float()) for a, b in zip(h, h0, strict=True)]
                        ).mean()
 
 
 def layer_cosine(h: list[torch.Tensor], h0: list[torch.Tensor]) -> torch.Tensor:
     """Mean over layers of mean_batch ReLU(cos) between flattened hidden states (L_f)."""
+    import torch
+    import torch.nn.functional as F
+
     cos = [F.relu(F.cosine_similarity(a.flatten(1).float(), b.flatten(1).float(), dim=-1)).mean()
            for a, b in zip(h, h0, strict=True)]
     return torch.stack(cos).mean()
@@ -71,6 +78,10 @@ def layer_cosine(h: list[torch.Tensor], h0: list[torch.Tensor]) -> torch.Tensor:
 def representation_setup(model, data, hp, ctx):
     """What Circuit Breakers and TAR share: the recipe, a seeded generator, retain and forget
     batch streams, the hidden layers to compare, and a frozen theta_pre to compare against."""
+    import torch
+
+    from dormant.engine import BatchStream
+
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)
     retain = BatchStream(data.retain, recipe.batch_size, g)
@@ -80,6 +91,12 @@ def representation_setup(model, data, hp, ctx):
 
 @register_method("circuit_breakers", CircuitBreakersHparams)
 def circuit_breakers(model, data, hp, ctx):
+    import torch
+
+    from dormant.engine import to_float, train_loop
+    from dormant.engine.augment import augment
+    from dormant.models.features import forward_with
+
     recipe, g, retain, forget, layers, anchor = representation_setup(model, data, hp, ctx)
 
     def paired(ids):

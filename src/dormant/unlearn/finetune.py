@@ -1,8 +1,7 @@
+from __future__ import annotations
+
 from typing import ClassVar
 
-import torch
-
-from dormant.engine import fit
 from dormant.unlearn.base import (
     NonNegative,
     StepHparams,
@@ -27,6 +26,10 @@ class FinetuneHparams(StepHparams):
 
 @register_method("finetune", FinetuneHparams)
 def finetune(model, data, hp, ctx):
+    import torch
+
+    from dormant.engine import fit
+
     g = torch.Generator().manual_seed(ctx.seed)
     fit(model, data.x, data.y, data.retain, hp.recipe(ctx.recipe), generator=g,
         progress=ctx.progress, label="finetune")

@@ -1,8 +1,7 @@
-from typing import ClassVar, Literal
+from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from dormant.engine.grads import diag_fisher
 from dormant.unlearn.base import (
     NonNegative,
     PositiveInt,
@@ -13,6 +12,9 @@ from dormant.unlearn.base import (
     register_method,
     subsample,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 
 @hyperparameters
@@ -74,6 +76,10 @@ def mean_and_variance(theta0: torch.Tensor, fisher: torch.Tensor, *, num_classes
         "set, so that the request's absence from it is all that differs between requests")),
 })
 def fisher_forgetting(model, data, hp, ctx):
+    import torch
+
+    from dormant.engine.grads import diag_fisher
+
     g = noise_generator(ctx.seed)
     retain = subsample(data.retain, hp.max_samples, g)
     fisher = diag_fisher(model, data.x, data.y, retain, kind="expected", reduce="mean")

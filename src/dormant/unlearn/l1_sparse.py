@@ -1,9 +1,7 @@
-from typing import ClassVar, Literal
+from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from dormant.engine import BatchStream, forward, train_loop
 from dormant.unlearn.base import (
     NonNegative,
     StepHparams,
@@ -11,6 +9,9 @@ from dormant.unlearn.base import (
     hyperparameters,
     register_method,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 
 @hyperparameters
@@ -42,6 +43,11 @@ def l1_norm(params, reduction: str) -> torch.Tensor:
 
 @register_method("l1_sparse", L1SparseHparams)
 def l1_sparse(model, data, hp, ctx):
+    import torch
+    import torch.nn.functional as F
+
+    from dormant.engine import BatchStream, forward, train_loop
+
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)
     retain = BatchStream(data.retain, recipe.batch_size, g)

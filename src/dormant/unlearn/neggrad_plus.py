@@ -1,10 +1,8 @@
+from __future__ import annotations
+
 import math
 from typing import ClassVar
 
-import torch
-import torch.nn.functional as F
-
-from dormant.engine import BatchStream, forward, train_loop
 from dormant.unlearn.base import (
     BACKDOOR_DOC,
     Preset,
@@ -31,6 +29,11 @@ class NegGradPlusHparams(StoppableHparams):
     "backdoor": Preset({"steps": 50, "lr": 1e-4}, doc=BACKDOOR_DOC),
 })
 def neggrad_plus(model, data, hp, ctx):
+    import torch
+    import torch.nn.functional as F
+
+    from dormant.engine import BatchStream, forward, train_loop
+
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)
     forget = BatchStream(data.forget, recipe.batch_size, g)

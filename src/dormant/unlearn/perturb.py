@@ -10,28 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from torch import nn
-
-from dormant.engine import fit
 from dormant.unlearn.base import StepHparams, UnlearnContext, UnlearnData, noise_generator
 
-Perturbation = Callable[[torch.Tensor, torch.Generator, "Scale"], torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+Perturbation = Callable[["torch.Tensor", "torch.Generator", "Scale"], "torch.Tensor"]
 """``(parameter, generator, scale) -> new value`` of the same shape; random draws use
 ``generator``; ``scale`` is the parameter's :class:`Scale`, for perturbations relative to it."""
 
-NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-
-
-@torch.no_grad()
 def perturb_parameters(model: nn.Module, fn: Perturbation, generator: torch.Generator) -> None:
     """Replace every parameter by ``fn(parameter, generator, scale)``. Buffers (BatchNorm
     running statistics) are left alone, as in the seed's ``model_utils``."""
+    import torch
+
     scales = noise_scales(model)
-    for name, p in model.named_parameters():
-        p.copy_(fn(p, generator, scales[name]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(fn(p, generator, scales[name]))
 
 
 def draw(like: torch.Tensor, sampler: Callable, generator: torch.Generator) -> torch.Tensor:
@@ -69,10 +68,13 @@ def _normalises_next(model: nn.Module) -> tuple[set[int], set[int]]:
     over as many features as it has outputs (ResNet and cnn-small blocks, torchvision's
     ResNets). A model whose modules are registered out of forward order is misread as
     "tensor" scale, which is the safe side (one RMS per tensor)."""
+    from torch import nn
+
+    norm_layers = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
     owners = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
     followed, norm = set(), set()
     for m, nxt in zip(owners, owners[1:] + [None], strict=True):
-        if isinstance(m, NORM_LAYERS):
+        if isinstance(m, norm_layers):
             norm.update(id(p) for p in m.parameters(recurse=False))
             continue
         w = getattr(m, "weight", None)
@@ -82,19 +84,19 @@ def _normalises_next(model: nn.Module) -> tuple[set[int], set[int]]:
     return followed, norm
 
 
-@torch.no_grad()
 def noise_scales(model: nn.Module) -> dict[str, Scale]:
     """Every parameter's :class:`Scale`, by name, in ``model.parameters()`` order."""
     followed, norm = _normalises_next(model)
     out = {}
     for name, p in model.named_parameters():
+        w = p.detach().float()  # a scale, not a graph
         if id(p) in norm:
             out[name] = Scale("norm", None)
         elif id(p) in followed:
             dims = tuple(range(1, p.ndim))
-            out[name] = Scale("filter", p.float().pow(2).mean(dims, keepdim=True).sqrt())
+            out[name] = Scale("filter", w.pow(2).mean(dims, keepdim=True).sqrt())
         else:
-            out[name] = Scale("tensor", p.float().pow(2).mean().sqrt())
+            out[name] = Scale("tensor", w.pow(2).mean().sqrt())
     return out
 
 
@@ -102,6 +104,10 @@ def perturb_then_finetune(model: nn.Module, data: UnlearnData, hp: StepHparams,
                           ctx: UnlearnContext, fn: Perturbation, label: str) -> nn.Module:
     # separate generators: the fine-tune then draws exactly the batches `finetune` would with
     # the same seed, so a comparison isolates the perturbation
+    import torch
+
+    from dormant.engine import fit
+
     perturb_parameters(model, fn, noise_generator(ctx.seed))
     fit(model, data.x, data.y, data.retain, hp.recipe(ctx.recipe),
         generator=torch.Generator().manual_seed(ctx.seed), progress=ctx.progress, label=label)

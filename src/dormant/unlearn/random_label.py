@@ -1,9 +1,7 @@
-from typing import ClassVar
+from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, ClassVar
 
-from dormant.engine import BatchStream, forward, train_loop
 from dormant.unlearn.base import (
     NonNegative,
     StoppableHparams,
@@ -12,6 +10,9 @@ from dormant.unlearn.base import (
     register_method,
     stop_when_forgotten,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 
 @hyperparameters
@@ -35,12 +36,19 @@ def random_wrong_labels(
     y: torch.Tensor, num_classes: int, generator: torch.Generator
 ) -> torch.Tensor:
     """A uniformly drawn label other than ``y`` for each entry: (y + U{1..C-1}) mod C."""
+    import torch
+
     shift = torch.randint(1, num_classes, y.shape, generator=generator).to(y.device)
     return (y + shift) % num_classes
 
 
 @register_method("random_label", RandomLabelHparams)
 def random_label(model, data, hp, ctx):
+    import torch
+    import torch.nn.functional as F
+
+    from dormant.engine import BatchStream, forward, train_loop
+
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)
     forget = BatchStream(data.forget, recipe.batch_size, g)

@@ -1,7 +1,5 @@
+from __future__ import annotations
 
-import torch
-
-from dormant.engine import fit
 from dormant.unlearn.base import hyperparameters, register_method
 
 
@@ -16,6 +14,10 @@ class RetrainHparams:
 
 @register_method("retrain", RetrainHparams)
 def retrain(model, data, hp, ctx):
+    import torch
+
+    from dormant.engine import fit
+
     fresh = ctx.init()
     g = torch.Generator().manual_seed(ctx.seed)
     fit(fresh, data.x, data.y, data.retain, ctx.recipe, generator=g,

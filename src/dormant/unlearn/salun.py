@@ -1,12 +1,10 @@
+from __future__ import annotations
+
 import math
-from typing import Annotated, ClassVar
+from typing import TYPE_CHECKING, Annotated, ClassVar
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
-from dormant.engine import BatchStream, forward, to_float, train_loop
 from dormant.unlearn.base import (
     StoppableHparams,
     Strength,
@@ -14,6 +12,10 @@ from dormant.unlearn.base import (
     register_method,
     stop_when_forgotten,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @hyperparameters
@@ -43,6 +45,11 @@ def saliency_mask(
 ) -> list[torch.Tensor]:
     """Boolean mask per parameter: the globally top ``ratio`` entries of |grad(-CE_forget)|,
     summed over batch-mean gradients in eval mode (SalUn `generate_mask.py`)."""
+    import torch
+    import torch.nn.functional as F
+
+    from dormant.engine import to_float
+
     params = [p for p in model.parameters() if p.requires_grad]
     grads = [torch.zeros_like(p) for p in params]
     was_training = model.training
@@ -64,6 +71,11 @@ def saliency_mask(
 
 @register_method("salun", SalUnHparams)
 def salun(model, data, hp, ctx):
+    import torch
+    import torch.nn.functional as F
+
+    from dormant.engine import BatchStream, forward, train_loop
+
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)
     params = [p for p in model.parameters() if p.requires_grad]

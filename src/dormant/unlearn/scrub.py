@@ -1,12 +1,9 @@
+from __future__ import annotations
+
 import copy
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-import torch.nn.functional as F
-
-from dormant.engine import BatchStream, prepare_model, to_float, train_loop
-from dormant.engine.augment import augment
 from dormant.unlearn.base import (
     NonNegative,
     NonNegativeInt,
@@ -16,6 +13,9 @@ from dormant.unlearn.base import (
     register_method,
     stop_when_forgotten,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 
 @hyperparameters
@@ -54,6 +54,8 @@ def kl_t(student: torch.Tensor, teacher: torch.Tensor, T: float,
          reduction: str = "mean") -> torch.Tensor:
     """T^2 * KL(softmax(teacher/T) || softmax(student/T)), summed over classes and divided by
     the batch (``"batchmean"``) or by batch x classes (``"mean"``, torch's element mean)."""
+    import torch.nn.functional as F
+
     log_s = F.log_softmax(student.float() / T, dim=1)
     kl = F.kl_div(log_s, F.softmax(teacher.float() / T, dim=1), reduction="batchmean") * T * T
     # F.kl_div's own "mean" warns that it is not the true KL; dividing is the same number
@@ -62,6 +64,12 @@ def kl_t(student: torch.Tensor, teacher: torch.Tensor, T: float,
 
 @register_method("scrub", ScrubHparams)
 def scrub(model, data, hp, ctx):
+    import torch
+    import torch.nn.functional as F
+
+    from dormant.engine import BatchStream, prepare_model, to_float, train_loop
+    from dormant.engine.augment import augment
+
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)
     teacher = prepare_model(copy.deepcopy(ctx.pretrained), data.x.device)

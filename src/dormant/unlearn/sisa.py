@@ -32,14 +32,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from torch import nn
-
-from dormant.engine import Progress, Recipe, fit
-from dormant.models.ensemble import Ensemble
+from dormant.engine.recipe import Recipe
 from dormant.unlearn.base import PositiveInt, hyperparameters, register_method
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from dormant.engine import Progress
+    from dormant.models.ensemble import Ensemble
 
 
 @hyperparameters
@@ -73,6 +76,8 @@ class Assignment:
     def draw(cls, ids: torch.Tensor, n: int, shards: int, slices: int, seed: int) -> Assignment:
         """A seeded random split of ``ids`` into ``shards`` near-equal shards, each into
         ``slices`` near-equal slices."""
+        import torch
+
         perm = ids.cpu()[torch.randperm(len(ids), generator=torch.Generator().manual_seed(
             _seed(seed, "assignment")))]
         shard = torch.full((n,), -1, dtype=torch.long)
@@ -85,10 +90,14 @@ class Assignment:
 
     def ids(self, shard: int, upto: int) -> torch.Tensor:
         """The ids stage ``upto`` of ``shard`` trains on (slices 0..upto), in id order."""
+        import torch
+
         return torch.nonzero((self.shard == shard) & (self.slice >= 0)
                              & (self.slice <= upto)).flatten()
 
     def trained(self) -> torch.Tensor:
+        import torch
+
         return torch.nonzero(self.shard >= 0).flatten()
 
     def without(self, ids: torch.Tensor) -> Assignment:
@@ -135,7 +144,7 @@ class Plan:
         return cls(**{**d, "recipe": Recipe(**d["recipe"])})
 
 
-State = dict[str, torch.Tensor]
+State = dict[str, "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,8 @@ class Sisa:
     checkpoints: tuple[tuple[State, ...], ...]
 
     def ensemble(self, init: Callable[[int], nn.Module], device) -> Ensemble:
+        from dormant.models.ensemble import Ensemble
+
         members = []
         for s in range(self.plan.shards):
             m = init(_seed(self.plan.seed, s))
@@ -176,6 +187,10 @@ def _run(plan: Plan, x: torch.Tensor, y: torch.Tensor, assignment: Assignment,
          ) -> tuple[tuple[tuple[State, ...], ...], int]:
     """Train stages ``start[s]..R-1`` of every shard in ``start``; other shards keep ``base``'s
     checkpoints (the very same tensors). Returns the checkpoints and the steps run."""
+    import torch
+
+    from dormant.engine import fit
+
     steps = {(s, r): plan.stage_steps(len(assignment.ids(s, r)))
              for s, first in start.items() for r in range(first, plan.slices)}
     total = sum(steps.values())
@@ -220,6 +235,8 @@ def _run(plan: Plan, x: torch.Tensor, y: torch.Tensor, assignment: Assignment,
 def side_by_side(device: torch.device, shards: int) -> int:
     """How many shards train at once: all of them on a GPU, one at a time on a CPU, whose cores
     already serve one shard's kernels."""
+    import torch
+
     return shards if torch.device(device).type == "cuda" else 1
 
 
@@ -262,6 +279,8 @@ def sisa(model, data, hp, ctx):
     """In a study, SISA trains its own ensemble on every training id with the original's
     recipe and then deletes the forget set exactly; ``model`` (the monolithic original) is
     not used, as in ``retrain``."""
+    import torch
+
     plan = Plan.of(hp, ctx.recipe, len(data.y), ctx.seed)
     every = torch.cat([data.retain, data.forget]).sort().values
     trained, _ = train(plan, data.x, data.y, every, ctx.init, progress=ctx.progress)

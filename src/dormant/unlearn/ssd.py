@@ -1,10 +1,7 @@
-from typing import ClassVar, Literal
+from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from dormant.engine import fit
-from dormant.engine.grads import Grads, batch_grad_importance
 from dormant.unlearn.base import (
     NonNegative,
     PositiveInt,
@@ -15,6 +12,12 @@ from dormant.unlearn.base import (
     register_method,
     subsample,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from dormant.engine.grads import Grads
 
 
 @hyperparameters
@@ -55,12 +58,16 @@ class SSDHparams(StepHparams):
 
 
 def _shuffled(ids: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    import torch
+
     return ids[torch.randperm(len(ids), generator=g).to(ids.device)]
 
 
 def selective_dampening(model: nn.Module, imp_d: Grads, imp_f: Grads, alpha: float,
                         lam: float) -> int:
     """Foster et al.'s update in place; returns how many entries were dampened."""
+    import torch
+
     dampened = 0
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -77,6 +84,8 @@ def selective_dampening(model: nn.Module, imp_d: Grads, imp_f: Grads, alpha: flo
 
 def seed_dampening(model: nn.Module, imp_r: Grads, imp_f: Grads) -> None:
     """The seed paper's update in place: every entry times clamp(F_r / (F_f + 1e-6), 0, 1)."""
+    import torch
+
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name in imp_f:
@@ -85,6 +94,10 @@ def seed_dampening(model: nn.Module, imp_r: Grads, imp_f: Grads) -> None:
 
 def _importances(model: nn.Module, data: UnlearnData, hp: SSDHparams,
                  g: torch.Generator) -> tuple[Grads, Grads]:
+    import torch
+
+    from dormant.engine.grads import batch_grad_importance
+
     forget = _shuffled(data.forget, g)
     if hp.variant == "original":
         big = subsample(torch.cat([_shuffled(data.retain, g), forget]), hp.max_samples, g)
@@ -101,6 +114,10 @@ def _importances(model: nn.Module, data: UnlearnData, hp: SSDHparams,
 
 @register_method("ssd", SSDHparams)
 def ssd(model, data, hp, ctx):
+    import torch
+
+    from dormant.engine import fit
+
     g = torch.Generator().manual_seed(ctx.seed)
     imp_big, imp_f = _importances(model, data, hp, g)
     if hp.variant == "original":

@@ -1,12 +1,8 @@
+from __future__ import annotations
+
 import copy
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-import torch.nn.functional as F
-
-from dormant.engine import to_float, train_loop
-from dormant.engine.augment import augment
-from dormant.models.features import forward_with
 from dormant.unlearn.base import (
     NonNegative,
     Positive,
@@ -17,6 +13,9 @@ from dormant.unlearn.base import (
     register_method,
 )
 from dormant.unlearn.circuit_breakers import layer_mse, representation_setup
+
+if TYPE_CHECKING:
+    import torch
 
 
 @hyperparameters
@@ -57,6 +56,8 @@ class TARHparams(StepHparams):
 
 def neg_entropy(logits: torch.Tensor) -> torch.Tensor:
     """-H(softmax(logits)), averaged over the batch: minimising it maximises the entropy."""
+    import torch.nn.functional as F
+
     logp = F.log_softmax(logits.float(), dim=-1)
     return (logp.exp() * logp).sum(-1).mean()
 
@@ -64,6 +65,9 @@ def neg_entropy(logits: torch.Tensor) -> torch.Tensor:
 def tamper_gradient(model, batches, hp) -> list[torch.Tensor]:
     """The adversaries' accumulated first-order tamper-resistance gradient, per parameter:
     adversary k fine-tunes a copy of ``model`` on ``batches[k]``."""
+    import torch
+    import torch.nn.functional as F
+
     acc = [torch.zeros_like(p) for p in model.parameters()]
     weight = 1.0 / (hp.inner_steps * len(batches))
     for xf, yf in batches:
@@ -83,6 +87,13 @@ def tamper_gradient(model, batches, hp) -> list[torch.Tensor]:
 
 @register_method("tar", TARHparams)
 def tar(model, data, hp, ctx):
+    import torch
+    import torch.nn.functional as F
+
+    from dormant.engine import to_float, train_loop
+    from dormant.engine.augment import augment
+    from dormant.models.features import forward_with
+
     recipe, g, retain, forget, layers, anchor = representation_setup(model, data, hp, ctx)
     params = list(model.parameters())
 

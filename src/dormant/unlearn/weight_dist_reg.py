@@ -1,9 +1,7 @@
-from typing import ClassVar, Literal
+from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from dormant.engine import BatchStream, forward, train_loop
 from dormant.unlearn.base import (
     NonNegative,
     StepHparams,
@@ -11,6 +9,9 @@ from dormant.unlearn.base import (
     hyperparameters,
     register_method,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 EPS = 1e-8  # the seed's, inside the square root: the gradient stays finite at theta = theta_pre
 PAPER_ALPHA = 1.0
@@ -67,6 +68,8 @@ class WeightDistRegHparams(StepHparams):
 
 def rms_distance(params, anchor) -> torch.Tensor:
     """sqrt(mean((anchor - params)^2) + EPS) over all entries, differentiable in ``params``."""
+    import torch
+
     sq = sum(((a - p) ** 2).sum() for p, a in zip(params, anchor, strict=True))
     return torch.sqrt(sq / sum(a.numel() for a in anchor) + EPS)
 
@@ -80,6 +83,11 @@ def distance_penalty(params, anchor, form: str = "per_weight") -> torch.Tensor:
 
 @register_method("weight_dist_reg", WeightDistRegHparams)
 def weight_dist_reg(model, data, hp, ctx):
+    import torch
+    import torch.nn.functional as F
+
+    from dormant.engine import BatchStream, forward, train_loop
+
     recipe = hp.recipe(ctx.recipe)
     g = torch.Generator().manual_seed(ctx.seed)
     retain = BatchStream(data.retain, recipe.batch_size, g)

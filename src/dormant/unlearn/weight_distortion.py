@@ -1,6 +1,6 @@
-from typing import ClassVar, Literal
+from __future__ import annotations
 
-import torch
+from typing import ClassVar, Literal
 
 from dormant.unlearn.base import (
     NonNegative,
@@ -63,6 +63,8 @@ class WeightDistortionHparams(StepHparams):
 
 def distort(sigma: float) -> Perturbation:
     """The seed's perturbation ``theta <- theta + sigma * eps``, ``eps ~ N(0, I)``."""
+    import torch
+
     return lambda w, g, _s: w + sigma * draw(w, torch.randn, g)
 
 
@@ -71,6 +73,8 @@ def distort_relative(sigma: float, norm_sigma: float = PAPER_SIGMA) -> Perturbat
     (per filter or per tensor), and ``norm_sigma * eps`` on normalisation layers' parameters.
     The draws are the ones ``distort`` makes with the same generator, so the two modes differ
     only in the scale of one shared ``eps``."""
+    import torch
+
 
     def fn(w: torch.Tensor, g: torch.Generator, scale: Scale) -> torch.Tensor:
         std = norm_sigma if scale.rms is None else sigma * scale.rms.to(w.device, w.dtype)

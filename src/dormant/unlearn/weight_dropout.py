@@ -1,6 +1,7 @@
+from __future__ import annotations
+
 from typing import Annotated, ClassVar
 
-import torch
 from pydantic import Field
 
 from dormant.unlearn.base import StepHparams, Strength, hyperparameters, register_method
@@ -31,6 +32,8 @@ class WeightDropoutHparams(StepHparams):
 
 def drop(p: float):
     """The perturbation ``theta <- theta * b``, ``b_i ~ Bernoulli(1 - p)``, no rescaling."""
+    import torch
+
     return lambda w, g, _s: w * (draw(w, torch.rand, g) >= p)
 
 
