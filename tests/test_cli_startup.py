@@ -1,5 +1,6 @@
-"""``dormant --help`` starts without torch: the root lists the commands from a table
-(``dormant.cli_root.COMMANDS``) that must be the full command line's, word for word."""
+"""``dormant --help`` and ``dormant methods`` start without torch: the root lists the commands
+from a table (``dormant.cli_root.COMMANDS``) that must be the full command line's, word for
+word, and the registries hold settings classes whose code loads torch only when it runs."""
 
 from __future__ import annotations
 
@@ -36,6 +37,21 @@ def test_root_help_imports_no_torch_and_lists_every_command():
         listed = [line.split()[1] for line in r.stdout.splitlines()
                   if line.startswith("│ ") and line.split()[1] in dict(COMMANDS)]
         assert listed == [name for name, _ in COMMANDS]
+
+
+def test_methods_and_plugins_import_no_torch_and_match_the_full_command_line():
+    out = {}
+    for args in (["methods"], ["methods", "--preset", "backdoor"], ["plugins"]):
+        r = _run(*args)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.strip().splitlines()[-1] == "torch imported: False", (args, r.stderr)
+        out[args[-1]] = r.stdout
+    assert "gradient_ascent" in out["methods"] and "no plugins" in out["plugins"]
+    # the full command line prints the same table
+    full = subprocess.run([sys.executable, "-c", "from dormant.cli import main; "
+                           "raise SystemExit(main(['methods']))"], capture_output=True,
+                          text=True, env={"COLUMNS": "100", "PATH": "/usr/bin:/bin"})
+    assert full.returncode == 0 and full.stdout == out["methods"]
 
 
 def test_the_table_is_the_full_command_lines():

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.table import Table
 
-from dormant import plugins
 from dormant.cli_common import (
     DataRoot,
     Dataset,
@@ -34,16 +31,17 @@ from dormant.cli_common import (
     load_spec,
     study_command,
 )
+from dormant.cli_methods import register as register_methods
 from dormant.cli_plan import register as register_plan
 from dormant.cli_progress import ProgressBars
 from dormant.cli_requests import register as register_requests
 from dormant.cli_results import register as register_results
-from dormant.cli_root import HELP, one_line_warnings, root_options
+from dormant.cli_root import HELP, root_options, run
 from dormant.cli_service import register as register_service
 from dormant.errors import DormantError
 from dormant.experiments.backdoor_spec import BackdoorSpec
 from dormant.experiments.spec import RelearnSpec
-from dormant.settings import not_finite, short
+from dormant.settings import not_finite
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help=HELP)
@@ -385,132 +383,16 @@ def unlearn_cmd(
                   f"test {m['test_acc']:.1f}%")
 
 
-@app.command()
-def methods(
-    preset: Annotated[str | None, typer.Option(
-        help="show the values each method runs under this preset, as every command resolves "
-             "it (relearn: the dataset's, e.g. digits; backdoor and forget: backdoor; "
-             "unlearn and the API: paper)")] = None,
-    n_train: Annotated[int | None, typer.Option(
-        help="training-set size, to turn a preset's epochs into steps")] = None,
-) -> None:
-    """List the unlearning methods with their defaults and sources, or with --preset the
-    values each one runs under that preset and where they come from."""
-    from dormant.unlearn import (
-        PAPER,
-        available_methods,
-        get_method,
-        get_preset,
-        make_hparams,
-        resolve_hparams,
-    )
-
-    _check_positive(n_train=n_train)
-    if preset is None:
-        t = Table(title="unlearning methods")
-        for col in ("name", "defaults", "what and source"):
-            t.add_column(col)
-        for name in available_methods():
-            info = get_method(name)
-            defaults = ", ".join(f"{k}={v}" for k, v in info.defaults().items()) or "-"
-            src = plugins.source("methods", name)
-            where = "" if src is None or src.level == "built-in" else f" (from {src})"
-            t.add_row(name, defaults, info.summary + where)
-        console.print(t)
-        return
-    t = Table(title=f"unlearning methods under preset {preset}")
-    for col in ("name", f"values under {preset}", "where they come from"):
-        t.add_column(col)
-    for name in available_methods():
-        p = get_preset(name, preset)
-        if p.epochs is not None and n_train is None:
-            values = dataclasses.asdict(make_hparams(name, p.values))
-            values["steps"] = f"{p.epochs:g} epochs (pass --n-train for steps)"
-        else:
-            values = dataclasses.asdict(make_hparams(name, resolve_hparams(
-                name, preset, n_train=n_train)))
-        own = preset == PAPER or preset in get_method(name).presets
-        source = p.doc if own else f"no {preset} preset: the class defaults"
-        t.add_row(name, ", ".join(f"{k}={v}" for k, v in values.items()) or "-", source)
-    console.print(t)
-
-
-@app.command("plugins")
-def plugins_cmd() -> None:
-    """List the plugins found (entry points, --plugin, DORMANT_PLUGINS), what each
-    registered, and those that failed to load."""
-    found = plugins.plugins()
-    if not found:
-        console.print("no plugins: none installed in the groups "
-                      f"{', '.join(plugins.GROUPS.values())}, and no --plugin given",
-                      markup=False, highlight=False, soft_wrap=True)
-        return
-    t = Table(title="plugins")
-    for col in ("source", "status", "registered"):
-        t.add_column(col, overflow="fold")
-    for p in found:
-        status = f"failed: {p.error}" if p.error else "loaded"
-        t.add_row(str(p.source), status, ", ".join(p.registered) or "-")
-    console.print(t)
+register_methods(app)
 
 
 app.callback()(root_options)
 
 
-def _click_errors() -> tuple[type, ...]:
-    """click's exception base, and the one of the copy of click that newer typers carry."""
-    found: list[type] = [click.exceptions.ClickException]
-    try:
-        from typer.exceptions import TyperException
-
-        found.append(TyperException)
-    except ImportError:  # a typer on the real click
-        pass
-    return tuple(found)
-
-
-_CLICK_ERRORS = _click_errors()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input becomes one line on stderr and exit code 2 (``--debug``,
     anywhere on the line, raises it instead)."""
-    one_line_warnings()
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
-    args = [a for a in args if a != "--debug"]
-    try:
-        # not standalone: click's usage errors come here, to be one line like every other
-        rc = app(args=args, prog_name="dormant", standalone_mode=False)
-        return rc if isinstance(rc, int) else 0
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 0
-    except (typer.Abort, KeyboardInterrupt):
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except _CLICK_ERRORS as e:  # a usage error: an unknown option, a value typer cannot parse
-        if debug:
-            raise
-        ctx = getattr(e, "ctx", None)
-        path = getattr(ctx, "command_path", "dormant") or "dormant"
-        msg = " ".join(short(e.format_message(), 300).split())
-        if not msg:  # no arguments at all: click has printed the help
-            return 0
-        print(f"error: {msg} (see {path} --help)", file=sys.stderr)
-        return getattr(e, "exit_code", 2) or 2
-    except DormantError as e:
-        if debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the machine, not the input: a full disk, a read-only folder
-        if debug:
-            raise
-        from dormant.errors import environment_line
-
-        print(f"error: {environment_line(e)}", file=sys.stderr)
-        return 1
-    return 0
+    return run(app, argv)
 
 
 def entry() -> None:

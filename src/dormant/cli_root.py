@@ -1,8 +1,10 @@
 """The root of the command line, which starts without torch.
 
 ``dormant`` and ``dormant --help`` list the commands from :data:`COMMANDS`, a table of their
-names and help texts, and import nothing of the package's heavy parts; a command loads the
-full command line (:mod:`dormant.cli`) and runs there. ``tests/test_cli_startup.py`` checks that
+names and help texts, and import nothing of the package's heavy parts; ``methods`` and
+``plugins`` run on their own (they read registries); any other command loads the full
+command line (:mod:`dormant.cli`) and runs there. :func:`run` is every command line's error
+handling. ``tests/test_cli_startup.py`` checks that
 the table is the full command line's, name for name and word for word.
 """
 
@@ -12,9 +14,12 @@ import sys
 import warnings
 from typing import Annotated
 
+import click
 import typer
 
 from dormant import plugins
+from dormant.errors import DormantError
+from dormant.settings import short
 
 HELP = "Test whether machine unlearning really removes what it claims to."
 
@@ -103,6 +108,62 @@ def _command_name(args: list[str]) -> str | None:
     return None
 
 
+def _click_errors() -> tuple[type, ...]:
+    """click's exception base, and the one of the copy of click that newer typers carry."""
+    found: list[type] = [click.exceptions.ClickException]
+    try:
+        from typer.exceptions import TyperException
+
+        found.append(TyperException)
+    except ImportError:  # a typer on the real click
+        pass
+    return tuple(found)
+
+
+_CLICK_ERRORS = _click_errors()
+
+
+def run(app: typer.Typer, argv: list[str] | None = None) -> int:
+    """Run ``app`` on ``argv``: bad input becomes one line on stderr and exit code 2
+    (``--debug``, anywhere on the line, raises it instead)."""
+    one_line_warnings()
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        # not standalone: click's usage errors come here, to be one line like every other
+        rc = app(args=args, prog_name="dormant", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 0
+    except (typer.Abort, KeyboardInterrupt):
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except _CLICK_ERRORS as e:  # a usage error: an unknown option, a value typer cannot parse
+        if debug:
+            raise
+        ctx = getattr(e, "ctx", None)
+        path = getattr(ctx, "command_path", "dormant") or "dormant"
+        msg = " ".join(short(e.format_message(), 300).split())
+        if not msg:  # no arguments at all: click has printed the help
+            return 0
+        print(f"error: {msg} (see {path} --help)", file=sys.stderr)
+        return getattr(e, "exit_code", 2) or 2
+    except DormantError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the machine, not the input: a full disk, a read-only folder
+        if debug:
+            raise
+        from dormant.errors import environment_line
+
+        print(f"error: {environment_line(e)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _listing() -> typer.Typer:
     app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
     app.callback()(root_options)
@@ -111,11 +172,30 @@ def _listing() -> typer.Typer:
     return app
 
 
-def entry() -> None:
-    """``dormant``: the root's help from the table, anything else from :mod:`dormant.cli`."""
-    one_line_warnings()
-    if _command_name(sys.argv[1:]) is None:
-        _listing()(args=["--help"], prog_name="dormant")
-    from dormant.cli import entry as run
+def _light() -> typer.Typer:
+    """The commands that need none of the heavy parts (:data:`LIGHT`), alone."""
+    from dormant.cli_methods import register
 
-    run()
+    app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                      help=HELP)
+    app.callback()(root_options)
+    register(app)
+    return app
+
+
+LIGHT = ("methods", "plugins")
+"""Commands answered without loading :mod:`dormant.cli` (and torch): they read registries."""
+
+
+def entry() -> None:
+    """``dormant``: the root's help from the table, the :data:`LIGHT` commands alone, anything
+    else from :mod:`dormant.cli`."""
+    one_line_warnings()
+    command = _command_name(sys.argv[1:])
+    if command is None:
+        _listing()(args=["--help"], prog_name="dormant")
+    if command in LIGHT:
+        sys.exit(run(_light()))
+    from dormant.cli import main
+
+    sys.exit(main())
