@@ -205,9 +205,10 @@ def test_the_demo_output_fits_one_screen(tmp_path, monkeypatch, capsys):
 
 
 def test_a_study_logs_its_cells_not_each_training_run():
-    """Off a terminal a study logs the cells task only: its start, a tenth no sooner than 30 s
-    after the last line, a beat naming the run in progress after a tenth of the time so far,
-    and its end; on a terminal the last cell shows under the bars and is replaced."""
+    """Off a terminal a study logs the cells task only: its start, a tenth no sooner than a
+    minute after the last line, a beat naming the run in progress after a minute or a tenth
+    of the time so far, and its end; on a terminal the last cell shows under the bars and is
+    replaced."""
     import io
 
     from rich.console import Console
@@ -225,14 +226,12 @@ def test_a_study_logs_its_cells_not_each_training_run():
         now[0] = 300.0
         bars("finetune", 600, 1500)
         now[0] = 331.0
-        bars.beat_once()  # 31 s of silence, but a tenth of 331 s is 33 s: nothing yet
-        now[0] = 340.0
-        bars.beat_once()
+        bars.beat_once()  # the cells task has ended: no beat
     lines = buf.getvalue().splitlines()
     assert not [ln for ln in lines if ln.startswith("finetune")]
     assert lines[0] == "cells: 0/30 (0%) in 0 s"
-    # tenths at 3, 6, ... cells, each 30 s after the last line: 3 cells (30 s) apart
-    assert [ln.split()[1] for ln in lines[1:-1]] == [f"{n}/30" for n in range(3, 30, 3)]
+    # tenths at 3, 6, ... cells, each a minute after the last line: 6 cells apart
+    assert [ln.split()[1] for ln in lines[1:-1]] == [f"{n}/30" for n in range(6, 30, 6)]
     assert lines[-1] == "cells: 30/30 (100%) in 5 min 00 s"
     assert bars.beat is not None and not bars.beat.is_alive()
 
@@ -241,11 +240,16 @@ def test_a_study_logs_its_cells_not_each_training_run():
         bars("cells", 2, 30)
         bars("finetune", 600, 1500)
         now[0] = 331.0
-        bars.beat_once()  # 331 s since the last line, more than 33 s: the beat
-        now[0] = 340.0
-        bars.beat_once()  # 9 s later: nothing
+        bars.beat_once()  # 331 s since the last line, more than a minute: the beat
+        now[0] = 390.0
+        bars.beat_once()  # 59 s later: nothing yet
+        now[0] = 2000.0
+        bars.beat_once()  # 1,610 s later: the beat, a tenth of 2,000 s being 200 s
+        now[0] = 2190.0
+        bars.beat_once()  # 190 s later: nothing
     assert buf.getvalue().splitlines()[1:] == [
-        "cells: 2/30 (7%) in 5 min 31 s, eta 1 h 17 min, still running (finetune 600/1,500)"]
+        "cells: 2/30 (7%) in 5 min 31 s, eta 1 h 17 min, still running (finetune 600/1,500)",
+        "cells: 2/30 (7%) in 33 min 20 s, eta 7 h 46 min, still running (finetune 600/1,500)"]
 
     live = ProgressBars(Console(file=io.StringIO(), force_terminal=True, width=100), study=True)
     with live:

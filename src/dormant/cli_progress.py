@@ -62,16 +62,18 @@ class ProgressBars:
     whole run's speed).
 
     ``study=True`` (a study's thousands of training runs) logs only the ``cells`` task's
-    tenths off a terminal; the other tasks appear in the beat line, which names the one in
-    progress, and the beat's gap grows to a tenth of the time run so far, so an hour's study
-    logs tens of lines, not hundreds."""
+    tenths off a terminal, at least a minute apart; the other tasks appear in the beat line,
+    which names the one in progress, and the beat's gap grows to a tenth of the time run so
+    far, so an hour's study logs tens of lines, not hundreds."""
 
     def __init__(self, console: Console, *, live: bool | None = None, every: float = 0.1,
                  interval: float = 30.0, clock_fn: Callable[[], float] = time.monotonic,
                  study: bool = False) -> None:
         self.console = console
         self.live = console.is_terminal if live is None else live
-        self.every, self.interval, self.now = every, interval, clock_fn
+        # a study's log says where it stands at most once a minute
+        self.every, self.interval, self.now = every, max(interval, 60.0) if study else \
+            interval, clock_fn
         self.study = study
         self.started = clock_fn()
         self.current: tuple[str, int, int] | None = None  # the latest task but cells (study)
