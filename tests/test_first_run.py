@@ -191,17 +191,19 @@ def test_the_demo_output_fits_one_screen(tmp_path, monkeypatch, capsys):
     cal = [ln for ln in lines if ln.startswith("calibrated ")]
     assert [ln.split(":")[0] for ln in cal] == [
         "calibrated finetune", "calibrated gradient_ascent", "calibrated neggrad_plus"]
-    assert cal[0] == ("calibrated finetune: lr 0.0729, leakable forget acc 33.3% (oracle "
-                      "44.4%); also tried lr 0.0001: 66.7%, 0.0003: 77.8%, 0.0009: 88.9%, "
-                      "0.0027: 88.9%, 0.0081: 88.9%, 0.0243: 66.7%")
+    text = " ".join(" ".join(lines).split())  # prose wraps between words at 100 columns
+    assert ("calibrated finetune: lr 0.0729, leakable forget acc 33.3% (oracle 44.4%); also "
+            "tried lr 0.0001: 66.7%, 0.0003: 77.8%, 0.0009: 88.9%, 0.0027: 88.9%, 0.0081: "
+            "88.9%, 0.0243: 66.7%") in text
+    assert max(map(len, lines[1:])) <= 100  # the plan line (a path inside) aside
     cells = [ln for ln in lines if ln.startswith("cells: ")]
     assert 2 <= len(cells) <= 12 and cells[-1].startswith("cells: 30/30 (100%)")
     assert not [ln for ln in lines if re.match(r"(original|retrain|finetune|gradient_ascent|"
                                                r"neggrad_plus|attack): [\d,]+/", ln)]
     assert any(ln.startswith("30 cells in ") and ln.endswith(": 30 ok, 0 failed")
                for ln in lines)
-    assert lines[-1].startswith(f"wrote {out / 'report.html'} in ")
-    assert lines[-1].endswith("; beside it results.csv, report.md, results.jsonl and 3 figures")
+    assert text.endswith("; beside it results.csv, report.md, results.jsonl and 3 figures")
+    assert f"wrote {out / 'report.html'} in " in text
 
 
 def test_a_study_logs_its_cells_not_each_training_run():

@@ -161,7 +161,7 @@ def _run_study(spec, out: Path, title: str, executor=None, brief: bool = False) 
     console.print(verdict_text(main_verdicts(rows)))
     if brief:
         console.print(wrote_line(paths, out, time.perf_counter() - t0), highlight=False,
-                      markup=False, soft_wrap=True)
+                      markup=False)
     else:
         files = [out / "results.jsonl", *paths.values()]
         console.print(f"wrote {', '.join(map(str, files))} in {time.perf_counter() - t0:.1f} s")

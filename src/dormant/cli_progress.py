@@ -132,9 +132,11 @@ class ProgressBars:
                     task.last_time = now
                     self.say(self._line(label, task, now) + ", still running")
 
-    def say(self, text: str) -> None:
-        """A line above the bars (or in the log)."""
-        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+    def say(self, text: str, wrap: bool = False) -> None:
+        """A line above the bars (or in the log); ``wrap``: broken between words at the
+        console's width (prose), not by the terminal mid-word (a line holding a path keeps
+        it whole for copying)."""
+        self.console.print(text, highlight=False, markup=False, soft_wrap=not wrap)
 
     def status(self, text: str) -> None:
         """A line under the bars that the next one replaces (on a terminal; nothing in a

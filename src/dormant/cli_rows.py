@@ -25,7 +25,7 @@ class StageLines:
             key = (r.get("forget"), r.get("method"), c.get("stage"))
             if key not in self.calibrated:
                 self.calibrated.add(key)
-                self.bars.say(calibration_line(c))
+                self.bars.say(calibration_line(c), wrap=True)
         if r.get("status") == "failed":
             self.failed += 1
             self.bars.say(self.row_line(r))
