@@ -62,3 +62,28 @@ def test_the_table_is_the_full_command_lines():
     assert [(name, cmd.help) for name, cmd in group.commands.items()] == list(COMMANDS), (
         "dormant.cli_root.COMMANDS is stale; set it to:\n" + "\n".join(
             f"    ({name!r}, {cmd.help!r})," for name, cmd in group.commands.items()))
+
+
+def _outcome(call, capsys) -> tuple[int, str, str]:
+    try:
+        rc = call()
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else 0
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_the_entry_point_answers_as_the_full_command_line(monkeypatch, capsys):
+    """Same output and exit code, whichever path answers: the root's help, its usage errors,
+    the light commands and their errors."""
+    from dormant import cli_root
+    from dormant.cli import main
+
+    monkeypatch.setenv("COLUMNS", "100")
+    for args in ([], ["--help"], ["--debug", "--help"], ["--plugin"], ["--plugin", "x.py"],
+                 ["--no-such"], ["methods", "--n-train", "0"], ["methods", "--no-such"],
+                 ["plugins", "--help"]):
+        monkeypatch.setattr(sys, "argv", ["dormant", *args])
+        fast = _outcome(cli_root.entry, capsys)
+        assert fast == _outcome(lambda a=args: main(a), capsys), args
+        assert fast[0] in (0, 2) and (fast[0] == 0) == (not fast[2]), (args, fast)

@@ -6,6 +6,7 @@ one line, and the rest still works. Precedence and clashes are checked in-proces
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -168,13 +169,18 @@ def restore():
     """Registries and plugin state as they were before the test."""
     tables = [methods._METHODS, sources._REGISTRY, models._BUILDERS, models._PREFIXED,
               checks._CHECKS, defenses._DEFENSES, plugins._plugins,
-              *plugins._sources.values()]
+              *plugins._sources.values(), *plugins._clashes.values()]
     saved = [dict(t) for t in tables]
     requested, env = list(plugins._requested), os.environ.get(plugins.ENV)
+    modules, path, loaded = set(sys.modules), list(sys.path), plugins._entry_points_loaded
     yield
     for table, before in zip(tables, saved, strict=True):
         table.clear()
         table.update(before)
+    for name in set(sys.modules) - modules:
+        del sys.modules[name]
+    sys.path[:] = path
+    plugins._entry_points_loaded = loaded
     plugins._requested[:] = requested
     if env is None:
         os.environ.pop(plugins.ENV, None)
@@ -208,14 +214,84 @@ def test_a_plugin_replaces_a_built_in_and_run_time_beats_a_plugin(tmp_path, rest
 def test_two_plugins_under_one_name_clash_in_one_line_naming_both(tmp_path, restore):
     first, second = _file(tmp_path, "one", "twin", "One."), _file(tmp_path, "two", "twin", "Two.")
     plugins.use(first)
+    line = (f"method 'twin' from --plugin {second} clashes with the one from --plugin "
+            f"{first}; rename one of them")
     with pytest.warns(plugins.PluginWarning) as caught:
         plugins.use(second)
-    (w,) = caught
-    assert str(w.message) == (
-        f"plugin --plugin {second} failed to load (DormantError: method 'twin' from --plugin "
-        f"{second} clashes with the one from --plugin {first}; rename one of them); everything "
-        "else still works")
-    assert methods.get_method("twin").summary == "One."
+    assert [str(w.message) for w in caught] == [line]
+    # neither is used: whichever loaded first would depend on the environment's order
+    with pytest.raises(DormantError) as e:
+        methods.get_method("twin")
+    assert str(e.value) == line
+
+
+def _dist(site: Path, name: str, module: str, method: str, doc: str) -> None:
+    """An installed distribution as importlib.metadata finds it: a module and a dist-info
+    folder with one ``dormant.methods`` entry point."""
+    info = site / f"{name}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / f"{module}.py").write_text(METHOD.format(name=method, doc=doc))
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[dormant.methods]\n{method} = {module}\n")
+
+
+def _reload_entry_points(site: Path) -> None:
+    if str(site) not in sys.path:
+        sys.path.insert(0, str(site))
+    importlib.invalidate_caches()
+    plugins._entry_points_loaded = False
+    plugins.load()
+
+
+def test_entry_points_rank_below_plugin_and_two_of_them_clash(tmp_path, restore):
+    site = tmp_path / "site"
+    _dist(site, "first-dist", "first_mod", "ep_method", "From an entry point.")
+    _reload_entry_points(site)
+    assert methods.get_method("ep_method").summary == "From an entry point."
+    assert str(plugins.source("methods", "ep_method")) == (
+        "entry point dormant.methods:ep_method = first_mod (first-dist 0.1)")
+    # --plugin outranks it, whichever loads first
+    plugins.use(_file(tmp_path, "over", "ep_method", "From --plugin."))
+    assert methods.get_method("ep_method").summary == "From --plugin."
+    # a second distribution under the same name: an entry-point clash, refused on use
+    _dist(site, "second-dist", "second_mod", "ep_twin", "Second.")
+    _dist(site, "third-dist", "third_mod", "ep_twin", "Third.")
+    with pytest.warns(plugins.PluginWarning, match="method 'ep_twin' from entry point .* "
+                                                   "clashes with the one from entry point"):
+        _reload_entry_points(site)
+    with pytest.raises(DormantError, match="rename one of them"):
+        methods.get_method("ep_twin")
+
+
+def test_bad_plugin_targets_are_one_line_each(tmp_path, restore, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DormantError, match=r"--plugin nothere\.py: no such file"):
+        plugins.use("nothere.py")
+    with pytest.raises(DormantError, match="--plugin no_such_mod: no module 'no_such_mod' "
+                                           "importable from"):
+        plugins.use("no_such_mod")
+    # two files of one name: the second is refused, not silently skipped
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plugins.use(_file(tmp_path / "a", "same", "from_a", "A."))
+    with pytest.warns(plugins.PluginWarning, match="another plugin file named same.py"):
+        plugins.use(_file(tmp_path / "b", "same", "from_b", "B."))
+    assert "from_a" in methods.available_methods()
+    assert "from_b" not in methods.available_methods()
+
+
+def test_a_run_time_method_is_refused_on_worker_executors(restore):
+    from types import SimpleNamespace
+
+    from dormant.executors import _refuse_stranded
+    from dormant.experiments.spec import RelearnSpec
+
+    exec(METHOD.format(name="notebook_method", doc="Notebook."), {"__name__": "notebook"})
+    cell = SimpleNamespace(spec=RelearnSpec(methods=["finetune", "notebook_method"]))
+    with pytest.raises(DormantError, match="method 'notebook_method' \\(run time notebook\\) "
+                                           "was registered at run time.*--executor serial"):
+        _refuse_stranded([cell])
+    _refuse_stranded([SimpleNamespace(spec=RelearnSpec(methods=["finetune"]))])
 
 
 def test_a_broken_plugin_leaves_the_rest_working(tmp_path, restore):

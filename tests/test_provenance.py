@@ -96,6 +96,18 @@ def test_every_built_in_method_has_a_revision():
     assert revisions["gradient_ascent"] != revisions["scrub"]
 
 
+def test_a_revision_hashes_the_engine_a_method_imports_when_it_runs():
+    """Methods import the engine inside their functions and ``dormant.engine`` loads its names
+    lazily: the revision still follows them to the training loop and the evaluation."""
+    from dormant.unlearn.base import method_modules
+
+    modules = method_modules("gradient_ascent")
+    assert {"dormant.engine.loop", "dormant.engine.evaluation", "dormant.engine.recipe",
+            "dormant.unlearn.base", "dormant.unlearn.gradient_ascent"} <= set(modules)
+    assert "dormant.unlearn.perturb" in method_modules("weight_distortion")
+    assert "dormant.models.features" in method_modules("circuit_breakers")
+
+
 def test_a_new_protocol_gives_new_keys_and_old_rows_are_flagged(digits, monkeypatch):
     """Rows made under one protocol are never reused under another: the tag is in every
     non-reference cell's key (and calibration's), and a report of rows made under another

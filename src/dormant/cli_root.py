@@ -94,7 +94,8 @@ def one_line_warnings() -> None:
 
 
 def _command_name(args: list[str]) -> str | None:
-    """The command ``args`` run, or None when they only ask for the root's help."""
+    """The command ``args`` name, or None when they name none (the root's help, or a usage
+    error the full command line reports)."""
     rest = iter(args)
     for a in rest:
         if a == "--plugin":
@@ -191,9 +192,10 @@ def entry() -> None:
     """``dormant``: the root's help from the table, the :data:`LIGHT` commands alone, anything
     else from :mod:`dormant.cli`."""
     one_line_warnings()
-    command = _command_name(sys.argv[1:])
-    if command is None:
-        _listing()(args=["--help"], prog_name="dormant")
+    args = sys.argv[1:]
+    command = _command_name(args)
+    if command is None and (not args or "--help" in args):
+        sys.exit(run(_listing(), args))
     if command in LIGHT:
         sys.exit(run(_light()))
     from dormant.cli import main

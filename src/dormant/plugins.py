@@ -15,10 +15,13 @@ A plugin is a module whose import registers components with the ordinary decorat
 
 Precedence, highest first: run time, ``--plugin``, entry points, built-ins. A component of a
 higher level replaces one of a lower level under the same name (``dormant plugins`` and
-``dormant methods`` show which won); two components of the same level under one name are a
-clash, refused in one line naming both sources (run time excepted: re-running a notebook cell
-replaces what it registered before). A plugin that fails to import is reported in one line
-naming it and its error, and everything else still works.
+``dormant methods`` show which won). Two components of the same level under one name are a
+clash: a warning names both sources when the second registers, and any use of the name is
+refused in that line (run time excepted: re-running a notebook cell replaces what it
+registered before). A plugin that fails to import is reported in one line naming it and its
+error, and everything else still works; a ``--plugin`` file or module that does not exist is
+bad input (exit 2). Components registered at run time exist only in the process that
+registered them, so a study that names one runs on the serial executor only.
 
 This module imports neither torch nor any registry, so the command line can read it at start.
 """
@@ -80,6 +83,7 @@ class Plugin:
 
 
 _sources: dict[str, dict[str, Source]] = {kind: {} for kind in GROUPS}
+_clashes: dict[str, dict[str, str]] = {kind: {} for kind in GROUPS}
 _loading: list[Source] = []
 _plugins: dict[str, Plugin] = {}
 _requested: list[str] = []
@@ -107,8 +111,10 @@ def claim(kind: str, name: str, table: MutableMapping, value, module: str | None
         if old.rank > new.rank:
             return
         if old.rank == new.rank and new.level != "run time":
-            raise DormantError(f"{kind[:-1]} {name!r} from {new} clashes with the one from "
-                               f"{old}; rename one of them")
+            _clashes[kind][name] = (f"{kind[:-1]} {name!r} from {new} clashes with the one "
+                                    f"from {old}; rename one of them")
+            warnings.warn(_clashes[kind][name], PluginWarning, stacklevel=3)
+            return
         if old.level == "built-in":
             warnings.warn(f"{new} replaces the built-in {kind[:-1]} {name!r} ({old})",
                           PluginWarning, stacklevel=3)
@@ -116,6 +122,20 @@ def claim(kind: str, name: str, table: MutableMapping, value, module: str | None
     _sources[kind][name] = new
     if _loading and new == _loading[-1]:
         _plugins[new.name].registered.append(f"{kind[:-1]} {name}")
+
+
+def refuse_clash(kind: str, name: str) -> None:
+    """Raise the one line of a clash under ``name``: neither component is used."""
+    if name in _clashes[kind]:
+        raise DormantError(_clashes[kind][name])
+
+
+def stranded(used: dict[str, set[str]]) -> list[str]:
+    """Those of ``used`` (kind -> names a study names) registered at run time: a worker
+    process never sees them."""
+    return [f"{kind[:-1]} {name!r} ({_sources[kind][name]})" for kind, names in used.items()
+            for name in sorted(names)
+            if name in _sources[kind] and _sources[kind][name].level == "run time"]
 
 
 def source(kind: str, name: str) -> Source | None:
@@ -140,15 +160,40 @@ def _failed(plugin: Plugin, e: BaseException) -> None:
                   "still works", PluginWarning, stacklevel=4)
 
 
-def _import(target: str):
-    """A module by dotted name (from the working folder too, as ``python -m`` finds it) or
-    a ``.py`` file, under a module name derived from the file's."""
-    if target.endswith(".py") or os.sep in target or "/" in target:
+def _is_file(target: str) -> bool:
+    return target.endswith(".py") or os.sep in target or "/" in target
+
+
+def _target(target: str) -> str:
+    """``target`` as every process can load it: a file by its absolute path, a dotted module
+    as given (found from the working folder first, as ``python -m`` finds it). A target that
+    does not exist is bad input."""
+    if _is_file(target):
         path = Path(target).expanduser().resolve()
         if not path.is_file():
-            raise FileNotFoundError(f"no file {path}")
+            raise DormantError(f"--plugin {target}: no such file {path}; give a .py file or a "
+                               "dotted module name")
+        return str(path)
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    top = target.partition(":")[0].split(".")[0]
+    if not top.isidentifier() or importlib.util.find_spec(top) is None:
+        raise DormantError(f"--plugin {target}: no module {top!r} importable from {cwd}; "
+                           "install it, or give the path of its .py file")
+    return target
+
+
+def _import(target: str):
+    """A module by dotted name or a ``.py`` file, under a module name derived from the
+    file's (the same on every machine, so a method's code revision is too)."""
+    if _is_file(target):
+        path = Path(target)
         name = f"dormant_plugin_{path.stem}"
         if name in sys.modules:
+            if Path(getattr(sys.modules[name], "__file__", "") or "") != path:
+                raise DormantError(f"another plugin file named {path.name} is loaded already "
+                                   f"({sys.modules[name].__file__}); rename one of them")
             return sys.modules[name]
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
@@ -159,9 +204,6 @@ def _import(target: str):
             del sys.modules[name]
             raise
         return module
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.append(cwd)
     module_name, _, attr = target.partition(":")
     module = importlib.import_module(module_name)
     return getattr(module, attr) if attr else module
@@ -169,9 +211,13 @@ def _import(target: str):
 
 def use(*targets: str) -> None:
     """Load the ``--plugin`` modules ``targets`` (each once a process), and have worker
-    processes load them too. A module that fails to import is reported, not raised."""
+    processes load them too. A module that fails to import is reported, not raised; one that
+    does not exist raises a ``DormantError``."""
     for target in (t.strip() for t in targets):
-        if not target or target in _requested:
+        if not target:
+            continue
+        target = _target(target)
+        if target in _requested:
             continue
         _requested.append(target)
         os.environ[ENV] = ",".join(_requested)
@@ -195,12 +241,12 @@ def load() -> None:
         return
     _entry_points_loaded = True  # before loading: a plugin may look a registry up
     use(*os.environ.get(ENV, "").split(","))
-    seen = set()
+    seen = set()  # a module named in several groups loads (and fails) once
     for group in GROUPS.values():
         for ep in importlib.metadata.entry_points(group=group):
-            if (ep.value, ep.name) in seen:
+            if ep.value in seen:
                 continue
-            seen.add((ep.value, ep.name))
+            seen.add(ep.value)
             dist = f" ({ep.dist.name} {ep.dist.version})" if ep.dist else ""
             with _as(Source("entry point", f"{ep.group}:{ep.name} = {ep.value}{dist}")) as p:
                 try:

@@ -89,6 +89,7 @@ def load_dataset(
     name, sep, arg_text = spec.strip().partition(":")
     name = name.lower()
     plugins.load()
+    plugins.refuse_clash("datasets", name)
     source = _REGISTRY.get(name)
     if source is None:
         raise DormantError(

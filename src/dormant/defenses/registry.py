@@ -126,6 +126,7 @@ def available_defenses() -> list[str]:
 
 def get_defense(name: str) -> DefenseInfo:
     plugins.load()
+    plugins.refuse_clash("defenses", name)
     if name not in _DEFENSES:
         raise DormantError(f"unknown defense {name!r}; choose one of: "
                            f"{', '.join(available_defenses())}")

@@ -4,6 +4,23 @@ Each name loads its submodule on first use (PEP 562), so code that needs only ``
 (settings, the method registry, ``dormant methods``) does not import torch."""
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # also what a method's code revision follows (``unlearn.base``)
+    from dormant.engine.device import autocast, frozen, prepare_model, resolve_device, to_float
+    from dormant.engine.evaluation import Eval, evaluate, predict
+    from dormant.engine.grads import batch_grad_importance, diag_fisher, per_sample_grads
+    from dormant.engine.loop import (
+        BatchStream,
+        Diverged,
+        FitResult,
+        Hook,
+        Progress,
+        fit,
+        forward,
+        train_loop,
+    )
+    from dormant.engine.recipe import Recipe
 
 _WHERE = {
     "autocast": "device", "frozen": "device", "prepare_model": "device",
@@ -15,7 +32,11 @@ _WHERE = {
     "Recipe": "recipe",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "BatchStream", "Diverged", "Eval", "FitResult", "Hook", "Progress", "Recipe", "autocast",
+    "batch_grad_importance", "diag_fisher", "evaluate", "fit", "forward", "frozen",
+    "per_sample_grads", "predict", "prepare_model", "resolve_device", "to_float", "train_loop",
+]
 
 
 def __getattr__(name: str):

@@ -23,6 +23,7 @@ import torch
 from dormant import plugins
 from dormant.cells import Cell, Workspace, run_cell
 from dormant.engine import Progress
+from dormant.errors import DormantError
 from dormant.executors.options import ExecutorOptions
 from dormant.executors.worker import WorkerConfig
 from dormant.store import ResultsLog
@@ -79,9 +80,27 @@ def execute(cells: list[Cell], log: ResultsLog, cache_dir: Path, out: Path,
     if opts.executor == "local" and opts.gpus_per_cell is None and _wants_gpu(todo):
         # one cell per GPU unless told to pack: N CPU-count workers would all take cuda:0
         opts = opts.model_copy(update={"gpus_per_cell": 1.0})
+    if opts.executor != "serial":
+        _refuse_stranded(todo)
     cfg = WorkerConfig(cache_dir=str(Path(cache_dir).resolve()), out=str(Path(out).resolve()),
                        threads=opts.threads, plugins=plugins.requested())
     EXECUTORS[opts.executor](todo, cfg, opts, emit, progress)
+
+
+def _refuse_stranded(cells: list[Cell]) -> None:
+    """A component registered at run time is in this process only: a worker would run the
+    built-in of its name, or nothing, under its cell key."""
+    used: dict[str, set[str]] = {"methods": set(), "models": set(), "datasets": set()}
+    for spec in {id(s): s for s in (getattr(c, "spec", None) for c in cells) if s}.values():
+        for m in getattr(spec, "methods", ()):
+            used["methods"] |= {m} if isinstance(m, str) else {m.method or m.name, m.then}
+        used["models"].add(str(getattr(spec, "model", None)).split(":")[0])
+        used["datasets"].add(str(getattr(spec, "dataset", "")).split(":")[0].lower())
+    stranded = plugins.stranded(used)
+    if stranded:
+        raise DormantError(f"{stranded[0]} was registered at run time, in this process only, "
+                           "so worker processes cannot run it; load its module with --plugin "
+                           "(or the study key plugins:), or use --executor serial")
 
 
 def _wants_gpu(cells: list[Cell]) -> bool:

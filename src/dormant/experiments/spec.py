@@ -77,7 +77,9 @@ class DataSpec(Settings):
     plugins: tuple[str, ...] = Field(default=(), exclude=True)
     """Modules to load before the rest of the study is read, as ``--plugin`` does (see
     ``dormant.plugins``): a method, model or dataset of their own is then a name here like
-    any other. Left out of every cache key: the components' code is in theirs."""
+    any other. Left out of every cache key, since where code lives is no input: a method's
+    key hashes its module's code (a model's or dataset's does not; ``docs/adding-a-method.md``
+    says what to do after changing one)."""
 
     @model_validator(mode="before")
     @classmethod

@@ -48,6 +48,7 @@ def create_model(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
     """Build a fresh model; with ``seed`` its initialisation is reproducible."""
     plugins.load()
     head = spec.name.split(":", 1)[0]
+    plugins.refuse_clash("models", head if ":" in spec.name else spec.name)
     builder = _PREFIXED.get(head) if ":" in spec.name else _BUILDERS.get(spec.name)
     if builder is None:
         raise DormantError(

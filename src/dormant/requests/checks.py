@@ -203,6 +203,7 @@ def get_check(name: str) -> CheckInfo:
     if name not in available_checks():
         raise DormantError(f"unknown check {name!r}; choose one of: "
                            f"{', '.join(available_checks())}")
+    plugins.refuse_clash("checks", name)
     return _CHECKS[name]
 
 
@@ -233,7 +234,7 @@ def model_state(model: nn.Module, data: RequestData, budget: CheckBudget, *,
     if "test_acc" not in known:
         known["test_acc"] = _num(evaluate(model, data.x_test, data.y_test).acc)
     extra = {}
-    for info in [_CHECKS[name] for name in available_checks()]:
+    for info in map(get_check, available_checks()):
         if info.measure is not None:
             extra.update(info.measure(model, data, budget))
     return {**extra,

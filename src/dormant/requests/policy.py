@@ -15,10 +15,10 @@ from pydantic import ConfigDict, Field, model_validator
 from dormant.errors import DormantError
 from dormant.experiments.verdicts import RELEARN_EXCESS
 from dormant.requests.checks import (
-    _CHECKS,
     NO_ORACLE,
     CheckBudget,
     available_checks,
+    get_check,
     register_check,
 )
 from dormant.settings import Settings, parse_yaml, read_text, validate
@@ -107,7 +107,7 @@ class Policy(Settings):
                     f"key {old!r} was renamed to {new!r}: the tamper checks now judge the "
                     "attacked forget accuracy at the attack's end minus the retrain oracle's, "
                     "not the recovery from the model's own start; see configs/policy.yaml")
-        checks = [_CHECKS[name] for name in available_checks()]
+        checks = [get_check(name) for name in available_checks()]
         known = [c.name for c in checks] + ["budget"]
         unknown = [k for k in data if k not in known]
         if unknown:
@@ -397,7 +397,7 @@ def judge(policy: Policy, measurements: dict) -> list[Check]:
     """Every registered check of the policy on a ``run_checks`` record, in registration
     order: utility, forgetting, tamper, backdoor, then any added check. A tamper block the
     record lacks (``leaked_k`` = 0) gets no check."""
-    return [c for info in map(_CHECKS.get, available_checks())
+    return [c for info in map(get_check, available_checks())
             for c in info.judge(policy.thresholds(info.name), measurements)]
 
 

@@ -313,6 +313,7 @@ def available_methods() -> list[str]:
 
 def get_method(name: str) -> MethodInfo:
     plugins.load()
+    plugins.refuse_clash("methods", name)
     if name not in _METHODS:
         raise DormantError(
             f"unknown method {name!r}; choose one of: {', '.join(available_methods())}"
@@ -432,6 +433,16 @@ def method_revision(name: str) -> str:
 
     from dormant import __version__
 
+    h = hashlib.sha256(__version__.encode())
+    for module in method_modules(name):
+        h.update(module.encode() + b"\0" + _source_of(module))
+    return h.hexdigest()[:16]
+
+
+def method_modules(name: str) -> list[str]:
+    """The modules :func:`method_revision` hashes, in name order: the method's function's
+    and settings classes', and every dormant module those import, transitively (a lazy
+    package's names count by the ``TYPE_CHECKING`` imports that say where they live)."""
     info = get_method(name)
     roots = {info.fn.__module__} | {c.__module__ for c in info.hparams.__mro__
                                     if c is not object and c.__module__ != "builtins"}
@@ -443,11 +454,7 @@ def method_revision(name: str) -> str:
             continue
         seen.add(module)
         todo += sorted(_dormant_imports(module) - seen)
-    h = hashlib.sha256(__version__.encode())
-    for module in sorted(seen):
-        if _is_module(module):
-            h.update(module.encode() + b"\0" + _source_of(module))
-    return h.hexdigest()[:16]
+    return sorted(m for m in seen if _is_module(m))
 
 
 def method_provenance(name: str, values: Mapping | None = None) -> dict:
