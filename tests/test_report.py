@@ -353,7 +353,7 @@ def chromium() -> str:
     return path
 
 
-@pytest.mark.slow  # a browser: about 5 s alone, 18 s on a loaded machine
+@pytest.mark.slow  # a browser: about 3 s alone, 20 s on a loaded machine
 def test_no_table_is_cut_at_1400_px(rows, tmp_path, chromium):
     """In a 1400 px window the page itself never scrolls sideways: every table sits in a box
     that scrolls on its own, so a table too wide for the page stays whole, and only the
