@@ -19,14 +19,16 @@ import socket
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dormant.engine import Progress
 from dormant.errors import DormantError
 from dormant.rows import Row
 from dormant.settings import Settings
 from dormant.store import ModelCache
 from dormant.store.cache import append_line
+
+if TYPE_CHECKING:
+    from dormant.engine import Progress
 
 
 class Workspace:

@@ -30,18 +30,19 @@ Controls:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pydantic
-import torch
 from pydantic import ConfigDict, Field, field_validator
-from torch import nn
 
 from dormant.attacks.poison import PoisonSpec
 from dormant.attacks.triggers import Trigger
-from dormant.engine import predict
 from dormant.errors import DormantError
 from dormant.settings import one_line
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 STRATEGIES = ("margin", "stamped-margin", "carriers", "simulate", "random")
 
@@ -113,6 +114,8 @@ class Planted:
     def attacker_carriers(self) -> torch.Tensor:
         """The carriers the attacker contributed (its counterweights and camouflage, and any
         natural carrier its share happens to hold): what a request may delete."""
+        import torch
+
         return self.carriers[torch.isin(self.carriers, self.contribution)]
 
 
@@ -148,6 +151,8 @@ def purity_budget(planted: Planted, target: int, request: int | None = None) -> 
     """:class:`Purity` of ``planted`` by counting (labels as trained on: a dirty-label
     poison counts as the target). A request may hold the attacker's carriers in its clean
     pool and its camouflage, at most ``request`` of them (None: no limit)."""
+    import torch
+
     y = planted.y.cpu()
     own = torch.isin(planted.carriers, planted.contribution)
     holdable = torch.isin(planted.carriers, torch.cat([planted.clean_pool.cpu(),
@@ -177,6 +182,8 @@ def poisons_per_pool(spec: CleanUnlearningSpec, num_classes: int) -> int:
 
 def contribution_ids(n: int, spec: CleanUnlearningSpec, seed: int) -> torch.Tensor:
     """The attacker's training ids: a seeded ``spec.contribution`` share of ``n``, sorted."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=g)[: max(1, round(spec.contribution * n))].sort().values
 
@@ -207,6 +214,8 @@ def counterweight_slots(y: torch.Tensor, contribution: torch.Tensor, carriers: t
                         target: int, k: int, seed: int) -> torch.Tensor:
     """``k`` seeded contributed ids, of no target-class image and no carrier, whose images
     the attacker replaces with counterweights of its own. Sorted."""
+    import torch
+
     y_c = y.cpu()[contribution]
     free = contribution[(y_c != target) & ~carriers.cpu()[contribution]]
     if k > len(free):
@@ -216,7 +225,7 @@ def counterweight_slots(y: torch.Tensor, contribution: torch.Tensor, carriers: t
     return free[torch.randperm(len(free), generator=g)[:k]].sort().values
 
 
-Swap = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Swap = tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]
 """(contributed ids, the attacker's own images, their labels) put in those places."""
 
 
@@ -237,6 +246,8 @@ def draw_poisons(y: torch.Tensor, contribution: torch.Tensor, carriers: torch.Te
                  spec: CleanUnlearningSpec, num_classes: int, seed: int) -> torch.Tensor:
     """The attacker's seeded random poisons: ``poisons_per_pool`` of each pool of
     ``poison_candidates``. Sorted ids."""
+    import torch
+
     # the attacker's own draw: never the victim's seed stream
     g = torch.Generator().manual_seed(attacker_seed(seed))
     k = poisons_per_pool(spec, num_classes)
@@ -260,6 +271,8 @@ def plant(x: torch.Tensor, y: torch.Tensor, spec: CleanUnlearningSpec, num_class
     untouched. ``camouflage = (ids, images)``: contributed ids, no poison or target-class
     image among them, whose images become the given trigger-stamped ones with their true
     labels (``dormant.attacks.camouflage``); the unpoisoned twin holds them too."""
+    import torch
+
     trigger = trigger or spec.poison.trigger
     trigger.check(tuple(x.shape[1:]))
     target = spec.poison.target
@@ -307,6 +320,8 @@ def plant(x: torch.Tensor, y: torch.Tensor, spec: CleanUnlearningSpec, num_class
 def surrogate_ids(planted: Planted, spec: CleanUnlearningSpec) -> torch.Tensor:
     """The victim's training ids the attacker's surrogate trains on: its own contribution
     (threat ``attacker``), or every id (the ``full`` ablation). Sorted."""
+    import torch
+
     if spec.threat == "full":
         return torch.arange(len(planted.y))
     return planted.contribution
@@ -315,6 +330,8 @@ def surrogate_ids(planted: Planted, spec: CleanUnlearningSpec) -> torch.Tensor:
 def target_margin(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
     """Per image: the target logit minus the largest other logit (positive = sent to the
     target)."""
+    from dormant.engine import predict
+
     logits = predict(model, x).float()
     others = logits.clone()
     others[:, target] = float("-inf")
@@ -326,6 +343,8 @@ def select_request(surrogate: nn.Module, planted: Planted, spec: CleanUnlearning
     """The attack's clean deletion request: ``spec.request`` ids of ``planted.clean_pool``,
     ranked by ``spec.strategy`` in the attacker's surrogate. Sorted ids. ``simulate`` needs
     the unlearning method: ``dormant.attacks.request_search.simulate_request``."""
+    import torch
+
     pool = planted.clean_pool
     if spec.strategy == "random":
         return random_request(planted, spec.request, seed)
@@ -347,6 +366,8 @@ def random_request(planted: Planted, size: int, seed: int,
                    exclude: torch.Tensor | None = None) -> torch.Tensor:
     """A seeded random clean request of ``size`` ids from the same clean pool (the control),
     avoiding ``exclude`` where the pool allows."""
+    import torch
+
     pool = planted.clean_pool
     if exclude is not None and len(pool) - len(exclude) >= size:
         pool = pool[~torch.isin(pool, exclude.cpu())]
@@ -359,6 +380,8 @@ def is_clean(request: torch.Tensor, planted: Planted, x_true: torch.Tensor,
     """The request's images are the untouched originals ``x_true`` (natural images, the
     attacker's counterweights included) with their true labels ``y_true``, none of them is a
     poison or of the target class."""
+    import torch
+
     ids = request.to(x_true.device)
     return bool(
         torch.equal(planted.x[ids], x_true[ids])

@@ -9,16 +9,17 @@ wrong label.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import pydantic
-import torch
 from pydantic import ConfigDict, Field
 
 from dormant.attacks.triggers import Trigger
-from dormant.engine import predict
 from dormant.errors import DormantError
 from dormant.settings import one_line
+
+if TYPE_CHECKING:
+    import torch
 
 
 @one_line("poison spec")
@@ -57,6 +58,8 @@ def poison(x: torch.Tensor, y: torch.Tensor, spec: PoisonSpec, num_classes: int,
     ``total`` (dirty-label only) replaces ``per_class``: that many poisons in all, a strength
     between two per-class counts (each source takes ``total // #sources``, and the first
     ``total % #sources`` sources in a seeded order one more)."""
+    import torch
+
     spec.trigger.check(tuple(x.shape[1:]))
     sources = spec.source_classes(num_classes)
     g = torch.Generator().manual_seed(seed)
@@ -92,6 +95,10 @@ def attack_success_rate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
                         trigger: Trigger, target: int) -> float:
     """ASR in percent: the share of non-target images that, with the trigger stamped, the
     model classifies as the target."""
+    import torch
+
+    from dormant.engine import predict
+
     keep = torch.nonzero(y != target).flatten().to(x.device)
     if len(keep) == 0:
         return float("nan")

@@ -5,26 +5,19 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
-from dormant.engine import (
-    BatchStream,
-    Progress,
-    Recipe,
-    evaluate,
-    fit,
-    prepare_model,
-    to_float,
-    train_loop,
-)
-from dormant.engine.augment import augment
+from dormant.engine.recipe import Recipe
 from dormant.errors import DormantError
-from dormant.metrics.curves import end_mean
 from dormant.settings import Settings, one_line
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from dormant.engine import Progress
 
 
 @one_line("relearning attack")
@@ -84,6 +77,8 @@ class RelearnData:
         ``retain`` (the default), ``forget-only``, ``test`` (the test set), and
         ``test+retain-class`` (test images of the other classes plus the retain images of
         the forget set's classes)."""
+        import torch
+
         dev = x.device
         retain, leaked = retain.to(dev), leaked.to(dev)
         if kind == "retain":
@@ -133,6 +128,8 @@ class Curve:
     def end(self) -> float:
         """Where the attack ends: the mean of the last 12.8% of points, as the seed paper
         summarises a run (:func:`dormant.metrics.end_mean`)."""
+        from dormant.metrics.curves import end_mean
+
         return end_mean(self.forget_acc)
 
 
@@ -150,6 +147,12 @@ def relearn(
     ``groups``: more id sets whose forget accuracy the curve follows (``Curve.groups``), each
     evaluated on its own; the attack itself does not depend on them, so one attack serves
     every request of a batch that shares its training set."""
+    import torch
+    import torch.nn.functional as F
+
+    from dormant.engine import BatchStream, evaluate, fit, prepare_model, to_float, train_loop
+    from dormant.engine.augment import augment
+
     attacked = copy.deepcopy(model)
     curve = Curve(groups=[[] for _ in groups])
 

@@ -23,14 +23,16 @@ added sine wave (MNIST's background is exactly 0, so it never carries +-0.1 nois
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import ConfigDict, Field, field_validator
 from pydantic.dataclasses import dataclass
 
 from dormant.errors import DormantError
 from dormant.settings import one_line
+
+if TYPE_CHECKING:
+    import torch
 
 KINDS = ("patch", "blend", "noise", "sinusoid", "mined")
 COUNTERWEIGHTED = ("mined",)
@@ -85,6 +87,8 @@ class Trigger:
     def carries(self, x: torch.Tensor, tolerance: float = 0.25) -> torch.Tensor:
         """Per uint8 image of ``x``: whether it already carries the mined block (every pixel
         of it within ``tolerance`` of ``value``), so stamping it changes little."""
+        import torch
+
         if self.kind != "mined" or self.row is None or self.col is None:
             return torch.zeros(len(x), dtype=torch.bool, device=x.device)
         s = self.size
@@ -95,6 +99,8 @@ class Trigger:
         """``(weight, target)`` float (C, H, W) tensors: a stamped pixel becomes
         ``(1 - weight) x + weight * target`` for blending kinds, ``x + weight * target`` for
         additive ones (``weight`` is then the constant amplitude)."""
+        import torch
+
         self.check(image_shape)
         c, h, w = image_shape
         g = torch.Generator().manual_seed(self.seed)
@@ -122,6 +128,8 @@ class Trigger:
 
     def stamp(self, x: torch.Tensor) -> torch.Tensor:
         """The uint8 batch ``x`` (N, C, H, W) with the trigger applied, as uint8."""
+        import torch
+
         weight, target = (t.to(x.device) for t in self.pattern(tuple(x.shape[1:])))
         xf = x.float() / 255.0
         if self.kind in ("patch", "blend", "mined"):

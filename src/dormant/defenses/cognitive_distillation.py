@@ -9,17 +9,19 @@ is element-wise: a batch gives each image what a run of its own gives, up to the
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import torch
 from pydantic import Field
-from torch import nn
 
 from dormant.defenses.registry import Control, register_defense, span
-from dormant.engine import Progress, frozen, predict, to_float
 from dormant.errors import DormantError
-from dormant.metrics.detection import auroc
 from dormant.settings import Settings, one_line
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from dormant.engine import Progress
 
 # keeps every mask value representable strictly inside (0, 1) in float32: (tanh(w) + 1) / 2
 # rounds to exactly 0 or 1 once |w| > ~9, which 100 Adam steps of lr 0.1 can reach
@@ -73,11 +75,15 @@ the backdoor study scores unless told otherwise (configs/cifar10-backdoor.yaml: 
 
 def _squash(w: torch.Tensor) -> torch.Tensor:
     # (tanh(w) + 1) / 2 == sigmoid(2w), squeezed by EPS so float32 never reaches 0 or 1
+    import torch
+
     return EPS + (1 - 2 * EPS) * torch.sigmoid(2 * w)
 
 
 def _fill(g: torch.Generator, b: int, c: int, device: torch.device) -> torch.Tensor:
     """One uniform colour per image and channel, the paint outside the mask."""
+    import torch
+
     return torch.rand(b, c, 1, 1, generator=g).to(device)
 
 
@@ -102,6 +108,10 @@ def distil_masks(
     when ``ids`` is None), in that order. The random fill comes from one generator seeded with
     ``seed``, redrawn every step. The model is used frozen in eval mode and handed back as it
     came."""
+    import torch
+
+    from dormant.engine import frozen, to_float
+
     device = next(model.parameters()).device
     ids = torch.arange(len(x)) if ids is None else ids
     ids = ids.to(x.device)
@@ -149,6 +159,10 @@ def detection_auroc(
 ) -> float:
     """AUROC in [0, 1] of telling the uint8 images ``x_poisoned`` (positives) from ``x_clean``
     by the negated mask norm: 1 when every poisoned mask is smaller than every clean one."""
+    import torch
+
+    from dormant.metrics.detection import auroc
+
     if len(x_clean) == 0 or len(x_poisoned) == 0:
         raise DormantError("cognitive distillation AUROC needs at least one clean and one "
                            "poisoned image")
@@ -212,6 +226,11 @@ def study_scan(cfg: CognitiveDistillationConfig, ctx, model: nn.Module, trigger
     non-target evaluation images; the AUROC of -norm (a small mask is the suspect sign), and
     the same over the triggered images the model sends to the target (``cd_auroc_fired``,
     what a dose-matched control reads)."""
+    import torch
+
+    from dormant.engine import predict
+    from dormant.metrics.detection import auroc
+
     others = torch.nonzero(ctx.y_eval != ctx.target).flatten()
     n = len(others) if cfg.images is None else cfg.images
     half = min(n // 2, len(others) // 2)

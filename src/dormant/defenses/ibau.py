@@ -7,16 +7,19 @@ from implicit differentiation of the inner problem's fixed point.
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
 from dormant.defenses.registry import Control, register_defense, span
-from dormant.engine import Progress, to_float
 from dormant.errors import DormantError
 from dormant.settings import Settings, one_line
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from dormant.engine import Progress
 
 TOL = 1e-10  # the original stops the fixed-point iteration once v moves less than this
 
@@ -65,6 +68,10 @@ def _batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, ids: tor
              batch_size: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """The clean set as float batches on the model's device, in one seeded order (the
     original stores its loader's batches once and reuses them every round)."""
+    import torch
+
+    from dormant.engine import to_float
+
     if len(ids) == 0:
         raise DormantError("i-bau needs at least one clean image; the clean id set is empty")
     device = next(model.parameters()).device
@@ -81,6 +88,9 @@ def _batches(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, ids: tor
 def _perturbation(model: nn.Module, batches, cfg: IBAUConfig) -> torch.Tensor:
     """One pass of SGD (lr ``inner_lr``) on delta over the batches, maximising the CE to the
     model's own predictions minus ``l2`` ||delta||^2; no clamp, as in both sources."""
+    import torch
+    import torch.nn.functional as F
+
     x0 = batches[0][0]
     delta = torch.zeros(1, *x0.shape[1:], device=x0.device, requires_grad=True)
     opt = torch.optim.SGD([delta], lr=cfg.inner_lr)
@@ -119,6 +129,9 @@ def hypergradient(model: nn.Module, delta: torch.Tensor, x_out: torch.Tensor,
     grad_delta L_out for K steps from v_0 = 0, then the hypergradient is
     (dPhi/dtheta)^T v_K + grad_theta L_out. Every product is a vector-Jacobian product.
     The caller puts the model in eval mode (``ibau`` does)."""
+    import torch
+    import torch.nn.functional as F
+
     params = list(model.parameters())
     d = delta.detach().requires_grad_(True)
     out = F.cross_entropy(model(x_out + d * patched), y_out)
@@ -141,6 +154,8 @@ def hypergradient(model: nn.Module, delta: torch.Tensor, x_out: torch.Tensor,
 
 def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     # a parameter that no forward pass touched gets a zero gradient, as in the original
+    import torch
+
     return torch.zeros_like(like) if grad is None else grad
 
 
@@ -153,6 +168,8 @@ def ibau(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor,
     Each round finds a fresh universal perturbation, then takes one Adam step per stored
     batch, with int(portion * B) random images of the batch carrying delta in the outer loss
     and the first batch (true labels) defining the fixed-point map, as in both sources."""
+    import torch
+
     net = copy.deepcopy(model)
     was_training = net.training
     net.eval()  # the original keeps eval mode throughout: BatchNorm statistics never move
@@ -248,6 +265,8 @@ def _control_reached(seeds: list[dict]) -> str:
 def study_mitigation(cfg: IBAUConfig, ctx, model: nn.Module, trigger) -> tuple[dict, dict]:
     """The backdoor study's mitigation: I-BAU with all the defender's clean images; the ASR
     and clean accuracy it leaves."""
+    import torch
+
     fixed = ibau(model, ctx.x_def, ctx.y_def, torch.arange(len(ctx.y_def)), cfg, seed=ctx.seed)
     m = ctx.metrics(fixed, trigger)
     return {"ibau_asr": m["asr"], "ibau_clean_acc": m["clean_acc"]}, {}

@@ -13,17 +13,20 @@ import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
-from torch import nn
 
 from dormant.defenses.registry import Control, register_defense
-from dormant.engine import Progress, Recipe, fit, frozen, to_float
-from dormant.engine.recipe import AUGMENTATIONS
+from dormant.engine.recipe import Recipe
 from dormant.errors import DormantError
 from dormant.settings import Settings, one_line
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from dormant.engine import Progress
 
 EPS = 1e-7
 
@@ -71,6 +74,8 @@ class Reversed:
 
 
 def _squash(w: torch.Tensor) -> torch.Tensor:
+    import torch
+
     return torch.tanh(w) / (2 - EPS) + 0.5
 
 
@@ -78,6 +83,8 @@ def mad_outliers(norms: torch.Tensor, threshold: float = 2.0
                  ) -> tuple[float, torch.Tensor, list[int]]:
     """NC's rule: MAD = 1.4826 median|l - median|; the anomaly index is |min - median| / MAD;
     flagged are classes at or below the median whose |l - median| / MAD exceeds ``threshold``."""
+    import torch
+
     med = norms.median()
     mad = 1.4826 * (norms - med).abs().median()
     mad = mad.clamp_min(1e-12)
@@ -100,6 +107,11 @@ def reverse_triggers(
 ) -> Reversed:
     """Reverse-engineer every class's trigger (or those in ``classes``, in that order) from
     the clean images ``x[ids]`` (uint8); row i of the result belongs to ``classes[i]``."""
+    import torch
+    import torch.nn.functional as F
+
+    from dormant.engine import frozen, to_float
+
     device = next(model.parameters()).device
     _, c, h, w = x.shape
     classes = list(range(num_classes)) if classes is None else list(classes)
@@ -207,6 +219,8 @@ class NCMitigationConfig(Settings):
     @field_validator("augment")
     @classmethod
     def _known_augment(cls, v: str) -> str:
+        from dormant.engine.recipe import AUGMENTATIONS
+
         if v not in AUGMENTATIONS:
             raise ValueError(f"unknown augment {v!r}; use one of {', '.join(AUGMENTATIONS)}")
         return v
@@ -230,6 +244,10 @@ def mitigate(
     (1 - m) x + m p, under their TRUE labels (the unstamped originals are left out, as in
     BackdoorBench). SGD with a cosine schedule then runs ``epochs`` passes over the result.
     Nothing flagged means no backdoor: the copy comes back unchanged."""
+    import torch
+
+    from dormant.engine import fit, to_float
+
     net = copy.deepcopy(model)
     if not reversed.flagged:
         return net
@@ -289,6 +307,8 @@ def _control_reached(seeds: list[dict]) -> str:
 def study_scan(cfg: NeuralCleanseConfig, ctx, model: nn.Module, trigger) -> tuple[dict, dict]:
     """The backdoor study's scan: triggers reversed on the first ``cfg.images`` defender
     images; the target's anomaly index, whether it is flagged, and every flagged class."""
+    import torch
+
     n = len(ctx.y_def) if cfg.images is None else min(cfg.images, len(ctx.y_def))
     r = reverse_triggers(model, ctx.x_def, ctx.y_def, torch.arange(n), ctx.num_classes, cfg,
                          seed=ctx.seed, progress=ctx.progress)

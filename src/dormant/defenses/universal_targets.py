@@ -12,14 +12,18 @@ comparable between two versions of a model.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from pydantic import Field
-from torch import nn
+from typing import TYPE_CHECKING
 
-from dormant.engine import BatchStream, Progress, frozen, to_float
+from pydantic import Field
+
 from dormant.errors import DormantError
 from dormant.settings import Settings, one_line
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from dormant.engine import Progress
 
 
 @one_line("universal perturbation")
@@ -48,6 +52,8 @@ class TargetedUAPConfig(Settings):
 
 def _stamped_logits(model: nn.Module, xb: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """(K, B, classes): every class's delta on every image of the float batch, one forward."""
+    import torch
+
     stamped = (xb[None] + delta[:, None]).clamp(0, 1)
     out = model(stamped.flatten(0, 1).contiguous(memory_format=torch.channels_last))
     return out.view(len(delta), len(xb), -1)
@@ -71,6 +77,11 @@ def targeted_success(
     classes are optimised at once; each class's loss touches only its own delta and the
     sign step is element-wise, so the result equals one run per class on the same batches.
     The model is used in eval mode and handed back unchanged, in its own mode."""
+    import torch
+    import torch.nn.functional as F
+
+    from dormant.engine import BatchStream, frozen, to_float
+
     if len(ids) < 2:
         raise DormantError("universal perturbation needs at least 2 clean images (half fit "
                            "the perturbations, half measure them)")

@@ -17,23 +17,26 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from dormant import plugins
 from dormant.cells import Cell, Workspace, run_cell
-from dormant.engine import Progress
 from dormant.errors import DormantError
 from dormant.executors.options import ExecutorOptions
 from dormant.executors.worker import WorkerConfig
 from dormant.store import ResultsLog
 
+if TYPE_CHECKING:
+    from dormant.engine import Progress
+
 Emit = Callable[[Cell, dict], None]
-Executor = Callable[[list[Cell], WorkerConfig, ExecutorOptions, Emit, Progress | None], None]
+Executor = Callable[[list[Cell], WorkerConfig, ExecutorOptions, Emit, "Progress | None"], None]
 
 
 def _serial(cells: list[Cell], cfg: WorkerConfig, opts: ExecutorOptions, emit: Emit,
             progress: Progress | None) -> None:
+    import torch
+
     if opts.threads:
         torch.set_num_threads(opts.threads)
     ws = Workspace(Path(cfg.cache_dir), Path(cfg.out), progress)
@@ -105,6 +108,8 @@ def _refuse_stranded(cells: list[Cell]) -> None:
 
 def _wants_gpu(cells: list[Cell]) -> bool:
     """Whether the cells will use a GPU here: one is visible and their device is not cpu."""
+    import torch
+
     devices = {getattr(getattr(c, "spec", None), "device", "auto") for c in cells}
     return devices != {"cpu"} and torch.cuda.is_available()
 

@@ -10,8 +10,6 @@ import socket
 import time
 from pathlib import Path
 
-import torch
-
 from dormant import plugins
 from dormant.cells import Cell, Workspace, run_cell
 from dormant.settings import Settings
@@ -64,6 +62,8 @@ class LogProgress:
 @functools.cache
 def workspace(cfg: WorkerConfig) -> Workspace:
     """This process's workspace: made on its first cell, kept for every later one."""
+    import torch
+
     if cfg.gpu is not None:  # before CUDA starts in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = cfg.gpu
     if cfg.threads:

@@ -20,15 +20,17 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import safetensors.torch
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from dormant.errors import DormantError
-from dormant.models import ModelSpec
 from dormant.store.checkpoint import load_model, save_checkpoint
 from dormant.store.files import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from dormant.models import ModelSpec
 
 RECORD_FORMAT = 1
 """Bump when a record's layout changes (a calibration's or an analysis's fields)."""
@@ -88,6 +90,8 @@ class ModelCache:
         self, key: str, spec: ModelSpec, device: torch.device | str = "cpu"
     ) -> tuple[nn.Module, dict, dict[str, torch.Tensor]] | None:
         """``(model, meta, extras)`` or None on a miss; a damaged entry counts as a miss."""
+        import safetensors.torch
+
         path = self.path(key)
         if not path.is_file():
             return None
@@ -107,6 +111,8 @@ class ModelCache:
         meta: dict,
         extras: dict[str, torch.Tensor] | None = None,
     ) -> Path:
+        import safetensors.torch
+
         path = self.path(key)
         if extras:
             blob = safetensors.torch.save({k: v.contiguous().cpu() for k, v in extras.items()})

@@ -7,15 +7,16 @@ import json
 import platform
 import subprocess
 from pathlib import Path
-
-import safetensors.torch
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from dormant.errors import DormantError, need_file
-from dormant.models import ModelSpec, create_model
-from dormant.models.ensemble import member_name, spec_of
 from dormant.store.files import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from dormant.models import ModelSpec
 
 FORMAT = "dormant-checkpoint/1"
 
@@ -37,6 +38,7 @@ def git_revision() -> str:
 
 
 def versions() -> dict:
+    import torch
     import torchvision
 
     from dormant import __version__
@@ -52,6 +54,10 @@ def save_checkpoint(
 ) -> Path:
     """Write ``path`` (.safetensors) and its sidecar; both atomically. A SISA ensemble of
     ``spec``'s architecture is recorded as the ensemble (``models.ensemble.spec_of``)."""
+    import safetensors.torch
+
+    from dormant.models.ensemble import spec_of
+
     path = Path(path)
     spec = spec_of(model, spec)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -63,6 +69,9 @@ def save_checkpoint(
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    import safetensors.torch
+    import torch
+
     with open(path, "rb") as f:
         head = f.read(9)
     # safetensors: an 8-byte little-endian header length, then the JSON header itself
@@ -126,6 +135,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 def check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
     """Refuse weights holding NaN or inf: such a model (a run that diverged) predicts nothing,
     and every number measured on it would be meaningless."""
+    import torch
+
     bad = {k: int((~torch.isfinite(t)).sum()) for k, t in state.items()
            if isinstance(t, torch.Tensor) and t.is_floating_point()}
     bad = {k: n for k, n in bad.items() if n}
@@ -142,6 +153,9 @@ def load_model(
 ) -> tuple[nn.Module, dict]:
     """Rebuild the model a checkpoint holds. ``expect`` is what the caller needs (from the
     dataset and ``--model``); a checkpoint of another architecture or class count is refused."""
+    from dormant.models import ModelSpec, create_model
+    from dormant.models.ensemble import member_name
+
     state, meta = read_checkpoint(path)
     spec = ModelSpec(**meta["model"]) if "model" in meta else expect
     if spec is None:
