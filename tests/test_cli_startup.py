@@ -1,6 +1,7 @@
-"""``dormant --help`` and ``dormant methods`` start without torch: the root lists the commands
-from a table (``dormant.cli_root.COMMANDS``) that must be the full command line's, word for
-word, and the registries hold settings classes whose code loads torch only when it runs."""
+"""``dormant --help``, ``dormant COMMAND --help`` and ``dormant methods`` start without torch:
+the root lists the commands from a table (``dormant.cli_root.COMMANDS``) that must be the full
+command line's, word for word; the registries and settings models hold classes whose code
+loads torch only when it runs."""
 
 from __future__ import annotations
 
@@ -52,6 +53,22 @@ def test_methods_and_plugins_import_no_torch_and_match_the_full_command_line():
                            "raise SystemExit(main(['methods']))"], capture_output=True,
                           text=True, env={"COLUMNS": "100", "PATH": "/usr/bin:/bin"})
     assert full.returncode == 0 and full.stdout == out["methods"]
+
+
+def test_every_command_help_imports_no_torch():
+    """A command's help builds its flags from the settings models, which hold no torch."""
+    from dormant.cli_root import COMMANDS
+
+    groups = {"store", "ledger", "token"}
+    for name, _ in COMMANDS:
+        if name in groups:
+            continue
+        r = _run(name, "--help")
+        assert r.returncode == 0 and "--help" in r.stdout, (name, r.stderr)
+        assert r.stderr.strip().splitlines()[-1] == "torch imported: False", (name, r.stderr)
+    for args in (["store", "add", "--help"], ["ledger", "verify", "--help"]):
+        r = _run(*args)
+        assert r.stderr.strip().splitlines()[-1] == "torch imported: False", (args, r.stderr)
 
 
 def test_the_table_is_the_full_command_lines():
