@@ -90,3 +90,18 @@ def pytest_configure(config: pytest.Config) -> None:
     if n:
         settings.register_profile(name, settings.get_profile(name), max_examples=int(n))
     settings.load_profile(name)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The system Chromium (Debian's package; ``.ci/run`` installs it) for the browser tests:
+    skipped where absent, but a failure under CI, which must have it."""
+    import shutil
+
+    path = os.environ.get("DORMANT_CHROMIUM") or shutil.which("chromium") or \
+        shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("no chromium on PATH; CI must install it (apt-get install chromium)")
+        pytest.skip("no chromium on PATH (apt-get install chromium)")
+    return path

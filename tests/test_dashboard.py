@@ -6,8 +6,6 @@ names the reviewer. Screenshots of each step go to ``runs/test-artifacts/dashboa
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,19 +16,6 @@ from dormant.service.local import LocalService
 
 pytestmark = pytest.mark.slow
 SHOTS = Path(__file__).resolve().parents[1] / "runs" / "test-artifacts" / "dashboard"
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """The system Chromium (Debian's package; ``.ci/run`` installs it): skipped where absent,
-    but a failure under CI, which must have it."""
-    path = os.environ.get("DORMANT_CHROMIUM") or shutil.which("chromium") or \
-        shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("no chromium on PATH; CI must install it (apt-get install chromium)")
-        pytest.skip("no chromium on PATH (apt-get install chromium)")
-    return path
 
 
 def test_a_reviewer_approves_a_warned_request_in_the_browser(tmp_path, chromium):

@@ -338,21 +338,6 @@ def test_scatter_labels_do_not_overlap_each_other_or_a_marker():
             assert not (inside_x and inside_y), labels[i].get_text()
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """As in test_dashboard.py: the system Chromium, skipped where absent, a failure in CI."""
-    import os
-    import shutil
-
-    path = os.environ.get("DORMANT_CHROMIUM") or shutil.which("chromium") or \
-        shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("no chromium on PATH; CI must install it (apt-get install chromium)")
-        pytest.skip("no chromium on PATH (apt-get install chromium)")
-    return path
-
-
 @pytest.mark.slow  # a browser: about 3 s alone, 20 s on a loaded machine
 def test_no_table_is_cut_at_1400_px(rows, tmp_path, chromium):
     """In a 1400 px window the page itself never scrolls sideways: every table sits in a box

@@ -3,8 +3,9 @@
 Each name loads its submodule on first use (PEP 562), so code that needs only ``Recipe``
 (settings, the method registry, ``dormant methods``) does not import torch."""
 
-import importlib
 from typing import TYPE_CHECKING
+
+from dormant import lazy
 
 if TYPE_CHECKING:  # also what a method's code revision follows (``unlearn.base``)
     from dormant.engine.device import autocast, frozen, prepare_model, resolve_device, to_float
@@ -39,13 +40,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy.names(__name__, _WHERE)

@@ -4,8 +4,9 @@ Each name loads its submodule on first use (PEP 562): the command line reads set
 from here without importing torch."""
 
 
-import importlib
 from typing import TYPE_CHECKING
+
+from dormant import lazy
 
 if TYPE_CHECKING:  # also what a method's code revision follows (``unlearn.base``)
     from dormant.experiments.backdoor import run_backdoor
@@ -30,13 +31,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy.names(__name__, _WHERE)
