@@ -773,10 +773,10 @@ def test_a_study_whose_every_cell_failed_exits_1_after_its_report(capsys,
     rc = main([*_relearn(tmp_path / "o"), "--set", "train_recipe.lr=1e30", "--workers", "3",
                "--ray-address", "auto", "--gpus-per-cell", "0.5"])
     cap = capsys.readouterr()
-    lines = cap.out.splitlines()
+    lines = cap.err.splitlines()
     assert rc == 1, cap.out + cap.err
     # a diverged run is no fault of the machine: no promise that a rerun retries it
-    assert any(line.startswith("every one of the 3 cells failed (the first: ") and
+    assert any(line.startswith("error: every one of the 3 cells failed (the first: ") and
                line.endswith(f"{tmp_path / 'o' / 'workers' / 'errors.log'}") for line in lines)
     assert not any("retried" in line for line in lines)
     assert (tmp_path / "o" / "report.md").is_file()  # the report is written all the same

@@ -9,6 +9,7 @@ import math
 import os
 import re
 import stat
+from pathlib import Path
 
 import matplotlib
 import pytest
@@ -216,6 +217,14 @@ def test_report_files_and_self_contained_html(rows, tmp_path):
     for name in ("recovery.png", "scatter.png", "lmc.png", "recovery-test.png"):
         assert f"]({name})" in md
     assert "CUDA out of memory" in md and "45.0 ± 7.1" in md
+    # how to read an MIA AUC far below 0.5, with this study's own reference values
+    ok = [r for r in rows if r["status"] == "ok"]
+    original, oracle = ([r["mia_auc"] for r in ok if r["method"] == m] for m in
+                        ("original", "retrain"))
+    for text in (md, page):
+        assert "Reading MIA AUC" in text and "do not read 1 − AUC as memory" in text
+        assert (f"Here the original scores {sum(original) / len(original):.3f} and the oracle "
+                f"{sum(oracle) / len(oracle):.3f}") in text
     csv_lines = paths["csv"].read_text().strip().splitlines()
     assert len(csv_lines) == len(rows) + 1 and "status" in csv_lines[0]
     # one mode for every file of the report, the one open() gives (0644 under umask 022)
@@ -367,6 +376,10 @@ def test_no_table_is_cut_at_1400_px(rows, tmp_path, chromium):
                                   while (e && !/^H[1-3]$/.test(e.tagName))
                                       e = e.previousElementSibling;
                                   return e ? e.textContent : null; })()}))})""")
+        # kept for a person to look at (runs/ is not committed)
+        shots = Path(__file__).resolve().parents[1] / "runs" / "test-artifacts" / "report"
+        shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=shots / "report-1400px.png", full_page=True)
         browser.close()
     assert found["page"][0] <= found["page"][1], found["page"]
     sections = [t["section"] for t in found["tables"]]

@@ -177,9 +177,9 @@ def _exit_if_all_failed(rows: list[dict], out: Path) -> None:
         # a fault of the machine (a full disk, memory) is retried by a rerun; say so
         retry = (f"; fix the cause and rerun into {out}: these cells are retried"
                  if all(r.get("transient") for r in rows) else "")
-        console.print(f"every one of the {len(rows)} cells failed (the first: {first}); the "
-                      f"tracebacks are in {out / 'workers' / 'errors.log'}{retry}", style="red",
-                      markup=False, highlight=False, soft_wrap=True)
+        # stderr, as every error line: a script reading stdout gets the report's table only
+        print(f"error: every one of the {len(rows)} cells failed (the first: {first}); the "
+              f"tracebacks are in {out / 'workers' / 'errors.log'}{retry}", file=sys.stderr)
         raise typer.Exit(1)
 
 
