@@ -250,6 +250,20 @@ def _alternatives(command: str) -> list[str]:
     return [" ".join(words)]
 
 
+def test_every_python_example_compiles() -> None:
+    """The site's Python blocks are code a reader pastes: each must at least be valid Python
+    (the guide's method runs in ``test_guide_example_registers_and_unlearns``)."""
+    blocks = []
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        for m in re.finditer(r"^```python\n(.*?)^```", text, re.S | re.M):
+            line = text[:m.start()].count("\n") + 2
+            blocks.append((f"{path.relative_to(ROOT)}:{line}", m.group(1)))
+    assert len(blocks) >= 4, blocks
+    for where, code in blocks:
+        compile(code, where, "exec")
+
+
 def test_docs_run_some_commands() -> None:
     ran = [c for _, _, c in COMMANDS if _cheap(_tokens(c))]
     assert any("methods" in c for c in ran) and any("plan" in c for c in ran), ran
