@@ -348,7 +348,7 @@ def test_relearn_cifar10_resnet18_end_to_end(tmp_path: Path, shared_datasets: Pa
         "train_size: 80\ntest_size: 30\ndevice: cpu\nforget: random:10\n"
         "methods: [gradient_ascent, weight_distortion]\nk: [0]\n"
         "train_steps: 2\nunlearn_steps: 1\nattack_steps: 2\n"
-        "lmc_points: 3\nanalysis_size: 32\ncalibrate: none\n"
+        "lmc_points: 3\nanalysis_size: 30\ncalibrate: none\n"
     )
     dormant("relearn", study, "--out", out, cache=cifar_jpeg_cache, timeout=600)
     got = rows(out)

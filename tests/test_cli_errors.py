@@ -858,6 +858,9 @@ def test_the_backdoor_defense_size_is_checked_against_the_test_set(capsys, tmp_p
     assert defense_size(BackdoorSpec().defenses, 360) == 180
     assert defense_size(BackdoorSpec().defenses, 2000) == 500  # a large test set: the default
     assert defense_size(BackdoorSpec(defenses={"defense_size": 300}).defenses, 360) == 300
+    # a spec read back from its dump (every key set) means the same images: its cell key does
+    again = BackdoorSpec.model_validate(BackdoorSpec().model_dump())
+    assert defense_size(again.defenses, 360) == 180
 
 
 # --- faults of the machine: one line naming the path and what to do, no temporary left ---------

@@ -33,11 +33,12 @@ small one (digits' 360 images) still leaves images to measure on."""
 
 def defense_size(defenses, n_test: int) -> int:
     """The defender's clean test images out of ``n_test``: ``defense_size`` as the study set
-    it, or its default capped at half the test set (a size the dataset cannot give is
-    clamped only when nobody asked for it, as ``train_size`` is). A size the study set that
-    leaves nothing to measure on is refused, naming the key and the limit."""
+    it, or its default capped at half the test set. The default is told by its value, not by
+    whether a key set it: a spec read back from its dump sets every key, and its cell key
+    (which hashes the value) must always mean the same images. Another size that leaves
+    nothing to measure on is refused, naming the key and the limit."""
     size = defenses.defense_size
-    if "defense_size" not in defenses.model_fields_set:
+    if size == type(defenses).model_fields["defense_size"].default:
         return min(size, max(1, int(n_test * DEFAULT_DEFENSE_SHARE)))
     if size >= n_test:
         raise DormantError(f"defenses.defense_size {size} leaves no test images to measure on "

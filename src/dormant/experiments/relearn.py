@@ -127,10 +127,11 @@ def check_spec(spec: RelearnSpec, ds: Dataset) -> list[Pipeline]:
             )
         if spec.cscores and fspec.needs_scores:
             load_cscores(Path(spec.cscores), len(ds.y_train))
-        # the analysis clamps its default to the data; a size asked for is given or refused
+        # the analysis clamps its default to the data; another size is given or refused (by
+        # value, not by whether the key was set: a spec read back from its dump sets them all)
         most = min(len(ds.y_train) - n_forget, len(ds.y_test))
-        if spec.analysis and "analysis_size" in spec.model_fields_set \
-                and spec.analysis_size > most:
+        default = type(spec).model_fields["analysis_size"].default
+        if spec.analysis and spec.analysis_size != default and spec.analysis_size > most:
             raise DormantError(
                 f"analysis_size {spec.analysis_size:,}: the analysis evaluates that many "
                 f"retain and test images, but forget {fspec.text} leaves "
