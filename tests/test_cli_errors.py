@@ -780,7 +780,7 @@ def test_a_study_whose_every_cell_failed_exits_1_after_its_report(capsys,
                line.endswith(f"{tmp_path / 'o' / 'workers' / 'errors.log'}") for line in lines)
     assert not any("retried" in line for line in lines)
     assert (tmp_path / "o" / "report.md").is_file()  # the report is written all the same
-    warned = [line for line in lines if line.startswith("warning: ")]
+    warned = [line for line in cap.out.splitlines() if line.startswith("warning: ")]
     assert len(warned) == 3, warned
     assert "--workers is ignored by the serial executor" in warned[0]
     assert "--ray-address is ignored by the serial executor" in warned[1]
