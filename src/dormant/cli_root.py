@@ -18,7 +18,7 @@ import click
 import typer
 
 from dormant import plugins
-from dormant.errors import DormantError
+from dormant.errors import DormantError, DormantWarning, environment_line
 from dormant.settings import short
 
 HELP = "Test whether machine unlearning really removes what it claims to."
@@ -75,15 +75,14 @@ def root_options(
 
 
 def one_line_warnings() -> None:
-    """Show a plugin's warning as one line, as every other warning of the CLI (the rest as
-    Python shows them). Set before anything loads a plugin."""
+    """Show dormant's own warnings (a plugin's, a cache the machine cannot write) as one line,
+    as every other message of the CLI; the rest as Python shows them. Set before anything
+    loads a plugin."""
     show = warnings.showwarning
     if getattr(show, "one_line", False):
         return
 
     def show_line(message, category, *args, **kwargs) -> None:
-        from dormant.errors import DormantWarning  # a cache the machine cannot write
-
         if issubclass(category, plugins.PluginWarning | DormantWarning):
             print(f"warning: {message}", file=sys.stderr)
         else:
@@ -158,8 +157,6 @@ def run(app: typer.Typer, argv: list[str] | None = None) -> int:
     except OSError as e:  # the machine, not the input: a full disk, a read-only folder
         if debug:
             raise
-        from dormant.errors import environment_line
-
         print(f"error: {environment_line(e)}", file=sys.stderr)
         return 1
     return 0
